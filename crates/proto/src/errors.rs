@@ -1,0 +1,236 @@
+//! Every error reply of the gateway, with its varlink name and parameters.
+//!
+//! Type errors in a call's parameters use the standard
+//! `org.varlink.service.InvalidParameter` (what any varlink client expects);
+//! values the gateway refuses for its own reasons (a malformed topic name, a
+//! timeout out of range) use `io.qmipc.Gateway.InvalidParameter`, which also
+//! says why.
+
+use serde_json::{json, Map, Value};
+
+use crate::interface::{GATEWAY_INTERFACE, SERVICE_INTERFACE};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ErrorReply {
+    #[error("no such topic: {topic}")]
+    NoSuchTopic { topic: String },
+    #[error("service unavailable: {service}")]
+    ServiceUnavailable { service: String },
+    #[error("call to {service} timed out after {timeout_ms} ms")]
+    Timeout { service: String, timeout_ms: u64 },
+    #[error("invalid parameter {parameter}: {reason}")]
+    InvalidParameter { parameter: String, reason: String },
+    #[error("service {service} is already registered by another connection")]
+    AlreadyRegistered { service: String },
+    #[error("no request {id} is waiting for a reply from this provider")]
+    NoSuchRequest { id: u64 },
+    #[error("{service}.{method} failed: {error} {parameters}")]
+    ServiceError {
+        service: String,
+        method: String,
+        error: String,
+        parameters: Value,
+    },
+    #[error("limit {limit} exceeded (maximum {max})")]
+    LimitExceeded { limit: String, max: u64 },
+    #[error("access denied: {action} {object}")]
+    AccessDenied { action: String, object: String },
+    #[error("interface not found: {interface}")]
+    InterfaceNotFound { interface: String },
+    #[error("method not found: {method}")]
+    MethodNotFound { method: String },
+    #[error("method not implemented: {method}")]
+    MethodNotImplemented { method: String },
+    /// Standard varlink error for a missing, unknown or mistyped parameter.
+    #[error("invalid parameter: {parameter}")]
+    VarlinkInvalidParameter { parameter: String },
+    #[error("method requires \"more\": true")]
+    ExpectedMore,
+    /// An error name this library does not know (from a peer).
+    #[error("{name} {parameters}")]
+    Other { name: String, parameters: Value },
+}
+
+impl ErrorReply {
+    /// Shorthand for the gateway's own `InvalidParameter`.
+    pub fn invalid(parameter: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidParameter {
+            parameter: parameter.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The fully qualified varlink error name.
+    pub fn name(&self) -> String {
+        let (interface, member) = self.qualified();
+        match self {
+            Self::Other { name, .. } => name.clone(),
+            _ => format!("{interface}.{member}"),
+        }
+    }
+
+    fn qualified(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::NoSuchTopic { .. } => (GATEWAY_INTERFACE, "NoSuchTopic"),
+            Self::ServiceUnavailable { .. } => (GATEWAY_INTERFACE, "ServiceUnavailable"),
+            Self::Timeout { .. } => (GATEWAY_INTERFACE, "Timeout"),
+            Self::InvalidParameter { .. } => (GATEWAY_INTERFACE, "InvalidParameter"),
+            Self::AlreadyRegistered { .. } => (GATEWAY_INTERFACE, "AlreadyRegistered"),
+            Self::NoSuchRequest { .. } => (GATEWAY_INTERFACE, "NoSuchRequest"),
+            Self::ServiceError { .. } => (GATEWAY_INTERFACE, "ServiceError"),
+            Self::LimitExceeded { .. } => (GATEWAY_INTERFACE, "LimitExceeded"),
+            Self::AccessDenied { .. } => (GATEWAY_INTERFACE, "AccessDenied"),
+            Self::InterfaceNotFound { .. } => (SERVICE_INTERFACE, "InterfaceNotFound"),
+            Self::MethodNotFound { .. } => (SERVICE_INTERFACE, "MethodNotFound"),
+            Self::MethodNotImplemented { .. } => (SERVICE_INTERFACE, "MethodNotImplemented"),
+            Self::VarlinkInvalidParameter { .. } => (SERVICE_INTERFACE, "InvalidParameter"),
+            Self::ExpectedMore => (SERVICE_INTERFACE, "ExpectedMore"),
+            Self::Other { .. } => ("", ""),
+        }
+    }
+
+    /// The error's parameters object.
+    pub fn parameters(&self) -> Value {
+        match self {
+            Self::NoSuchTopic { topic } => json!({ "topic": topic }),
+            Self::ServiceUnavailable { service } | Self::AlreadyRegistered { service } => {
+                json!({ "service": service })
+            }
+            Self::Timeout {
+                service,
+                timeout_ms,
+            } => json!({ "service": service, "timeout_ms": timeout_ms }),
+            Self::InvalidParameter { parameter, reason } => {
+                json!({ "parameter": parameter, "reason": reason })
+            }
+            Self::NoSuchRequest { id } => json!({ "id": id }),
+            Self::ServiceError {
+                service,
+                method,
+                error,
+                parameters,
+            } => json!({
+                "service": service, "method": method, "error": error, "parameters": parameters
+            }),
+            Self::LimitExceeded { limit, max } => json!({ "limit": limit, "max": max }),
+            Self::AccessDenied { action, object } => json!({ "action": action, "object": object }),
+            Self::InterfaceNotFound { interface } => json!({ "interface": interface }),
+            Self::MethodNotFound { method } | Self::MethodNotImplemented { method } => {
+                json!({ "method": method })
+            }
+            Self::VarlinkInvalidParameter { parameter } => json!({ "parameter": parameter }),
+            Self::ExpectedMore => json!({}),
+            Self::Other { parameters, .. } => parameters.clone(),
+        }
+    }
+
+    /// Rebuilds an error from its wire form. Unknown names, and known names
+    /// with unexpected parameters, become [`ErrorReply::Other`] so nothing a
+    /// peer sent is lost.
+    pub fn from_wire(name: &str, parameters: Value) -> Self {
+        let known = Self::known_from_wire(name, &parameters);
+        known.unwrap_or(Self::Other {
+            name: name.to_owned(),
+            parameters,
+        })
+    }
+
+    fn known_from_wire(name: &str, p: &Value) -> Option<Self> {
+        let s = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_owned);
+        let n = |key: &str| p.get(key).and_then(Value::as_u64);
+        let (interface, member) = name.rsplit_once('.')?;
+        let error = match (interface, member) {
+            (GATEWAY_INTERFACE, "NoSuchTopic") => Self::NoSuchTopic { topic: s("topic")? },
+            (GATEWAY_INTERFACE, "ServiceUnavailable") => Self::ServiceUnavailable {
+                service: s("service")?,
+            },
+            (GATEWAY_INTERFACE, "Timeout") => Self::Timeout {
+                service: s("service")?,
+                timeout_ms: n("timeout_ms")?,
+            },
+            (GATEWAY_INTERFACE, "InvalidParameter") => Self::InvalidParameter {
+                parameter: s("parameter")?,
+                reason: s("reason")?,
+            },
+            (GATEWAY_INTERFACE, "AlreadyRegistered") => Self::AlreadyRegistered {
+                service: s("service")?,
+            },
+            (GATEWAY_INTERFACE, "NoSuchRequest") => Self::NoSuchRequest { id: n("id")? },
+            (GATEWAY_INTERFACE, "ServiceError") => Self::ServiceError {
+                service: s("service")?,
+                method: s("method")?,
+                error: s("error")?,
+                parameters: p.get("parameters").cloned().unwrap_or(Value::Null),
+            },
+            (GATEWAY_INTERFACE, "LimitExceeded") => Self::LimitExceeded {
+                limit: s("limit")?,
+                max: n("max")?,
+            },
+            (GATEWAY_INTERFACE, "AccessDenied") => Self::AccessDenied {
+                action: s("action")?,
+                object: s("object")?,
+            },
+            (SERVICE_INTERFACE, "InterfaceNotFound") => Self::InterfaceNotFound {
+                interface: s("interface")?,
+            },
+            (SERVICE_INTERFACE, "MethodNotFound") => Self::MethodNotFound { method: s("method")? },
+            (SERVICE_INTERFACE, "MethodNotImplemented") => Self::MethodNotImplemented {
+                method: s("method")?,
+            },
+            (SERVICE_INTERFACE, "InvalidParameter") => Self::VarlinkInvalidParameter {
+                parameter: s("parameter")?,
+            },
+            (SERVICE_INTERFACE, "ExpectedMore") => Self::ExpectedMore,
+            _ => return None,
+        };
+        Some(error)
+    }
+
+    /// The error as a complete varlink reply object.
+    pub fn to_reply(&self) -> Value {
+        let mut reply = Map::new();
+        reply.insert("error".into(), Value::String(self.name()));
+        reply.insert("parameters".into(), self.parameters());
+        Value::Object(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_error_survives_the_wire() {
+        let errors = [
+            ErrorReply::NoSuchTopic { topic: "a.b".into() },
+            ErrorReply::ServiceUnavailable { service: "echo".into() },
+            ErrorReply::Timeout { service: "echo".into(), timeout_ms: 5 },
+            ErrorReply::invalid("topic", "empty"),
+            ErrorReply::AlreadyRegistered { service: "echo".into() },
+            ErrorReply::NoSuchRequest { id: 7 },
+            ErrorReply::ServiceError {
+                service: "s".into(),
+                method: "m".into(),
+                error: "x.Y".into(),
+                parameters: json!({"k": 1}),
+            },
+            ErrorReply::LimitExceeded { limit: "topics".into(), max: 3 },
+            ErrorReply::AccessDenied { action: "call".into(), object: "echo".into() },
+            ErrorReply::InterfaceNotFound { interface: "a.B".into() },
+            ErrorReply::MethodNotFound { method: "a.B.C".into() },
+            ErrorReply::MethodNotImplemented { method: "a.B.C".into() },
+            ErrorReply::VarlinkInvalidParameter { parameter: "topic".into() },
+            ErrorReply::ExpectedMore,
+        ];
+        for error in errors {
+            assert_eq!(ErrorReply::from_wire(&error.name(), error.parameters()), error);
+        }
+    }
+
+    #[test]
+    fn unknown_error_is_kept_verbatim() {
+        let e = ErrorReply::from_wire("com.example.Broken", json!({"why": 1}));
+        assert_eq!(e.name(), "com.example.Broken");
+        assert_eq!(e.parameters(), json!({"why": 1}));
+    }
+}

@@ -1,0 +1,299 @@
+//! The `io.qmipc.Gateway` interface: its IDL text (the file shipped in this
+//! crate, returned verbatim by `GetInterfaceDescription`) and the typed
+//! requests a call turns into.
+
+use serde_json::Value;
+
+use crate::errors::ErrorReply;
+use crate::message::Call;
+use crate::params::Params;
+
+pub const GATEWAY_INTERFACE: &str = "io.qmipc.Gateway";
+pub const SERVICE_INTERFACE: &str = "org.varlink.service";
+
+/// The interface definition, exactly as in `io.qmipc.Gateway.varlink`.
+pub const GATEWAY_IDL: &str = include_str!("../io.qmipc.Gateway.varlink");
+
+/// Longest topic or service name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// What a call asks for, with its parameters checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    GetInfo,
+    GetInterfaceDescription { interface: String },
+    Publish { topic: String, value: Value },
+    Get { topic: String },
+    Subscribe { topics: Vec<TopicPattern> },
+    Register { services: Vec<String> },
+    Reply { id: u64, outcome: ReplyOutcome },
+    Call {
+        service: String,
+        method: String,
+        parameters: Value,
+        timeout_ms: Option<u64>,
+    },
+    Stats,
+}
+
+/// A provider's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyOutcome {
+    Result(Value),
+    Error { error: String, parameters: Value },
+}
+
+/// A subscription pattern: one topic, every topic below a prefix
+/// (`vehicle.*`), or every topic (`*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TopicPattern {
+    Exact(String),
+    /// Holds the prefix with its trailing dot (`vehicle.`); empty for `*`.
+    Prefix(String),
+}
+
+impl TopicPattern {
+    pub fn parse(text: &str) -> Result<Self, ErrorReply> {
+        if text == "*" {
+            return Ok(Self::Prefix(String::new()));
+        }
+        match text.strip_suffix(".*") {
+            Some(prefix) => {
+                check_name("topics", prefix)?;
+                Ok(Self::Prefix(format!("{prefix}.")))
+            }
+            None => {
+                check_name("topics", text)?;
+                Ok(Self::Exact(text.to_owned()))
+            }
+        }
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Self::Exact(name) => name == topic,
+            Self::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(name) => f.write_str(name),
+            Self::Prefix(p) if p.is_empty() => f.write_str("*"),
+            Self::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// Checks a topic or service name: dot-separated segments of ASCII
+/// letters, digits, `_` and `-`, at most [`MAX_NAME_LEN`] bytes.
+pub fn check_name(parameter: &str, name: &str) -> Result<(), ErrorReply> {
+    if name.is_empty() {
+        return Err(ErrorReply::invalid(parameter, "name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ErrorReply::invalid(
+            parameter,
+            format!("name is longer than {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    for segment in name.split('.') {
+        if segment.is_empty() {
+            return Err(ErrorReply::invalid(
+                parameter,
+                format!("\"{name}\" has an empty segment"),
+            ));
+        }
+        if let Some(bad) = segment
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(ErrorReply::invalid(
+                parameter,
+                format!("\"{name}\" contains {bad:?}; use letters, digits, '_', '-' and '.'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Request {
+    /// Interprets a call. Unknown interfaces and methods, and parameters of
+    /// the wrong type, give the standard `org.varlink.service` errors.
+    pub fn from_call(call: Call) -> Result<Self, ErrorReply> {
+        let Some((interface, member)) = call.method.rsplit_once('.') else {
+            return Err(ErrorReply::InterfaceNotFound {
+                interface: call.method,
+            });
+        };
+        let mut p = Params::new(call.parameters);
+        let request = match (interface, member) {
+            (SERVICE_INTERFACE, "GetInfo") => Self::GetInfo,
+            (SERVICE_INTERFACE, "GetInterfaceDescription") => Self::GetInterfaceDescription {
+                interface: p.string("interface")?,
+            },
+            (GATEWAY_INTERFACE, "Publish") => {
+                let topic = p.string("topic")?;
+                check_name("topic", &topic)?;
+                Self::Publish {
+                    topic,
+                    value: p.value("value")?,
+                }
+            }
+            (GATEWAY_INTERFACE, "Get") => {
+                let topic = p.string("topic")?;
+                check_name("topic", &topic)?;
+                Self::Get { topic }
+            }
+            (GATEWAY_INTERFACE, "Subscribe") => {
+                let topics = p.string_array("topics")?;
+                if topics.is_empty() {
+                    return Err(ErrorReply::invalid("topics", "no topic given"));
+                }
+                let topics = topics
+                    .iter()
+                    .map(|t| TopicPattern::parse(t))
+                    .collect::<Result<_, _>>()?;
+                Self::Subscribe { topics }
+            }
+            (GATEWAY_INTERFACE, "Register") => {
+                let services = p.string_array("services")?;
+                if services.is_empty() {
+                    return Err(ErrorReply::invalid("services", "no service given"));
+                }
+                for s in &services {
+                    check_name("services", s)?;
+                }
+                Self::Register { services }
+            }
+            (GATEWAY_INTERFACE, "Reply") => {
+                let id = p.uint("id")?;
+                let result = p.opt_value("result");
+                let error = p.opt_string("error")?;
+                let error_parameters = p.opt_value("error_parameters");
+                let outcome = match (result, error) {
+                    (Some(_), Some(_)) => {
+                        return Err(ErrorReply::invalid(
+                            "error",
+                            "give either result or error, not both",
+                        ))
+                    }
+                    (_, Some(error)) => ReplyOutcome::Error {
+                        error,
+                        parameters: error_parameters.unwrap_or_else(|| Value::Object(Default::default())),
+                    },
+                    (result, None) => {
+                        ReplyOutcome::Result(result.unwrap_or_else(|| Value::Object(Default::default())))
+                    }
+                };
+                Self::Reply { id, outcome }
+            }
+            (GATEWAY_INTERFACE, "Call") => {
+                let service = p.string("service")?;
+                check_name("service", &service)?;
+                Self::Call {
+                    service,
+                    method: p.string("method")?,
+                    parameters: p
+                        .opt_value("parameters")
+                        .unwrap_or_else(|| Value::Object(Default::default())),
+                    timeout_ms: p.opt_uint("timeout_ms")?,
+                }
+            }
+            (GATEWAY_INTERFACE, "Stats") => Self::Stats,
+            (SERVICE_INTERFACE | GATEWAY_INTERFACE, _) => {
+                return Err(ErrorReply::MethodNotFound {
+                    method: call.method,
+                })
+            }
+            _ => {
+                return Err(ErrorReply::InterfaceNotFound {
+                    interface: interface.to_owned(),
+                })
+            }
+        };
+        p.finish()?;
+        Ok(request)
+    }
+
+    /// Streaming methods must be called with `"more": true`.
+    pub fn requires_more(&self) -> bool {
+        matches!(self, Self::Subscribe { .. } | Self::Register { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(method: &str, params: Value) -> Result<Request, ErrorReply> {
+        Request::from_call(Call::new(method, params))
+    }
+
+    #[test]
+    fn idl_is_the_shipped_file_and_names_the_interface() {
+        assert!(GATEWAY_IDL.contains("interface io.qmipc.Gateway\n"));
+    }
+
+    #[test]
+    fn parses_gateway_requests() {
+        assert_eq!(
+            req("io.qmipc.Gateway.Publish", json!({"topic": "a.b", "value": 1.5})),
+            Ok(Request::Publish { topic: "a.b".into(), value: json!(1.5) })
+        );
+        assert_eq!(
+            req("io.qmipc.Gateway.Subscribe", json!({"topics": ["a.*", "b", "*"]})),
+            Ok(Request::Subscribe {
+                topics: vec![
+                    TopicPattern::Prefix("a.".into()),
+                    TopicPattern::Exact("b".into()),
+                    TopicPattern::Prefix(String::new()),
+                ]
+            })
+        );
+        assert_eq!(
+            req("io.qmipc.Gateway.Reply", json!({"id": 4, "error": "x.Y"})),
+            Ok(Request::Reply {
+                id: 4,
+                outcome: ReplyOutcome::Error { error: "x.Y".into(), parameters: json!({}) }
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_interface_method_and_parameters_are_named() {
+        assert_eq!(
+            req("com.example.Foo.Bar", json!({})),
+            Err(ErrorReply::InterfaceNotFound { interface: "com.example.Foo".into() })
+        );
+        assert_eq!(
+            req("io.qmipc.Gateway.Nope", json!({})),
+            Err(ErrorReply::MethodNotFound { method: "io.qmipc.Gateway.Nope".into() })
+        );
+        assert_eq!(
+            req("io.qmipc.Gateway.Get", json!({"topic": 3})),
+            Err(ErrorReply::VarlinkInvalidParameter { parameter: "topic".into() })
+        );
+        assert!(matches!(
+            req("io.qmipc.Gateway.Get", json!({"topic": "a..b"})),
+            Err(ErrorReply::InvalidParameter { .. })
+        ));
+        assert!(matches!(
+            req("io.qmipc.Gateway.Reply", json!({"id": 1, "result": {}, "error": "e"})),
+            Err(ErrorReply::InvalidParameter { .. })
+        ));
+    }
+
+    #[test]
+    fn patterns_match_as_documented() {
+        let p = TopicPattern::parse("vehicle.*").unwrap();
+        assert!(p.matches("vehicle.speed"));
+        assert!(!p.matches("vehicles.speed"));
+        assert!(!p.matches("vehicle"));
+        assert!(TopicPattern::parse("*").unwrap().matches("anything"));
+        assert_eq!(TopicPattern::parse("vehicle.*").unwrap().to_string(), "vehicle.*");
+    }
+}

@@ -1,0 +1,28 @@
+//! The qm-ipc wire protocol: varlink over a byte stream, with nothing but
+//! pure data handling here. Sockets, tasks and timers live in the server and
+//! client crates; this crate only turns bytes into messages and back, so it
+//! can be fuzzed and property-tested in isolation.
+//!
+//! - [`framing`]: NUL-terminated frames with a hard size bound.
+//! - [`message`]: varlink calls and replies (the envelope).
+//! - [`params`]: typed extraction of call parameters with errors that name
+//!   the offending parameter.
+//! - [`interface`]: the `io.qmipc.Gateway` IDL and its requests.
+//! - [`errors`]: every error reply the gateway sends, with its varlink name.
+//! - [`types`]: the structured values in replies (samples, service requests).
+
+pub mod errors;
+pub mod framing;
+pub mod interface;
+pub mod message;
+pub mod params;
+pub mod types;
+
+pub use errors::ErrorReply;
+pub use framing::{FrameDecoder, FrameError};
+pub use interface::{Request, GATEWAY_INTERFACE, GATEWAY_IDL, SERVICE_INTERFACE};
+pub use message::{Call, MessageError, Reply};
+pub use types::{Sample, ServiceRequest};
+
+/// Default upper bound of one frame (request or reply), in bytes, NUL included.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;

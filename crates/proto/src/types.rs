@@ -1,0 +1,96 @@
+//! Structured values carried in replies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One value of a topic (see `type Sample` in the IDL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub topic: String,
+    pub seq: u64,
+    pub value: Value,
+    pub timestamp_us: u64,
+    pub dropped: u64,
+}
+
+/// A request forwarded to a provider (see `type ServiceRequest` in the IDL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRequest {
+    pub id: u64,
+    pub service: String,
+    pub method: String,
+    pub parameters: Value,
+    pub timeout_ms: u64,
+}
+
+/// A sample whose topic and value are already JSON text, so that a gateway
+/// can send one published value to many subscribers without serialising it
+/// again for each.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedSample<'a> {
+    /// The topic as a JSON string literal, quotes included.
+    pub topic_json: &'a str,
+    pub seq: u64,
+    pub value_json: &'a str,
+    pub timestamp_us: u64,
+    pub dropped: u64,
+}
+
+impl EncodedSample<'_> {
+    /// Appends the streaming reply frame `{"parameters":{"sample":{...}},"continues":true}`.
+    pub fn encode_reply(&self, out: &mut Vec<u8>, continues: bool) {
+        use std::io::Write;
+        out.extend_from_slice(b"{\"parameters\":{\"sample\":{\"topic\":");
+        out.extend_from_slice(self.topic_json.as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, ",\"seq\":{},\"value\":", self.seq);
+        out.extend_from_slice(self.value_json.as_bytes());
+        let _ = write!(
+            out,
+            ",\"timestamp_us\":{},\"dropped\":{}}}}}",
+            self.timestamp_us, self.dropped
+        );
+        if continues {
+            out.extend_from_slice(b",\"continues\":true");
+        }
+        out.extend_from_slice(b"}\0");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Reply;
+    use serde_json::json;
+
+    #[test]
+    fn encoded_sample_is_a_valid_streaming_reply() {
+        let value = json!({"kmh": 42.5, "s": "a\"b"});
+        let topic = serde_json::to_string("vehicle.speed").unwrap();
+        let value_json = value.to_string();
+        let mut out = Vec::new();
+        EncodedSample {
+            topic_json: &topic,
+            seq: 7,
+            value_json: &value_json,
+            timestamp_us: 11,
+            dropped: 2,
+        }
+        .encode_reply(&mut out, true);
+        assert_eq!(out.pop(), Some(0));
+        let reply = Reply::parse(&out).unwrap();
+        assert!(reply.continues);
+        let sample: Sample =
+            serde_json::from_value(reply.parameters["sample"].clone()).unwrap();
+        assert_eq!(
+            sample,
+            Sample {
+                topic: "vehicle.speed".into(),
+                seq: 7,
+                value,
+                timestamp_us: 11,
+                dropped: 2
+            }
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! One client connection: read frames, answer each call in order, write the
+//! outbox.
+//!
+//! Calls on a connection are answered strictly in order (varlink has no
+//! request ids), so the reader handles one call at a time. A streaming call
+//! (Subscribe, Register) keeps its connection: from then on only `oneway`
+//! calls are accepted there, such as a provider's Reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qm_ipc_proto::interface::{GATEWAY_INTERFACE, SERVICE_INTERFACE};
+use qm_ipc_proto::message::{encode_error, encode_reply};
+use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, Request, GATEWAY_IDL};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use crate::hub::{ConnId, Hub};
+use crate::outbox::Outbox;
+
+/// Bytes the writer gathers into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    PeerClosed,
+    Shutdown,
+    Protocol(String),
+    ReadFailed(std::io::Error),
+    WriteFailed(std::io::Error),
+    SendQueueFull,
+}
+
+/// What the connection is doing after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Requests,
+    Streaming,
+}
+
+/// Who is on the other end, for logs.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub listener: Arc<str>,
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.listener)?;
+        if let Some(pid) = self.pid {
+            write!(f, " pid={pid}")?;
+        }
+        if let Some(uid) = self.uid {
+            write!(f, " uid={uid}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Peer {
+    pub fn of(stream: &UnixStream, listener: Arc<str>) -> Self {
+        let cred = stream.peer_cred().ok();
+        Self {
+            listener,
+            pid: cred.as_ref().and_then(|c| c.pid()),
+            uid: cred.map(|c| c.uid()),
+        }
+    }
+}
+
+/// Serves one connection until the peer leaves, breaks the protocol or the
+/// gateway shuts down; then flushes what is queued (bounded by the drain
+/// timeout) and forgets the connection.
+pub async fn serve(
+    hub: Arc<Hub>,
+    stream: UnixStream,
+    peer: Peer,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ended {
+    let (conn, outbox) = hub.connect();
+    tracing::debug!(conn, %peer, "connected");
+    let (read, write) = stream.into_split();
+    let writer = write_loop(write, outbox.clone());
+    tokio::pin!(writer);
+    let mut session = Session {
+        hub: &hub,
+        conn,
+        outbox: &outbox,
+        mode: Mode::Requests,
+    };
+    let ended = tokio::select! {
+        ended = session.read_loop(read, &mut shutdown) => ended,
+        ended = &mut writer => ended,
+    };
+    hub.disconnect(conn);
+    outbox.close();
+    let drain = hub.limits().drain_timeout;
+    if !matches!(ended, Ended::WriteFailed(_) | Ended::SendQueueFull) {
+        let _ = tokio::time::timeout(drain, &mut writer).await;
+    }
+    match &ended {
+        Ended::PeerClosed | Ended::Shutdown => tracing::debug!(conn, %peer, ?ended, "closed"),
+        _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
+    }
+    ended
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) -> Ended {
+    let mut buf = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        buf.clear();
+        // Register interest before looking, so a push between take() and
+        // wait() is not missed.
+        let notified = outbox.wait();
+        tokio::pin!(notified);
+        if !outbox.take(&mut buf, WRITE_BATCH) {
+            return match outbox.overflowed() {
+                Some(_) => Ended::SendQueueFull,
+                None => Ended::PeerClosed,
+            };
+        }
+        if buf.is_empty() {
+            notified.await;
+            continue;
+        }
+        if let Err(e) = write.write_all(&buf).await {
+            return Ended::WriteFailed(e);
+        }
+    }
+}
+
+struct Session<'a> {
+    hub: &'a Hub,
+    conn: ConnId,
+    outbox: &'a Arc<Outbox>,
+    mode: Mode,
+}
+
+impl Session<'_> {
+    async fn read_loop(
+        &mut self,
+        mut read: OwnedReadHalf,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let mut decoder = FrameDecoder::new(self.hub.limits().max_frame);
+        loop {
+            while let Some(call) = match decoder.next_frame() {
+                Ok(Some(frame)) => match Call::parse(frame) {
+                    Ok(call) => Some(call),
+                    Err(e) => return Ended::Protocol(e.to_string()),
+                },
+                Ok(None) => None,
+                Err(e) => return Ended::Protocol(e.to_string()),
+            } {
+                if let Some(ended) = self.handle(call, shutdown).await {
+                    return ended;
+                }
+            }
+            let n = tokio::select! {
+                n = read.read(decoder.spare()) => n,
+                _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
+            };
+            match n {
+                Ok(0) => {
+                    decoder.commit(0);
+                    return match decoder.finish() {
+                        Ok(()) => Ended::PeerClosed,
+                        Err(e) => Ended::Protocol(e.to_string()),
+                    };
+                }
+                Ok(n) => decoder.commit(n),
+                Err(e) => return Ended::ReadFailed(e),
+            }
+        }
+    }
+
+    /// Answers one call. Returns why the connection must end, if it must.
+    async fn handle(&mut self, call: Call, shutdown: &mut watch::Receiver<bool>) -> Option<Ended> {
+        let oneway = call.oneway;
+        if self.mode == Mode::Streaming && !oneway {
+            return Some(Ended::Protocol(format!(
+                "call {} on a connection with a running stream (only oneway calls are allowed there)",
+                call.method
+            )));
+        }
+        let more = call.more;
+        let upgrade = call.upgrade;
+        let method = call.method.clone();
+        let outcome = match Request::from_call(call) {
+            Err(e) => Err(e),
+            Ok(_) if upgrade => Err(ErrorReply::VarlinkInvalidParameter {
+                parameter: "upgrade".into(),
+            }),
+            Ok(request) if request.requires_more() && !more => Err(ErrorReply::ExpectedMore),
+            Ok(request) => self.dispatch(request, shutdown).await,
+        };
+        let result = match outcome {
+            Ok(Some(parameters)) if !oneway => self
+                .outbox
+                .push_frame(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
+            Err(error) if !oneway => {
+                tracing::debug!(conn = self.conn, %method, %error, "error reply");
+                self.outbox.push_frame(|out| encode_error(out, &error))
+            }
+            Err(error) => {
+                tracing::debug!(conn = self.conn, %method, %error, "oneway call failed");
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if result.is_err() || self.outbox.overflowed().is_some() {
+            return Some(Ended::SendQueueFull);
+        }
+        None
+    }
+
+    /// Carries out a request. `Ok(None)` means nothing to send now.
+    async fn dispatch(
+        &mut self,
+        request: Request,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Value>, ErrorReply> {
+        let hub = self.hub;
+        match request {
+            Request::GetInfo => Ok(Some(json!({
+                "vendor": "qm-ipc",
+                "product": "qm-ipc gateway",
+                "version": env!("CARGO_PKG_VERSION"),
+                "url": "https://github.com/qm-ipc/qm-ipc",
+                "interfaces": [SERVICE_INTERFACE, GATEWAY_INTERFACE],
+            }))),
+            Request::GetInterfaceDescription { interface } => match interface.as_str() {
+                GATEWAY_INTERFACE => Ok(Some(json!({ "description": GATEWAY_IDL }))),
+                SERVICE_INTERFACE => Ok(Some(json!({ "description": SERVICE_IDL }))),
+                _ => Err(ErrorReply::InterfaceNotFound { interface }),
+            },
+            Request::Publish { topic, value } => {
+                let seq = hub.publish(&topic, &value)?;
+                Ok(Some(json!({ "seq": seq })))
+            }
+            Request::Get { topic } => Ok(Some(json!({ "sample": hub.get(&topic)? }))),
+            Request::Subscribe { topics } => {
+                // The first replies are the current values; they are queued
+                // by the hub, like every later update.
+                self.mode = Mode::Streaming;
+                hub.subscribe(self.conn, self.outbox, topics);
+                Ok(None)
+            }
+            Request::Register { services } => {
+                hub.register(self.conn, self.outbox, services)?;
+                self.mode = Mode::Streaming;
+                Ok(Some(json!({})))
+            }
+            Request::Reply { id, outcome } => {
+                hub.reply(self.conn, id, outcome)?;
+                Ok(Some(json!({})))
+            }
+            Request::Call {
+                service,
+                method,
+                parameters,
+                timeout_ms,
+            } => {
+                let limits = hub.limits();
+                let timeout = match timeout_ms {
+                    None => limits.default_call_timeout,
+                    Some(0) => return Err(ErrorReply::invalid("timeout_ms", "must be positive")),
+                    Some(ms) if Duration::from_millis(ms) > limits.max_call_timeout => {
+                        return Err(ErrorReply::invalid(
+                            "timeout_ms",
+                            format!(
+                                "at most {} ms allowed",
+                                limits.max_call_timeout.as_millis()
+                            ),
+                        ))
+                    }
+                    Some(ms) => Duration::from_millis(ms),
+                };
+                let (id, reply) = hub.start_call(&service, method, parameters, timeout)?;
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(timeout, reply) => r,
+                    _ = shutdown.wait_for(|stop| *stop) => {
+                        hub.abandon_call(id);
+                        return Err(ErrorReply::ServiceUnavailable { service });
+                    }
+                };
+                match outcome {
+                    Ok(Ok(Ok(result))) => Ok(Some(json!({ "result": result }))),
+                    Ok(Ok(Err(error))) => Err(error),
+                    Ok(Err(_)) => Err(ErrorReply::ServiceUnavailable { service }),
+                    Err(_elapsed) => {
+                        hub.abandon_call(id);
+                        Err(ErrorReply::Timeout {
+                            service,
+                            timeout_ms: timeout.as_millis() as u64,
+                        })
+                    }
+                }
+            }
+            Request::Stats => {
+                let s = hub.snapshot();
+                Ok(Some(json!({
+                    "connections": s.connections,
+                    "topics": s.topics,
+                    "services": s.services,
+                    "subscriptions": s.subscriptions,
+                    "calls_in_flight": s.calls_in_flight,
+                    "published": s.published,
+                    "delivered": s.delivered,
+                    "dropped": s.dropped,
+                })))
+            }
+        }
+    }
+}
+
+/// The `org.varlink.service` interface, as the varlink specification
+/// defines it.
+pub const SERVICE_IDL: &str = "\
+# The Varlink Service Interface is provided by every varlink service. It
+# describes the service and the interfaces it implements.
+interface org.varlink.service
+
+# Get a list of all the interfaces a service provides and information
+# about the implementation.
+method GetInfo() -> (
+  vendor: string,
+  product: string,
+  version: string,
+  url: string,
+  interfaces: []string
+)
+
+# Get the description of an interface that is implemented by this service.
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+# The requested interface was not found.
+error InterfaceNotFound (interface: string)
+
+# The requested method was not found
+error MethodNotFound (method: string)
+
+# The interface defines the requested method, but the service does not
+# implement it.
+error MethodNotImplemented (method: string)
+
+# One of the passed parameters is invalid.
+error InvalidParameter (parameter: string)
+
+# Client is denied access
+error PermissionDenied ()
+
+# Method is expected to be called with 'more' set to true, but wasn't
+error ExpectedMore ()
+";

@@ -1,0 +1,298 @@
+//! The gateway's lifecycle: listeners, accept loops, sd_notify, shutdown.
+//!
+//! `READY=1` is sent only after every listener is listening (connections
+//! that arrive earlier wait in the kernel's backlog and are served).
+//! `STATUS=` follows the live counts; `WATCHDOG=1` comes from a task on the
+//! same event loop as the connections, so a stuck loop stops it. On
+//! shutdown the gateway sends `STOPPING=1`, stops accepting, lets every
+//! connection flush for at most the drain timeout, and removes the socket
+//! files it created.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::config::{Config, Limits, CONSUMER, PROVIDER};
+use crate::connection::{self, Peer};
+use crate::hub::{Hub, Snapshot};
+use crate::listen::{ListenError, Listener};
+use crate::notify::Notifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("nothing to listen on: no socket was passed by systemd and no path was configured")]
+    NoListeners,
+    #[error("cannot use NOTIFY_SOCKET: {0}")]
+    Notify(io::Error),
+    #[error("cannot register listener {name} with the event loop: {source}")]
+    Register { name: String, source: io::Error },
+}
+
+/// Counts live connection tasks so shutdown can wait for them.
+#[derive(Default)]
+struct Tracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+struct TrackGuard(Arc<Tracker>);
+
+impl Tracker {
+    fn enter(self: &Arc<Self>) -> TrackGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        TrackGuard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Lets in-process code (the demo provider) connect to a running gateway
+/// without a socket file.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    hub: Arc<Hub>,
+    shutdown: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+}
+
+impl GatewayHandle {
+    /// A connection served as if accepted on the listener `name`. Must be
+    /// called inside the gateway's tokio runtime.
+    pub fn connect_local(&self, name: &str) -> io::Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let peer = Peer::of(&ours, Arc::from(name));
+        spawn_connection(&self.hub, &self.tracker, ours, peer, self.shutdown.clone(), None);
+        Ok(theirs)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.hub.snapshot()
+    }
+}
+
+fn spawn_connection(
+    hub: &Arc<Hub>,
+    tracker: &Arc<Tracker>,
+    stream: UnixStream,
+    peer: Peer,
+    shutdown: watch::Receiver<bool>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let hub = hub.clone();
+    let guard = tracker.enter();
+    tokio::spawn(async move {
+        connection::serve(hub, stream, peer, shutdown).await;
+        drop(permit);
+        drop(guard);
+    });
+}
+
+pub struct Gateway {
+    hub: Arc<Hub>,
+    listeners: Vec<Listener>,
+    notifier: Notifier,
+    shutdown_tx: watch::Sender<bool>,
+    tracker: Arc<Tracker>,
+}
+
+impl Gateway {
+    /// Takes socket-activated listeners if there are any; otherwise binds
+    /// the configured paths. Reads `NOTIFY_SOCKET` and the watchdog.
+    pub fn start(config: Config) -> Result<Self, StartError> {
+        let mut listeners = Listener::from_activation()?;
+        if listeners.is_empty() {
+            if let Some(path) = &config.consumer_path {
+                listeners.push(Listener::bind(CONSUMER, path)?);
+            }
+            if let Some(path) = &config.provider_path {
+                listeners.push(Listener::bind(PROVIDER, path)?);
+            }
+        } else if let Some(path) = &config.provider_path {
+            // Socket activation passed the consumer side; an explicitly
+            // configured provider socket is still bound by the gateway.
+            if !listeners.iter().any(|l| l.name == PROVIDER) {
+                listeners.push(Listener::bind(PROVIDER, path)?);
+            }
+        }
+        let notifier = Notifier::from_env().map_err(StartError::Notify)?;
+        Ok(Self::new(listeners, config.limits, notifier))
+    }
+
+    pub fn new(listeners: Vec<Listener>, limits: Limits, notifier: Notifier) -> Self {
+        let (shutdown_tx, _) = watch::channel(false);
+        Self {
+            hub: Arc::new(Hub::new(limits)),
+            listeners,
+            notifier,
+            shutdown_tx,
+            tracker: Arc::default(),
+        }
+    }
+
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            hub: self.hub.clone(),
+            shutdown: self.shutdown_tx.subscribe(),
+            tracker: self.tracker.clone(),
+        }
+    }
+
+    /// Serves until `stop` completes, then drains and returns.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+        let limits = self.hub.limits().clone();
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let mut accept_tasks = Vec::new();
+        for listener in &self.listeners {
+            let std_listener =
+                listener
+                    .socket
+                    .try_clone()
+                    .map_err(|source| StartError::Register {
+                        name: listener.name.clone(),
+                        source,
+                    })?;
+            let registered = std_listener
+                .set_nonblocking(true)
+                .and_then(|()| UnixListener::from_std(std_listener))
+                .map_err(|source| StartError::Register {
+                    name: listener.name.clone(),
+                    source,
+                })?;
+            tracing::info!("listening on {}", listener.describe());
+            accept_tasks.push(tokio::spawn(accept_loop(
+                registered,
+                Arc::from(listener.name.as_str()),
+                self.hub.clone(),
+                self.tracker.clone(),
+                permits.clone(),
+                self.shutdown_tx.subscribe(),
+            )));
+        }
+        if self.listeners.is_empty() {
+            tracing::info!("no listening socket; serving in-process connections only");
+        }
+        let status = status_line(&self.hub.snapshot());
+        self.notifier.notify(&format!("READY=1\nSTATUS={status}"));
+        tracing::info!("ready");
+
+        let housekeeping = housekeeping(&self.hub, &self.notifier);
+        tokio::select! {
+            _ = stop => {}
+            _ = housekeeping => {}
+        }
+
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping");
+        tracing::info!("stopping: draining connections");
+        for task in &accept_tasks {
+            task.abort();
+        }
+        let _ = self.shutdown_tx.send(true);
+        let drain = limits.drain_timeout + Duration::from_millis(100);
+        if tokio::time::timeout(drain, self.tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} connections still open after the drain timeout; closing them",
+                self.tracker.live.load(Ordering::SeqCst)
+            );
+        }
+        // Dropping the listeners removes the socket files we created.
+        drop(self.listeners);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Sends `STATUS=` when the counts change and `WATCHDOG=1` on time. Never
+/// returns.
+async fn housekeeping(hub: &Hub, notifier: &Notifier) {
+    let watchdog = notifier.watchdog_interval();
+    let tick = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    let mut last_watchdog = tokio::time::Instant::now();
+    loop {
+        interval.tick().await;
+        if let Some(every) = watchdog {
+            if last_watchdog.elapsed() >= every {
+                notifier.notify("WATCHDOG=1");
+                last_watchdog = tokio::time::Instant::now();
+            }
+        }
+        let status = status_line(&hub.snapshot());
+        if status != last_status {
+            notifier.notify(&format!("STATUS={status}"));
+            last_status = status;
+        }
+    }
+}
+
+fn status_line(s: &Snapshot) -> String {
+    format!(
+        "serving {} connections, {} topics, {} services, {} subscriptions, {} calls in flight",
+        s.connections,
+        s.topics,
+        s.services.len(),
+        s.subscriptions,
+        s.calls_in_flight
+    )
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    name: Arc<str>,
+    hub: Arc<Hub>,
+    tracker: Arc<Tracker>,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        // Wait for a free slot before accepting: at the connection limit
+        // new peers wait in the listen backlog instead of costing an fd.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let peer = Peer::of(&stream, name.clone());
+                spawn_connection(&hub, &tracker, stream, peer, shutdown.clone(), Some(permit));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning;
+                // the error clears when connections close.
+                tracing::warn!(listener = %name, "accept failed: {e}");
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

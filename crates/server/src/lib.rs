@@ -1,0 +1,23 @@
+//! The qm-ipc gateway (the ASIL-side server).
+//!
+//! - [`listen`]: listening sockets from systemd socket activation or bound
+//!   by the gateway itself.
+//! - [`notify`]: the sd_notify protocol (`READY=1`, `STATUS=`, watchdog).
+//! - [`hub`]: topics, subscriptions, services and in-flight calls.
+//! - [`outbox`]: each connection's bounded, conflating send queue.
+//! - [`connection`]: one client connection: read, dispatch, write.
+//! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
+//! - [`config`]: every limit and path, with its default.
+
+pub mod config;
+pub mod connection;
+pub mod gateway;
+pub mod hub;
+pub mod listen;
+pub mod notify;
+pub mod outbox;
+
+pub use config::{Config, Limits};
+pub use gateway::{Gateway, GatewayHandle, StartError};
+pub use listen::{ListenError, Listener};
+pub use notify::Notifier;

@@ -1,0 +1,338 @@
+//! Listening sockets: taken over from systemd socket activation
+//! (`LISTEN_FDS`), or bound by the gateway itself.
+//!
+//! Activation is validated before any fd is used: `LISTEN_PID` must be this
+//! process, and every fd must be a listening `AF_UNIX` `SOCK_STREAM` socket.
+//! The variables are removed from the environment afterwards so no child
+//! (and no second call) takes the same fds again.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::config::CONSUMER;
+
+/// First fd passed by systemd.
+const LISTEN_FDS_START: RawFd = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("LISTEN_PID={found} but this process is {ours}: the sockets were meant for another process")]
+    WrongPid { found: String, ours: u32 },
+    #[error("LISTEN_FDS={0:?} is not a number")]
+    BadFdCount(String),
+    #[error("LISTEN_FDNAMES has {names} names for LISTEN_FDS={fds} sockets")]
+    NameCountMismatch { names: usize, fds: usize },
+    #[error("socket-activated fd {fd} ({name}) is not usable: {reason}")]
+    BadFd {
+        fd: RawFd,
+        name: String,
+        reason: String,
+    },
+    #[error("socket-activated fd name {name:?} appears twice")]
+    DuplicateName { name: String },
+    #[error("cannot create the socket directory {dir}: {source}")]
+    CreateDir { dir: PathBuf, source: io::Error },
+    #[error("a gateway is already listening on {path}; stop it first or choose another path")]
+    InUse { path: PathBuf },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("cannot remove the stale socket {path}: {source}")]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// A listening socket and the name policy and logs know it by.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub socket: std::os::unix::net::UnixListener,
+    /// The socket file to remove on drop, for sockets the gateway bound.
+    owned_path: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Where the socket lives, for logs.
+    pub fn describe(&self) -> String {
+        match &self.owned_path {
+            Some(path) => format!("{} ({})", self.name, path.display()),
+            None => format!("{} (socket-activated)", self.name),
+        }
+    }
+
+    /// Binds `path`: creates its directory, replaces a stale socket file
+    /// nobody listens on, and refuses when a live gateway answers there.
+    pub fn bind(name: &str, path: &Path) -> Result<Self, ListenError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ListenError::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ListenError::NotASocket {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(_) => match StdUnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(ListenError::InUse {
+                        path: path.to_owned(),
+                    })
+                }
+                Err(_) => std::fs::remove_file(path).map_err(|source| {
+                    ListenError::RemoveStale {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?,
+            },
+            Err(_) => {}
+        }
+        let socket =
+            std::os::unix::net::UnixListener::bind(path).map_err(|source| ListenError::Bind {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            socket,
+            owned_path: Some(path.to_owned()),
+        })
+    }
+
+    /// Takes the sockets systemd passed, if any. Returns an empty list when
+    /// the process was not socket-activated.
+    pub fn from_activation() -> Result<Vec<Self>, ListenError> {
+        let env = ActivationEnv::take();
+        env.into_listeners()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = &self.owned_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The three activation variables, removed from the environment when read.
+#[derive(Debug, Default)]
+pub struct ActivationEnv {
+    pub pid: Option<String>,
+    pub fds: Option<String>,
+    pub names: Option<String>,
+}
+
+impl ActivationEnv {
+    fn take() -> Self {
+        let get = |key: &str| {
+            let value = std::env::var(key).ok();
+            std::env::remove_var(key);
+            value
+        };
+        Self {
+            pid: get("LISTEN_PID"),
+            fds: get("LISTEN_FDS"),
+            names: get("LISTEN_FDNAMES"),
+        }
+    }
+
+    /// Validates the variables and the fds they name, and wraps each fd
+    /// exactly once.
+    pub fn into_listeners(self) -> Result<Vec<Listener>, ListenError> {
+        let (Some(pid), Some(fds)) = (self.pid, self.fds) else {
+            return Ok(Vec::new());
+        };
+        let ours = std::process::id();
+        if pid.trim().parse::<u32>().ok() != Some(ours) {
+            return Err(ListenError::WrongPid { found: pid, ours });
+        }
+        let count: usize = fds
+            .trim()
+            .parse()
+            .map_err(|_| ListenError::BadFdCount(fds.clone()))?;
+        let names = fd_names(self.names.as_deref(), count)?;
+        // Validate every fd before taking ownership of any, so that an error
+        // does not close fds that belong to someone else.
+        for (i, name) in names.iter().enumerate() {
+            check_listening_unix_stream(LISTEN_FDS_START + i as RawFd, name)?;
+        }
+        let mut listeners = Vec::with_capacity(count);
+        for (i, name) in names.into_iter().enumerate() {
+            let fd = LISTEN_FDS_START + i as RawFd;
+            // SAFETY: the fd was checked above to be an open socket that
+            // systemd handed to this process; this is the only place that
+            // wraps it, and the activation variables are gone from the
+            // environment, so nothing else will.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let socket = std::os::unix::net::UnixListener::from(owned);
+            socket.set_nonblocking(true).map_err(|e| ListenError::BadFd {
+                fd,
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+            listeners.push(Listener {
+                name,
+                socket,
+                owned_path: None,
+            });
+        }
+        Ok(listeners)
+    }
+}
+
+/// Names for each fd: from `LISTEN_FDNAMES`, where systemd's default name
+/// `unknown` (and a missing variable) means "consumer" for a single fd, as
+/// the seed's `ipc_server.socket` passes it.
+fn fd_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenError> {
+    let given: Vec<String> = match names {
+        Some(list) if !list.is_empty() => list.split(':').map(str::to_owned).collect(),
+        _ => vec!["unknown".to_owned(); count],
+    };
+    if given.len() != count {
+        return Err(ListenError::NameCountMismatch {
+            names: given.len(),
+            fds: count,
+        });
+    }
+    let mut names = Vec::with_capacity(count);
+    for (i, name) in given.into_iter().enumerate() {
+        let name = match name.as_str() {
+            "unknown" | "" if count == 1 => CONSUMER.to_owned(),
+            "unknown" | "" => format!("fd{}", LISTEN_FDS_START + i as RawFd),
+            _ => name,
+        };
+        if names.contains(&name) {
+            return Err(ListenError::DuplicateName { name });
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn check_listening_unix_stream(fd: RawFd, name: &str) -> Result<(), ListenError> {
+    let bad = |reason: String| ListenError::BadFd {
+        fd,
+        name: name.to_owned(),
+        reason,
+    };
+    let int_opt = |opt: libc::c_int| -> Result<libc::c_int, ListenError> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len point to a properly sized c_int; an invalid
+        // fd makes getsockopt fail with EBADF/ENOTSOCK, which is reported.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(value)
+        } else {
+            Err(bad(format!("not a socket ({})", io::Error::last_os_error())))
+        }
+    };
+    if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
+        return Err(bad("not an AF_UNIX socket".into()));
+    }
+    if int_opt(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(bad("not a SOCK_STREAM socket".into()));
+    }
+    if int_opt(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(bad("not listening".into()));
+    }
+    // SAFETY: plain fcntl on an fd validated above.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if rc != 0 {
+        return Err(bad(format!(
+            "cannot set FD_CLOEXEC ({})",
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_unnamed_fd_is_the_consumer() {
+        assert_eq!(fd_names(None, 1).unwrap(), vec!["consumer"]);
+        assert_eq!(fd_names(Some("unknown"), 1).unwrap(), vec!["consumer"]);
+    }
+
+    #[test]
+    fn names_must_match_the_count_and_be_unique() {
+        assert_eq!(
+            fd_names(Some("consumer:provider"), 2).unwrap(),
+            vec!["consumer", "provider"]
+        );
+        assert!(matches!(
+            fd_names(Some("consumer"), 2),
+            Err(ListenError::NameCountMismatch { names: 1, fds: 2 })
+        ));
+        assert!(matches!(
+            fd_names(Some("a:a"), 2),
+            Err(ListenError::DuplicateName { .. })
+        ));
+    }
+
+    #[test]
+    fn activation_for_another_pid_is_refused() {
+        let env = ActivationEnv {
+            pid: Some("1".into()),
+            fds: Some("1".into()),
+            names: None,
+        };
+        assert!(matches!(
+            env.into_listeners(),
+            Err(ListenError::WrongPid { .. })
+        ));
+    }
+
+    #[test]
+    fn no_activation_gives_no_listeners() {
+        assert!(ActivationEnv::default().into_listeners().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bind_replaces_a_stale_socket_and_refuses_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ipc.socket");
+        let first = Listener::bind(CONSUMER, &path).unwrap();
+        assert!(matches!(
+            Listener::bind(CONSUMER, &path),
+            Err(ListenError::InUse { .. })
+        ));
+        drop(first);
+        // A stale socket file: bound by a process that died without cleanup.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let second = Listener::bind(CONSUMER, &path).unwrap();
+        drop(second);
+        assert!(!path.exists(), "the gateway removes its own socket file");
+    }
+
+    #[test]
+    fn bind_refuses_to_replace_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.socket");
+        std::fs::write(&path, "data").unwrap();
+        assert!(matches!(
+            Listener::bind(CONSUMER, &path),
+            Err(ListenError::NotASocket { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
+    }
+}
