@@ -25,7 +25,9 @@ pub enum FrameError {
 /// [`commit`](Self::commit); take frames with [`next_frame`](Self::next_frame).
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Holds received bytes in `..filled`; bytes past it are read space.
     buf: Vec<u8>,
+    filled: usize,
     /// Start of the first byte not yet returned as part of a frame.
     start: usize,
     /// Bytes from `start` already known to contain no NUL.
@@ -38,6 +40,7 @@ impl FrameDecoder {
     pub fn new(max_frame: usize) -> Self {
         Self {
             buf: Vec::new(),
+            filled: 0,
             start: 0,
             scanned: 0,
             max_frame: max_frame.max(2),
@@ -48,25 +51,30 @@ impl FrameDecoder {
         self.max_frame
     }
 
-    /// Writable space for the next read, at most [`READ_CHUNK`] bytes. Call
-    /// [`commit`](Self::commit) with the number of bytes actually read.
+    /// Writable space for the next read, [`READ_CHUNK`] bytes. Call
+    /// [`commit`](Self::commit) with the number of bytes actually read. A
+    /// read that is abandoned (a cancelled future) leaves no trace, so
+    /// reading is cancel-safe.
     pub fn spare(&mut self) -> &mut [u8] {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        &mut self.buf[len..]
+        let want = self.filled + READ_CHUNK;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        &mut self.buf[self.filled..want]
     }
 
     /// Marks `n` bytes of the last [`spare`](Self::spare) slice as filled.
     pub fn commit(&mut self, n: usize) {
-        let filled = self.buf.len() - READ_CHUNK + n.min(READ_CHUNK);
-        self.buf.truncate(filled);
+        self.filled = (self.filled + n.min(READ_CHUNK)).min(self.buf.len());
     }
 
     /// Appends bytes directly (for callers that already own a buffer).
     pub fn extend(&mut self, bytes: &[u8]) {
         self.compact();
+        self.buf.truncate(self.filled);
         self.buf.extend_from_slice(bytes);
+        self.filled = self.buf.len();
     }
 
     /// The next complete frame without its NUL, if one is buffered.
@@ -79,7 +87,7 @@ impl FrameDecoder {
 
     fn next_range(&mut self) -> Result<Option<Range<usize>>, FrameError> {
         let from = self.start + self.scanned;
-        match self.buf[from..].iter().position(|&b| b == 0) {
+        match self.buf[from..self.filled].iter().position(|&b| b == 0) {
             Some(offset) => {
                 let end = from + offset;
                 if end + 1 - self.start > self.max_frame {
@@ -93,7 +101,7 @@ impl FrameDecoder {
                 Ok(Some(range))
             }
             None => {
-                self.scanned = self.buf.len() - self.start;
+                self.scanned = self.filled - self.start;
                 if self.scanned >= self.max_frame {
                     return Err(FrameError::TooLarge {
                         max: self.max_frame,
@@ -106,7 +114,7 @@ impl FrameDecoder {
 
     /// Bytes received that do not yet form a whole frame.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.filled - self.start
     }
 
     /// Call at end of stream: an unfinished frame is an error.
@@ -121,11 +129,13 @@ impl FrameDecoder {
     /// one read chunk.
     fn compact(&mut self) {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
             self.start = 0;
         }
         // Give memory back after an unusually large frame.
-        if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
+        if self.buf.capacity() > 4 * READ_CHUNK && self.filled < READ_CHUNK {
+            self.buf.truncate(self.filled);
             self.buf.shrink_to(2 * READ_CHUNK);
         }
     }
@@ -187,6 +197,20 @@ mod tests {
         let mut d = FrameDecoder::new(16);
         feed(&mut d, b"abc").unwrap();
         assert_eq!(d.finish(), Err(FrameError::Truncated { pending: 3 }));
+    }
+
+    #[test]
+    fn abandoned_reads_leave_no_trace() {
+        let mut d = FrameDecoder::new(64);
+        d.spare();
+        d.spare();
+        let spare = d.spare();
+        spare[..3].copy_from_slice(b"a\0b");
+        d.commit(3);
+        d.spare();
+        assert_eq!(d.next_frame().unwrap(), Some(&b"a"[..]));
+        assert_eq!(d.next_frame().unwrap(), None);
+        assert_eq!(d.pending(), 1);
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! `qm-ipc serve`: the gateway.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use qm_ipc_server::config::{default_provider_path, PROVIDER};
+use qm_ipc_server::{Config, Gateway, Limits};
+
+use super::{socket_or_default, termination, CommandError};
+use crate::demo;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket for ASIL-side providers [default without socket activation:
+    /// /run/qm-ipc/provider.socket as root]. Never mount it into QM.
+    #[arg(long, value_name = "PATH")]
+    provider_socket: Option<PathBuf>,
+    /// Do not bind a provider socket (providers then run in-process only,
+    /// as with --demo).
+    #[arg(long, conflicts_with = "provider_socket")]
+    no_provider_socket: bool,
+    /// Also run the built-in demo provider (vehicle.speed at 10 Hz, the
+    /// demo.echo service, and the log of the client's time).
+    #[arg(long)]
+    demo: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The gateway's bounds; every default is safe for production.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest frame a peer may send, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_frame, value_name = "BYTES")]
+    max_frame: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
+    max_connections: usize,
+    /// Distinct topics kept.
+    #[arg(long, default_value_t = Limits::default().max_topics, value_name = "N")]
+    max_topics: usize,
+    /// Samples queued per subscriber before the newest value per topic
+    /// replaces older ones.
+    #[arg(long, default_value_t = Limits::default().subscription_queue, value_name = "N")]
+    subscription_queue: usize,
+    /// Reply bytes queued per connection before it is closed.
+    #[arg(long, default_value_t = Limits::default().max_queued_bytes, value_name = "BYTES")]
+    max_queued_bytes: usize,
+    /// Call timeout when the caller gives none, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().default_call_timeout.as_millis() as u64, value_name = "MS")]
+    call_timeout_ms: u64,
+    /// How long to keep flushing replies when stopping, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().drain_timeout.as_millis() as u64, value_name = "MS")]
+    drain_timeout_ms: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            max_connections: self.max_connections.max(1),
+            max_topics: self.max_topics,
+            subscription_queue: self.subscription_queue,
+            max_queued_bytes: self.max_queued_bytes,
+            default_call_timeout: Duration::from_millis(self.call_timeout_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            ..Limits::default()
+        }
+    }
+}
+
+pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), CommandError> {
+    let activated = std::env::var_os("LISTEN_FDS").is_some();
+    let provider_path = match (&args.provider_socket, args.no_provider_socket) {
+        (_, true) => None,
+        (Some(path), false) => Some(path.clone()),
+        // Under socket activation, the unit decides what the gateway listens on.
+        (None, false) if activated => None,
+        (None, false) => Some(default_provider_path()),
+    };
+    let config = Config {
+        consumer_path: Some(socket_or_default(socket)),
+        provider_path,
+        limits: args.limits.limits(),
+    };
+    let gateway = Gateway::start(config)?;
+    if args.demo {
+        let handle = gateway.handle();
+        tokio::spawn(async move {
+            if let Err(e) = demo::provider::run(handle, PROVIDER).await {
+                tracing::error!("demo provider stopped: {e}");
+            }
+        });
+    }
+    gateway.run(termination()).await?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! One varlink connection over a Unix stream socket.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use qm_ipc_proto::message::MessageError;
+use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, FrameError, Reply};
+use serde_json::{Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Largest reply frame the client accepts by default.
+pub const DEFAULT_CLIENT_MAX_FRAME: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the gateway closed the connection")]
+    Closed,
+    #[error("bad frame from the gateway: {0}")]
+    Frame(#[from] FrameError),
+    #[error("bad message from the gateway: {0}")]
+    Message(#[from] MessageError),
+    #[error("unexpected reply: {0}")]
+    UnexpectedReply(String),
+    /// The gateway (or a provider behind it) answered with an error.
+    #[error("{name}: {error}", name = .0.name(), error = .0)]
+    Remote(ErrorReply),
+}
+
+impl ClientError {
+    /// The varlink error name, for remote errors.
+    pub fn remote(&self) -> Option<&ErrorReply> {
+        match self {
+            Self::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when the connection is gone and reconnecting may help.
+    pub fn is_disconnect(&self) -> bool {
+        !matches!(self, Self::Remote(_))
+    }
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self::from_stream(stream))
+    }
+
+    pub fn from_stream(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::new(DEFAULT_CLIENT_MAX_FRAME),
+            out: Vec::new(),
+        }
+    }
+
+    /// Sends one call without waiting for its reply.
+    pub async fn send(&mut self, call: &Call) -> Result<(), ClientError> {
+        self.out.clear();
+        call.encode(&mut self.out);
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// Receives the next reply. Cancel-safe: bytes already read stay
+    /// buffered for the next call.
+    pub async fn recv(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Reply::parse(frame)?);
+            }
+            let n = self.stream.read(self.decoder.spare()).await;
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    self.decoder.commit(0);
+                    return Err(e.into());
+                }
+            };
+            self.decoder.commit(n);
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// One call, one reply: the reply's parameters, or its error.
+    pub async fn call(&mut self, method: &str, parameters: Value) -> Result<Map<String, Value>, ClientError> {
+        self.send(&Call::new(method, parameters)).await?;
+        self.recv().await?.into_result().map_err(ClientError::Remote)
+    }
+
+    /// A oneway call: sent, never answered.
+    pub async fn call_oneway(&mut self, method: &str, parameters: Value) -> Result<(), ClientError> {
+        let mut call = Call::new(method, parameters);
+        call.oneway = true;
+        self.send(&call).await
+    }
+
+    /// Starts a streaming call (`"more": true`); read replies with
+    /// [`recv`](Self::recv).
+    pub async fn call_more(&mut self, method: &str, parameters: Value) -> Result<(), ClientError> {
+        let mut call = Call::new(method, parameters);
+        call.more = true;
+        self.send(&call).await
+    }
+}
