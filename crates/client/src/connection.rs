@@ -104,13 +104,24 @@ impl Connection {
     }
 
     /// One call, one reply: the reply's parameters, or its error.
-    pub async fn call(&mut self, method: &str, parameters: Value) -> Result<Map<String, Value>, ClientError> {
+    pub async fn call(
+        &mut self,
+        method: &str,
+        parameters: Value,
+    ) -> Result<Map<String, Value>, ClientError> {
         self.send(&Call::new(method, parameters)).await?;
-        self.recv().await?.into_result().map_err(ClientError::Remote)
+        self.recv()
+            .await?
+            .into_result()
+            .map_err(ClientError::Remote)
     }
 
     /// A oneway call: sent, never answered.
-    pub async fn call_oneway(&mut self, method: &str, parameters: Value) -> Result<(), ClientError> {
+    pub async fn call_oneway(
+        &mut self,
+        method: &str,
+        parameters: Value,
+    ) -> Result<(), ClientError> {
         let mut call = Call::new(method, parameters);
         call.oneway = true;
         self.send(&call).await

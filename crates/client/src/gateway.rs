@@ -13,7 +13,10 @@ fn method(name: &str) -> String {
     format!("{GATEWAY_INTERFACE}.{name}")
 }
 
-fn field<T: serde::de::DeserializeOwned>(mut params: Map<String, Value>, name: &str) -> Result<T, ClientError> {
+fn field<T: serde::de::DeserializeOwned>(
+    mut params: Map<String, Value>,
+    name: &str,
+) -> Result<T, ClientError> {
     let value = params.remove(name).unwrap_or(Value::Null);
     serde_json::from_value(value)
         .map_err(|e| ClientError::UnexpectedReply(format!("field {name:?}: {e}")))
@@ -47,13 +50,19 @@ impl GatewayClient {
     pub async fn publish(&mut self, topic: &str, value: Value) -> Result<u64, ClientError> {
         let reply = self
             .conn
-            .call(&method("Publish"), json!({ "topic": topic, "value": value }))
+            .call(
+                &method("Publish"),
+                json!({ "topic": topic, "value": value }),
+            )
             .await?;
         field(reply, "seq")
     }
 
     pub async fn get(&mut self, topic: &str) -> Result<Sample, ClientError> {
-        let reply = self.conn.call(&method("Get"), json!({ "topic": topic })).await?;
+        let reply = self
+            .conn
+            .call(&method("Get"), json!({ "topic": topic }))
+            .await?;
         field(reply, "sample")
     }
 
@@ -106,7 +115,10 @@ impl GatewayClient {
 
     /// Turns this connection into a subscription. Patterns are topic names
     /// or prefixes such as `vehicle.*`.
-    pub async fn subscribe<S: AsRef<str>>(mut self, topics: &[S]) -> Result<Subscription, ClientError> {
+    pub async fn subscribe<S: AsRef<str>>(
+        mut self,
+        topics: &[S],
+    ) -> Result<Subscription, ClientError> {
         let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
         self.conn
             .call_more(&method("Subscribe"), json!({ "topics": topics }))
@@ -116,14 +128,20 @@ impl GatewayClient {
 
     /// Turns this connection into the provider of `services`. Returns once
     /// the gateway confirmed the registration.
-    pub async fn register<S: AsRef<str>>(mut self, services: &[S]) -> Result<Provider, ClientError> {
+    pub async fn register<S: AsRef<str>>(
+        mut self,
+        services: &[S],
+    ) -> Result<Provider, ClientError> {
         let services: Vec<&str> = services.iter().map(AsRef::as_ref).collect();
         self.conn
             .call_more(&method("Register"), json!({ "services": services }))
             .await?;
         let confirmation = self.conn.recv().await?;
         if !confirmation.continues {
-            confirmation.clone().into_result().map_err(ClientError::Remote)?;
+            confirmation
+                .clone()
+                .into_result()
+                .map_err(ClientError::Remote)?;
             return Err(ClientError::UnexpectedReply(
                 "registration ended without a stream".into(),
             ));
@@ -169,7 +187,12 @@ impl Provider {
     }
 
     /// Answers request `id` with an error of the provider's own.
-    pub async fn reply_error(&mut self, id: u64, error: &str, parameters: Value) -> Result<(), ClientError> {
+    pub async fn reply_error(
+        &mut self,
+        id: u64,
+        error: &str,
+        parameters: Value,
+    ) -> Result<(), ClientError> {
         self.conn
             .call_oneway(
                 &method("Reply"),

@@ -173,7 +173,9 @@ impl ErrorReply {
             (SERVICE_INTERFACE, "InterfaceNotFound") => Self::InterfaceNotFound {
                 interface: s("interface")?,
             },
-            (SERVICE_INTERFACE, "MethodNotFound") => Self::MethodNotFound { method: s("method")? },
+            (SERVICE_INTERFACE, "MethodNotFound") => Self::MethodNotFound {
+                method: s("method")?,
+            },
             (SERVICE_INTERFACE, "MethodNotImplemented") => Self::MethodNotImplemented {
                 method: s("method")?,
             },
@@ -202,11 +204,20 @@ mod tests {
     #[test]
     fn every_known_error_survives_the_wire() {
         let errors = [
-            ErrorReply::NoSuchTopic { topic: "a.b".into() },
-            ErrorReply::ServiceUnavailable { service: "echo".into() },
-            ErrorReply::Timeout { service: "echo".into(), timeout_ms: 5 },
+            ErrorReply::NoSuchTopic {
+                topic: "a.b".into(),
+            },
+            ErrorReply::ServiceUnavailable {
+                service: "echo".into(),
+            },
+            ErrorReply::Timeout {
+                service: "echo".into(),
+                timeout_ms: 5,
+            },
             ErrorReply::invalid("topic", "empty"),
-            ErrorReply::AlreadyRegistered { service: "echo".into() },
+            ErrorReply::AlreadyRegistered {
+                service: "echo".into(),
+            },
             ErrorReply::NoSuchRequest { id: 7 },
             ErrorReply::ServiceError {
                 service: "s".into(),
@@ -214,16 +225,33 @@ mod tests {
                 error: "x.Y".into(),
                 parameters: json!({"k": 1}),
             },
-            ErrorReply::LimitExceeded { limit: "topics".into(), max: 3 },
-            ErrorReply::AccessDenied { action: "call".into(), object: "echo".into() },
-            ErrorReply::InterfaceNotFound { interface: "a.B".into() },
-            ErrorReply::MethodNotFound { method: "a.B.C".into() },
-            ErrorReply::MethodNotImplemented { method: "a.B.C".into() },
-            ErrorReply::VarlinkInvalidParameter { parameter: "topic".into() },
+            ErrorReply::LimitExceeded {
+                limit: "topics".into(),
+                max: 3,
+            },
+            ErrorReply::AccessDenied {
+                action: "call".into(),
+                object: "echo".into(),
+            },
+            ErrorReply::InterfaceNotFound {
+                interface: "a.B".into(),
+            },
+            ErrorReply::MethodNotFound {
+                method: "a.B.C".into(),
+            },
+            ErrorReply::MethodNotImplemented {
+                method: "a.B.C".into(),
+            },
+            ErrorReply::VarlinkInvalidParameter {
+                parameter: "topic".into(),
+            },
             ErrorReply::ExpectedMore,
         ];
         for error in errors {
-            assert_eq!(ErrorReply::from_wire(&error.name(), error.parameters()), error);
+            assert_eq!(
+                ErrorReply::from_wire(&error.name(), error.parameters()),
+                error
+            );
         }
     }
 

@@ -21,12 +21,26 @@ pub const MAX_NAME_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     GetInfo,
-    GetInterfaceDescription { interface: String },
-    Publish { topic: String, value: Value },
-    Get { topic: String },
-    Subscribe { topics: Vec<TopicPattern> },
-    Register { services: Vec<String> },
-    Reply { id: u64, outcome: ReplyOutcome },
+    GetInterfaceDescription {
+        interface: String,
+    },
+    Publish {
+        topic: String,
+        value: Value,
+    },
+    Get {
+        topic: String,
+    },
+    Subscribe {
+        topics: Vec<TopicPattern>,
+    },
+    Register {
+        services: Vec<String>,
+    },
+    Reply {
+        id: u64,
+        outcome: ReplyOutcome,
+    },
     Call {
         service: String,
         method: String,
@@ -182,11 +196,12 @@ impl Request {
                     }
                     (_, Some(error)) => ReplyOutcome::Error {
                         error,
-                        parameters: error_parameters.unwrap_or_else(|| Value::Object(Default::default())),
+                        parameters: error_parameters
+                            .unwrap_or_else(|| Value::Object(Default::default())),
                     },
-                    (result, None) => {
-                        ReplyOutcome::Result(result.unwrap_or_else(|| Value::Object(Default::default())))
-                    }
+                    (result, None) => ReplyOutcome::Result(
+                        result.unwrap_or_else(|| Value::Object(Default::default())),
+                    ),
                 };
                 Self::Reply { id, outcome }
             }
@@ -241,11 +256,20 @@ mod tests {
     #[test]
     fn parses_gateway_requests() {
         assert_eq!(
-            req("io.qmipc.Gateway.Publish", json!({"topic": "a.b", "value": 1.5})),
-            Ok(Request::Publish { topic: "a.b".into(), value: json!(1.5) })
+            req(
+                "io.qmipc.Gateway.Publish",
+                json!({"topic": "a.b", "value": 1.5})
+            ),
+            Ok(Request::Publish {
+                topic: "a.b".into(),
+                value: json!(1.5)
+            })
         );
         assert_eq!(
-            req("io.qmipc.Gateway.Subscribe", json!({"topics": ["a.*", "b", "*"]})),
+            req(
+                "io.qmipc.Gateway.Subscribe",
+                json!({"topics": ["a.*", "b", "*"]})
+            ),
             Ok(Request::Subscribe {
                 topics: vec![
                     TopicPattern::Prefix("a.".into()),
@@ -258,7 +282,10 @@ mod tests {
             req("io.qmipc.Gateway.Reply", json!({"id": 4, "error": "x.Y"})),
             Ok(Request::Reply {
                 id: 4,
-                outcome: ReplyOutcome::Error { error: "x.Y".into(), parameters: json!({}) }
+                outcome: ReplyOutcome::Error {
+                    error: "x.Y".into(),
+                    parameters: json!({})
+                }
             })
         );
     }
@@ -267,22 +294,31 @@ mod tests {
     fn unknown_interface_method_and_parameters_are_named() {
         assert_eq!(
             req("com.example.Foo.Bar", json!({})),
-            Err(ErrorReply::InterfaceNotFound { interface: "com.example.Foo".into() })
+            Err(ErrorReply::InterfaceNotFound {
+                interface: "com.example.Foo".into()
+            })
         );
         assert_eq!(
             req("io.qmipc.Gateway.Nope", json!({})),
-            Err(ErrorReply::MethodNotFound { method: "io.qmipc.Gateway.Nope".into() })
+            Err(ErrorReply::MethodNotFound {
+                method: "io.qmipc.Gateway.Nope".into()
+            })
         );
         assert_eq!(
             req("io.qmipc.Gateway.Get", json!({"topic": 3})),
-            Err(ErrorReply::VarlinkInvalidParameter { parameter: "topic".into() })
+            Err(ErrorReply::VarlinkInvalidParameter {
+                parameter: "topic".into()
+            })
         );
         assert!(matches!(
             req("io.qmipc.Gateway.Get", json!({"topic": "a..b"})),
             Err(ErrorReply::InvalidParameter { .. })
         ));
         assert!(matches!(
-            req("io.qmipc.Gateway.Reply", json!({"id": 1, "result": {}, "error": "e"})),
+            req(
+                "io.qmipc.Gateway.Reply",
+                json!({"id": 1, "result": {}, "error": "e"})
+            ),
             Err(ErrorReply::InvalidParameter { .. })
         ));
     }
@@ -294,6 +330,9 @@ mod tests {
         assert!(!p.matches("vehicles.speed"));
         assert!(!p.matches("vehicle"));
         assert!(TopicPattern::parse("*").unwrap().matches("anything"));
-        assert_eq!(TopicPattern::parse("vehicle.*").unwrap().to_string(), "vehicle.*");
+        assert_eq!(
+            TopicPattern::parse("vehicle.*").unwrap().to_string(),
+            "vehicle.*"
+        );
     }
 }

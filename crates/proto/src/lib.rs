@@ -20,7 +20,7 @@ pub mod types;
 
 pub use errors::ErrorReply;
 pub use framing::{FrameDecoder, FrameError};
-pub use interface::{Request, GATEWAY_INTERFACE, GATEWAY_IDL, SERVICE_INTERFACE};
+pub use interface::{Request, GATEWAY_IDL, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 pub use message::{Call, MessageError, Reply};
 pub use types::{Sample, ServiceRequest};
 

@@ -207,7 +207,9 @@ mod tests {
         );
         assert_eq!(
             Call::parse(br#"{"method":"a.B.C","parameters":3}"#),
-            Err(MessageError::BadField { field: "parameters" })
+            Err(MessageError::BadField {
+                field: "parameters"
+            })
         );
         assert_eq!(
             Call::parse(br#"{"method":"a.B.C","more":"yes"}"#),

@@ -50,7 +50,9 @@ impl Params {
 
     /// A non-negative integer (varlink `int`; ids, sequence numbers, times).
     pub fn uint(&mut self, name: &str) -> Result<u64, ErrorReply> {
-        self.required(name)?.as_u64().ok_or_else(|| type_error(name))
+        self.required(name)?
+            .as_u64()
+            .ok_or_else(|| type_error(name))
     }
 
     pub fn opt_uint(&mut self, name: &str) -> Result<Option<u64>, ErrorReply> {

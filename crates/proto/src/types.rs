@@ -80,8 +80,7 @@ mod tests {
         assert_eq!(out.pop(), Some(0));
         let reply = Reply::parse(&out).unwrap();
         assert!(reply.continues);
-        let sample: Sample =
-            serde_json::from_value(reply.parameters["sample"].clone()).unwrap();
+        let sample: Sample = serde_json::from_value(reply.parameters["sample"].clone()).unwrap();
         assert_eq!(
             sample,
             Sample {

@@ -274,10 +274,7 @@ impl Session<'_> {
                     Some(ms) if Duration::from_millis(ms) > limits.max_call_timeout => {
                         return Err(ErrorReply::invalid(
                             "timeout_ms",
-                            format!(
-                                "at most {} ms allowed",
-                                limits.max_call_timeout.as_millis()
-                            ),
+                            format!("at most {} ms allowed", limits.max_call_timeout.as_millis()),
                         ))
                     }
                     Some(ms) => Duration::from_millis(ms),

@@ -84,7 +84,14 @@ impl GatewayHandle {
     pub fn connect_local(&self, name: &str) -> io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
         let peer = Peer::of(&ours, Arc::from(name));
-        spawn_connection(&self.hub, &self.tracker, ours, peer, self.shutdown.clone(), None);
+        spawn_connection(
+            &self.hub,
+            &self.tracker,
+            ours,
+            peer,
+            self.shutdown.clone(),
+            None,
+        );
         Ok(theirs)
     }
 

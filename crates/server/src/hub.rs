@@ -206,9 +206,12 @@ impl Hub {
     /// The current sample of a topic, as a `Sample` JSON object.
     pub fn get(&self, topic: &str) -> Result<Value, ErrorReply> {
         let state = self.lock();
-        let entry = state.topics.get(topic).ok_or_else(|| ErrorReply::NoSuchTopic {
-            topic: topic.to_owned(),
-        })?;
+        let entry = state
+            .topics
+            .get(topic)
+            .ok_or_else(|| ErrorReply::NoSuchTopic {
+                topic: topic.to_owned(),
+            })?;
         let value: Value = serde_json::from_str(&entry.last.value_json).unwrap_or(Value::Null);
         Ok(json!({
             "topic": topic,

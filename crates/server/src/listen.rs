@@ -19,7 +19,9 @@ const LISTEN_FDS_START: RawFd = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("LISTEN_PID={found} but this process is {ours}: the sockets were meant for another process")]
+    #[error(
+        "LISTEN_PID={found} but this process is {ours}: the sockets were meant for another process"
+    )]
     WrongPid { found: String, ours: u32 },
     #[error("LISTEN_FDS={0:?} is not a number")]
     BadFdCount(String),
@@ -84,12 +86,12 @@ impl Listener {
                         path: path.to_owned(),
                     })
                 }
-                Err(_) => std::fs::remove_file(path).map_err(|source| {
-                    ListenError::RemoveStale {
+                Err(_) => {
+                    std::fs::remove_file(path).map_err(|source| ListenError::RemoveStale {
                         path: path.to_owned(),
                         source,
-                    }
-                })?,
+                    })?
+                }
             },
             Err(_) => {}
         }
@@ -172,11 +174,13 @@ impl ActivationEnv {
             // environment, so nothing else will.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             let socket = std::os::unix::net::UnixListener::from(owned);
-            socket.set_nonblocking(true).map_err(|e| ListenError::BadFd {
-                fd,
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| ListenError::BadFd {
+                    fd,
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
             listeners.push(Listener {
                 name,
                 socket,
@@ -239,7 +243,10 @@ fn check_listening_unix_stream(fd: RawFd, name: &str) -> Result<(), ListenError>
         if rc == 0 {
             Ok(value)
         } else {
-            Err(bad(format!("not a socket ({})", io::Error::last_os_error())))
+            Err(bad(format!(
+                "not a socket ({})",
+                io::Error::last_os_error()
+            )))
         }
     };
     if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
@@ -303,7 +310,10 @@ mod tests {
 
     #[test]
     fn no_activation_gives_no_listeners() {
-        assert!(ActivationEnv::default().into_listeners().unwrap().is_empty());
+        assert!(ActivationEnv::default()
+            .into_listeners()
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

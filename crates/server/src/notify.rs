@@ -83,7 +83,10 @@ mod tests {
         let path = dir.path().join("notify");
         let receiver = UnixDatagram::bind(&path).unwrap();
         let (socket, addr) = connect_target(path.to_str().unwrap()).unwrap();
-        let n = Notifier { target: Some((socket, addr)), watchdog: None };
+        let n = Notifier {
+            target: Some((socket, addr)),
+            watchdog: None,
+        };
         n.notify("READY=1");
         let mut buf = [0u8; 64];
         let len = receiver.recv(&mut buf).unwrap();
@@ -91,10 +94,14 @@ mod tests {
 
         use std::os::linux::net::SocketAddrExt;
         let name = format!("qm-ipc-test-{}", std::process::id());
-        let abstract_addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let receiver = UnixDatagram::bind_addr(&abstract_addr).unwrap();
         let (socket, addr) = connect_target(&format!("@{name}")).unwrap();
-        let n = Notifier { target: Some((socket, addr)), watchdog: None };
+        let n = Notifier {
+            target: Some((socket, addr)),
+            watchdog: None,
+        };
         n.notify("STOPPING=1");
         let len = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"STOPPING=1");

@@ -158,7 +158,10 @@ impl Outbox {
     fn compact(&self, inner: &mut Inner) {
         let mut kept: VecDeque<QueuedSample> = VecDeque::with_capacity(inner.samples.len());
         while let Some(sample) = inner.samples.pop_back() {
-            match kept.iter_mut().find(|k| Arc::ptr_eq(&k.topic, &sample.topic)) {
+            match kept
+                .iter_mut()
+                .find(|k| Arc::ptr_eq(&k.topic, &sample.topic))
+            {
                 Some(newer) => {
                     newer.dropped += sample.dropped + 1;
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -263,7 +266,11 @@ mod tests {
         assert_eq!(a_samples.last().unwrap().seq, 100, "newest value is kept");
         let mut prev = 0;
         for s in a_samples {
-            assert_eq!(s.seq - prev - 1, s.dropped, "dropped accounts for every gap");
+            assert_eq!(
+                s.seq - prev - 1,
+                s.dropped,
+                "dropped accounts for every gap"
+            );
             prev = s.seq;
         }
     }
@@ -285,7 +292,9 @@ mod tests {
     #[test]
     fn frames_past_the_byte_limit_overflow() {
         let outbox = Outbox::new(1, 8, Arc::default());
-        assert!(outbox.push_frame(|b| b.extend_from_slice(b"1234\0")).is_ok());
+        assert!(outbox
+            .push_frame(|b| b.extend_from_slice(b"1234\0"))
+            .is_ok());
         assert_eq!(
             outbox.push_frame(|b| b.extend_from_slice(b"5678\0")),
             Err(Overflow::QueuedBytes)

@@ -86,7 +86,11 @@ pub struct StatsArgs {
 }
 
 /// Runs `f` on a fresh connection, bounded by `--timeout-ms`.
-async fn with_gateway<T, F, Fut>(socket: Option<PathBuf>, common: &Common, f: F) -> Result<T, CommandError>
+async fn with_gateway<T, F, Fut>(
+    socket: Option<PathBuf>,
+    common: &Common,
+    f: F,
+) -> Result<T, CommandError>
 where
     F: FnOnce(GatewayClient) -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
@@ -125,7 +129,10 @@ fn print_sample(sample: &Sample, json: bool) {
 
 pub async fn get(socket: Option<PathBuf>, args: GetArgs) -> Result<(), CommandError> {
     let topic = args.topic.clone();
-    let sample = with_gateway(socket, &args.common, |mut gw| async move { gw.get(&topic).await }).await?;
+    let sample = with_gateway(socket, &args.common, |mut gw| async move {
+        gw.get(&topic).await
+    })
+    .await?;
     print_sample(&sample, args.common.json);
     Ok(())
 }
@@ -173,7 +180,11 @@ pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), Command
             "the parameters must be a JSON object, e.g. '{\"text\": \"hi\"}'".into(),
         ));
     }
-    let (service, method, call_timeout) = (args.service.clone(), args.method.clone(), args.call_timeout_ms);
+    let (service, method, call_timeout) = (
+        args.service.clone(),
+        args.method.clone(),
+        args.call_timeout_ms,
+    );
     let result = with_gateway(socket, &args.common, |mut gw| async move {
         gw.call(&service, &method, parameters, call_timeout).await
     })
@@ -181,7 +192,10 @@ pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), Command
     if args.common.json {
         println!("{result}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -224,7 +238,12 @@ pub async fn info(socket: Option<PathBuf>, args: InfoArgs) -> Result<(), Command
 }
 
 pub async fn stats(socket: Option<PathBuf>, args: StatsArgs) -> Result<(), CommandError> {
-    let stats = with_gateway(socket, &args.common, |mut gw| async move { gw.stats().await }).await?;
+    let stats = with_gateway(
+        socket,
+        &args.common,
+        |mut gw| async move { gw.stats().await },
+    )
+    .await?;
     if args.common.json {
         println!("{}", Value::Object(stats));
     } else {

@@ -92,7 +92,10 @@ async fn session(
         .await?
         .subscribe(&[SPEED_TOPIC])
         .await?;
-    println!("client: connected to {}, subscribed to {SPEED_TOPIC}", path.display());
+    println!(
+        "client: connected to {}, subscribed to {SPEED_TOPIC}",
+        path.display()
+    );
     backoff.reset();
     let mut latest: Option<Sample> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));

@@ -30,9 +30,20 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
             .map_err(qm_ipc_server::StartError::from)?,
     ];
     let gateway = Gateway::new(listeners, Limits::default(), Notifier::disabled());
-    println!("qm-ipc demo: the seed's ASIL-to-QM system on temporary sockets in {}", dir.path().display());
-    println!("  ASIL side: gateway + demo provider (publishes {} at 10 Hz, logs the client's time)", provider::SPEED_TOPIC);
-    println!("  QM side:   client (publishes the time to {} every {} ms, reads {})", provider::TIME_TOPIC, args.interval_ms, provider::SPEED_TOPIC);
+    println!(
+        "qm-ipc demo: the seed's ASIL-to-QM system on temporary sockets in {}",
+        dir.path().display()
+    );
+    println!(
+        "  ASIL side: gateway + demo provider (publishes {} at 10 Hz, logs the client's time)",
+        provider::SPEED_TOPIC
+    );
+    println!(
+        "  QM side:   client (publishes the time to {} every {} ms, reads {})",
+        provider::TIME_TOPIC,
+        args.interval_ms,
+        provider::SPEED_TOPIC
+    );
     let handle = gateway.handle();
     tokio::spawn(async move {
         if let Err(e) = provider::run(handle, PROVIDER).await {
