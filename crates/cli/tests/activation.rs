@@ -1,0 +1,204 @@
+//! Listening sockets and systemd integration, with the real binary under the
+//! real `systemd-socket-activate`.
+
+mod common;
+
+use common::{bin, wait_until, Gateway, NotifyReceiver, Proc, Raw};
+use serde_json::json;
+use std::process::Command;
+
+fn get_info(path: &std::path::Path) -> serde_json::Value {
+    let mut raw = Raw::connect(path);
+    raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+    raw.recv().expect("GetInfo reply")
+}
+
+#[test]
+fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipc/ipc.socket");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut notify = NotifyReceiver::new(dir.path());
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&socket)
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
+        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
+        .arg("--")
+        .arg(bin())
+        .arg("serve");
+    let mut activator = Proc::spawn(cmd);
+    wait_until("systemd-socket-activate to listen", || socket.exists());
+    assert!(
+        notify.poll().is_empty(),
+        "nothing may be ready before the first connection starts the gateway"
+    );
+    // This connection makes systemd-socket-activate start the gateway.
+    let mut raw = Raw::connect(&socket);
+    raw.call(
+        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "a", "value": 1}}),
+    );
+    let ready = notify.wait_for("READY=1");
+    assert!(
+        ready.contains("STATUS="),
+        "READY=1 comes with a status: {ready:?}"
+    );
+    assert_eq!(raw.recv().unwrap()["parameters"]["seq"], 1);
+    activator.wait_line("listening on consumer (socket-activated)");
+    assert!(
+        !dir.path().join("qm-ipc").exists(),
+        "under activation the gateway binds no provider socket of its own"
+    );
+}
+
+#[test]
+fn socket_activation_with_named_fds_serves_consumer_and_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = dir.path().join("ipc.socket");
+    let provider = dir.path().join("provider.socket");
+    let mut notify = NotifyReceiver::new(dir.path());
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&consumer)
+        .arg("-l")
+        .arg(&provider)
+        .arg("--fdname=consumer:provider")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
+        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
+        .arg("--")
+        .arg(bin())
+        .arg("serve");
+    let mut activator = Proc::spawn(cmd);
+    wait_until("both sockets", || consumer.exists() && provider.exists());
+    let info = get_info(&provider);
+    assert_eq!(info["parameters"]["vendor"], "qm-ipc");
+    notify.wait_for("READY=1");
+    activator.wait_line("listening on provider (socket-activated)");
+    activator.wait_line("listening on consumer (socket-activated)");
+
+    // A provider on the provider socket serves a caller on the consumer socket.
+    let mut prov = Raw::connect(&provider);
+    prov.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["svc"]}, "more": true}));
+    assert_eq!(prov.recv().unwrap()["continues"], true);
+    let mut caller = Raw::connect(&consumer);
+    caller.call(json!({"method": "io.qmipc.Gateway.Call", "parameters": {"service": "svc", "method": "M", "parameters": {"x": 1}}}));
+    let request = prov.recv().unwrap();
+    let id = request["parameters"]["request"]["id"].clone();
+    prov.call(json!({"method": "io.qmipc.Gateway.Reply", "parameters": {"id": id, "result": {"y": 2}}, "oneway": true}));
+    assert_eq!(
+        caller.recv().unwrap()["parameters"]["result"],
+        json!({"y": 2})
+    );
+}
+
+#[test]
+fn activation_meant_for_another_process_is_refused() {
+    let (status, _, stderr) = {
+        let mut c = Command::new(bin());
+        c.arg("serve").env("LISTEN_PID", "1").env("LISTEN_FDS", "1");
+        let mut p = Proc::spawn(c);
+        let status = p.wait_exit();
+        (status, String::new(), p.output.join("\n"))
+    };
+    assert!(!status.success());
+    assert!(stderr.contains("LISTEN_PID=1"), "{stderr}");
+}
+
+#[test]
+fn gateway_binds_its_paths_refuses_a_second_instance_and_cleans_up() {
+    let mut gw = Gateway::start(&[]);
+    assert!(
+        gw.consumer.exists() && gw.provider.exists(),
+        "parent dirs created, sockets bound"
+    );
+    assert_eq!(
+        get_info(&gw.consumer)["parameters"]["product"],
+        "qm-ipc gateway"
+    );
+
+    // A second gateway on the same path must refuse, loudly.
+    let (status, _, stderr) = common::run_cli(&[
+        "serve",
+        "--socket",
+        gw.consumer.to_str().unwrap(),
+        "--no-provider-socket",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("already listening"), "{stderr}");
+    assert!(
+        gw.consumer.exists(),
+        "the live gateway's socket is untouched"
+    );
+
+    let status = gw.stop();
+    assert!(status.success(), "SIGTERM gives a clean exit: {status:?}");
+    gw.notify.wait_for("STOPPING=1");
+    assert!(
+        !gw.consumer.exists() && !gw.provider.exists(),
+        "socket files removed on exit"
+    );
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("run/ipc/ipc.socket");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let gw = Gateway::start_in(dir, &[]);
+    assert_eq!(get_info(&gw.consumer)["parameters"]["vendor"], "qm-ipc");
+}
+
+#[test]
+fn socket_path_comes_from_the_seed_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seed/ipc.socket");
+    let mut notify = NotifyReceiver::new(dir.path());
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--no-provider-socket"])
+        .env("SOCKET_PATH", &path)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let _proc = Proc::spawn(cmd);
+    notify.wait_for("READY=1");
+    assert_eq!(get_info(&path)["parameters"]["vendor"], "qm-ipc");
+}
+
+#[test]
+fn watchdog_status_and_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("qm-ipc-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let receiver = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    receiver.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--no-provider-socket", "--socket"])
+        .arg(dir.path().join("ipc.socket"))
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .env("WATCHDOG_USEC", "200000");
+    let _proc = Proc::spawn(cmd);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !(seen.iter().any(|d: &String| d.starts_with("READY=1"))
+        && seen.iter().filter(|d| d.as_str() == "WATCHDOG=1").count() >= 2
+        && seen.iter().any(|d| d.starts_with("STATUS=serving")))
+    {
+        let n = receiver
+            .recv(&mut buf)
+            .expect("notification before the deadline");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // The first connection shows up in STATUS.
+    let _conn = Raw::connect(&dir.path().join("ipc.socket"));
+    loop {
+        let n = receiver
+            .recv(&mut buf)
+            .expect("status update before the deadline");
+        let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if d.starts_with("STATUS=serving 1 connections") {
+            break;
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Fixtures for tests that run the real `qm-ipc` binary on real sockets.
+//!
+//! Every wait has a deadline: a condition is polled or awaited until it
+//! holds or the deadline passes, which fails the test. Processes are killed
+//! and reaped in `Drop`, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Default deadline for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_qm-ipc")
+}
+
+/// Runs an async test body on a fresh runtime, failing it if it takes longer
+/// than `limit` (a hang fails instead of blocking CI).
+pub fn within<F: std::future::Future<Output = ()>>(limit: Duration, body: F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime");
+    rt.block_on(async {
+        tokio::time::timeout(limit, body)
+            .await
+            .expect("test exceeded its watchdog")
+    });
+}
+
+/// Polls `condition` until it holds; panics with `what` at the deadline.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+/// A `NOTIFY_SOCKET` stand-in for systemd: collects sd_notify datagrams.
+pub struct NotifyReceiver {
+    pub path: PathBuf,
+    socket: UnixDatagram,
+    pub seen: Vec<String>,
+}
+
+impl NotifyReceiver {
+    pub fn new(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Self {
+            path,
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Datagrams received so far without waiting.
+    pub fn poll(&mut self) -> &[String] {
+        self.socket.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).expect("blocking");
+        &self.seen
+    }
+
+    /// Waits for a datagram with a line equal to `line` (e.g. `READY=1`).
+    pub fn wait_for(&mut self, line: &str) -> String {
+        let end = Instant::now() + DEADLINE;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(found) = self
+                .seen
+                .iter()
+                .find(|d| d.lines().any(|l| l == line || l.starts_with(line)))
+            {
+                return found.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for sd_notify {line:?}; got {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
+/// A child process whose output lines are collected, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub output: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        cmd.env("QM_IPC_LOG", "info").env("NO_COLOR", "1");
+        let mut child = cmd.spawn().expect("spawn process");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            output: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self, wait: Duration) -> bool {
+        match self.lines.recv_timeout(wait) {
+            Ok(line) => {
+                self.output.push(line);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for an output line containing `needle`, starting after line
+    /// `from`; returns the index of that line.
+    pub fn wait_line_after(&mut self, from: usize, needle: &str) -> usize {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(i) = self
+                .output
+                .iter()
+                .skip(from)
+                .position(|l| l.contains(needle))
+            {
+                return from + i;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for output {needle:?}; got:\n{}",
+                self.output.join("\n")
+            );
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_line(&mut self, needle: &str) -> usize {
+        self.wait_line_after(0, needle)
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the process to exit and collects its remaining output.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while self.pump(Duration::from_millis(50)) {}
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "process did not exit; output:\n{}",
+                self.output.join("\n")
+            );
+            self.pump(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway started by the test, binding its own sockets in a temporary
+/// directory, with a notify receiver; waits for `READY=1`.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub consumer: PathBuf,
+    pub provider: PathBuf,
+    pub notify: NotifyReceiver,
+    pub proc: Proc,
+}
+
+impl Gateway {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let consumer = dir.path().join("run/ipc/ipc.socket");
+        let provider = dir.path().join("run/qm-ipc/provider.socket");
+        let mut notify = NotifyReceiver::new(dir.path());
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(&consumer)
+            .arg("--provider-socket")
+            .arg(&provider)
+            .args(extra)
+            .env("NOTIFY_SOCKET", &notify.path);
+        let proc = Proc::spawn(cmd);
+        notify.wait_for("READY=1");
+        Self {
+            dir,
+            consumer,
+            provider,
+            notify,
+            proc,
+        }
+    }
+
+    /// Stops the gateway with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.proc.signal(libc::SIGTERM);
+        self.proc.wait_exit()
+    }
+}
+
+/// A blocking raw varlink connection, for sending exactly the bytes a test
+/// wants and reading raw replies.
+pub struct Raw {
+    pub stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn call(&mut self, json: Value) {
+        let mut bytes = json.to_string().into_bytes();
+        bytes.push(0);
+        self.send(&bytes);
+    }
+
+    /// The next frame as JSON; `None` when the gateway closed the connection.
+    pub fn recv(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == 0) {
+                let frame: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_slice(&frame[..end]).expect("gateway sent JSON"));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read from gateway failed: {e}"),
+            }
+        }
+    }
+
+    /// Asserts that the gateway closed this connection (EOF) without
+    /// sending anything further.
+    pub fn expect_closed(&mut self) {
+        assert_eq!(
+            self.recv(),
+            None,
+            "expected the gateway to close the connection"
+        );
+    }
+}
+
+/// Runs the CLI to completion with a deadline; returns (status, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qm-ipc");
+    let collect = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut s) = stream {
+                let _ = s.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = collect(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = collect(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("qm-ipc {args:?} did not finish in time");
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    };
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
