@@ -56,6 +56,8 @@ pub struct NotifyReceiver {
 impl NotifyReceiver {
     pub fn new(dir: &Path) -> Self {
         let path = dir.join("notify.sock");
+        // A receiver of an earlier gateway in the same directory.
+        let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).expect("bind notify socket");
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))

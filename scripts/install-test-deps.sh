@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian 12 machine
+# (run as root). Idempotent: what is already there is left alone.
+set -euo pipefail
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# systemd-socket-activate and systemd-analyze: the stand-ins for systemd.
+command -v systemd-socket-activate >/dev/null || apt_install systemd
+
+# The reference Python varlink implementation, for the interoperability test.
+if ! python3 -c 'import varlink' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check varlink
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs the test prerequisites, then checks formatting
+# and lints and runs every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace
