@@ -29,16 +29,56 @@ fn protocol_errors_get_the_standard_varlink_errors() {
     let gw = Gateway::start(&[]);
     let mut witness = Raw::connect(&gw.consumer);
     let cases = [
-        (json!({"method": "com.example.Nope.Do"}), "org.varlink.service.InterfaceNotFound", json!({"interface": "com.example.Nope"})),
-        (json!({"method": "io.qmipc.Gateway.Nope"}), "org.varlink.service.MethodNotFound", json!({"method": "io.qmipc.Gateway.Nope"})),
-        (json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": 42}}), "org.varlink.service.InvalidParameter", json!({"parameter": "topic"})),
-        (json!({"method": "io.qmipc.Gateway.Get", "parameters": {}}), "org.varlink.service.InvalidParameter", json!({"parameter": "topic"})),
-        (json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "a", "tpoic": "b"}}), "org.varlink.service.InvalidParameter", json!({"parameter": "tpoic"})),
-        (json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["a"]}}), "org.varlink.service.ExpectedMore", json!({})),
-        (json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": "a"}, "more": true}), "org.varlink.service.InvalidParameter", json!({"parameter": "topics"})),
-        (json!({"method": "io.qmipc.Gateway.Call", "parameters": {"service": "s", "method": 1}}), "org.varlink.service.InvalidParameter", json!({"parameter": "method"})),
-        (json!({"method": "org.varlink.service.GetInterfaceDescription", "parameters": {"interface": "x.Y"}}), "org.varlink.service.InterfaceNotFound", json!({"interface": "x.Y"})),
-        (json!({"method": "io.qmipc.Gateway.Reply", "parameters": {"id": 99, "result": {}}}), "io.qmipc.Gateway.NoSuchRequest", json!({"id": 99})),
+        (
+            json!({"method": "com.example.Nope.Do"}),
+            "org.varlink.service.InterfaceNotFound",
+            json!({"interface": "com.example.Nope"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Nope"}),
+            "org.varlink.service.MethodNotFound",
+            json!({"method": "io.qmipc.Gateway.Nope"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": 42}}),
+            "org.varlink.service.InvalidParameter",
+            json!({"parameter": "topic"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Get", "parameters": {}}),
+            "org.varlink.service.InvalidParameter",
+            json!({"parameter": "topic"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "a", "tpoic": "b"}}),
+            "org.varlink.service.InvalidParameter",
+            json!({"parameter": "tpoic"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["a"]}}),
+            "org.varlink.service.ExpectedMore",
+            json!({}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": "a"}, "more": true}),
+            "org.varlink.service.InvalidParameter",
+            json!({"parameter": "topics"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Call", "parameters": {"service": "s", "method": 1}}),
+            "org.varlink.service.InvalidParameter",
+            json!({"parameter": "method"}),
+        ),
+        (
+            json!({"method": "org.varlink.service.GetInterfaceDescription", "parameters": {"interface": "x.Y"}}),
+            "org.varlink.service.InterfaceNotFound",
+            json!({"interface": "x.Y"}),
+        ),
+        (
+            json!({"method": "io.qmipc.Gateway.Reply", "parameters": {"id": 99, "result": {}}}),
+            "io.qmipc.Gateway.NoSuchRequest",
+            json!({"id": 99}),
+        ),
     ];
     for (call, name, parameters) in cases {
         let reply = error_of(&gw, call.clone());
@@ -68,13 +108,19 @@ fn framing_violations_close_only_that_connection() {
     // A frame without its NUL, then end of stream.
     let mut unterminated = Raw::connect(&gw.consumer);
     unterminated.send(br#"{"method":"org.varlink.service.GetInfo"}"#);
-    unterminated.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    unterminated
+        .stream
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap();
     unterminated.expect_closed();
 
     // Over the maximum frame size: closed as soon as the bound is crossed,
     // without waiting for the NUL.
     let mut oversized = Raw::connect(&gw.consumer);
-    let big = format!(r#"{{"method":"io.qmipc.Gateway.Publish","parameters":{{"topic":"a","value":"{}"}}}}"#, "x".repeat(2048));
+    let big = format!(
+        r#"{{"method":"io.qmipc.Gateway.Publish","parameters":{{"topic":"a","value":"{}"}}}}"#,
+        "x".repeat(2048)
+    );
     let _ = std::io::Write::write_all(&mut oversized.stream, big.as_bytes());
     oversized.expect_closed();
 
@@ -108,7 +154,10 @@ fn calls_on_a_streaming_connection_close_it_but_oneway_calls_are_served() {
 #[test]
 fn upgrade_is_refused() {
     let gw = Gateway::start(&[]);
-    let reply = error_of(&gw, json!({"method": "org.varlink.service.GetInfo", "upgrade": true}));
+    let reply = error_of(
+        &gw,
+        json!({"method": "org.varlink.service.GetInfo", "upgrade": true}),
+    );
     assert_eq!(reply["error"], "org.varlink.service.InvalidParameter");
     assert_eq!(reply["parameters"]["parameter"], "upgrade");
 }

@@ -11,10 +11,18 @@ use common::{bin, run_cli, Gateway, Proc};
 fn demo_shows_both_directions_and_stops_after_count() {
     let (status, stdout, stderr) = run_cli(&["demo", "--count", "3", "--interval-ms", "150"]);
     assert!(status.success(), "{stdout}\n{stderr}");
-    let received = stdout.matches("Current time received from client is: ").count();
-    assert!(received >= 2, "the provider logs the client's time:\n{stdout}");
+    let received = stdout
+        .matches("Current time received from client is: ")
+        .count();
+    assert!(
+        received >= 2,
+        "the provider logs the client's time:\n{stdout}"
+    );
     assert_eq!(stdout.matches("client: sent time").count(), 3, "{stdout}");
-    assert!(stdout.contains("vehicle.speed = "), "the client receives vehicle.speed:\n{stdout}");
+    assert!(
+        stdout.contains("vehicle.speed = "),
+        "the client receives vehicle.speed:\n{stdout}"
+    );
     // The log line has exactly the seed's format, HH:MM:SS.
     let line = stdout
         .lines()
@@ -32,8 +40,15 @@ fn client_reconnects_and_resubscribes_after_a_gateway_restart() {
     let mut gw = Gateway::start(&["--demo"]);
     let mut client = Proc::spawn({
         let mut c = Command::new(bin());
-        c.args(["client", "--interval-ms", "100", "--max-backoff-ms", "200", "--socket"])
-            .arg(&gw.consumer);
+        c.args([
+            "client",
+            "--interval-ms",
+            "100",
+            "--max-backoff-ms",
+            "200",
+            "--socket",
+        ])
+        .arg(&gw.consumer);
         c
     });
     client.wait_line("km/h");
@@ -49,8 +64,13 @@ fn client_reconnects_and_resubscribes_after_a_gateway_restart() {
     let mut restarted = Gateway::start_in(dir, &["--demo"]);
     let reconnected = client.wait_line_after(lost, "client: connected");
     client.wait_line_after(reconnected, "km/h");
-    restarted.proc.wait_line("Current time received from client is: ");
-    assert!(client.child.try_wait().unwrap().is_none(), "the client never exits on a lost connection");
+    restarted
+        .proc
+        .wait_line("Current time received from client is: ");
+    assert!(
+        client.child.try_wait().unwrap().is_none(),
+        "the client never exits on a lost connection"
+    );
 }
 
 #[test]
@@ -59,12 +79,28 @@ fn client_waits_for_a_gateway_that_is_not_there_yet() {
     let socket = dir.path().join("run/ipc/ipc.socket");
     let mut client = Proc::spawn({
         let mut c = Command::new(bin());
-        c.args(["client", "--count", "2", "--interval-ms", "50", "--max-backoff-ms", "200", "--socket"])
-            .arg(&socket);
+        c.args([
+            "client",
+            "--count",
+            "2",
+            "--interval-ms",
+            "50",
+            "--max-backoff-ms",
+            "200",
+            "--socket",
+        ])
+        .arg(&socket);
         c
     });
     client.wait_line("reconnecting in");
     let _gw = Gateway::start_in(dir, &["--demo"]);
     assert!(client.wait_exit().success(), "{}", client.output.join("\n"));
-    assert_eq!(client.output.iter().filter(|l| l.contains("sent time")).count(), 2);
+    assert_eq!(
+        client
+            .output
+            .iter()
+            .filter(|l| l.contains("sent time"))
+            .count(),
+        2
+    );
 }

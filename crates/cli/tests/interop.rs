@@ -11,7 +11,10 @@ use common::{Gateway, Proc};
 #[test]
 fn reference_python_varlink_introspects_and_calls_the_gateway() {
     let gw = Gateway::start(&["--demo"]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/varlink_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/varlink_client.py"
+    );
     let mut python = Proc::spawn({
         let mut c = Command::new("python3");
         c.arg(script).arg(&gw.consumer);
