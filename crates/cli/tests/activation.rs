@@ -7,6 +7,28 @@ use common::{bin, wait_until, Gateway, NotifyReceiver, Proc, Raw};
 use serde_json::json;
 use std::process::Command;
 
+/// `qm-ipc serve` under systemd-socket-activate, listening on `sockets`.
+fn socket_activated(
+    sockets: &[&std::path::Path],
+    fdnames: Option<&str>,
+    notify: &NotifyReceiver,
+) -> Proc {
+    let mut cmd = Command::new("systemd-socket-activate");
+    for socket in sockets {
+        cmd.arg("-l").arg(socket);
+    }
+    if let Some(names) = fdnames {
+        cmd.arg(format!("--fdname={names}"));
+    }
+    cmd.arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
+        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
+        .arg("--")
+        .arg(bin())
+        .arg("serve");
+    Proc::spawn(cmd)
+}
+
 fn get_info(path: &std::path::Path) -> serde_json::Value {
     let mut raw = Raw::connect(path);
     raw.call(json!({"method": "org.varlink.service.GetInfo"}));
@@ -19,16 +41,7 @@ fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
     let socket = dir.path().join("ipc/ipc.socket");
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let mut notify = NotifyReceiver::new(dir.path());
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.arg("-l")
-        .arg(&socket)
-        .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
-        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
-        .arg("--")
-        .arg(bin())
-        .arg("serve");
-    let mut activator = Proc::spawn(cmd);
+    let mut activator = socket_activated(&[&socket], None, &notify);
     wait_until("systemd-socket-activate to listen", || socket.exists());
     assert!(
         notify.poll().is_empty(),
@@ -58,19 +71,8 @@ fn socket_activation_with_named_fds_serves_consumer_and_provider() {
     let consumer = dir.path().join("ipc.socket");
     let provider = dir.path().join("provider.socket");
     let mut notify = NotifyReceiver::new(dir.path());
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.arg("-l")
-        .arg(&consumer)
-        .arg("-l")
-        .arg(&provider)
-        .arg("--fdname=consumer:provider")
-        .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
-        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
-        .arg("--")
-        .arg(bin())
-        .arg("serve");
-    let mut activator = Proc::spawn(cmd);
+    let mut activator =
+        socket_activated(&[&consumer, &provider], Some("consumer:provider"), &notify);
     wait_until("both sockets", || consumer.exists() && provider.exists());
     let info = get_info(&provider);
     assert_eq!(info["parameters"]["vendor"], "qm-ipc");

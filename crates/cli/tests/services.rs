@@ -5,10 +5,23 @@ mod common;
 use std::time::Duration;
 
 use common::{within, Gateway};
-use qm_ipc_client::{ErrorReply, GatewayClient};
+use qm_ipc_client::{ErrorReply, GatewayClient, Provider};
 use serde_json::json;
 
 const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// A provider of `service` on the provider socket and a caller on the
+/// consumer socket.
+async fn provider_and_caller(gw: &Gateway, service: &str) -> (Provider, GatewayClient) {
+    let provider = GatewayClient::connect(&gw.provider)
+        .await
+        .unwrap()
+        .register(&[service])
+        .await
+        .unwrap();
+    let caller = GatewayClient::connect(&gw.consumer).await.unwrap();
+    (provider, caller)
+}
 
 #[test]
 fn call_round_trip_and_provider_errors() {
@@ -98,13 +111,7 @@ fn a_second_provider_for_the_same_service_is_refused() {
 fn provider_that_disconnects_fails_in_flight_calls_at_once() {
     let gw = Gateway::start(&[]);
     within(WATCHDOG, async {
-        let mut provider = GatewayClient::connect(&gw.provider)
-            .await
-            .unwrap()
-            .register(&["svc"])
-            .await
-            .unwrap();
-        let mut c = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let (mut provider, mut c) = provider_and_caller(&gw, "svc").await;
         // The call waits up to 60 s; the watchdog is 30 s, so only the
         // immediate failure lets this test pass.
         let call = c.call("svc", "Slow", json!({}), Some(60_000));
@@ -126,13 +133,7 @@ fn provider_that_disconnects_fails_in_flight_calls_at_once() {
 fn silent_provider_gives_timeout_and_its_late_reply_is_discarded() {
     let gw = Gateway::start(&[]);
     within(WATCHDOG, async {
-        let mut provider = GatewayClient::connect(&gw.provider)
-            .await
-            .unwrap()
-            .register(&["svc"])
-            .await
-            .unwrap();
-        let mut c = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let (mut provider, mut c) = provider_and_caller(&gw, "svc").await;
         let (result, request) = tokio::join!(
             c.call("svc", "Never", json!({}), Some(200)),
             provider.next_request()
