@@ -98,7 +98,10 @@ async fn session(
     );
     backoff.reset();
     let mut latest: Option<Sample> = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
+    // The first publish comes one interval after connecting, by when the
+    // subscription has delivered the current speed.
+    let period = Duration::from_millis(args.interval_ms.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
