@@ -1,0 +1,12 @@
+//! The files around the gateway: systemd socket units, podman quadlets and
+//! their drop-ins.
+//!
+//! - [`unit`]: a lossless model of systemd unit files (parse, query, edit,
+//!   print back byte for byte), drop-in resolution and specifiers.
+//! - [`generate`]: the seed's file sets for ASIL-to-QM and QM-to-QM.
+//! - [`lint`]: checks a set of files (or a whole root) against the rules the
+//!   seed, the qm SELinux policy and podman's semantics imply.
+
+pub mod generate;
+pub mod lint;
+pub mod unit;
