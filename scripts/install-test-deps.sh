@@ -15,6 +15,13 @@ apt_install() {
 # systemd-socket-activate and systemd-analyze: the stand-ins for systemd.
 command -v systemd-socket-activate >/dev/null || apt_install systemd
 
+# podman (quadlet's generated services call it; systemd-analyze verify checks
+# that) and runc, the runtime that works on these kernels.
+command -v podman >/dev/null && command -v runc >/dev/null || apt_install podman runc
+
+# podman's quadlet generator, which Debian 12's podman lacks.
+"$(dirname "$0")/install-quadlet.sh" >/dev/null
+
 # The reference Python varlink implementation, for the interoperability test.
 if ! python3 -c 'import varlink' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check varlink

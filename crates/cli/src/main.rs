@@ -48,6 +48,11 @@ enum Command {
     Info(commands::oneshot::InfoArgs),
     /// Show the gateway's counters.
     Stats(commands::oneshot::StatsArgs),
+    /// Write the systemd, quadlet and drop-in files of a topology.
+    Generate(commands::deploy::GenerateArgs),
+    /// Check systemd, quadlet and drop-in files (or a whole root) for
+    /// mistakes; exit 0 clean, 1 warnings with --strict, 2 errors.
+    Lint(commands::deploy::LintArgs),
 }
 
 fn init_logging() {
@@ -86,13 +91,16 @@ fn main() -> ExitCode {
             Command::Call(args) => commands::oneshot::call(socket, args).await,
             Command::Info(args) => commands::oneshot::info(socket, args).await,
             Command::Stats(args) => commands::oneshot::stats(socket, args).await,
+            Command::Generate(args) => commands::deploy::generate(args),
+            Command::Lint(args) => commands::deploy::lint(args),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(commands::CommandError::Findings(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

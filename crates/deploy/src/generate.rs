@@ -1,0 +1,534 @@
+//! The seed's file sets, generated: ASIL-to-QM (a host socket unit, the
+//! server quadlet, the QM client quadlet and the drop-in that mounts the
+//! socket directory into the QM partition) and QM-to-QM (a server and a
+//! client quadlet inside QM, sharing a socket directory and an MCS level).
+//!
+//! Differences from the seed's hand-written files, each fixing a real
+//! problem: the server has `Notify=true` (without it conmon, not the
+//! gateway, reports readiness), runs the gateway directly (PID 1, as socket
+//! activation under podman requires), and QM-to-QM shares a directory
+//! rather than a single socket file (a bind-mounted socket file goes stale
+//! when the server restarts and creates a new one).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::unit::UnitFile;
+
+/// The host's systemd units.
+pub const HOST_UNIT_DIR: &str = "/etc/systemd/system";
+/// The host's (ASIL side) quadlets.
+pub const HOST_QUADLET_DIR: &str = "/etc/containers/systemd";
+/// Quadlets inside the QM partition.
+pub const QM_QUADLET_DIR: &str = "/etc/qm/containers/systemd";
+/// The only directory whose files carry `ipc_var_run_t`, the type QM may
+/// connect to on the host.
+pub const ASIL_IPC_DIR: &str = "/run/ipc";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    AsilToQm,
+    QmToQm,
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AsilToQm => "asil-to-qm",
+            Self::QmToQm => "qm-to-qm",
+        })
+    }
+}
+
+/// What a user can choose; defaults follow the seed.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub server_image: String,
+    pub client_image: String,
+    /// Name of the server: the quadlet `NAME.container`, its `NAME.service`
+    /// and, for ASIL-to-QM, the `NAME.socket`.
+    pub server_name: String,
+    pub client_name: String,
+    /// Socket path as seen by the containers; `None` for the topology's
+    /// default.
+    pub socket_path: Option<String>,
+    pub server_label: String,
+    pub client_label: String,
+    /// MCS level both QM-to-QM containers share.
+    pub level: String,
+    /// Arguments to the image's entrypoint (`qm-ipc`).
+    pub server_exec: String,
+    pub client_exec: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            server_image: "localhost/qm-ipc-server:latest".into(),
+            client_image: "localhost/qm-ipc-client:latest".into(),
+            server_name: "ipc_server".into(),
+            client_name: "ipc_client".into(),
+            socket_path: None,
+            server_label: "ipc_t".into(),
+            client_label: "qm_container_ipc_t".into(),
+            level: "s0:c1,c2".into(),
+            server_exec: "serve --demo".into(),
+            client_exec: "client".into(),
+        }
+    }
+}
+
+/// The default socket path of a topology.
+pub fn default_socket_path(topology: Topology) -> &'static str {
+    match topology {
+        Topology::AsilToQm => "/run/ipc/ipc.socket",
+        Topology::QmToQm => "/run/ipc-qm/ipc.socket",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    #[error("--{option} {value:?}: {reason}")]
+    BadOption {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{path} exists with different content; use --force to replace it")]
+    WouldOverwrite { path: PathBuf },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// One generated file and where it belongs on the target system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedFile {
+    /// Absolute path on the target system.
+    pub path: PathBuf,
+    pub content: String,
+}
+
+/// Is `path` equal to or below `dir`, comparing whole components?
+pub fn is_within(path: &str, dir: &str) -> bool {
+    Path::new(path).starts_with(dir)
+}
+
+fn bad(option: &'static str, value: &str, reason: impl Into<String>) -> GenerateError {
+    GenerateError::BadOption {
+        option,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), GenerateError> {
+    for (option, name) in [
+        ("server-name", &o.server_name),
+        ("client-name", &o.client_name),
+    ] {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c));
+        if !ok {
+            return Err(bad(
+                option,
+                name,
+                "use letters, digits, '_', '-', '.' and '@'",
+            ));
+        }
+    }
+    if o.server_name == o.client_name {
+        return Err(bad(
+            "client-name",
+            &o.client_name,
+            "must differ from the server name",
+        ));
+    }
+    for (option, image) in [
+        ("server-image", &o.server_image),
+        ("client-image", &o.client_image),
+    ] {
+        if image.is_empty() || image.contains(char::is_whitespace) {
+            return Err(bad(
+                option,
+                image,
+                "an image reference without spaces is required",
+            ));
+        }
+    }
+    for (option, label) in [
+        ("server-label", &o.server_label),
+        ("client-label", &o.client_label),
+    ] {
+        if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(bad(
+                option,
+                label,
+                "an SELinux type such as ipc_t is required",
+            ));
+        }
+    }
+    let level_ok = o.level.starts_with('s')
+        && o.level
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":,.".contains(c));
+    if !level_ok {
+        return Err(bad(
+            "level",
+            &o.level,
+            "an MCS level such as s0:c1,c2 is required",
+        ));
+    }
+    if !socket.starts_with('/') || socket.ends_with('/') || socket.contains(char::is_whitespace) {
+        return Err(bad(
+            "socket-path",
+            socket,
+            "an absolute path to a socket file is required",
+        ));
+    }
+    let parent = Path::new(socket)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned());
+    if parent.as_deref() == Some("/") || parent.as_deref() == Some("/run") {
+        return Err(bad(
+            "socket-path",
+            socket,
+            "put the socket in a directory of its own (it is shared by mounting that directory)",
+        ));
+    }
+    match topology {
+        Topology::AsilToQm if !is_within(socket, ASIL_IPC_DIR) => Err(bad(
+            "socket-path",
+            socket,
+            "ASIL-to-QM sockets must be under /run/ipc, the only place labelled ipc_var_run_t",
+        )),
+        Topology::QmToQm if !is_within(socket, "/run") => Err(bad(
+            "socket-path",
+            socket,
+            "QM-to-QM sockets live under /run, where systemd creates their directory",
+        )),
+        Topology::QmToQm if is_within(socket, ASIL_IPC_DIR) => Err(bad(
+            "socket-path",
+            socket,
+            "/run/ipc is for host-to-QM sockets; QM-to-QM sockets belong elsewhere under /run",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The directory mount that carries `socket`, in the seed's `dir/:dir/` form.
+fn socket_dir_volume(socket: &str) -> String {
+    let dir = Path::new(socket)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{dir}/:{dir}/")
+}
+
+fn header(unit: &mut UnitFile, topology: Topology) {
+    unit.push_comment(&format!(
+        "Generated by `qm-ipc generate {topology}`; check changes with `qm-ipc lint`."
+    ));
+}
+
+/// Generates the file set of `topology`.
+pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, GenerateError> {
+    let socket = o
+        .socket_path
+        .clone()
+        .unwrap_or_else(|| default_socket_path(topology).to_owned());
+    check_options(topology, o, &socket)?;
+    let volume = socket_dir_volume(&socket);
+    let env = format!("SOCKET_PATH={socket}");
+    let file = |dir: &str, name: String, unit: UnitFile| GeneratedFile {
+        path: Path::new(dir).join(name),
+        content: unit.to_string(),
+    };
+    let server_name = &o.server_name;
+    let client_name = &o.client_name;
+
+    let mut files = Vec::new();
+    match topology {
+        Topology::AsilToQm => {
+            let listen = match socket.strip_prefix("/run/") {
+                Some(rest) => format!("%t/{rest}"),
+                None => socket.clone(),
+            };
+            let mut s = UnitFile::new(format!("{server_name}.socket"));
+            header(&mut s, topology);
+            s.push_section("Unit")
+                .push_entry("Description", "qm-ipc gateway socket (asil-to-qm)");
+            s.push_section("Socket")
+                .push_entry("ListenStream", &listen)
+                .push_entry("SocketMode", "0660")
+                .push_entry("SELinuxContextFromNet", "yes");
+            s.push_section("Install")
+                .push_entry("WantedBy", "sockets.target");
+            files.push(file(HOST_UNIT_DIR, format!("{server_name}.socket"), s));
+
+            let mut c = UnitFile::new(format!("{server_name}.container"));
+            header(&mut c, topology);
+            c.push_section("Unit")
+                .push_entry("Description", "qm-ipc gateway (asil-to-qm)")
+                .push_entry("Requires", &format!("{server_name}.socket"))
+                .push_entry("After", &format!("{server_name}.socket"));
+            c.push_section("Container")
+                .push_entry("Image", &o.server_image)
+                .push_entry("Exec", &o.server_exec)
+                .push_entry("Network", "none")
+                .push_entry("Environment", &env)
+                .push_entry("Volume", &volume)
+                .push_entry("SecurityLabelType", &o.server_label)
+                .push_entry("Notify", "true");
+            c.push_section("Service").push_entry("Restart", "always");
+            c.push_section("Install")
+                .push_entry("WantedBy", "multi-user.target");
+            files.push(file(
+                HOST_QUADLET_DIR,
+                format!("{server_name}.container"),
+                c,
+            ));
+
+            let mut q = UnitFile::new(format!("{client_name}.container"));
+            header(&mut q, topology);
+            q.push_section("Unit")
+                .push_entry("Description", "qm-ipc client (asil-to-qm)");
+            q.push_section("Container")
+                .push_entry("Image", &o.client_image)
+                .push_entry("Exec", &o.client_exec)
+                .push_entry("Network", "none")
+                .push_entry("Environment", &env)
+                .push_entry("Volume", &volume)
+                .push_entry("SecurityLabelType", &o.client_label);
+            q.push_section("Service").push_entry("Restart", "always");
+            q.push_section("Install")
+                .push_entry("WantedBy", "multi-user.target");
+            files.push(file(QM_QUADLET_DIR, format!("{client_name}.container"), q));
+
+            let mut d = UnitFile::new("10-extra-volume.conf");
+            header(&mut d, topology);
+            d.push_section("Unit")
+                .push_entry("Requires", &format!("{server_name}.socket"))
+                .push_entry("After", &format!("{server_name}.socket"));
+            d.push_section("Container").push_entry("Volume", &volume);
+            files.push(file(
+                &format!("{HOST_QUADLET_DIR}/qm.container.d"),
+                "10-extra-volume.conf".into(),
+                d,
+            ));
+        }
+        Topology::QmToQm => {
+            let runtime_dir = Path::new(&socket)
+                .parent()
+                .and_then(|dir| dir.strip_prefix("/run").ok())
+                .map(|rel| rel.display().to_string())
+                .unwrap_or_default();
+            let mut q = UnitFile::new(format!("{client_name}.container"));
+            header(&mut q, topology);
+            q.push_section("Unit")
+                .push_entry("Description", "qm-ipc client (qm-to-qm)")
+                .push_entry("Requires", &format!("{server_name}.service"))
+                .push_entry("After", &format!("{server_name}.service"));
+            q.push_section("Container")
+                .push_entry("Image", &o.client_image)
+                .push_entry("Exec", &o.client_exec)
+                .push_entry("Network", "none")
+                .push_entry("Environment", &env)
+                .push_entry("Volume", &volume)
+                .push_entry("SecurityLabelLevel", &o.level);
+            q.push_section("Service").push_entry("Restart", "always");
+            q.push_section("Install")
+                .push_entry("WantedBy", "multi-user.target");
+            files.push(file(QM_QUADLET_DIR, format!("{client_name}.container"), q));
+
+            let mut c = UnitFile::new(format!("{server_name}.container"));
+            header(&mut c, topology);
+            c.push_section("Unit")
+                .push_entry("Description", "qm-ipc gateway (qm-to-qm)");
+            c.push_section("Container")
+                .push_entry("Image", &o.server_image)
+                .push_entry("Exec", &format!("{} --no-provider-socket", o.server_exec))
+                .push_entry("Network", "none")
+                .push_entry("Environment", &env)
+                .push_entry("Volume", &volume)
+                .push_entry("SecurityLabelLevel", &o.level)
+                .push_entry("Notify", "true");
+            // systemd creates the shared directory before the server starts
+            // and keeps it across restarts, so the client's mount stays valid.
+            c.push_section("Service")
+                .push_entry("Restart", "always")
+                .push_entry("RuntimeDirectory", &runtime_dir)
+                .push_entry("RuntimeDirectoryPreserve", "yes");
+            c.push_section("Install")
+                .push_entry("WantedBy", "multi-user.target");
+            files.push(file(QM_QUADLET_DIR, format!("{server_name}.container"), c));
+        }
+    }
+    Ok(files)
+}
+
+/// What [`write_root`] did with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created(PathBuf),
+    Replaced(PathBuf),
+    Unchanged(PathBuf),
+}
+
+impl fmt::Display for WriteOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Created(p) => write!(f, "created   {}", p.display()),
+            Self::Replaced(p) => write!(f, "replaced  {}", p.display()),
+            Self::Unchanged(p) => write!(f, "unchanged {}", p.display()),
+        }
+    }
+}
+
+/// Writes `files` below `root`. Checks every target first, so that a
+/// refusal to overwrite leaves nothing half-written.
+pub fn write_root(
+    root: &Path,
+    files: &[GeneratedFile],
+    force: bool,
+) -> Result<Vec<WriteOutcome>, GenerateError> {
+    let target = |f: &GeneratedFile| root.join(f.path.strip_prefix("/").unwrap_or(&f.path));
+    let mut plan = Vec::new();
+    for f in files {
+        let path = target(f);
+        let outcome = match std::fs::read(&path) {
+            Ok(existing) if existing == f.content.as_bytes() => WriteOutcome::Unchanged(path),
+            Ok(_) if !force => return Err(GenerateError::WouldOverwrite { path }),
+            Ok(_) => WriteOutcome::Replaced(path),
+            Err(_) if path.exists() => {
+                return Err(GenerateError::Write {
+                    path,
+                    reason: "exists and cannot be read".into(),
+                })
+            }
+            Err(_) => WriteOutcome::Created(path),
+        };
+        plan.push((outcome, f));
+    }
+    for (outcome, f) in &plan {
+        let path = match outcome {
+            WriteOutcome::Unchanged(_) => continue,
+            WriteOutcome::Created(p) | WriteOutcome::Replaced(p) => p,
+        };
+        let write_error = |e: std::io::Error| GenerateError::Write {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(write_error)?;
+        }
+        // Write a sibling and rename it over the target, so a reader never
+        // sees a half-written unit.
+        let tmp = path.with_extension("qm-ipc-tmp");
+        std::fs::write(&tmp, &f.content).map_err(write_error)?;
+        std::fs::rename(&tmp, path).map_err(write_error)?;
+    }
+    Ok(plan.into_iter().map(|(o, _)| o).collect())
+}
+
+/// The dry-run form: every file preceded by its target path.
+pub fn render_listing(files: &[GeneratedFile]) -> String {
+    let mut out = String::new();
+    for (i, f) in files.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("### {}\n{}", f.path.display(), f.content));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asil_to_qm_uses_the_seed_paths() {
+        let files = generate(Topology::AsilToQm, &Options::default()).unwrap();
+        let paths: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/etc/systemd/system/ipc_server.socket",
+                "/etc/containers/systemd/ipc_server.container",
+                "/etc/qm/containers/systemd/ipc_client.container",
+                "/etc/containers/systemd/qm.container.d/10-extra-volume.conf",
+            ]
+        );
+        assert!(files[0]
+            .content
+            .contains("ListenStream=%t/ipc/ipc.socket\n"));
+        assert!(files[1].content.contains("Notify=true\n"));
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let o = Options {
+            socket_path: Some("/run/elsewhere/ipc.socket".into()),
+            ..Options::default()
+        };
+        let e = generate(Topology::AsilToQm, &o).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--socket-path \"/run/elsewhere/ipc.socket\""),
+            "{e}"
+        );
+        let o = Options {
+            socket_path: Some("/run/ipc/x/ipc.socket".into()),
+            ..Options::default()
+        };
+        assert!(generate(Topology::QmToQm, &o).is_err());
+        let o = Options {
+            server_image: "bad image".into(),
+            ..Options::default()
+        };
+        assert!(matches!(
+            generate(Topology::AsilToQm, &o),
+            Err(GenerateError::BadOption {
+                option: "server-image",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn write_root_refuses_to_overwrite_and_writes_nothing_then() {
+        let root = tempfile::tempdir().unwrap();
+        let files = generate(Topology::AsilToQm, &Options::default()).unwrap();
+        let first = write_root(root.path(), &files, false).unwrap();
+        assert!(first.iter().all(|o| matches!(o, WriteOutcome::Created(_))));
+        let again = write_root(root.path(), &files, false).unwrap();
+        assert!(again
+            .iter()
+            .all(|o| matches!(o, WriteOutcome::Unchanged(_))));
+
+        let changed = generate(
+            Topology::AsilToQm,
+            &Options {
+                client_image: "registry.example/client:2".into(),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let client = root
+            .path()
+            .join("etc/qm/containers/systemd/ipc_client.container");
+        let before = std::fs::read_to_string(&client).unwrap();
+        assert!(matches!(
+            write_root(root.path(), &changed, false),
+            Err(GenerateError::WouldOverwrite { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&client).unwrap(), before);
+        let forced = write_root(root.path(), &changed, true).unwrap();
+        assert!(forced.contains(&WriteOutcome::Replaced(client.clone())));
+        assert!(std::fs::read_to_string(&client)
+            .unwrap()
+            .contains("registry.example/client:2"));
+    }
+}

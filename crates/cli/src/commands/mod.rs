@@ -1,5 +1,6 @@
 //! The subcommands that are not the demo.
 
+pub mod deploy;
 pub mod oneshot;
 pub mod serve;
 
@@ -18,6 +19,24 @@ pub enum CommandError {
     Timeout(u64),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Generate(#[from] qm_ipc_deploy::generate::GenerateError),
+    #[error(transparent)]
+    Lint(#[from] qm_ipc_deploy::lint::LintError),
+    /// Lint found problems; the report is already printed.
+    #[error("lint findings")]
+    Findings(u8),
+}
+
+impl CommandError {
+    /// The process exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Findings(code) => *code,
+            Self::Lint(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The consumer socket to use: the flag or `SOCKET_PATH`, else the default.

@@ -1,0 +1,178 @@
+//! `qm-ipc lint`: checks deployment files against the rules the seed, the qm
+//! SELinux policy and podman's semantics imply.
+//!
+//! Every rule has a stable id (`QM001`...), a severity, and for every
+//! finding the place (`file:line`), what is wrong, why it matters and the
+//! fix. Rules that relate files to each other (a client to its server, the
+//! QM partition's drop-in to the socket) run when the linted set contains
+//! both sides; a single file gets only the checks that concern it alone.
+
+mod rules;
+mod tree;
+
+pub use tree::Deployment;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Warning => "warning",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// A rule of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub severity: Severity,
+    pub why: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub name: &'static str,
+    pub severity: Severity,
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+    pub why: &'static str,
+    pub fix: String,
+}
+
+impl Finding {
+    pub fn new(
+        rule: &Rule,
+        at: (String, usize),
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            rule: rule.id,
+            name: rule.name,
+            severity: rule.severity,
+            file: at.0,
+            line: at.1,
+            message: message.into(),
+            why: rule.why,
+            fix: fix.into(),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}:{}: {}[{} {}]: {}",
+            self.file, self.line, self.severity, self.rule, self.name, self.message
+        )?;
+        writeln!(f, "  why: {}", self.why)?;
+        write!(f, "  fix: {}", self.fix)
+    }
+}
+
+/// The catalogue, in id order.
+pub fn catalogue() -> &'static [Rule] {
+    rules::CATALOGUE
+}
+
+/// The outcome of a lint run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub files: Vec<PathBuf>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .count()
+    }
+
+    /// 2 with errors; 1 with warnings under `strict`; 0 otherwise.
+    pub fn exit_code(&self, strict: bool) -> u8 {
+        if self.errors() > 0 {
+            2
+        } else if strict && self.warnings() > 0 {
+            1
+        } else {
+            0
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for finding in &self.findings {
+            out.push_str(&finding.to_string());
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} files checked: {} errors, {} warnings\n",
+            self.files.len(),
+            self.errors(),
+            self.warnings()
+        ));
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "findings": self.findings,
+            "files": self.files,
+            "errors": self.errors(),
+            "warnings": self.warnings(),
+        })
+        .to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LintError {
+    #[error("{0}: no such file or directory")]
+    Missing(PathBuf),
+    #[error("{path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("no unit files found in {0:?}")]
+    Empty(Vec<PathBuf>),
+}
+
+/// Lints files and roots.
+pub fn lint_paths(paths: &[PathBuf]) -> Result<Report, LintError> {
+    let deployment = Deployment::load(paths)?;
+    Ok(lint(&deployment))
+}
+
+/// Lints a loaded deployment.
+pub fn lint(deployment: &Deployment) -> Report {
+    let mut findings = rules::check(deployment);
+    findings.sort_by(|a, b| (&a.file, a.line, a.rule).cmp(&(&b.file, b.line, b.rule)));
+    findings.dedup();
+    Report {
+        findings,
+        files: deployment.files.clone(),
+    }
+}

@@ -76,7 +76,10 @@ mod tests {
                 "foo-bar-baz.container.d"
             ]
         );
-        assert_eq!(dropin_dirs("qm.container"), vec!["container.d", "qm.container.d"]);
+        assert_eq!(
+            dropin_dirs("qm.container"),
+            vec!["container.d", "qm.container.d"]
+        );
     }
 
     #[test]
@@ -93,7 +96,10 @@ mod tests {
         write(etc.path(), "qm.container.d/10-a.conf");
         write(etc.path(), "container.d/20-b.conf");
         write(etc.path(), "qm.container.d/notes.txt");
-        let found = resolve_dropins(&[etc.path().to_owned(), usr.path().to_owned()], "qm.container");
+        let found = resolve_dropins(
+            &[etc.path().to_owned(), usr.path().to_owned()],
+            "qm.container",
+        );
         assert_eq!(
             found,
             vec![

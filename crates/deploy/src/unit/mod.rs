@@ -30,8 +30,14 @@ pub struct ParseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Element {
     /// Blank lines and comments outside any entry, verbatim.
-    Trivia { raw: String },
-    Section { name: String, raw: String, line: usize },
+    Trivia {
+        raw: String,
+    },
+    Section {
+        name: String,
+        raw: String,
+        line: usize,
+    },
     Entry(Entry),
 }
 
@@ -125,7 +131,10 @@ impl UnitFile {
             }
             if trimmed.starts_with('[') {
                 let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else {
-                    return Err(error(line_no, format!("invalid section header {trimmed:?}")));
+                    return Err(error(
+                        line_no,
+                        format!("invalid section header {trimmed:?}"),
+                    ));
                 };
                 if name.is_empty() || name.contains(['[', ']']) {
                     return Err(error(line_no, format!("invalid section name {name:?}")));
@@ -395,20 +404,36 @@ mod tests {
 
     #[test]
     fn logical_view_matches_systemd() {
-        let unit = Unit::new("x.service", UnitFile::parse("x.service", SAMPLE).unwrap(), vec![]);
+        let unit = Unit::new(
+            "x.service",
+            UnitFile::parse("x.service", SAMPLE).unwrap(),
+            vec![],
+        );
         let desc = unit.value("Unit", "Description").unwrap();
         assert_eq!(desc.entry.value, "Demo  server");
         assert_eq!(desc.entry.line, 3);
-        let env: Vec<_> = unit.values("Service", "Environment").iter().map(|l| l.entry.value.clone()).collect();
-        assert_eq!(env, vec!["B=2", "C=3"], "an empty assignment resets the list");
+        let env: Vec<_> = unit
+            .values("Service", "Environment")
+            .iter()
+            .map(|l| l.entry.value.clone())
+            .collect();
+        assert_eq!(
+            env,
+            vec!["B=2", "C=3"],
+            "an empty assignment resets the list"
+        );
         assert_eq!(unit.value("Service", "Type").unwrap().entry.value, "notify");
         assert_eq!(unit.value("Service", "Type").unwrap().entry.line, 13);
     }
 
     #[test]
     fn errors_carry_file_and_line() {
-        let e = UnitFile::parse("a.container", "[Container]\nImage=x\nnot an assignment\n").unwrap_err();
-        assert_eq!(e.to_string(), "a.container:3: missing '=' in \"not an assignment\"");
+        let e = UnitFile::parse("a.container", "[Container]\nImage=x\nnot an assignment\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a.container:3: missing '=' in \"not an assignment\""
+        );
         let e = UnitFile::parse("a.socket", "Key=value\n").unwrap_err();
         assert_eq!(e.line, 1);
         let e = UnitFile::parse("a.socket", "[Socket\n").unwrap_err();
@@ -417,25 +442,44 @@ mod tests {
 
     #[test]
     fn dropins_override_and_reset() {
-        let base = UnitFile::parse("q.container", "[Container]\nVolume=/a:/a\nNetwork=host\n").unwrap();
-        let d1 = UnitFile::parse("q.container.d/10.conf", "[Container]\nVolume=/b:/b\nNetwork=none\n").unwrap();
+        let base =
+            UnitFile::parse("q.container", "[Container]\nVolume=/a:/a\nNetwork=host\n").unwrap();
+        let d1 = UnitFile::parse(
+            "q.container.d/10.conf",
+            "[Container]\nVolume=/b:/b\nNetwork=none\n",
+        )
+        .unwrap();
         let unit = Unit::new("q.container", base, vec![d1]);
-        let vols: Vec<_> = unit.values("Container", "Volume").iter().map(|l| l.entry.value.as_str()).collect();
+        let vols: Vec<_> = unit
+            .values("Container", "Volume")
+            .iter()
+            .map(|l| l.entry.value.as_str())
+            .collect();
         assert_eq!(vols, vec!["/a:/a", "/b:/b"]);
         let net = unit.value("Container", "Network").unwrap();
-        assert_eq!((net.entry.value.as_str(), net.at()), ("none", "q.container.d/10.conf:3".to_string()));
+        assert_eq!(
+            (net.entry.value.as_str(), net.at()),
+            ("none", "q.container.d/10.conf:3".to_string())
+        );
     }
 
     #[test]
     fn built_files_print_and_parse_consistently() {
         let mut unit = UnitFile::new("x.socket");
         unit.push_section("Unit").push_entry("Description", "d");
-        unit.push_section("Socket").push_entry("ListenStream", "%t/ipc/ipc.socket");
+        unit.push_section("Socket")
+            .push_entry("ListenStream", "%t/ipc/ipc.socket");
         let text = unit.to_string();
-        assert_eq!(text, "[Unit]\nDescription=d\n\n[Socket]\nListenStream=%t/ipc/ipc.socket\n");
+        assert_eq!(
+            text,
+            "[Unit]\nDescription=d\n\n[Socket]\nListenStream=%t/ipc/ipc.socket\n"
+        );
         let parsed = UnitFile::parse("x.socket", &text).unwrap();
         assert_eq!(parsed.to_string(), text);
-        let entries: Vec<_> = parsed.entries().map(|l| (l.section, l.entry.line)).collect();
+        let entries: Vec<_> = parsed
+            .entries()
+            .map(|l| (l.section, l.entry.line))
+            .collect();
         let built: Vec<_> = unit.entries().map(|l| (l.section, l.entry.line)).collect();
         assert_eq!(entries, built);
     }
@@ -446,7 +490,8 @@ mod tests {
             "[A-Za-z]{1,8}".prop_map(|s| format!("[{s}]")),
             "[#;][ -~]{0,20}",
             ("[A-Za-z]{1,8}", "[ -~]{0,20}").prop_map(|(k, v)| format!("{k}={v}")),
-            ("[A-Za-z]{1,8}", "[ -~]{0,10}", "[ -~]{0,10}").prop_map(|(k, a, b)| format!("{k}={a}\\\n{b}")),
+            ("[A-Za-z]{1,8}", "[ -~]{0,10}", "[ -~]{0,10}")
+                .prop_map(|(k, a, b)| format!("{k}={a}\\\n{b}")),
             " +\t*".prop_map(|s| s.to_string()),
         ]
     }

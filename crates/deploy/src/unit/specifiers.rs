@@ -44,7 +44,10 @@ mod tests {
             expand_system_specifiers("%t/ipc/ipc.socket", "ipc_server.socket"),
             "/run/ipc/ipc.socket"
         );
-        assert_eq!(expand_system_specifiers("%N-%n 100%%", "a.socket"), "a-a.socket 100%");
+        assert_eq!(
+            expand_system_specifiers("%N-%n 100%%", "a.socket"),
+            "a-a.socket 100%"
+        );
         assert_eq!(expand_system_specifiers("%Z%", "a.socket"), "%Z%");
     }
 }

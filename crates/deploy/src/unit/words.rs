@@ -51,6 +51,9 @@ mod tests {
             vec!["A=1", "B=two words", "C=x y", "D=a b"]
         );
         assert_eq!(split_words("  "), Vec::<String>::new());
-        assert_eq!(split_words(r#"sh -c "exec server""#), vec!["sh", "-c", "exec server"]);
+        assert_eq!(
+            split_words(r#"sh -c "exec server""#),
+            vec!["sh", "-c", "exec server"]
+        );
     }
 }

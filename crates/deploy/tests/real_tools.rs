@@ -1,0 +1,196 @@
+//! Generated files against the real tools: podman's own quadlet generator
+//! and `systemd-analyze verify`. Both are installed by the README's test
+//! command (scripts/install-test-deps.sh).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qm_ipc_deploy::generate::{generate, write_root, Options, Topology};
+
+fn quadlet() -> PathBuf {
+    let path = std::env::var_os("QUADLET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/libexec/qm-ipc/quadlet"));
+    assert!(
+        path.exists(),
+        "podman's quadlet generator is missing at {}; run scripts/install-test-deps.sh",
+        path.display()
+    );
+    path
+}
+
+/// Runs `quadlet -dryrun` on a directory; returns each generated service.
+fn quadlet_dryrun(dir: &Path) -> BTreeMap<String, String> {
+    let output = Command::new(quadlet())
+        .arg("-dryrun")
+        .env("QUADLET_UNIT_DIRS", dir)
+        .output()
+        .expect("run quadlet");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "quadlet failed:\n{stderr}");
+    assert!(
+        !stderr.contains("rror"),
+        "quadlet reported an error:\n{stderr}"
+    );
+    let mut services = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("---").and_then(|l| l.strip_suffix("---")) {
+            if let Some((n, t)) = current.take() {
+                services.insert(n, t);
+            }
+            current = Some((name.to_owned(), String::new()));
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if let Some((n, t)) = current {
+        services.insert(n, t);
+    }
+    services
+}
+
+fn exec_start(service: &str) -> &str {
+    service
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("an ExecStart line")
+}
+
+fn generated_root(topology: Topology) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let files = generate(topology, &Options::default()).unwrap();
+    write_root(root.path(), &files, false).unwrap();
+    root
+}
+
+#[test]
+fn asil_to_qm_quadlets_give_the_podman_arguments_that_matter() {
+    let root = generated_root(Topology::AsilToQm);
+    let host = quadlet_dryrun(&root.path().join("etc/containers/systemd"));
+    let server = &host["ipc_server.service"];
+    let exec = exec_start(server);
+    for arg in [
+        "--sdnotify=container",
+        "--security-opt label=type:ipc_t",
+        "-v /run/ipc/:/run/ipc/",
+        "--network none",
+        "--env SOCKET_PATH=/run/ipc/ipc.socket",
+        "localhost/qm-ipc-server:latest serve --demo",
+    ] {
+        assert!(exec.contains(arg), "server ExecStart lacks {arg:?}: {exec}");
+    }
+    assert!(
+        server.contains("Type=notify"),
+        "Notify=true makes the service Type=notify"
+    );
+    assert!(
+        server.contains("Requires=ipc_server.socket") && server.contains("After=ipc_server.socket")
+    );
+
+    let qm = quadlet_dryrun(&root.path().join("etc/qm/containers/systemd"));
+    let exec = exec_start(&qm["ipc_client.service"]);
+    for arg in [
+        "--security-opt label=type:qm_container_ipc_t",
+        "-v /run/ipc/:/run/ipc/",
+        "--network none",
+        "--env SOCKET_PATH=/run/ipc/ipc.socket",
+        "localhost/qm-ipc-client:latest client",
+    ] {
+        assert!(exec.contains(arg), "client ExecStart lacks {arg:?}: {exec}");
+    }
+}
+
+#[test]
+fn the_qm_partition_drop_in_mounts_the_socket_directory() {
+    let root = generated_root(Topology::AsilToQm);
+    let host = root.path().join("etc/containers/systemd");
+    // A stand-in for the qm package's own qm.container.
+    std::fs::write(
+        host.join("qm.container"),
+        "[Unit]\nDescription=QM partition\n[Container]\nImage=localhost/qm-rootfs\nNetwork=none\n",
+    )
+    .unwrap();
+    let services = quadlet_dryrun(&host);
+    let qm = &services["qm.service"];
+    assert!(exec_start(qm).contains("-v /run/ipc/:/run/ipc/"), "{qm}");
+    assert!(qm.contains("Requires=ipc_server.socket"), "{qm}");
+}
+
+#[test]
+fn qm_to_qm_quadlets_share_level_and_directory() {
+    let root = generated_root(Topology::QmToQm);
+    let services = quadlet_dryrun(&root.path().join("etc/qm/containers/systemd"));
+    let server = &services["ipc_server.service"];
+    let client = &services["ipc_client.service"];
+    for (service, role) in [(server, "server"), (client, "client")] {
+        let exec = exec_start(service);
+        for arg in [
+            "--security-opt label=level:s0:c1,c2",
+            "-v /run/ipc-qm/:/run/ipc-qm/",
+            "--network none",
+        ] {
+            assert!(exec.contains(arg), "{role} ExecStart lacks {arg:?}: {exec}");
+        }
+    }
+    assert!(exec_start(server).contains("--sdnotify=container"));
+    assert!(server.contains("RuntimeDirectory=ipc-qm"));
+    assert!(
+        client.contains("Requires=ipc_server.service")
+            && client.contains("After=ipc_server.service")
+    );
+}
+
+#[test]
+fn generated_socket_unit_passes_systemd_analyze_verify() {
+    let root = generated_root(Topology::AsilToQm);
+    let units = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.path().join("etc/systemd/system/ipc_server.socket"),
+        units.path().join("ipc_server.socket"),
+    )
+    .unwrap();
+    // The service the socket activates, as quadlet generates it.
+    let status = Command::new(quadlet())
+        .arg(units.path())
+        .env(
+            "QUADLET_UNIT_DIRS",
+            root.path().join("etc/containers/systemd"),
+        )
+        .status()
+        .expect("run quadlet");
+    assert!(status.success());
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("ipc_server.socket")
+        .arg("ipc_server.service")
+        .current_dir(units.path())
+        .output()
+        .expect("run systemd-analyze");
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn systemd_analyze_catches_what_a_broken_socket_would_be() {
+    // The check above can fail: a socket unit without Listen*= is refused.
+    let units = tempfile::tempdir().unwrap();
+    std::fs::write(
+        units.path().join("broken.socket"),
+        "[Socket]\nListenStrem=/run/ipc/ipc.socket\n",
+    )
+    .unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("broken.socket")
+        .current_dir(units.path())
+        .output()
+        .expect("run systemd-analyze");
+    assert!(!output.status.success());
+}
