@@ -164,7 +164,7 @@ impl UnitFile {
                         logical.push(' ');
                         // Comment lines inside a continuation are skipped.
                         let mut next = None;
-                        while let Some((_, raw_next)) = lines.next() {
+                        for (_, raw_next) in lines.by_ref() {
                             raw.push_str(raw_next);
                             let t = strip_eol(raw_next).trim();
                             if is_comment(t) {

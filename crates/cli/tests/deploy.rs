@@ -1,0 +1,119 @@
+//! `qm-ipc generate` and `qm-ipc lint` as users run them.
+
+mod common;
+
+use common::run_cli;
+use serde_json::Value;
+
+#[test]
+fn generate_prints_each_file_with_its_target_path() {
+    let (status, out, err) = run_cli(&[
+        "generate",
+        "asil-to-qm",
+        "--server-image",
+        "registry.example/gw:1",
+    ]);
+    assert!(status.success(), "{err}");
+    for path in [
+        "### /etc/systemd/system/ipc_server.socket",
+        "### /etc/containers/systemd/ipc_server.container",
+        "### /etc/qm/containers/systemd/ipc_client.container",
+        "### /etc/containers/systemd/qm.container.d/10-extra-volume.conf",
+    ] {
+        assert!(out.contains(path), "{path} missing from:\n{out}");
+    }
+    assert!(out.contains("Image=registry.example/gw:1\n"));
+}
+
+#[test]
+fn generate_root_writes_reports_and_refuses_to_overwrite() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let (status, out, _) = run_cli(&["generate", "qm-to-qm", "--root", r]);
+    assert!(status.success());
+    assert_eq!(out.matches("created").count(), 2, "{out}");
+
+    let (status, _, err) = run_cli(&["generate", "qm-to-qm", "--root", r, "--level", "s0:c7,c8"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("exists with different content; use --force"),
+        "{err}"
+    );
+
+    let (status, out, _) = run_cli(&[
+        "generate", "qm-to-qm", "--root", r, "--level", "s0:c7,c8", "--force",
+    ]);
+    assert!(status.success());
+    assert_eq!(out.matches("replaced").count(), 2, "{out}");
+
+    let (status, _, err) = run_cli(&[
+        "generate",
+        "asil-to-qm",
+        "--socket-path",
+        "/run/app/app.socket",
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.contains("--socket-path") && err.contains("/run/ipc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lint_exit_codes_and_json() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    assert!(run_cli(&["generate", "asil-to-qm", "--root", r])
+        .0
+        .success());
+    let (status, out, _) = run_cli(&["lint", r]);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("0 errors, 0 warnings"));
+
+    // A warning: exit 0, or 1 with --strict.
+    let client = root
+        .path()
+        .join("etc/qm/containers/systemd/ipc_client.container");
+    let text = std::fs::read_to_string(&client).unwrap();
+    std::fs::write(&client, text.replace("Network=none", "Network=host")).unwrap();
+    assert_eq!(run_cli(&["lint", r]).0.code(), Some(0));
+    assert_eq!(run_cli(&["lint", r, "--strict"]).0.code(), Some(1));
+
+    // An error: exit 2, and JSON a script can read.
+    let server = root
+        .path()
+        .join("etc/containers/systemd/ipc_server.container");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        text.replace("SecurityLabelType=ipc_t", "SecurityLabelType=spc_t"),
+    )
+    .unwrap();
+    let (status, out, _) = run_cli(&["lint", r, "--format", "json"]);
+    assert_eq!(status.code(), Some(2));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["errors"], 1);
+    assert_eq!(report["warnings"], 1);
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "QM006")
+        .expect("the label finding");
+    assert_eq!(finding["severity"], "error");
+    assert!(finding["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("ipc_server.container"));
+    assert!(finding["line"].as_u64().unwrap() > 1);
+    for key in ["message", "why", "fix"] {
+        assert!(!finding[key].as_str().unwrap().is_empty());
+    }
+
+    let (status, _, err) = run_cli(&["lint", "/nonexistent/unit.container"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        err.contains("/nonexistent/unit.container: no such file"),
+        "{err}"
+    );
+}

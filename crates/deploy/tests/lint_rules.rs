@@ -1,0 +1,350 @@
+//! One failing fixture per lint rule (a generated, clean tree with one
+//! mistake put in), the clean trees, and the seed's own files.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use qm_ipc_deploy::generate::{generate, write_root, Options, Topology};
+use qm_ipc_deploy::lint::{catalogue, lint_paths, Report, Severity};
+
+const SERVER: &str = "etc/containers/systemd/ipc_server.container";
+const CLIENT: &str = "etc/qm/containers/systemd/ipc_client.container";
+const SOCKET: &str = "etc/systemd/system/ipc_server.socket";
+const DROPIN: &str = "etc/containers/systemd/qm.container.d/10-extra-volume.conf";
+const QM_SERVER: &str = "etc/qm/containers/systemd/ipc_server.container";
+
+fn tree(topology: Topology) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    write_root(
+        root.path(),
+        &generate(topology, &Options::default()).unwrap(),
+        false,
+    )
+    .unwrap();
+    root
+}
+
+/// Replaces `from` by `to` in one file of the tree (which must contain it).
+fn edit(root: &Path, file: &str, from: &str, to: &str) {
+    let path = root.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} does not contain {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn rules(report: &Report) -> BTreeSet<&'static str> {
+    report.findings.iter().map(|f| f.rule).collect()
+}
+
+fn lint(root: &Path) -> Report {
+    lint_paths(&[root.to_owned()]).unwrap()
+}
+
+/// Lints the tree and asserts that exactly `expected` fires, at `file`.
+fn assert_only(root: &Path, expected: &str, file: &str) -> Report {
+    let report = lint(root);
+    assert_eq!(
+        rules(&report),
+        BTreeSet::from([expected]),
+        "{}",
+        report.to_text()
+    );
+    for finding in &report.findings {
+        assert!(
+            finding.file.ends_with(file),
+            "{expected} reported at {}: {}",
+            finding.file,
+            report.to_text()
+        );
+        assert!(finding.line >= 1);
+        assert!(!finding.why.is_empty() && !finding.fix.is_empty());
+    }
+    report
+}
+
+#[test]
+fn generated_trees_are_clean() {
+    for topology in [Topology::AsilToQm, Topology::QmToQm] {
+        let report = lint(tree(topology).path());
+        assert!(
+            report.findings.is_empty(),
+            "{topology}: {}",
+            report.to_text()
+        );
+        assert_eq!(report.exit_code(true), 0);
+    }
+}
+
+fn seed(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn seed_files_give_the_notify_finding_and_nothing_else() {
+    let report = lint(&seed("seed-asil-to-qm"));
+    assert_eq!(
+        rules(&report),
+        BTreeSet::from(["QM001"]),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(report.findings.len(), 1);
+    assert!(report.findings[0].file.ends_with(SERVER));
+    assert_eq!(report.findings[0].line, 13, "the Type=notify line");
+    assert_eq!(report.exit_code(false), 2);
+
+    let report = lint(&seed("seed-qm-to-qm"));
+    assert_eq!(
+        rules(&report),
+        BTreeSet::from(["QM001"]),
+        "{}",
+        report.to_text()
+    );
+    assert!(report.findings[0].file.ends_with(QM_SERVER));
+}
+
+#[test]
+fn qm000_syntax_error_with_file_and_line() {
+    let root = tree(Topology::AsilToQm);
+    edit(root.path(), CLIENT, "Network=none\n", "Network none\n");
+    let report = lint(root.path());
+    let finding = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "QM000")
+        .expect("a syntax finding");
+    assert!(finding.file.ends_with(CLIENT));
+    assert_eq!(finding.line, 9, "the Network line");
+    assert!(finding.message.contains("missing '='"));
+}
+
+#[test]
+fn qm001_type_notify_without_notify_true() {
+    let root = tree(Topology::AsilToQm);
+    edit(root.path(), SERVER, "Notify=true\n", "");
+    edit(
+        root.path(),
+        SERVER,
+        "Restart=always\n",
+        "Restart=always\nType=notify\n",
+    );
+    assert_only(root.path(), "QM001", SERVER);
+}
+
+#[test]
+fn qm002_socket_activated_server_behind_a_shell_or_init() {
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SERVER,
+        "Exec=serve --demo",
+        "Exec=/bin/sh -c \"qm-ipc serve --demo\"",
+    );
+    assert_only(root.path(), "QM002", SERVER);
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SERVER,
+        "Notify=true\n",
+        "Notify=true\nRunInit=true\n",
+    );
+    assert_only(root.path(), "QM002", SERVER);
+}
+
+#[test]
+fn qm003_asil_socket_outside_run_ipc() {
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SOCKET,
+        "ListenStream=%t/ipc/ipc.socket",
+        "ListenStream=%t/ipc.socket",
+    );
+    let report = lint(root.path());
+    assert!(rules(&report).contains("QM003"), "{}", report.to_text());
+    let f = report.findings.iter().find(|f| f.rule == "QM003").unwrap();
+    assert!(
+        f.file.ends_with(SOCKET) && f.message.contains("/run/ipc.socket"),
+        "{f}"
+    );
+}
+
+#[test]
+fn qm004_qm_to_qm_socket_in_run_ipc() {
+    let root = tree(Topology::QmToQm);
+    for file in [QM_SERVER, CLIENT] {
+        edit(
+            root.path(),
+            file,
+            "SOCKET_PATH=/run/ipc-qm/ipc.socket",
+            "SOCKET_PATH=/run/ipc/qm.socket",
+        );
+        edit(
+            root.path(),
+            file,
+            "Volume=/run/ipc-qm/:/run/ipc-qm/",
+            "Volume=/run/ipc/:/run/ipc/",
+        );
+    }
+    let report = lint(root.path());
+    assert_eq!(
+        rules(&report),
+        BTreeSet::from(["QM004"]),
+        "{}",
+        report.to_text()
+    );
+}
+
+#[test]
+fn qm005_qm_partition_without_the_volume_drop_in() {
+    let root = tree(Topology::AsilToQm);
+    std::fs::remove_file(root.path().join(DROPIN)).unwrap();
+    assert_only(root.path(), "QM005", SOCKET);
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        DROPIN,
+        "Volume=/run/ipc/:/run/ipc/",
+        "Volume=/run/other/:/run/other/",
+    );
+    assert_only(root.path(), "QM005", DROPIN);
+}
+
+#[test]
+fn qm006_server_label() {
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SERVER,
+        "SecurityLabelType=ipc_t",
+        "SecurityLabelType=container_t",
+    );
+    assert_only(root.path(), "QM006", SERVER);
+}
+
+#[test]
+fn qm007_client_label() {
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        CLIENT,
+        "SecurityLabelType=qm_container_ipc_t\n",
+        "",
+    );
+    assert_only(root.path(), "QM007", CLIENT);
+}
+
+#[test]
+fn qm008_qm_to_qm_levels_differ() {
+    let root = tree(Topology::QmToQm);
+    edit(
+        root.path(),
+        CLIENT,
+        "SecurityLabelLevel=s0:c1,c2",
+        "SecurityLabelLevel=s0:c3,c4",
+    );
+    assert_only(root.path(), "QM008", CLIENT);
+}
+
+#[test]
+fn qm009_socket_paths_disagree() {
+    // The upstream slip: .sock where the socket unit says .socket.
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        CLIENT,
+        "SOCKET_PATH=/run/ipc/ipc.socket",
+        "SOCKET_PATH=/run/ipc/ipc.sock",
+    );
+    let report = assert_only(root.path(), "QM009", CLIENT);
+    assert!(
+        report.findings[0]
+            .message
+            .contains("only the extension differs"),
+        "{}",
+        report.to_text()
+    );
+
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SERVER,
+        "SOCKET_PATH=/run/ipc/ipc.socket",
+        "SOCKET_PATH=/run/ipc/gateway.socket",
+    );
+    assert_only(root.path(), "QM009", SERVER);
+
+    // The path is right but not mounted into the client container.
+    let root = tree(Topology::QmToQm);
+    edit(
+        root.path(),
+        CLIENT,
+        "Volume=/run/ipc-qm/:/run/ipc-qm/",
+        "Volume=/run/elsewhere/:/run/elsewhere/",
+    );
+    assert_only(root.path(), "QM009", CLIENT);
+}
+
+#[test]
+fn qm010_missing_dependencies() {
+    let root = tree(Topology::QmToQm);
+    edit(root.path(), CLIENT, "After=ipc_server.service\n", "");
+    assert_only(root.path(), "QM010", CLIENT);
+    let root = tree(Topology::AsilToQm);
+    edit(root.path(), SERVER, "Requires=ipc_server.socket\n", "");
+    assert_only(root.path(), "QM010", SERVER);
+}
+
+#[test]
+fn qm011_network_other_than_none() {
+    let root = tree(Topology::AsilToQm);
+    edit(root.path(), CLIENT, "Network=none", "Network=host");
+    let report = assert_only(root.path(), "QM011", CLIENT);
+    assert_eq!(report.findings[0].severity, Severity::Warning);
+    assert_eq!(
+        report.exit_code(false),
+        0,
+        "warnings alone pass without --strict"
+    );
+    assert_eq!(report.exit_code(true), 1);
+}
+
+#[test]
+fn drop_ins_of_a_quadlet_are_applied() {
+    // A drop-in that sets the missing Notify=true fixes the QM001 finding.
+    let root = seed("seed-asil-to-qm");
+    let staging = tempfile::tempdir().unwrap();
+    copy_tree(&root, staging.path());
+    let dir = staging
+        .path()
+        .join("etc/containers/systemd/ipc_server.container.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("50-notify.conf"), "[Container]\nNotify=true\n").unwrap();
+    let report = lint(staging.path());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+}
+
+#[test]
+fn every_rule_has_a_stable_id_and_a_reason() {
+    let ids: Vec<&str> = catalogue().iter().map(|r| r.id).collect();
+    let expected: Vec<String> = (0..ids.len()).map(|i| format!("QM{i:03}")).collect();
+    assert_eq!(ids, expected);
+    assert!(catalogue()
+        .iter()
+        .all(|r| !r.why.is_empty() && !r.name.is_empty()));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
