@@ -66,7 +66,7 @@ fn subscribe_sends_current_value_first_then_every_update_in_order() {
 
 #[test]
 fn stalled_subscriber_is_conflated_while_a_reading_one_sees_every_update() {
-    let gw = Gateway::start(&["--subscription-queue", "8"]);
+    let gw = Gateway::start(&["--subscription-queue", "8", "--write-timeout-ms", "120000"]);
     // The stalled subscriber: subscribes, then does not read.
     let mut stalled = Raw::connect(&gw.consumer);
     stalled.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["load"]}, "more": true}));

@@ -9,25 +9,53 @@ pub const CONSUMER: &str = "consumer";
 /// Name of the ASIL-side listener for providers; never mounted into QM.
 pub const PROVIDER: &str = "provider";
 
-/// Every resource bound of the gateway.
+/// A token bucket: `per_second` requests on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Every resource bound of the gateway. With the defaults, the memory the
+/// gateway can be made to hold is bounded by roughly
+/// `max_connections * (2 * max_queued_bytes + max_queued_bytes + 64 KiB
+/// write batch + max_frame + 16 KiB read chunk) + max_retained_bytes`,
+/// about 40 MiB (see docs/design.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest frame a peer may send, NUL included.
     pub max_frame: usize,
     /// Connections served at once; accepting pauses at this count.
     pub max_connections: usize,
+    /// Connections one peer (uid) may hold at once.
+    pub max_connections_per_peer: usize,
     /// Distinct topics the gateway keeps.
     pub max_topics: usize,
+    /// Total bytes of the topics' retained (last) values.
+    pub max_retained_bytes: usize,
+    /// Topic patterns one subscription may name.
+    pub max_subscription_patterns: usize,
     /// Samples queued per subscription before conflation (newest value per
     /// topic) starts.
     pub subscription_queue: usize,
-    /// Encoded bytes (replies, forwarded requests) queued for one connection;
-    /// past it the connection is closed.
+    /// Encoded reply bytes queued for one connection (past it the
+    /// connection is closed), and separately the bytes of sample values
+    /// queued for it (past it samples are conflated).
     pub max_queued_bytes: usize,
+    /// Calls waiting for one service's provider at once.
+    pub max_calls_per_service: usize,
     /// Call timeout when the caller gives none.
     pub default_call_timeout: Duration,
     /// Longest call timeout a caller may ask for.
     pub max_call_timeout: Duration,
+    /// A frame that has started must be complete within this time.
+    pub frame_timeout: Duration,
+    /// A connection that cannot be written to for this long while data is
+    /// queued for it is closed.
+    pub write_timeout: Duration,
+    /// Calls and publishes per connection on every listener but the
+    /// (trusted) provider socket; `None` for no limit.
+    pub rate: Option<RateLimit>,
     /// How long a stopping gateway keeps flushing queued replies.
     pub drain_timeout: Duration,
 }
@@ -36,12 +64,22 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame: qm_ipc_proto::DEFAULT_MAX_FRAME,
-            max_connections: 256,
+            max_connections: 64,
+            max_connections_per_peer: 16,
             max_topics: 1024,
+            max_retained_bytes: 8 * 1024 * 1024,
+            max_subscription_patterns: 64,
             subscription_queue: 64,
-            max_queued_bytes: 1024 * 1024,
+            max_queued_bytes: 128 * 1024,
+            max_calls_per_service: 64,
             default_call_timeout: Duration::from_secs(5),
             max_call_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            rate: Some(RateLimit {
+                per_second: 1000,
+                burst: 200,
+            }),
             drain_timeout: Duration::from_secs(2),
         }
     }

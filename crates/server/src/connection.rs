@@ -5,6 +5,11 @@
 //! request ids), so the reader handles one call at a time. A streaming call
 //! (Subscribe, Register) keeps its connection: from then on only `oneway`
 //! calls are accepted there, such as a provider's Reply.
+//!
+//! Time bounds: a frame that has started must complete within
+//! `frame_timeout` (slow-loris), and a write that makes no progress for
+//! `write_timeout` ends the connection. Calls and publishes from any
+//! listener but the provider socket pass a token bucket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +22,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::hub::{ConnId, Hub};
+use crate::hub::{ConnId, Hub, Snapshot};
 use crate::outbox::Outbox;
+use crate::peer::Peer;
+use crate::rate::TokenBucket;
 
 /// Bytes the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Frames one connection handles before letting the others run, so that a
+/// flooding client cannot starve the rest.
+const FRAMES_PER_TURN: usize = 16;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -30,9 +41,29 @@ pub enum Ended {
     PeerClosed,
     Shutdown,
     Protocol(String),
+    FrameTimeout,
     ReadFailed(std::io::Error),
     WriteFailed(std::io::Error),
+    WriteTimeout,
     SendQueueFull,
+    Refused(ErrorReply),
+}
+
+impl Ended {
+    /// The counter name in `Stats`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::Shutdown => "shutdown",
+            Self::Protocol(_) => "protocol_error",
+            Self::FrameTimeout => "frame_timeout",
+            Self::ReadFailed(_) => "read_failed",
+            Self::WriteFailed(_) => "write_failed",
+            Self::WriteTimeout => "write_timeout",
+            Self::SendQueueFull => "send_queue_full",
+            Self::Refused(_) => "refused",
+        }
+    }
 }
 
 /// What the connection is doing after a call.
@@ -42,67 +73,53 @@ enum Mode {
     Streaming,
 }
 
-/// Who is on the other end, for logs.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub listener: Arc<str>,
-    pub pid: Option<i32>,
-    pub uid: Option<u32>,
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.listener)?;
-        if let Some(pid) = self.pid {
-            write!(f, " pid={pid}")?;
-        }
-        if let Some(uid) = self.uid {
-            write!(f, " uid={uid}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Peer {
-    pub fn of(stream: &UnixStream, listener: Arc<str>) -> Self {
-        let cred = stream.peer_cred().ok();
-        Self {
-            listener,
-            pid: cred.as_ref().and_then(|c| c.pid()),
-            uid: cred.map(|c| c.uid()),
-        }
-    }
-}
-
 /// Serves one connection until the peer leaves, breaks the protocol or the
 /// gateway shuts down; then flushes what is queued (bounded by the drain
 /// timeout) and forgets the connection.
 pub async fn serve(
     hub: Arc<Hub>,
-    stream: UnixStream,
+    mut stream: UnixStream,
     peer: Peer,
     mut shutdown: watch::Receiver<bool>,
 ) -> Ended {
-    let (conn, outbox) = hub.connect();
+    let limits = hub.limits().clone();
+    let (conn, outbox) = match hub.connect(&peer) {
+        Ok(registered) => registered,
+        Err(error) => {
+            // Answer the peer's first call with the reason, then close.
+            let mut frame = Vec::new();
+            encode_error(&mut frame, &error);
+            let _ = tokio::time::timeout(limits.write_timeout, stream.write_all(&frame)).await;
+            tracing::warn!(%peer, %error, "connection refused");
+            hub.record_refused("refused");
+            return Ended::Refused(error);
+        }
+    };
     tracing::debug!(conn, %peer, "connected");
     let (read, write) = stream.into_split();
-    let writer = write_loop(write, outbox.clone());
+    let writer = write_loop(write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
     let mut session = Session {
         hub: &hub,
         conn,
         outbox: &outbox,
         mode: Mode::Requests,
+        bucket: match limits.rate {
+            Some(rate) if !peer.is_provider() => Some(TokenBucket::new(rate)),
+            _ => None,
+        },
     };
     let ended = tokio::select! {
         ended = session.read_loop(read, &mut shutdown) => ended,
         ended = &mut writer => ended,
     };
-    hub.disconnect(conn);
+    hub.disconnect(conn, ended.label());
     outbox.close();
-    let drain = hub.limits().drain_timeout;
-    if !matches!(ended, Ended::WriteFailed(_) | Ended::SendQueueFull) {
-        let _ = tokio::time::timeout(drain, &mut writer).await;
+    if !matches!(
+        ended,
+        Ended::WriteFailed(_) | Ended::WriteTimeout | Ended::SendQueueFull
+    ) {
+        let _ = tokio::time::timeout(limits.drain_timeout, &mut writer).await;
     }
     match &ended {
         Ended::PeerClosed | Ended::Shutdown => tracing::debug!(conn, %peer, ?ended, "closed"),
@@ -111,7 +128,11 @@ pub async fn serve(
     ended
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) -> Ended {
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    write_timeout: Duration,
+) -> Ended {
     let mut buf = Vec::with_capacity(WRITE_BATCH);
     loop {
         buf.clear();
@@ -121,16 +142,28 @@ async fn write_loop(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) -> Ended {
         tokio::pin!(notified);
         if !outbox.take(&mut buf, WRITE_BATCH) {
             return match outbox.overflowed() {
-                Some(_) => Ended::SendQueueFull,
-                None => Ended::PeerClosed,
+                true => Ended::SendQueueFull,
+                false => Ended::PeerClosed,
             };
         }
         if buf.is_empty() {
             notified.await;
             continue;
         }
-        if let Err(e) = write.write_all(&buf).await {
-            return Ended::WriteFailed(e);
+        // Each write must make progress within the timeout; a peer that
+        // keeps its socket full (it stopped reading) is cut off.
+        let mut written = 0;
+        while written < buf.len() {
+            match tokio::time::timeout(write_timeout, write.write(&buf[written..])).await {
+                Ok(Ok(0)) => return Ended::PeerClosed,
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Ended::WriteFailed(e),
+                Err(_) => return Ended::WriteTimeout,
+            }
+        }
+        // Give memory back after a large batch.
+        if buf.capacity() > 4 * WRITE_BATCH {
+            buf = Vec::with_capacity(WRITE_BATCH);
         }
     }
 }
@@ -140,6 +173,7 @@ struct Session<'a> {
     conn: ConnId,
     outbox: &'a Arc<Outbox>,
     mode: Mode,
+    bucket: Option<TokenBucket>,
 }
 
 impl Session<'_> {
@@ -148,8 +182,12 @@ impl Session<'_> {
         mut read: OwnedReadHalf,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
-        let mut decoder = FrameDecoder::new(self.hub.limits().max_frame);
+        let limits = self.hub.limits();
+        let mut decoder = FrameDecoder::new(limits.max_frame);
+        // When the first byte of the frame now being received arrived.
+        let mut frame_started: Option<Instant> = None;
         loop {
+            let mut handled = 0;
             while let Some(call) = match decoder.next_frame() {
                 Ok(Some(frame)) => match Call::parse(frame) {
                     Ok(call) => Some(call),
@@ -161,10 +199,21 @@ impl Session<'_> {
                 if let Some(ended) = self.handle(call, shutdown).await {
                     return ended;
                 }
+                handled += 1;
+                if handled % FRAMES_PER_TURN == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
+            frame_started = match (decoder.pending(), frame_started) {
+                (0, _) => None,
+                (_, Some(started)) if handled == 0 => Some(started),
+                _ => Some(Instant::now()),
+            };
+            let deadline = frame_started.map(|t| t + limits.frame_timeout);
             let n = tokio::select! {
                 n = read.read(decoder.spare()) => n,
                 _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
+                _ = sleep_until_opt(deadline) => return Ended::FrameTimeout,
             };
             match n {
                 Ok(0) => {
@@ -198,7 +247,10 @@ impl Session<'_> {
                 parameter: "upgrade".into(),
             }),
             Ok(request) if request.requires_more() && !more => Err(ErrorReply::ExpectedMore),
-            Ok(request) => self.dispatch(request, shutdown).await,
+            Ok(request) => match self.rate_limit(&request) {
+                Err(e) => Err(e),
+                Ok(()) => self.dispatch(request, shutdown).await,
+            },
         };
         let result = match outcome {
             Ok(Some(parameters)) if !oneway => self
@@ -214,10 +266,22 @@ impl Session<'_> {
             }
             _ => Ok(()),
         };
-        if result.is_err() || self.outbox.overflowed().is_some() {
+        if result.is_err() || self.outbox.overflowed() {
             return Some(Ended::SendQueueFull);
         }
         None
+    }
+
+    /// Publishes and calls spend a token of the connection's bucket.
+    fn rate_limit(&mut self, request: &Request) -> Result<(), ErrorReply> {
+        let Some(bucket) = self.bucket.as_mut() else {
+            return Ok(());
+        };
+        if !matches!(request, Request::Publish { .. } | Request::Call { .. }) || bucket.try_take() {
+            return Ok(());
+        }
+        let per_second = self.hub.limits().rate.map_or(0, |r| r.per_second as usize);
+        Err(self.hub.limit_exceeded("rate", per_second))
     }
 
     /// Carries out a request. `Ok(None)` means nothing to send now.
@@ -248,8 +312,8 @@ impl Session<'_> {
             Request::Subscribe { topics } => {
                 // The first replies are the current values; they are queued
                 // by the hub, like every later update.
+                hub.subscribe(self.conn, self.outbox, topics)?;
                 self.mode = Mode::Streaming;
-                hub.subscribe(self.conn, self.outbox, topics);
                 Ok(None)
             }
             Request::Register { services } => {
@@ -300,21 +364,39 @@ impl Session<'_> {
                     }
                 }
             }
-            Request::Stats => {
-                let s = hub.snapshot();
-                Ok(Some(json!({
-                    "connections": s.connections,
-                    "topics": s.topics,
-                    "services": s.services,
-                    "subscriptions": s.subscriptions,
-                    "calls_in_flight": s.calls_in_flight,
-                    "published": s.published,
-                    "delivered": s.delivered,
-                    "dropped": s.dropped,
-                })))
-            }
+            Request::Stats => Ok(Some(stats_reply(&hub.snapshot()))),
         }
     }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn stats_reply(s: &Snapshot) -> Value {
+    json!({
+        "connections": s.connections,
+        "topics": s.topics,
+        "retained_bytes": s.retained_bytes,
+        "services": s.services,
+        "subscriptions": s.subscriptions,
+        "calls_in_flight": s.calls_in_flight,
+        "published": s.published,
+        "delivered": s.delivered,
+        "dropped": s.dropped,
+        "limit_hits": s.limit_hits,
+        "disconnects": s.disconnects,
+        "per_connection": s.per_connection.iter().map(|c| json!({
+            "id": c.id,
+            "peer": c.peer,
+            "queued_bytes": c.queue.frame_bytes + c.queue.sample_bytes,
+            "queued_samples": c.queue.samples,
+            "dropped": c.queue.dropped,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The `org.varlink.service` interface, as the varlink specification

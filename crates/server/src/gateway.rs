@@ -18,10 +18,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::{Config, Limits, CONSUMER, PROVIDER};
-use crate::connection::{self, Peer};
+use crate::connection;
 use crate::hub::{Hub, Snapshot};
 use crate::listen::{ListenError, Listener};
 use crate::notify::Notifier;
+use crate::peer::Peer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -1,11 +1,11 @@
 //! The gateway's shared state: topics with their last value, subscriptions,
-//! registered services and calls waiting for a provider.
+//! registered services, calls waiting for a provider, and the counters.
 //!
 //! Everything here is synchronous and quick: a publish updates one topic and
 //! appends to each subscriber's bounded outbox; nothing in the hub ever
 //! waits for a peer. Lock order: hub, then an outbox.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
-use crate::outbox::{DeliveryStats, Outbox, PublishedValue, TopicName};
+use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
+use crate::peer::Peer;
 
 pub type ConnId = u64;
 
@@ -47,15 +48,33 @@ struct PendingCall {
     reply: oneshot::Sender<CallOutcome>,
 }
 
+struct Connection {
+    peer: Peer,
+    outbox: Arc<Outbox>,
+}
+
 #[derive(Default)]
 struct State {
     topics: HashMap<String, Topic>,
+    retained_bytes: usize,
     subscriptions: HashMap<ConnId, Subscription>,
     services: HashMap<String, ConnId>,
     providers: HashMap<ConnId, Provider>,
     pending: HashMap<u64, PendingCall>,
+    in_flight: HashMap<String, usize>,
     next_call_id: u64,
-    connections: usize,
+    connections: BTreeMap<ConnId, Connection>,
+    per_uid: HashMap<Option<u32>, usize>,
+    limit_hits: BTreeMap<&'static str, u64>,
+    disconnects: BTreeMap<&'static str, u64>,
+}
+
+/// One connection in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSnapshot {
+    pub id: ConnId,
+    pub peer: String,
+    pub queue: QueueDepth,
 }
 
 /// A snapshot of the counters, for `Stats` and `STATUS=`.
@@ -63,12 +82,16 @@ struct State {
 pub struct Snapshot {
     pub connections: usize,
     pub topics: usize,
+    pub retained_bytes: usize,
     pub services: Vec<String>,
     pub subscriptions: usize,
     pub calls_in_flight: usize,
     pub published: u64,
     pub delivered: u64,
     pub dropped: u64,
+    pub limit_hits: BTreeMap<&'static str, u64>,
+    pub disconnects: BTreeMap<&'static str, u64>,
+    pub per_connection: Vec<ConnectionSnapshot>,
 }
 
 pub struct Hub {
@@ -84,6 +107,16 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+impl State {
+    fn limit(&mut self, limit: &'static str, max: usize) -> ErrorReply {
+        *self.limit_hits.entry(limit).or_default() += 1;
+        ErrorReply::LimitExceeded {
+            limit: limit.into(),
+            max: max as u64,
+        }
+    }
 }
 
 impl Hub {
@@ -110,23 +143,51 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new connection and gives it an id and an outbox.
-    pub fn connect(&self) -> (ConnId, Arc<Outbox>) {
+    /// Counts a limit hit and builds its error (for limits enforced outside
+    /// the hub, such as the rate limit).
+    pub fn limit_exceeded(&self, limit: &'static str, max: usize) -> ErrorReply {
+        self.lock().limit(limit, max)
+    }
+
+    /// Registers a new connection and gives it an id and an outbox, unless
+    /// its peer already holds `max_connections_per_peer` connections.
+    pub fn connect(&self, peer: &Peer) -> Result<(ConnId, Arc<Outbox>), ErrorReply> {
+        let mut state = self.lock();
+        let held = state.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if held >= self.limits.max_connections_per_peer && !peer.is_provider() {
+            return Err(state.limit(
+                "max_connections_per_peer",
+                self.limits.max_connections_per_peer,
+            ));
+        }
+        *state.per_uid.entry(peer.uid).or_default() += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.lock().connections += 1;
         let outbox = Arc::new(Outbox::new(
             self.limits.subscription_queue,
             self.limits.max_queued_bytes,
             self.delivery.clone(),
         ));
-        (id, outbox)
+        state.connections.insert(
+            id,
+            Connection {
+                peer: peer.clone(),
+                outbox: outbox.clone(),
+            },
+        );
+        Ok((id, outbox))
     }
 
     /// Forgets a connection: its subscription, its services (failing their
-    /// in-flight calls with `ServiceUnavailable` at once).
-    pub fn disconnect(&self, conn: ConnId) {
+    /// in-flight calls with `ServiceUnavailable` at once). `reason` is
+    /// counted for `Stats`.
+    pub fn disconnect(&self, conn: ConnId, reason: &'static str) {
         let mut state = self.lock();
-        state.connections = state.connections.saturating_sub(1);
+        *state.disconnects.entry(reason).or_default() += 1;
+        if let Some(c) = state.connections.remove(&conn) {
+            if let Some(n) = state.per_uid.get_mut(&c.peer.uid) {
+                *n = n.saturating_sub(1);
+            }
+        }
         if state.subscriptions.remove(&conn).is_some() {
             for topic in state.topics.values_mut() {
                 topic.subscribers.retain(|s| *s != conn);
@@ -143,7 +204,7 @@ impl Hub {
                 .map(|(id, _)| *id)
                 .collect();
             for id in orphaned {
-                if let Some(call) = state.pending.remove(&id) {
+                if let Some(call) = remove_pending(&mut state, id) {
                     let _ = call.reply.send(Err(ErrorReply::ServiceUnavailable {
                         service: call.service,
                     }));
@@ -152,17 +213,26 @@ impl Hub {
         }
     }
 
+    /// Counts a refused connection (never registered).
+    pub fn record_refused(&self, reason: &'static str) {
+        *self.lock().disconnects.entry(reason).or_default() += 1;
+    }
+
     /// Sets a topic's value and queues it for every subscriber.
     pub fn publish(&self, topic: &str, value: &Value) -> Result<u64, ErrorReply> {
         let value_json: Box<str> = value.to_string().into();
         let mut state = self.lock();
         let state = &mut *state;
+        let old_size = state
+            .topics
+            .get(topic)
+            .map_or(0, |t| t.last.value_json.len());
+        if state.retained_bytes - old_size + value_json.len() > self.limits.max_retained_bytes {
+            return Err(state.limit("max_retained_bytes", self.limits.max_retained_bytes));
+        }
         if !state.topics.contains_key(topic) {
             if state.topics.len() >= self.limits.max_topics {
-                return Err(ErrorReply::LimitExceeded {
-                    limit: "max_topics".into(),
-                    max: self.limits.max_topics as u64,
-                });
+                return Err(state.limit("max_topics", self.limits.max_topics));
             }
             let subscribers = state
                 .subscriptions
@@ -176,7 +246,7 @@ impl Hub {
                     name: Arc::new(TopicName::new(topic)),
                     last: Arc::new(PublishedValue {
                         seq: 0,
-                        value_json: "null".into(),
+                        value_json: "".into(),
                         timestamp_us: 0,
                     }),
                     subscribers,
@@ -188,6 +258,7 @@ impl Hub {
                 topic: topic.to_owned(),
             });
         };
+        state.retained_bytes = state.retained_bytes - old_size + value_json.len();
         let seq = entry.last.seq + 1;
         entry.last = Arc::new(PublishedValue {
             seq,
@@ -224,8 +295,19 @@ impl Hub {
 
     /// Starts a subscription: queues the current value of every matching
     /// topic, then every update.
-    pub fn subscribe(&self, conn: ConnId, outbox: &Arc<Outbox>, patterns: Vec<TopicPattern>) {
+    pub fn subscribe(
+        &self,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        patterns: Vec<TopicPattern>,
+    ) -> Result<(), ErrorReply> {
         let mut state = self.lock();
+        if patterns.len() > self.limits.max_subscription_patterns {
+            return Err(state.limit(
+                "max_subscription_patterns",
+                self.limits.max_subscription_patterns,
+            ));
+        }
         let state = &mut *state;
         for topic in state.topics.values_mut() {
             if patterns.iter().any(|p| p.matches(&topic.name.name)) {
@@ -240,6 +322,7 @@ impl Hub {
                 patterns,
             },
         );
+        Ok(())
     }
 
     /// Makes `conn` the provider of `services`, all or none.
@@ -282,6 +365,9 @@ impl Hub {
             service: service.to_owned(),
         };
         let provider_id = *state.services.get(service).ok_or_else(unavailable)?;
+        if state.in_flight.get(service).copied().unwrap_or(0) >= self.limits.max_calls_per_service {
+            return Err(state.limit("max_calls_per_service", self.limits.max_calls_per_service));
+        }
         let provider = state.providers.get(&provider_id).ok_or_else(unavailable)?;
         let id = state.next_call_id;
         let request = ServiceRequest {
@@ -292,11 +378,15 @@ impl Hub {
             timeout_ms: timeout.as_millis() as u64,
         };
         let params = json!({ "request": request });
-        provider
+        if provider
             .outbox
-            .push_frame(|out| encode_reply(out, &params, true))
-            .map_err(|_| unavailable())?;
+            .try_push_frame(|out| encode_reply(out, &params, true))
+            .is_err()
+        {
+            return Err(state.limit("max_queued_bytes", self.limits.max_queued_bytes));
+        }
         state.next_call_id += 1;
+        *state.in_flight.entry(service.to_owned()).or_default() += 1;
         let (tx, rx) = oneshot::channel();
         state.pending.insert(
             id,
@@ -312,7 +402,7 @@ impl Hub {
 
     /// Gives up on a call (its deadline passed); a later reply is discarded.
     pub fn abandon_call(&self, id: u64) {
-        self.lock().pending.remove(&id);
+        remove_pending(&mut self.lock(), id);
     }
 
     /// A provider's reply to call `id`. Only the provider the call was sent
@@ -323,7 +413,7 @@ impl Hub {
             Some(call) if call.provider == conn => {}
             _ => return Err(ErrorReply::NoSuchRequest { id }),
         }
-        let Some(call) = state.pending.remove(&id) else {
+        let Some(call) = remove_pending(&mut state, id) else {
             return Err(ErrorReply::NoSuchRequest { id });
         };
         let result = match outcome {
@@ -345,14 +435,38 @@ impl Hub {
         let mut services: Vec<String> = state.services.keys().cloned().collect();
         services.sort();
         Snapshot {
-            connections: state.connections,
+            connections: state.connections.len(),
             topics: state.topics.len(),
+            retained_bytes: state.retained_bytes,
             services,
             subscriptions: state.subscriptions.len(),
             calls_in_flight: state.pending.len(),
             published: self.published.load(Ordering::Relaxed),
             delivered: self.delivery.delivered.load(Ordering::Relaxed),
             dropped: self.delivery.dropped.load(Ordering::Relaxed),
+            limit_hits: state.limit_hits.clone(),
+            disconnects: state.disconnects.clone(),
+            per_connection: state
+                .connections
+                .iter()
+                .map(|(id, c)| ConnectionSnapshot {
+                    id: *id,
+                    peer: c.peer.to_string(),
+                    queue: c.outbox.depth(),
+                })
+                .collect(),
         }
     }
+}
+
+/// Removes a pending call and its in-flight count.
+fn remove_pending(state: &mut State, id: u64) -> Option<PendingCall> {
+    let call = state.pending.remove(&id)?;
+    if let Some(n) = state.in_flight.get_mut(&call.service) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            state.in_flight.remove(&call.service);
+        }
+    }
+    Some(call)
 }

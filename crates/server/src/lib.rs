@@ -7,6 +7,8 @@
 //! - [`outbox`]: each connection's bounded, conflating send queue.
 //! - [`connection`]: one client connection: read, dispatch, write.
 //! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
+//! - [`peer`]: who is on the other end of a connection.
+//! - [`rate`]: the per-connection token bucket.
 //! - [`config`]: every limit and path, with its default.
 
 pub mod config;
@@ -16,6 +18,8 @@ pub mod hub;
 pub mod listen;
 pub mod notify;
 pub mod outbox;
+pub mod peer;
+pub mod rate;
 
 pub use config::{Config, Limits};
 pub use gateway::{Gateway, GatewayHandle, StartError};

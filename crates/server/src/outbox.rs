@@ -1,16 +1,18 @@
 //! A connection's send queue.
 //!
-//! Two parts, both bounded:
+//! Two parts, each bounded by `max_queued_bytes`:
 //! - `frames`: encoded replies and forwarded requests, in order. They are
-//!   never dropped; if they pass `max_queued_bytes` the connection is closed
-//!   (the peer is not reading what it asked for).
+//!   never dropped; a peer that lets them pile up past the bound (it is not
+//!   reading what it asked for) has its connection closed.
 //! - `samples`: subscription updates, encoded only when written. When the
-//!   peer reads too slowly and the queue is full, a new sample replaces the
-//!   queued one of the same topic (conflation), and the replacement carries
-//!   the count of updates the subscriber missed in `dropped`. A publisher
-//!   therefore never waits for a subscriber, and memory per subscriber stays
-//!   bounded by the queue length (or the number of topics it follows, when
-//!   that is larger).
+//!   peer reads too slowly and the queue is full (in samples or in bytes), a
+//!   new sample replaces the queued one of the same topic (conflation) and
+//!   carries the count of updates the subscriber missed in `dropped`. If the
+//!   queue is still too big, duplicates of a topic are folded into its
+//!   newest sample, and as a last resort (a subscriber to more big topics
+//!   than its budget holds) the oldest samples are dropped, their count
+//!   carried into the next sample of their topic. A publisher never waits
+//!   for a subscriber.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,19 +52,34 @@ struct QueuedSample {
     dropped: u64,
 }
 
+impl QueuedSample {
+    fn bytes(&self) -> usize {
+        self.value.value_json.len()
+    }
+}
+
 /// Why an outbox refused more data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
+    /// Replies piled up past the bound: the connection must close.
     QueuedBytes,
+    /// Refused without harm (forwarded requests): the caller is told.
+    Full,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     frames: Vec<u8>,
     samples: VecDeque<QueuedSample>,
+    sample_bytes: usize,
+    /// Drops of samples removed without a newer one of their topic queued,
+    /// to be added to that topic's next sample.
+    carried: Vec<(Arc<TopicName>, u64)>,
+    /// Samples this connection missed, in total.
+    dropped: u64,
     /// No more data is accepted; the writer flushes what is queued and ends.
     closing: bool,
-    overflowed: Option<Overflow>,
+    overflowed: bool,
 }
 
 /// Counters shared by all outboxes of a gateway.
@@ -70,6 +87,15 @@ struct Inner {
 pub struct DeliveryStats {
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
+}
+
+/// What a connection has queued, for `Stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub frame_bytes: usize,
+    pub samples: usize,
+    pub sample_bytes: usize,
+    pub dropped: u64,
 }
 
 #[derive(Debug)]
@@ -98,12 +124,22 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an encoded frame. Refused (and the outbox marked overflowed)
-    /// when it would exceed `max_queued_bytes`.
+    /// Queues an encoded reply. Past `max_queued_bytes` the outbox is
+    /// marked overflowed and the connection must close.
     pub fn push_frame(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
+        self.push(encode, true)
+    }
+
+    /// Queues a forwarded request; past `max_queued_bytes` it is refused
+    /// and the connection stays as it is.
+    pub fn try_push_frame(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
+        self.push(encode, false)
+    }
+
+    fn push(&self, encode: impl FnOnce(&mut Vec<u8>), fatal: bool) -> Result<(), Overflow> {
         let mut inner = self.lock();
-        if let Some(overflow) = inner.overflowed {
-            return Err(overflow);
+        if inner.overflowed {
+            return Err(Overflow::QueuedBytes);
         }
         if inner.closing {
             return Ok(());
@@ -112,7 +148,10 @@ impl Outbox {
         encode(&mut inner.frames);
         if inner.frames.len() > self.max_queued_bytes {
             inner.frames.truncate(before);
-            inner.overflowed = Some(Overflow::QueuedBytes);
+            if !fatal {
+                return Err(Overflow::Full);
+            }
+            inner.overflowed = true;
             drop(inner);
             self.wake.notify_one();
             return Err(Overflow::QueuedBytes);
@@ -125,15 +164,15 @@ impl Outbox {
     /// Queues a subscription sample, conflating when the queue is full.
     pub fn push_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
         let mut inner = self.lock();
-        if inner.closing || inner.overflowed.is_some() {
+        if inner.closing || inner.overflowed {
             return;
         }
-        let sample = QueuedSample {
-            topic: topic.clone(),
-            value: value.clone(),
-            dropped: 0,
+        let size = value.value_json.len();
+        let full = |inner: &Inner| {
+            inner.samples.len() >= self.sample_capacity
+                || inner.sample_bytes + size > self.max_queued_bytes
         };
-        if inner.samples.len() >= self.sample_capacity {
+        if full(&inner) {
             // Replace the newest queued sample of the same topic.
             if let Some(old) = inner
                 .samples
@@ -141,22 +180,38 @@ impl Outbox {
                 .rev()
                 .find(|s| Arc::ptr_eq(&s.topic, topic))
             {
+                let old_size = old.bytes();
                 old.dropped += 1;
                 old.value = value.clone();
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                inner.sample_bytes = inner.sample_bytes - old_size + size;
+                self.count_drops(&mut inner, 1);
+                self.shed(&mut inner, 0);
                 return;
             }
             self.compact(&mut inner);
+            self.shed(&mut inner, size);
         }
-        inner.samples.push_back(sample);
+        let carried = take_carried(&mut inner.carried, topic);
+        inner.samples.push_back(QueuedSample {
+            topic: topic.clone(),
+            value: value.clone(),
+            dropped: carried,
+        });
+        inner.sample_bytes += size;
         drop(inner);
         self.wake.notify_one();
+    }
+
+    fn count_drops(&self, inner: &mut Inner, n: u64) {
+        inner.dropped += n;
+        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Keeps only the newest queued sample per topic, folding the older
     /// ones into its `dropped`.
     fn compact(&self, inner: &mut Inner) {
         let mut kept: VecDeque<QueuedSample> = VecDeque::with_capacity(inner.samples.len());
+        let mut folded = 0;
         while let Some(sample) = inner.samples.pop_back() {
             match kept
                 .iter_mut()
@@ -164,12 +219,38 @@ impl Outbox {
             {
                 Some(newer) => {
                     newer.dropped += sample.dropped + 1;
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    inner.sample_bytes -= sample.bytes();
+                    folded += 1;
                 }
                 None => kept.push_front(sample),
             }
         }
         inner.samples = kept;
+        self.count_drops(inner, folded);
+    }
+
+    /// Drops the oldest samples until `incoming` more bytes (and one more
+    /// sample) fit. Their drops are carried to their topic's next sample.
+    fn shed(&self, inner: &mut Inner, incoming: usize) {
+        while !inner.samples.is_empty()
+            && (inner.sample_bytes + incoming > self.max_queued_bytes
+                || (incoming > 0 && inner.samples.len() >= self.sample_capacity))
+        {
+            let Some(oldest) = inner.samples.pop_front() else {
+                break;
+            };
+            inner.sample_bytes -= oldest.bytes();
+            let lost = oldest.dropped + 1;
+            match inner
+                .carried
+                .iter_mut()
+                .find(|(t, _)| Arc::ptr_eq(t, &oldest.topic))
+            {
+                Some((_, n)) => *n += lost,
+                None => inner.carried.push((oldest.topic, lost)),
+            }
+            self.count_drops(inner, 1);
+        }
     }
 
     /// Moves queued data into `out` (frames first, then samples, up to about
@@ -177,7 +258,7 @@ impl Outbox {
     /// or overflowed.
     pub fn take(&self, out: &mut Vec<u8>, budget: usize) -> bool {
         let mut inner = self.lock();
-        if inner.overflowed.is_some() {
+        if inner.overflowed {
             return false;
         }
         if out.is_empty() {
@@ -190,6 +271,7 @@ impl Outbox {
             let Some(sample) = inner.samples.pop_front() else {
                 break;
             };
+            inner.sample_bytes -= sample.bytes();
             EncodedSample {
                 topic_json: &sample.topic.json,
                 seq: sample.value.seq,
@@ -215,13 +297,25 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    pub fn overflowed(&self) -> Option<Overflow> {
+    pub fn overflowed(&self) -> bool {
         self.lock().overflowed
     }
 
-    /// Samples waiting to be written.
-    pub fn queued_samples(&self) -> usize {
-        self.lock().samples.len()
+    pub fn depth(&self) -> QueueDepth {
+        let inner = self.lock();
+        QueueDepth {
+            frame_bytes: inner.frames.len(),
+            samples: inner.samples.len(),
+            sample_bytes: inner.sample_bytes,
+            dropped: inner.dropped,
+        }
+    }
+}
+
+fn take_carried(carried: &mut Vec<(Arc<TopicName>, u64)>, topic: &Arc<TopicName>) -> u64 {
+    match carried.iter().position(|(t, _)| Arc::ptr_eq(t, topic)) {
+        Some(i) => carried.swap_remove(i).1,
+        None => 0,
     }
 }
 
@@ -230,10 +324,11 @@ mod tests {
     use super::*;
     use qm_ipc_proto::{Reply, Sample};
 
-    fn value(seq: u64) -> Arc<PublishedValue> {
+    fn value(seq: u64, size: usize) -> Arc<PublishedValue> {
+        let text = format!("\"{}\"", "x".repeat(size.saturating_sub(2)));
         Arc::new(PublishedValue {
             seq,
-            value_json: seq.to_string().into(),
+            value_json: text.into(),
             timestamp_us: 0,
         })
     }
@@ -250,39 +345,50 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn full_queue_keeps_the_newest_value_and_counts_the_rest() {
-        let outbox = Outbox::new(4, 1024, Arc::default());
-        let a = Arc::new(TopicName::new("a"));
-        let b = Arc::new(TopicName::new("b"));
-        outbox.push_sample(&b, &value(1));
-        for seq in 1..=100 {
-            outbox.push_sample(&a, &value(seq));
-        }
-        assert!(outbox.queued_samples() <= 4);
-        let samples = drain(&outbox);
-        assert_eq!(samples[0].topic, "b");
-        let a_samples: Vec<_> = samples.iter().filter(|s| s.topic == "a").collect();
-        assert_eq!(a_samples.last().unwrap().seq, 100, "newest value is kept");
-        let mut prev = 0;
-        for s in a_samples {
-            assert_eq!(
-                s.seq - prev - 1,
-                s.dropped,
-                "dropped accounts for every gap"
-            );
-            prev = s.seq;
+    /// For each topic, every gap in seq is accounted for in dropped.
+    fn assert_gaps_accounted(samples: &[Sample], last: &[(&str, u64)]) {
+        for (topic, last_seq) in last {
+            let mut prev = 0;
+            for s in samples.iter().filter(|s| s.topic == *topic) {
+                assert_eq!(
+                    s.seq - prev - 1,
+                    s.dropped,
+                    "gap before {topic} seq {}",
+                    s.seq
+                );
+                prev = s.seq;
+            }
+            assert_eq!(prev, *last_seq, "{topic}: the newest value is delivered");
         }
     }
 
     #[test]
-    fn compaction_makes_room_for_a_new_topic() {
-        let outbox = Outbox::new(2, 1024, Arc::default());
+    fn full_queue_keeps_the_newest_value_and_counts_the_rest() {
+        let outbox = Outbox::new(4, 1 << 20, Arc::default());
         let a = Arc::new(TopicName::new("a"));
         let b = Arc::new(TopicName::new("b"));
-        outbox.push_sample(&a, &value(1));
-        outbox.push_sample(&a, &value(2));
-        outbox.push_sample(&b, &value(1));
+        outbox.push_sample(&b, &value(1, 4));
+        for seq in 1..=100 {
+            outbox.push_sample(&a, &value(seq, 4));
+        }
+        assert!(outbox.depth().samples <= 4);
+        let samples = drain(&outbox);
+        assert_eq!(samples[0].topic, "b");
+        assert_gaps_accounted(&samples, &[("a", 100), ("b", 1)]);
+        assert_eq!(
+            outbox.depth().dropped,
+            100 - samples.iter().filter(|s| s.topic == "a").count() as u64
+        );
+    }
+
+    #[test]
+    fn compaction_makes_room_for_a_new_topic() {
+        let outbox = Outbox::new(2, 1 << 20, Arc::default());
+        let a = Arc::new(TopicName::new("a"));
+        let b = Arc::new(TopicName::new("b"));
+        outbox.push_sample(&a, &value(1, 4));
+        outbox.push_sample(&a, &value(2, 4));
+        outbox.push_sample(&b, &value(1, 4));
         let samples = drain(&outbox);
         assert_eq!(samples.len(), 2);
         assert_eq!((samples[0].seq, samples[0].dropped), (2, 1));
@@ -290,16 +396,52 @@ mod tests {
     }
 
     #[test]
-    fn frames_past_the_byte_limit_overflow() {
+    fn byte_budget_bounds_big_values_and_carries_drops() {
+        let outbox = Outbox::new(64, 1000, Arc::default());
+        let topics: Vec<_> = (0..10)
+            .map(|i| Arc::new(TopicName::new(&format!("t{i}"))))
+            .collect();
+        for seq in 1..=20 {
+            for t in &topics {
+                outbox.push_sample(t, &value(seq, 300));
+                assert!(outbox.depth().sample_bytes <= 1000, "the byte budget holds");
+            }
+        }
+        let samples = drain(&outbox);
+        assert!(samples.len() <= 3);
+        // A later update of every topic reports all that was missed.
+        for t in &topics {
+            outbox.push_sample(t, &value(21, 10));
+        }
+        let later = drain(&outbox);
+        for t in &topics {
+            let mut seen: Vec<Sample> = samples
+                .iter()
+                .filter(|s| s.topic == t.name)
+                .cloned()
+                .collect();
+            seen.extend(later.iter().filter(|s| s.topic == t.name).cloned());
+            assert_gaps_accounted(&seen, &[(t.name.as_str(), 21)]);
+        }
+    }
+
+    #[test]
+    fn reply_frames_past_the_byte_limit_overflow() {
         let outbox = Outbox::new(1, 8, Arc::default());
         assert!(outbox
             .push_frame(|b| b.extend_from_slice(b"1234\0"))
             .is_ok());
         assert_eq!(
+            outbox.try_push_frame(|b| b.extend_from_slice(b"5678\0")),
+            Err(Overflow::Full),
+            "a forwarded request is refused without closing"
+        );
+        assert!(!outbox.overflowed());
+        assert_eq!(
             outbox.push_frame(|b| b.extend_from_slice(b"5678\0")),
             Err(Overflow::QueuedBytes)
         );
-        assert_eq!(outbox.overflowed(), Some(Overflow::QueuedBytes));
+        assert!(outbox.overflowed());
         let mut out = Vec::new();
         assert!(!outbox.take(&mut out, 100));
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use qm_ipc_server::config::RateLimit;
 use qm_ipc_server::config::{default_provider_path, PROVIDER};
 use qm_ipc_server::{Config, Gateway, Limits};
 
@@ -37,19 +38,47 @@ pub struct LimitArgs {
     /// Connections served at once; more wait in the listen backlog.
     #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
     max_connections: usize,
+    /// Connections one peer (uid) may hold; more are refused with
+    /// LimitExceeded.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_peer, value_name = "N")]
+    max_connections_per_peer: usize,
     /// Distinct topics kept.
     #[arg(long, default_value_t = Limits::default().max_topics, value_name = "N")]
     max_topics: usize,
+    /// Total bytes of all topics' last values.
+    #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES")]
+    max_retained_bytes: usize,
+    /// Topic patterns one subscription may name.
+    #[arg(long, default_value_t = Limits::default().max_subscription_patterns, value_name = "N")]
+    max_subscription_patterns: usize,
     /// Samples queued per subscriber before the newest value per topic
     /// replaces older ones.
     #[arg(long, default_value_t = Limits::default().subscription_queue, value_name = "N")]
     subscription_queue: usize,
-    /// Reply bytes queued per connection before it is closed.
+    /// Reply bytes (and, separately, sample bytes) queued per connection.
     #[arg(long, default_value_t = Limits::default().max_queued_bytes, value_name = "BYTES")]
     max_queued_bytes: usize,
+    /// Calls waiting for one service at once.
+    #[arg(long, default_value_t = Limits::default().max_calls_per_service, value_name = "N")]
+    max_calls_per_service: usize,
     /// Call timeout when the caller gives none, in milliseconds.
     #[arg(long, default_value_t = Limits::default().default_call_timeout.as_millis() as u64, value_name = "MS")]
     call_timeout_ms: u64,
+    /// Time a started frame has to complete, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().frame_timeout.as_millis() as u64, value_name = "MS")]
+    frame_timeout_ms: u64,
+    /// Time a blocked write may take before the connection is closed, in
+    /// milliseconds.
+    #[arg(long, default_value_t = Limits::default().write_timeout.as_millis() as u64, value_name = "MS")]
+    write_timeout_ms: u64,
+    /// Calls and publishes per second per connection (not on the provider
+    /// socket); 0 for no limit.
+    #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.per_second), value_name = "N")]
+    rate: u32,
+    /// Calls and publishes a connection may make at once before the rate
+    /// applies.
+    #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.burst), value_name = "N")]
+    rate_burst: u32,
     /// How long to keep flushing replies when stopping, in milliseconds.
     #[arg(long, default_value_t = Limits::default().drain_timeout.as_millis() as u64, value_name = "MS")]
     drain_timeout_ms: u64,
@@ -60,10 +89,20 @@ impl LimitArgs {
         Limits {
             max_frame: self.max_frame,
             max_connections: self.max_connections.max(1),
+            max_connections_per_peer: self.max_connections_per_peer.max(1),
             max_topics: self.max_topics,
+            max_retained_bytes: self.max_retained_bytes,
+            max_subscription_patterns: self.max_subscription_patterns,
             subscription_queue: self.subscription_queue,
             max_queued_bytes: self.max_queued_bytes,
+            max_calls_per_service: self.max_calls_per_service,
             default_call_timeout: Duration::from_millis(self.call_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            rate: (self.rate > 0).then_some(RateLimit {
+                per_second: self.rate,
+                burst: self.rate_burst.max(1),
+            }),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             ..Limits::default()
         }

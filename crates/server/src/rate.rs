@@ -1,0 +1,59 @@
+//! Per-connection token bucket for calls and publishes.
+
+use tokio::time::Instant;
+
+use crate::config::RateLimit;
+
+#[derive(Debug)]
+pub struct TokenBucket {
+    limit: RateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            tokens: f64::from(limit.burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now;
+        let refill = elapsed.as_secs_f64() * f64::from(self.limit.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.limit.burst.max(1)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_steady_rate() {
+        let mut bucket = TokenBucket::new(RateLimit {
+            per_second: 10,
+            burst: 5,
+        });
+        let taken = (0..20).filter(|_| bucket.try_take()).count();
+        assert_eq!(taken, 5, "a full bucket gives its burst at once");
+        tokio::time::advance(Duration::from_millis(350)).await;
+        let taken = (0..20).filter(|_| bucket.try_take()).count();
+        assert_eq!(taken, 3, "then the rate: 10/s for 350 ms");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let taken = (0..20).filter(|_| bucket.try_take()).count();
+        assert_eq!(taken, 5, "never more than the burst");
+    }
+}
