@@ -175,8 +175,7 @@ impl Gateway {
     /// Serves until `stop` completes, then drains and returns.
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
         let limits = self.hub.limits().clone();
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
-        let mut accept_tasks = Vec::new();
+        let mut registered = Vec::new();
         for listener in &self.listeners {
             let std_listener =
                 listener
@@ -186,7 +185,7 @@ impl Gateway {
                         name: listener.name.clone(),
                         source,
                     })?;
-            let registered = std_listener
+            let tokio_listener = std_listener
                 .set_nonblocking(true)
                 .and_then(|()| UnixListener::from_std(std_listener))
                 .map_err(|source| StartError::Register {
@@ -194,15 +193,15 @@ impl Gateway {
                     source,
                 })?;
             tracing::info!("listening on {}", listener.describe());
-            accept_tasks.push(tokio::spawn(accept_loop(
-                registered,
-                Arc::from(listener.name.as_str()),
-                self.hub.clone(),
-                self.tracker.clone(),
-                permits.clone(),
-                self.shutdown_tx.subscribe(),
-            )));
+            registered.push((tokio_listener, Arc::<str>::from(listener.name.as_str())));
         }
+        let accept_task = tokio::spawn(accept_loop(
+            registered,
+            self.hub.clone(),
+            self.tracker.clone(),
+            Arc::new(Semaphore::new(limits.max_connections)),
+            self.shutdown_tx.subscribe(),
+        ));
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
@@ -218,9 +217,7 @@ impl Gateway {
 
         self.notifier.notify("STOPPING=1\nSTATUS=stopping");
         tracing::info!("stopping: draining connections");
-        for task in &accept_tasks {
-            task.abort();
-        }
+        accept_task.abort();
         let _ = self.shutdown_tx.send(true);
         let drain = limits.drain_timeout + Duration::from_millis(100);
         if tokio::time::timeout(drain, self.tracker.wait_idle())
@@ -275,23 +272,41 @@ fn status_line(s: &Snapshot) -> String {
     )
 }
 
+/// Accepts on every listener. A connection slot is taken before accepting,
+/// so at the connection limit new peers wait in the listen backlog instead
+/// of costing an fd, and one loop serves all listeners so no idle listener
+/// holds a slot.
 async fn accept_loop(
-    listener: UnixListener,
-    name: Arc<str>,
+    listeners: Vec<(UnixListener, Arc<str>)>,
     hub: Arc<Hub>,
     tracker: Arc<Tracker>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) {
+    if listeners.is_empty() {
+        return;
+    }
+    let mut first = 0;
     loop {
-        // Wait for a free slot before accepting: at the connection limit
-        // new peers wait in the listen backlog instead of costing an fd.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        match listener.accept().await {
+        // Poll the listeners starting after the last one served, so a busy
+        // listener cannot starve another.
+        let (result, name) = std::future::poll_fn(|cx| {
+            for i in 0..listeners.len() {
+                let (listener, name) = &listeners[(first + i) % listeners.len()];
+                if let std::task::Poll::Ready(result) = listener.poll_accept(cx) {
+                    return std::task::Poll::Ready((result, name.clone()));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        first = (first + 1) % listeners.len();
+        match result {
             Ok((stream, _)) => {
-                let peer = Peer::of(&stream, name.clone());
+                let peer = Peer::of(&stream, name);
                 spawn_connection(&hub, &tracker, stream, peer, shutdown.clone(), Some(permit));
             }
             Err(e) => {

@@ -1,0 +1,422 @@
+//! Freedom from interference: hostile clients against the real gateway, one
+//! test per guarantee. Small limits and short deadlines keep them fast; no
+//! assertion is about how long anything took.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{within, Gateway, Raw, DEADLINE};
+use qm_ipc_client::{ErrorReply, GatewayClient};
+use serde_json::{json, Value};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn stats(gw: &Gateway) -> Value {
+    let mut raw = Raw::connect(&gw.provider);
+    raw.call(json!({"method": "io.qmipc.Gateway.Stats"}));
+    raw.recv().expect("stats reply")["parameters"].clone()
+}
+
+/// Polls Stats until `condition` holds (deadline: the fixture's).
+fn wait_stats(gw: &Gateway, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    common::wait_until(what, || {
+        last = stats(gw);
+        condition(&last)
+    });
+    last
+}
+
+fn limit_of(err: &qm_ipc_client::ClientError) -> Option<String> {
+    match err.remote() {
+        Some(ErrorReply::LimitExceeded { limit, .. }) => Some(limit.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn stalled_subscriber_queue_stays_bounded_while_publishing_never_waits() {
+    let gw = Gateway::start(&[
+        "--subscription-queue",
+        "16",
+        "--max-queued-bytes",
+        "65536",
+        "--write-timeout-ms",
+        "120000",
+    ]);
+    let mut stalled = Raw::connect(&gw.consumer);
+    stalled.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["*"]}, "more": true}));
+    within(WATCHDOG, async {
+        let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
+        let pad = "p".repeat(2000);
+        for i in 0..5000u64 {
+            // Every publish is acknowledged: the stalled subscriber never
+            // makes the publisher wait.
+            publisher
+                .publish(&format!("t{}", i % 8), json!({"i": i, "pad": pad}))
+                .await
+                .unwrap();
+        }
+    });
+    let s = stats(&gw);
+    let conn = s["per_connection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["queued_samples"].as_u64().unwrap() > 0 || c["dropped"].as_u64().unwrap() > 0)
+        .expect("the stalled subscriber's connection")
+        .clone();
+    assert!(conn["queued_samples"].as_u64().unwrap() <= 16, "{conn}");
+    assert!(
+        conn["queued_bytes"].as_u64().unwrap() <= 2 * 65536,
+        "{conn}"
+    );
+    assert!(conn["dropped"].as_u64().unwrap() > 0, "{conn}");
+    assert!(s["dropped"].as_u64().unwrap() > 0);
+    assert_eq!(s["published"], 5000);
+}
+
+#[test]
+fn slow_loris_frame_is_closed_at_the_deadline() {
+    let gw = Gateway::start(&["--frame-timeout-ms", "300"]);
+    let mut witness = Raw::connect(&gw.consumer);
+    let mut loris = Raw::connect(&gw.consumer);
+    let frame = br#"{"method":"org.varlink.service.GetInfo","parameters":{"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+    // One byte every 50 ms: the trickle is the behaviour under test. The
+    // whole frame would take 7 s; the gateway must cut it off long before.
+    let mut sent = 0;
+    let mut cut_off = false;
+    for byte in frame.iter() {
+        if loris.stream.write_all(&[*byte]).is_err() {
+            cut_off = true;
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        if stats(&gw)["disconnects"]["frame_timeout"].as_u64() == Some(1) {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "the trickled frame was never cut off");
+    assert!(sent < frame.len(), "closed before the frame could complete");
+    loris.expect_closed();
+    witness.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert!(witness.recv().is_some(), "others are still served");
+}
+
+#[test]
+fn unwritable_connection_is_closed_after_the_write_deadline() {
+    let gw = Gateway::start(&["--write-timeout-ms", "300"]);
+    // Subscribes and never reads while big samples keep coming.
+    let mut stalled = Raw::connect(&gw.consumer);
+    stalled.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["big"]}, "more": true}));
+    within(WATCHDOG, async {
+        let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
+        let pad = "b".repeat(32 * 1024);
+        let mut i = 0u64;
+        loop {
+            publisher
+                .publish("big", json!({"i": i, "pad": pad}))
+                .await
+                .unwrap();
+            i += 1;
+            if i % 50 == 0 && stats(&gw)["disconnects"]["write_timeout"].as_u64() == Some(1) {
+                break;
+            }
+        }
+    });
+    let s = stats(&gw);
+    assert_eq!(s["subscriptions"], 0, "the stalled subscription is gone");
+}
+
+#[test]
+fn call_flood_is_rate_limited_and_others_are_unaffected() {
+    let gw = Gateway::start(&["--rate", "50", "--rate-burst", "10", "--demo"]);
+    within(WATCHDOG, async {
+        let mut flooder = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let mut polite = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let mut limited = 0;
+        for i in 0..500 {
+            match flooder
+                .call("demo.echo", "Echo", json!({"i": i}), None)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(limit_of(&e).as_deref(), Some("rate"), "{e}");
+                    limited += 1;
+                }
+            }
+        }
+        assert!(limited > 0, "a flood of 500 calls must hit a 50/s limit");
+        for i in 0..5 {
+            let echoed = polite
+                .call("demo.echo", "Echo", json!({"i": i}), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                echoed,
+                json!({"i": i}),
+                "the polite client has its own budget"
+            );
+        }
+    });
+    assert!(stats(&gw)["limit_hits"]["rate"].as_u64().unwrap() > 0);
+}
+
+/// Regression: with one accept loop per listener, the idle provider
+/// listener held a connection slot, and consumers got one fewer.
+#[test]
+fn connection_storm_waits_at_the_limit_and_is_served_when_a_slot_frees() {
+    let gw = Gateway::start(&[
+        "--max-connections",
+        "6",
+        "--max-connections-per-peer",
+        "100",
+    ]);
+    // Six connections, each proven served.
+    let mut held: Vec<Raw> = (0..6)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.consumer);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert!(raw.recv().is_some());
+            raw
+        })
+        .collect();
+    // A storm of more: connect succeeds (the kernel backlog), service waits.
+    let mut waiting: Vec<Raw> = (0..20).map(|_| Raw::connect(&gw.consumer)).collect();
+    for raw in &mut waiting {
+        raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+    }
+    held[0].call(json!({"method": "io.qmipc.Gateway.Stats"}));
+    let s = held[0].recv().unwrap();
+    assert_eq!(
+        s["parameters"]["connections"], 6,
+        "never more than the limit at once"
+    );
+    // Free every slot: all waiting connections get served, in turn.
+    drop(held);
+    for raw in &mut waiting {
+        let reply = raw.recv().expect("served once a slot is free");
+        assert_eq!(reply["parameters"]["vendor"], "qm-ipc");
+        drop(raw.stream.shutdown(std::net::Shutdown::Both));
+    }
+}
+
+#[test]
+fn per_peer_connection_limit_refuses_with_a_named_error() {
+    let gw = Gateway::start(&["--max-connections-per-peer", "3"]);
+    let held: Vec<Raw> = (0..3)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.consumer);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert!(raw.recv().is_some());
+            raw
+        })
+        .collect();
+    let mut fourth = Raw::connect(&gw.consumer);
+    fourth.call(json!({"method": "org.varlink.service.GetInfo"}));
+    let reply = fourth.recv().expect("an error reply");
+    assert_eq!(reply["error"], "io.qmipc.Gateway.LimitExceeded");
+    assert_eq!(
+        reply["parameters"],
+        json!({"limit": "max_connections_per_peer", "max": 3})
+    );
+    fourth.expect_closed();
+    drop(held);
+    // Slots come back when connections close.
+    // The Stats connection itself is the one left.
+    wait_stats(&gw, "connections to close", |s| s["connections"] == 1);
+    let mut again = Raw::connect(&gw.consumer);
+    again.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert_eq!(again.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
+}
+
+#[test]
+fn calls_per_service_patterns_and_retained_bytes_are_bounded() {
+    let gw = Gateway::start(&[
+        "--max-calls-per-service",
+        "2",
+        "--max-subscription-patterns",
+        "2",
+        "--max-retained-bytes",
+        "1000",
+        "--call-timeout-ms",
+        "30000",
+    ]);
+    within(WATCHDOG, async {
+        // A provider that never replies.
+        let mut provider = GatewayClient::connect(&gw.provider)
+            .await
+            .unwrap()
+            .register(&["slow"])
+            .await
+            .unwrap();
+        let mut a = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let mut b = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let mut c = GatewayClient::connect(&gw.consumer).await.unwrap();
+        let waiting_a = a.call("slow", "X", json!({}), None);
+        let waiting_b = b.call("slow", "X", json!({}), None);
+        let third = async {
+            // Both earlier calls have reached the provider: two in flight.
+            provider.next_request().await.unwrap();
+            provider.next_request().await.unwrap();
+            let err = c.call("slow", "X", json!({}), None).await.unwrap_err();
+            assert_eq!(
+                limit_of(&err).as_deref(),
+                Some("max_calls_per_service"),
+                "{err}"
+            );
+            drop(provider);
+        };
+        let (ra, rb, ()) = tokio::join!(waiting_a, waiting_b, third);
+        assert!(matches!(
+            ra.unwrap_err().remote(),
+            Some(ErrorReply::ServiceUnavailable { .. })
+        ));
+        assert!(matches!(
+            rb.unwrap_err().remote(),
+            Some(ErrorReply::ServiceUnavailable { .. })
+        ));
+
+        let err = GatewayClient::connect(&gw.consumer)
+            .await
+            .unwrap()
+            .subscribe(&["a", "b", "c"])
+            .await
+            .unwrap()
+            .next()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            limit_of(&err).as_deref(),
+            Some("max_subscription_patterns"),
+            "{err}"
+        );
+
+        let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
+        publisher
+            .publish("small", json!("x".repeat(400)))
+            .await
+            .unwrap();
+        let err = publisher
+            .publish("large", json!("y".repeat(700)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            limit_of(&err).as_deref(),
+            Some("max_retained_bytes"),
+            "{err}"
+        );
+        // Replacing a value counts only the difference.
+        publisher
+            .publish("small", json!("z".repeat(900)))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn peer_that_never_reads_its_replies_is_closed_not_buffered() {
+    let gw = Gateway::start(&[
+        "--max-queued-bytes",
+        "65536",
+        "--write-timeout-ms",
+        "120000",
+    ]);
+    within(WATCHDOG, async {
+        let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
+        publisher
+            .publish("big", json!("v".repeat(30_000)))
+            .await
+            .unwrap();
+    });
+    // Pipeline Gets of a 30 KB value and never read: the replies fill the
+    // socket, then the bounded queue, and the connection is closed.
+    let mut greedy = Raw::connect(&gw.consumer);
+    greedy.stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    let mut frame = json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "big"}})
+        .to_string()
+        .into_bytes();
+    frame.push(0);
+    for _ in 0..2000 {
+        if greedy.stream.write_all(&frame).is_err() {
+            break;
+        }
+        if stats(&gw)["disconnects"]["send_queue_full"].as_u64() == Some(1) {
+            break;
+        }
+    }
+    wait_stats(&gw, "the greedy connection to be closed", |s| {
+        s["disconnects"]["send_queue_full"] == 1
+    });
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+#[test]
+fn memory_stays_under_64_mib_with_the_defaults_whatever_clients_do() {
+    // The defaults, except that all peers here share uid 0 (allow one uid
+    // what many QM applications together may hold), and the deadlines are
+    // lifted so that every hostile connection stays for the whole attack:
+    // memory must be bounded by the limits, not by timeouts.
+    let gw = Gateway::start(&[
+        "--max-connections-per-peer",
+        "64",
+        "--frame-timeout-ms",
+        "600000",
+        "--write-timeout-ms",
+        "600000",
+    ]);
+    let big = "m".repeat(60 * 1024);
+    // All but two of the connections the defaults allow (the publisher and
+    // the final Stats need one each), each doing something hostile: stalled
+    // subscribers to every topic, and half-sent maximal frames.
+    let mut hostile = Vec::new();
+    for i in 0..31 {
+        let mut raw = Raw::connect(&gw.consumer);
+        raw.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["*"]}, "more": true}));
+        hostile.push(raw);
+        let mut half = Raw::connect(&gw.consumer);
+        let text = format!("{{\"method\":\"io.qmipc.Gateway.Publish\",\"parameters\":{{\"topic\":\"h{i}\",\"value\":\"{}", &big[..60_000]);
+        half.send(text.as_bytes());
+        hostile.push(half);
+    }
+    within(WATCHDOG, async {
+        let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
+        // Fill the retained-value budget with large values, again and again.
+        for round in 0..20 {
+            for t in 0..120 {
+                match publisher
+                    .publish(&format!("topic{t}"), json!(format!("{round}{big}")))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert_eq!(limit_of(&e).as_deref(), Some("max_retained_bytes"), "{e}")
+                    }
+                }
+            }
+        }
+    });
+    let s = stats(&gw);
+    assert_eq!(
+        s["connections"], 63,
+        "all 62 hostile connections lasted (and the Stats one)"
+    );
+    let peak = peak_rss_kib(gw.proc.child.id());
+    eprintln!("gateway peak RSS under attack: {peak} KiB");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB exceeds 64 MiB");
+    drop(hostile);
+}
