@@ -133,38 +133,41 @@ fn unwritable_connection_is_closed_after_the_write_deadline() {
 }
 
 #[test]
-fn call_flood_is_rate_limited_and_others_are_unaffected() {
-    let gw = Gateway::start(&["--rate", "50", "--rate-burst", "10", "--demo"]);
+fn call_flood_is_throttled_and_others_are_unaffected() {
+    let gw = Gateway::start(&["--rate", "200", "--rate-burst", "10", "--demo"]);
     within(WATCHDOG, async {
         let mut flooder = GatewayClient::connect(&gw.consumer).await.unwrap();
         let mut polite = GatewayClient::connect(&gw.consumer).await.unwrap();
-        let mut limited = 0;
-        for i in 0..500 {
-            match flooder
-                .call("demo.echo", "Echo", json!({"i": i}), None)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    assert_eq!(limit_of(&e).as_deref(), Some("rate"), "{e}");
-                    limited += 1;
-                }
+        let flood = async {
+            for i in 0..300 {
+                // Throttled, not refused: every call is answered, slowly.
+                let echoed = flooder
+                    .call("demo.echo", "Echo", json!({"i": i}), None)
+                    .await
+                    .unwrap();
+                assert_eq!(echoed, json!({"i": i}));
             }
-        }
-        assert!(limited > 0, "a flood of 500 calls must hit a 50/s limit");
-        for i in 0..5 {
-            let echoed = polite
-                .call("demo.echo", "Echo", json!({"i": i}), None)
-                .await
-                .unwrap();
-            assert_eq!(
-                echoed,
-                json!({"i": i}),
-                "the polite client has its own budget"
-            );
-        }
+        };
+        let calm = async {
+            for i in 0..5 {
+                let echoed = polite
+                    .call("demo.echo", "Echo", json!({"i": i}), None)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    echoed,
+                    json!({"i": i}),
+                    "the polite client has its own budget"
+                );
+            }
+        };
+        tokio::join!(flood, calm);
     });
-    assert!(stats(&gw)["limit_hits"]["rate"].as_u64().unwrap() > 0);
+    let s = stats(&gw);
+    assert!(
+        s["limit_hits"]["rate"].as_u64().unwrap() > 0,
+        "the flood was throttled: {s}"
+    );
 }
 
 /// Regression: with one accept loop per listener, the idle provider

@@ -242,7 +242,70 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            "[ -~]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("topic".to_owned()),
+                        Just("topics".to_owned()),
+                        Just("value".to_owned()),
+                        Just("id".to_owned()),
+                        Just("service".to_owned()),
+                        Just("method".to_owned()),
+                        Just("result".to_owned()),
+                        Just("error".to_owned()),
+                        Just("timeout_ms".to_owned()),
+                        Just("interface".to_owned()),
+                        Just("services".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever parameters a peer sends to whichever method, the
+        /// request decoder answers with a request or an error, never a panic.
+        #[test]
+        fn any_parameters_to_any_method_never_panic(
+            member in prop_oneof![
+                Just("Publish"), Just("Get"), Just("Subscribe"), Just("Register"), Just("Reply"),
+                Just("Call"), Just("Stats"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
+            ],
+            service_interface in any::<bool>(),
+            params in json_value(),
+        ) {
+            let interface = if service_interface { SERVICE_INTERFACE } else { GATEWAY_INTERFACE };
+            let _ = Request::from_call(Call::new(format!("{interface}.{member}"), params));
+        }
+
+        /// Arbitrary bytes as a frame: parsed or refused, never a panic.
+        #[test]
+        fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(call) = Call::parse(&bytes) {
+                let _ = Request::from_call(call);
+            }
+        }
+    }
 
     fn req(method: &str, params: Value) -> Result<Request, ErrorReply> {
         Request::from_call(Call::new(method, params))

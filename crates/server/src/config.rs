@@ -53,8 +53,9 @@ pub struct Limits {
     /// A connection that cannot be written to for this long while data is
     /// queued for it is closed.
     pub write_timeout: Duration,
-    /// Calls and publishes per connection on every listener but the
-    /// (trusted) provider socket; `None` for no limit.
+    /// Requests per connection on every listener but the (trusted)
+    /// provider socket; past it the connection is read more slowly.
+    /// `None` for no limit.
     pub rate: Option<RateLimit>,
     /// How long a stopping gateway keeps flushing queued replies.
     pub drain_timeout: Duration,
@@ -77,8 +78,8 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
             rate: Some(RateLimit {
-                per_second: 1000,
-                burst: 200,
+                per_second: 500,
+                burst: 100,
             }),
             drain_timeout: Duration::from_secs(2),
         }

@@ -8,8 +8,10 @@
 //!
 //! Time bounds: a frame that has started must complete within
 //! `frame_timeout` (slow-loris), and a write that makes no progress for
-//! `write_timeout` ends the connection. Calls and publishes from any
-//! listener but the provider socket pass a token bucket.
+//! `write_timeout` ends the connection. Requests from any listener but the
+//! provider socket pass a token bucket: past it, the connection is simply
+//! not read until its next token, so a flood costs the gateway nothing
+//! beyond the rate it is allowed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +198,9 @@ impl Session<'_> {
                 Ok(None) => None,
                 Err(e) => return Ended::Protocol(e.to_string()),
             } {
+                if let Err(ended) = self.pace(shutdown).await {
+                    return ended;
+                }
                 if let Some(ended) = self.handle(call, shutdown).await {
                     return ended;
                 }
@@ -247,10 +252,7 @@ impl Session<'_> {
                 parameter: "upgrade".into(),
             }),
             Ok(request) if request.requires_more() && !more => Err(ErrorReply::ExpectedMore),
-            Ok(request) => match self.rate_limit(&request) {
-                Err(e) => Err(e),
-                Ok(()) => self.dispatch(request, shutdown).await,
-            },
+            Ok(request) => self.dispatch(request, shutdown).await,
         };
         let result = match outcome {
             Ok(Some(parameters)) if !oneway => self
@@ -272,16 +274,26 @@ impl Session<'_> {
         None
     }
 
-    /// Publishes and calls spend a token of the connection's bucket.
-    fn rate_limit(&mut self, request: &Request) -> Result<(), ErrorReply> {
+    /// Spends a token of the connection's bucket, waiting for one when it
+    /// is empty (the connection is not read meanwhile).
+    async fn pace(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ended> {
         let Some(bucket) = self.bucket.as_mut() else {
             return Ok(());
         };
-        if !matches!(request, Request::Publish { .. } | Request::Call { .. }) || bucket.try_take() {
-            return Ok(());
+        let mut throttled = false;
+        while let Err(wait) = bucket.take_or_wait() {
+            if !throttled {
+                // Counted once per throttled request.
+                let per_second = self.hub.limits().rate.map_or(0, |r| r.per_second as usize);
+                self.hub.limit_exceeded("rate", per_second);
+                throttled = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return Err(Ended::Shutdown),
+            }
         }
-        let per_second = self.hub.limits().rate.map_or(0, |r| r.per_second as usize);
-        Err(self.hub.limit_exceeded("rate", per_second))
+        Ok(())
     }
 
     /// Carries out a request. `Ok(None)` means nothing to send now.

@@ -1,4 +1,9 @@
-//! Per-connection token bucket for calls and publishes.
+//! Per-connection token bucket for requests. A connection that has spent
+//! its tokens is not answered with errors (which would still cost the
+//! gateway a parse and a reply per request) but not read from until the
+//! next token: its requests wait in its own socket, at its own cost.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -20,6 +25,18 @@ impl TokenBucket {
         }
     }
 
+    /// Takes one token if there is one; otherwise says how long until the
+    /// next one.
+    pub fn take_or_wait(&mut self) -> Result<(), Duration> {
+        if self.try_take() {
+            return Ok(());
+        }
+        let missing = 1.0 - self.tokens;
+        Err(Duration::from_secs_f64(
+            missing / f64::from(self.limit.per_second.max(1)),
+        ))
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
         let now = Instant::now();
@@ -39,7 +56,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_steady_rate() {
@@ -55,5 +71,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         let taken = (0..20).filter(|_| bucket.try_take()).count();
         assert_eq!(taken, 5, "never more than the burst");
+        let wait = bucket.take_or_wait().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        assert_eq!(bucket.take_or_wait(), Ok(()));
     }
 }

@@ -71,12 +71,11 @@ pub struct LimitArgs {
     /// milliseconds.
     #[arg(long, default_value_t = Limits::default().write_timeout.as_millis() as u64, value_name = "MS")]
     write_timeout_ms: u64,
-    /// Calls and publishes per second per connection (not on the provider
-    /// socket); 0 for no limit.
+    /// Requests per second per connection (not on the provider socket);
+    /// past it the gateway reads that connection more slowly. 0: no limit.
     #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.per_second), value_name = "N")]
     rate: u32,
-    /// Calls and publishes a connection may make at once before the rate
-    /// applies.
+    /// Requests a connection may make at once before the rate applies.
     #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.burst), value_name = "N")]
     rate_burst: u32,
     /// How long to keep flushing replies when stopping, in milliseconds.

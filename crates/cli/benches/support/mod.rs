@@ -1,0 +1,299 @@
+//! Shared pieces of the benchmarks: the gateway process, blocking varlink
+//! round trips, the raw-socket echo baseline, latency histograms and the
+//! report.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// A gateway process with the demo provider off, on temporary sockets.
+pub struct GatewayProcess {
+    pub dir: tempfile::TempDir,
+    pub consumer: PathBuf,
+    pub provider: PathBuf,
+    child: Child,
+}
+
+impl GatewayProcess {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let consumer = dir.path().join("ipc.socket");
+        let provider = dir.path().join("provider.socket");
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let child = Command::new(env!("CARGO_BIN_EXE_qm-ipc"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&consumer)
+            .arg("--provider-socket")
+            .arg(&provider)
+            .args(extra)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("QM_IPC_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the gateway");
+        let mut buf = [0u8; 512];
+        loop {
+            let n = notify.recv(&mut buf).expect("READY=1 from the gateway");
+            if buf[..n].starts_with(b"READY=1") {
+                break;
+            }
+        }
+        Self {
+            dir,
+            consumer,
+            provider,
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking varlink connection for measuring round trips without any
+/// client-library machinery in the way.
+pub struct Blocking {
+    pub stream: UnixStream,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Blocking {
+    pub fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Self {
+            stream,
+            buf: Vec::with_capacity(65536),
+            out: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, call: &Value) {
+        self.out.clear();
+        serde_json::to_writer(&mut self.out, call).expect("encode");
+        self.out.push(0);
+        self.stream.write_all(&self.out).expect("send");
+    }
+
+    /// Sends pre-encoded bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next reply frame, raw (without the NUL).
+    pub fn recv_raw(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == 0) {
+                let frame: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(frame[..end].to_vec());
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Option<Value> {
+        self.recv_raw()
+            .and_then(|f| serde_json::from_slice(&f).ok())
+    }
+
+    pub fn call(&mut self, call: &Value) -> Option<Value> {
+        self.send(call);
+        self.recv()
+    }
+}
+
+/// Encodes a call frame once, for loops that send it many times.
+pub fn frame(call: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(call).expect("encode");
+    out.push(0);
+    out
+}
+
+/// Is this reply an error?
+pub fn is_error(reply: &[u8]) -> bool {
+    reply.starts_with(b"{\"error\"")
+}
+
+/// A provider thread that answers every call of `service` with its
+/// parameters (oneway Reply), until its connection closes.
+pub fn spawn_echo_provider(provider_socket: &Path, service: &str) -> std::thread::JoinHandle<()> {
+    let mut conn = Blocking::connect(provider_socket);
+    conn.send(&json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": [service]}, "more": true}));
+    let confirmation = conn.recv().expect("registration");
+    assert_eq!(confirmation["continues"], true, "{confirmation}");
+    std::thread::spawn(move || {
+        while let Some(request) = conn.recv() {
+            let request = &request["parameters"]["request"];
+            let reply = json!({
+                "method": "io.qmipc.Gateway.Reply",
+                "parameters": {"id": request["id"], "result": request["parameters"]},
+                "oneway": true,
+            });
+            conn.send(&reply);
+        }
+    })
+}
+
+/// The physical baseline: a raw Unix stream socket echo server (one read,
+/// one write per message), in a thread of this process.
+pub struct RawEcho {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RawEcho {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("echo.socket");
+        let listener = UnixListener::bind(&path).expect("bind echo");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { path, _dir: dir }
+    }
+
+    /// Round trips of `payload` bytes (NUL-terminated), recorded in ns.
+    pub fn measure(&self, payload: usize, iterations: usize) -> Histogram<u64> {
+        let mut stream = UnixStream::connect(&self.path).expect("connect echo");
+        let mut msg = vec![b'x'; payload.max(1)];
+        *msg.last_mut().expect("non-empty") = 0;
+        let mut back = vec![0u8; msg.len()];
+        let mut hist = new_histogram();
+        for i in 0..(iterations + iterations / 10) {
+            let start = Instant::now();
+            stream.write_all(&msg).expect("echo write");
+            stream.read_exact(&mut back).expect("echo read");
+            if i >= iterations / 10 {
+                record(&mut hist, start.elapsed());
+            }
+        }
+        hist
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+pub fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
+    let _ = hist.record((elapsed.as_nanos() as u64).max(1));
+}
+
+/// p50, p99, p99.9 in microseconds.
+pub fn percentiles_us(hist: &Histogram<u64>) -> (f64, f64, f64) {
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    (us(0.5), us(0.99), us(0.999))
+}
+
+/// Runs the calling thread at SCHED_IDLE, as QM runs at CPUWeight=idle.
+pub fn set_sched_idle() {
+    // SAFETY: sched_param is plain data; pid 0 is the calling thread.
+    unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
+}
+
+/// The commit being measured, for the report.
+pub fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The machine, for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{cpus} x {cpu}")
+}
+
+/// Replaces the part of `docs/benchmarks.md` between the markers of
+/// `section` (creating the file or the section as needed).
+pub fn write_report_section(section: &str, body: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md");
+    let start = format!("<!-- {section}:start -->");
+    let end = format!("<!-- {section}:end -->");
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| "# qm-ipc benchmarks\n\nWritten by the benchmark targets; see the commands in each section.\n".into());
+    let block = format!("{start}\n{body}\n{end}");
+    match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if b > a => text.replace_range(a..b + end.len(), &block),
+        _ => {
+            text.push('\n');
+            text.push_str(&block);
+            text.push('\n');
+        }
+    }
+    std::fs::write(&path, text).expect("write docs/benchmarks.md");
+    path
+}
