@@ -57,6 +57,9 @@ pub struct Limits {
     /// provider socket; past it the connection is read more slowly.
     /// `None` for no limit.
     pub rate: Option<RateLimit>,
+    /// New connections per peer (uid) on every listener but the provider
+    /// socket; past it a connection is refused with `LimitExceeded`.
+    pub connection_rate: Option<RateLimit>,
     /// How long a stopping gateway keeps flushing queued replies.
     pub drain_timeout: Duration,
 }
@@ -79,6 +82,10 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(5),
             rate: Some(RateLimit {
                 per_second: 500,
+                burst: 100,
+            }),
+            connection_rate: Some(RateLimit {
+                per_second: 50,
                 burst: 100,
             }),
             drain_timeout: Duration::from_secs(2),

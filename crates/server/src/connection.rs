@@ -80,7 +80,7 @@ enum Mode {
 /// timeout) and forgets the connection.
 pub async fn serve(
     hub: Arc<Hub>,
-    mut stream: UnixStream,
+    stream: UnixStream,
     peer: Peer,
     mut shutdown: watch::Receiver<bool>,
 ) -> Ended {
@@ -88,11 +88,12 @@ pub async fn serve(
     let (conn, outbox) = match hub.connect(&peer) {
         Ok(registered) => registered,
         Err(error) => {
-            // Answer the peer's first call with the reason, then close.
+            // Answer the peer's first call with the reason, then close. One
+            // non-blocking write: a refused peer costs no waiting.
             let mut frame = Vec::new();
             encode_error(&mut frame, &error);
-            let _ = tokio::time::timeout(limits.write_timeout, stream.write_all(&frame)).await;
-            tracing::warn!(%peer, %error, "connection refused");
+            let _ = stream.try_write(&frame);
+            tracing::debug!(%peer, %error, "connection refused");
             hub.record_refused("refused");
             return Ended::Refused(error);
         }

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::config::Limits;
 use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
 use crate::peer::Peer;
+use crate::rate::TokenBucket;
 
 pub type ConnId = u64;
 
@@ -65,6 +66,7 @@ struct State {
     next_call_id: u64,
     connections: BTreeMap<ConnId, Connection>,
     per_uid: HashMap<Option<u32>, usize>,
+    connection_buckets: HashMap<Option<u32>, TokenBucket>,
     limit_hits: BTreeMap<&'static str, u64>,
     disconnects: BTreeMap<&'static str, u64>,
 }
@@ -153,6 +155,15 @@ impl Hub {
     /// its peer already holds `max_connections_per_peer` connections.
     pub fn connect(&self, peer: &Peer) -> Result<(ConnId, Arc<Outbox>), ErrorReply> {
         let mut state = self.lock();
+        if let (Some(rate), false) = (self.limits.connection_rate, peer.is_provider()) {
+            let bucket = state
+                .connection_buckets
+                .entry(peer.uid)
+                .or_insert_with(|| TokenBucket::new(rate));
+            if !bucket.try_take() {
+                return Err(state.limit("connection_rate", rate.per_second as usize));
+            }
+        }
         let held = state.per_uid.get(&peer.uid).copied().unwrap_or(0);
         if held >= self.limits.max_connections_per_peer && !peer.is_provider() {
             return Err(state.limit(

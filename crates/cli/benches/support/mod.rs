@@ -94,7 +94,10 @@ pub struct Blocking {
 
 impl Blocking {
     pub fn connect(path: &Path) -> Self {
-        let stream = UnixStream::connect(path).expect("connect");
+        Self::from_stream(UnixStream::connect(path).expect("connect"))
+    }
+
+    pub fn from_stream(stream: UnixStream) -> Self {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
@@ -159,6 +162,8 @@ pub fn is_error(reply: &[u8]) -> bool {
 /// parameters (oneway Reply), until its connection closes.
 pub fn spawn_echo_provider(provider_socket: &Path, service: &str) -> std::thread::JoinHandle<()> {
     let mut conn = Blocking::connect(provider_socket);
+    // A provider waits for requests as long as it takes.
+    conn.stream.set_read_timeout(None).expect("no timeout");
     conn.send(&json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": [service]}, "more": true}));
     let confirmation = conn.recv().expect("registration");
     assert_eq!(confirmation["continues"], true, "{confirmation}");

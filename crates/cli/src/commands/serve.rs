@@ -78,6 +78,14 @@ pub struct LimitArgs {
     /// Requests a connection may make at once before the rate applies.
     #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.burst), value_name = "N")]
     rate_burst: u32,
+    /// New connections per second per peer (uid), not on the provider
+    /// socket; past it connections are refused. 0: no limit.
+    #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.per_second), value_name = "N")]
+    connection_rate: u32,
+    /// New connections a peer may open at once before the connection rate
+    /// applies.
+    #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.burst), value_name = "N")]
+    connection_burst: u32,
     /// How long to keep flushing replies when stopping, in milliseconds.
     #[arg(long, default_value_t = Limits::default().drain_timeout.as_millis() as u64, value_name = "MS")]
     drain_timeout_ms: u64,
@@ -101,6 +109,10 @@ impl LimitArgs {
             rate: (self.rate > 0).then_some(RateLimit {
                 per_second: self.rate,
                 burst: self.rate_burst.max(1),
+            }),
+            connection_rate: (self.connection_rate > 0).then_some(RateLimit {
+                per_second: self.connection_rate,
+                burst: self.connection_burst.max(1),
             }),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             ..Limits::default()
