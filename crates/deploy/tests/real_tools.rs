@@ -7,50 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qm_ipc_deploy::generate::{generate, write_root, Options, Topology};
+use qm_ipc_deploy::quadlet;
 
 fn quadlet() -> PathBuf {
-    let path = std::env::var_os("QUADLET")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/libexec/qm-ipc/quadlet"));
-    assert!(
-        path.exists(),
-        "podman's quadlet generator is missing at {}; run scripts/install-test-deps.sh",
-        path.display()
-    );
-    path
+    quadlet::find().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs `quadlet -dryrun` on a directory; returns each generated service.
+/// `quadlet -dryrun` on a directory; each generated service as text.
 fn quadlet_dryrun(dir: &Path) -> BTreeMap<String, String> {
-    let output = Command::new(quadlet())
-        .arg("-dryrun")
-        .env("QUADLET_UNIT_DIRS", dir)
-        .output()
-        .expect("run quadlet");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "quadlet failed:\n{stderr}");
-    assert!(
-        !stderr.contains("rror"),
-        "quadlet reported an error:\n{stderr}"
-    );
-    let mut services = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in stdout.lines() {
-        if let Some(name) = line.strip_prefix("---").and_then(|l| l.strip_suffix("---")) {
-            if let Some((n, t)) = current.take() {
-                services.insert(n, t);
-            }
-            current = Some((name.to_owned(), String::new()));
-        } else if let Some((_, text)) = current.as_mut() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    if let Some((n, t)) = current {
-        services.insert(n, t);
-    }
-    services
+    quadlet::dryrun(dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(name, unit)| (name, unit.base().to_string()))
+        .collect()
 }
 
 fn exec_start(service: &str) -> &str {
