@@ -53,6 +53,8 @@ enum Command {
     /// Check systemd, quadlet and drop-in files (or a whole root) for
     /// mistakes; exit 0 clean, 1 warnings with --strict, 2 errors.
     Lint(commands::deploy::LintArgs),
+    /// Check an access policy file, or explain which rule decides.
+    Policy(commands::policy::PolicyArgs),
 }
 
 fn init_logging() {
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Command::Stats(args) => commands::oneshot::stats(socket, args).await,
             Command::Generate(args) => commands::deploy::generate(args),
             Command::Lint(args) => commands::deploy::lint(args),
+            Command::Policy(args) => commands::policy::run(args),
         }
     });
     match result {

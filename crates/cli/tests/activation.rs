@@ -12,6 +12,7 @@ fn socket_activated(
     sockets: &[&std::path::Path],
     fdnames: Option<&str>,
     notify: &NotifyReceiver,
+    policy: Option<&std::path::Path>,
 ) -> Proc {
     let mut cmd = Command::new("systemd-socket-activate");
     for socket in sockets {
@@ -26,6 +27,9 @@ fn socket_activated(
         .arg("--")
         .arg(bin())
         .arg("serve");
+    if let Some(policy) = policy {
+        cmd.arg("--policy").arg(policy);
+    }
     Proc::spawn(cmd)
 }
 
@@ -41,7 +45,8 @@ fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
     let socket = dir.path().join("ipc/ipc.socket");
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let mut notify = NotifyReceiver::new(dir.path());
-    let mut activator = socket_activated(&[&socket], None, &notify);
+    // The built-in policy: the consumer side may publish demo.time.
+    let mut activator = socket_activated(&[&socket], None, &notify, None);
     wait_until("systemd-socket-activate to listen", || socket.exists());
     assert!(
         notify.poll().is_empty(),
@@ -50,14 +55,15 @@ fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
     // This connection makes systemd-socket-activate start the gateway.
     let mut raw = Raw::connect(&socket);
     raw.call(
-        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "a", "value": 1}}),
+        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": "12:00:00"}}),
     );
     let ready = notify.wait_for("READY=1");
     assert!(
         ready.contains("STATUS="),
         "READY=1 comes with a status: {ready:?}"
     );
-    assert_eq!(raw.recv().unwrap()["parameters"]["seq"], 1);
+    let reply = raw.recv().unwrap();
+    assert_eq!(reply["parameters"]["seq"], 1, "{reply}");
     activator.wait_line("listening on consumer (socket-activated)");
     assert!(
         !dir.path().join("qm-ipc").exists(),
@@ -71,8 +77,14 @@ fn socket_activation_with_named_fds_serves_consumer_and_provider() {
     let consumer = dir.path().join("ipc.socket");
     let provider = dir.path().join("provider.socket");
     let mut notify = NotifyReceiver::new(dir.path());
-    let mut activator =
-        socket_activated(&[&consumer, &provider], Some("consumer:provider"), &notify);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, common::ALLOW_ALL_POLICY).unwrap();
+    let mut activator = socket_activated(
+        &[&consumer, &provider],
+        Some("consumer:provider"),
+        &notify,
+        Some(&policy),
+    );
     wait_until("both sockets", || consumer.exists() && provider.exists());
     let info = get_info(&provider);
     assert_eq!(info["parameters"]["vendor"], "qm-ipc");

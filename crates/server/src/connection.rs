@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qm_ipc_proto::interface::{GATEWAY_INTERFACE, SERVICE_INTERFACE};
+use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 use qm_ipc_proto::message::{encode_error, encode_reply};
 use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, Request, GATEWAY_IDL};
 use serde_json::{json, Value};
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::hub::{ConnId, Hub, Snapshot};
 use crate::outbox::Outbox;
 use crate::peer::Peer;
+use crate::policy::{Action, Decision};
 use crate::rate::TokenBucket;
 
 /// Bytes the writer gathers into one write.
@@ -102,15 +103,37 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let writer = write_loop(write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
+    // The rule that matches the peer may tighten its limits.
+    let policy = hub.policy();
+    let rule_limits = policy
+        .rule_for(&peer.identity())
+        .map(|r| r.limits.clone())
+        .unwrap_or_default();
+    let rate = match (limits.rate, rule_limits.rate) {
+        (Some(global), Some(rule)) => Some(crate::config::RateLimit {
+            per_second: global.per_second.min(rule.per_second),
+            burst: global.burst.min(rule.burst),
+        }),
+        (global, rule) => global.or(rule),
+    };
     let mut session = Session {
         hub: &hub,
         conn,
+        peer: &peer,
         outbox: &outbox,
         mode: Mode::Requests,
-        bucket: match limits.rate {
-            Some(rate) if !peer.is_provider() => Some(TokenBucket::new(rate)),
+        bucket: match rate {
+            Some(rate) if !peer.is_provider() || rule_limits.rate.is_some() => {
+                Some(TokenBucket::new(rate))
+            }
             _ => None,
         },
+        max_patterns: rule_limits
+            .max_subscription_patterns
+            .map_or(limits.max_subscription_patterns, |m| {
+                m.min(limits.max_subscription_patterns)
+            }),
+        denial_log: DenialLog::default(),
     };
     let ended = tokio::select! {
         ended = session.read_loop(read, &mut shutdown) => ended,
@@ -174,9 +197,36 @@ async fn write_loop(
 struct Session<'a> {
     hub: &'a Hub,
     conn: ConnId,
+    peer: &'a Peer,
     outbox: &'a Arc<Outbox>,
     mode: Mode,
     bucket: Option<TokenBucket>,
+    max_patterns: usize,
+    denial_log: DenialLog,
+}
+
+/// Logs denials of one connection at most once a second, with a count of
+/// those it kept quiet about.
+#[derive(Default)]
+struct DenialLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DenialLog {
+    fn log(&mut self, peer: &Peer, message: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        self.last = Some(now);
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(%peer, suppressed, "access denied: {message}");
+    }
 }
 
 impl Session<'_> {
@@ -297,6 +347,56 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Checks one action against the policy in force now (so a reloaded
+    /// policy applies from the next request on).
+    fn authorize(&mut self, action: Action, object: &str) -> Result<(), ErrorReply> {
+        let policy = self.hub.policy();
+        let decision = policy.check(&self.peer.identity(), action, object);
+        if decision.allowed() {
+            return Ok(());
+        }
+        let why = match decision {
+            Decision::NotGranted(rule) => format!("rule {:?} does not grant it", rule.name),
+            _ => "no policy rule matches the peer".to_owned(),
+        };
+        self.deny(action, object, &why)
+    }
+
+    fn deny(&mut self, action: Action, object: &str, why: &str) -> Result<(), ErrorReply> {
+        self.hub.record_denial(self.peer.identity_key());
+        self.denial_log
+            .log(self.peer, &format!("{action} {object}: {why}"));
+        Err(ErrorReply::AccessDenied {
+            action: action.name().to_owned(),
+            object: object.to_owned(),
+        })
+    }
+
+    /// Subscriptions: an exact topic must be readable; a pattern needs a
+    /// rule that grants reading something, and delivers only what the
+    /// peer may read.
+    fn authorize_subscribe(&mut self, patterns: &[TopicPattern]) -> Result<(), ErrorReply> {
+        for pattern in patterns {
+            match pattern {
+                TopicPattern::Exact(topic) => self.authorize(Action::Subscribe, topic)?,
+                TopicPattern::Prefix(_) => {
+                    let policy = self.hub.policy();
+                    let granted = policy
+                        .rule_for(&self.peer.identity())
+                        .is_some_and(|r| r.grants.any(Action::Subscribe));
+                    if !granted {
+                        self.deny(
+                            Action::Subscribe,
+                            &pattern.to_string(),
+                            "no rule grants reading any topic",
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Carries out a request. `Ok(None)` means nothing to send now.
     async fn dispatch(
         &mut self,
@@ -318,18 +418,26 @@ impl Session<'_> {
                 _ => Err(ErrorReply::InterfaceNotFound { interface }),
             },
             Request::Publish { topic, value } => {
+                self.authorize(Action::Publish, &topic)?;
                 let seq = hub.publish(&topic, &value)?;
                 Ok(Some(json!({ "seq": seq })))
             }
-            Request::Get { topic } => Ok(Some(json!({ "sample": hub.get(&topic)? }))),
+            Request::Get { topic } => {
+                self.authorize(Action::Subscribe, &topic)?;
+                Ok(Some(json!({ "sample": hub.get(&topic)? })))
+            }
             Request::Subscribe { topics } => {
                 // The first replies are the current values; they are queued
                 // by the hub, like every later update.
-                hub.subscribe(self.conn, self.outbox, topics)?;
+                self.authorize_subscribe(&topics)?;
+                hub.subscribe(self.conn, self.outbox, topics, self.max_patterns)?;
                 self.mode = Mode::Streaming;
                 Ok(None)
             }
             Request::Register { services } => {
+                for service in &services {
+                    self.authorize(Action::Register, service)?;
+                }
                 hub.register(self.conn, self.outbox, services)?;
                 self.mode = Mode::Streaming;
                 Ok(Some(json!({})))
@@ -344,6 +452,7 @@ impl Session<'_> {
                 parameters,
                 timeout_ms,
             } => {
+                self.authorize(Action::Call, &service)?;
                 let limits = hub.limits();
                 let timeout = match timeout_ms {
                     None => limits.default_call_timeout,
@@ -377,7 +486,10 @@ impl Session<'_> {
                     }
                 }
             }
-            Request::Stats => Ok(Some(stats_reply(&hub.snapshot()))),
+            Request::Stats => {
+                self.authorize(Action::Stats, "gateway")?;
+                Ok(Some(stats_reply(&hub.snapshot())))
+            }
         }
     }
 }
@@ -402,6 +514,7 @@ fn stats_reply(s: &Snapshot) -> Value {
         "dropped": s.dropped,
         "limit_hits": s.limit_hits,
         "disconnects": s.disconnects,
+        "denials": s.denials,
         "per_connection": s.per_connection.iter().map(|c| json!({
             "id": c.id,
             "peer": c.peer,

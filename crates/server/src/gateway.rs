@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::hub::{Hub, Snapshot};
 use crate::listen::{ListenError, Listener};
 use crate::notify::Notifier;
 use crate::peer::Peer;
+use crate::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,6 +36,8 @@ pub enum StartError {
     Notify(io::Error),
     #[error("cannot register listener {name} with the event loop: {source}")]
     Register { name: String, source: io::Error },
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Counts live connection tasks so shutdown can wait for them.
@@ -120,6 +124,8 @@ fn spawn_connection(
 
 pub struct Gateway {
     hub: Arc<Hub>,
+    /// The policy file, reloaded on SIGHUP; `None` for the built-in policy.
+    policy_path: Option<PathBuf>,
     listeners: Vec<Listener>,
     notifier: Notifier,
     shutdown_tx: watch::Sender<bool>,
@@ -152,11 +158,42 @@ impl Gateway {
     pub fn new(listeners: Vec<Listener>, limits: Limits, notifier: Notifier) -> Self {
         let (shutdown_tx, _) = watch::channel(false);
         Self {
-            hub: Arc::new(Hub::new(limits)),
+            hub: Arc::new(Hub::new(limits, Policy::builtin())),
+            policy_path: None,
             listeners,
             notifier,
             shutdown_tx,
             tracker: Arc::default(),
+        }
+    }
+
+    /// Uses the policy in `path` (instead of the built-in one), and reloads
+    /// it from there on SIGHUP.
+    pub fn load_policy(&mut self, path: &Path) -> Result<(), StartError> {
+        let policy = Policy::load(path, &self.listener_names())?;
+        self.hub.set_policy(policy);
+        self.policy_path = Some(path.to_owned());
+        Ok(())
+    }
+
+    fn listener_names(&self) -> Vec<&str> {
+        self.listeners.iter().map(|l| l.name.as_str()).collect()
+    }
+
+    /// Reloads the policy file; a bad file keeps the policy in force.
+    fn reload_policy(&self) {
+        let Some(path) = &self.policy_path else {
+            tracing::info!("SIGHUP: no --policy file; the built-in policy stays");
+            return;
+        };
+        match Policy::load(path, &self.listener_names()) {
+            Ok(policy) => {
+                let rules = policy.rules.len();
+                self.hub.set_policy(policy);
+                tracing::info!("policy reloaded from {} ({rules} rules)", path.display());
+                warn_if_labels_unavailable(&self.hub.policy());
+            }
+            Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
         }
     }
 
@@ -205,14 +242,25 @@ impl Gateway {
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
+        warn_if_labels_unavailable(&self.hub.policy());
         let status = status_line(&self.hub.snapshot());
         self.notifier.notify(&format!("READY=1\nSTATUS={status}"));
         tracing::info!("ready");
 
         let housekeeping = housekeeping(&self.hub, &self.notifier);
-        tokio::select! {
-            _ = stop => {}
-            _ = housekeeping => {}
+        tokio::pin!(stop, housekeeping);
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = &mut housekeeping => break,
+                Some(()) = recv_hangup(&mut hangups) => {
+                    self.notifier.notify("RELOADING=1");
+                    self.reload_policy();
+                    self.notifier.notify("READY=1");
+                }
+            }
         }
 
         self.notifier.notify("STOPPING=1\nSTATUS=stopping");
@@ -233,6 +281,24 @@ impl Gateway {
         drop(self.listeners);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Says once, at start (and on reload), when rules need SELinux labels
+/// that this system cannot provide: those rules match nobody.
+fn warn_if_labels_unavailable(policy: &Policy) {
+    let label_rules = policy.label_rules();
+    if label_rules > 0 && !std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+        tracing::warn!(
+            "SELinux is not enabled: {label_rules} policy rules that require an SELinux type or level will never match (fail closed)"
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::config::Limits;
 use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
 use crate::peer::Peer;
+use crate::policy::Policy;
 use crate::rate::TokenBucket;
 
 pub type ConnId = u64;
@@ -54,8 +55,9 @@ struct Connection {
     outbox: Arc<Outbox>,
 }
 
-#[derive(Default)]
 struct State {
+    policy: Arc<Policy>,
+    denials: BTreeMap<String, u64>,
     topics: HashMap<String, Topic>,
     retained_bytes: usize,
     subscriptions: HashMap<ConnId, Subscription>,
@@ -93,6 +95,7 @@ pub struct Snapshot {
     pub dropped: u64,
     pub limit_hits: BTreeMap<&'static str, u64>,
     pub disconnects: BTreeMap<&'static str, u64>,
+    pub denials: BTreeMap<String, u64>,
     pub per_connection: Vec<ConnectionSnapshot>,
 }
 
@@ -112,6 +115,24 @@ fn now_us() -> u64 {
 }
 
 impl State {
+    /// May the subscriber `conn` read `topic` under the current policy?
+    fn may_read(&self, conn: ConnId, topic: &str) -> bool {
+        self.connections
+            .get(&conn)
+            .is_some_and(|c| self.policy.may_read(&c.peer.identity(), topic))
+    }
+
+    /// The subscribers of `topic`: matching pattern and allowed to read.
+    fn subscribers_of(&self, topic: &str) -> Vec<ConnId> {
+        self.subscriptions
+            .iter()
+            .filter(|(id, sub)| {
+                sub.patterns.iter().any(|p| p.matches(topic)) && self.may_read(**id, topic)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     fn limit(&mut self, limit: &'static str, max: usize) -> ErrorReply {
         *self.limit_hits.entry(limit).or_default() += 1;
         ErrorReply::LimitExceeded {
@@ -122,11 +143,24 @@ impl State {
 }
 
 impl Hub {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, policy: Policy) -> Self {
         Self {
             state: Mutex::new(State {
+                policy: Arc::new(policy),
+                denials: BTreeMap::new(),
+                topics: HashMap::new(),
+                retained_bytes: 0,
+                subscriptions: HashMap::new(),
+                services: HashMap::new(),
+                providers: HashMap::new(),
+                pending: HashMap::new(),
+                in_flight: HashMap::new(),
                 next_call_id: 1,
-                ..State::default()
+                connections: BTreeMap::new(),
+                per_uid: HashMap::new(),
+                connection_buckets: HashMap::new(),
+                limit_hits: BTreeMap::new(),
+                disconnects: BTreeMap::new(),
             }),
             limits,
             next_conn: AtomicU64::new(1),
@@ -137,6 +171,30 @@ impl Hub {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.lock().policy.clone()
+    }
+
+    /// Replaces the policy. Requests are checked against it from their next
+    /// call on; running subscriptions are re-filtered at once.
+    pub fn set_policy(&self, policy: Policy) {
+        let mut state = self.lock();
+        state.policy = Arc::new(policy);
+        let names: Vec<String> = state.topics.keys().cloned().collect();
+        for name in names {
+            let subscribers = state.subscribers_of(&name);
+            if let Some(topic) = state.topics.get_mut(&name) {
+                topic.subscribers = subscribers;
+            }
+        }
+    }
+
+    /// Counts a denial for `Stats`.
+    pub fn record_denial(&self, identity: String) {
+        *self.lock().denials.entry(identity).or_default() += 1;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -245,12 +303,7 @@ impl Hub {
             if state.topics.len() >= self.limits.max_topics {
                 return Err(state.limit("max_topics", self.limits.max_topics));
             }
-            let subscribers = state
-                .subscriptions
-                .iter()
-                .filter(|(_, sub)| sub.patterns.iter().any(|p| p.matches(topic)))
-                .map(|(id, _)| *id)
-                .collect();
+            let subscribers = state.subscribers_of(topic);
             state.topics.insert(
                 topic.to_owned(),
                 Topic {
@@ -306,21 +359,29 @@ impl Hub {
 
     /// Starts a subscription: queues the current value of every matching
     /// topic, then every update.
+    /// Only topics the peer may read under the policy are delivered.
     pub fn subscribe(
         &self,
         conn: ConnId,
         outbox: &Arc<Outbox>,
         patterns: Vec<TopicPattern>,
+        max_patterns: usize,
     ) -> Result<(), ErrorReply> {
         let mut state = self.lock();
-        if patterns.len() > self.limits.max_subscription_patterns {
-            return Err(state.limit(
-                "max_subscription_patterns",
-                self.limits.max_subscription_patterns,
-            ));
+        if patterns.len() > max_patterns {
+            return Err(state.limit("max_subscription_patterns", max_patterns));
         }
         let state = &mut *state;
-        for topic in state.topics.values_mut() {
+        let readable: Vec<String> = state
+            .topics
+            .keys()
+            .filter(|t| state.may_read(conn, t))
+            .cloned()
+            .collect();
+        for name in readable {
+            let Some(topic) = state.topics.get_mut(&name) else {
+                continue;
+            };
             if patterns.iter().any(|p| p.matches(&topic.name.name)) {
                 topic.subscribers.push(conn);
                 outbox.push_sample(&topic.name, &topic.last);
@@ -457,6 +518,7 @@ impl Hub {
             dropped: self.delivery.dropped.load(Ordering::Relaxed),
             limit_hits: state.limit_hits.clone(),
             disconnects: state.disconnects.clone(),
+            denials: state.denials.clone(),
             per_connection: state
                 .connections
                 .iter()

@@ -8,6 +8,7 @@
 //! - [`connection`]: one client connection: read, dispatch, write.
 //! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
 //! - [`peer`]: who is on the other end of a connection.
+//! - [`policy`]: who may publish, subscribe, call and register what.
 //! - [`rate`]: the per-connection token bucket.
 //! - [`config`]: every limit and path, with its default.
 
@@ -19,6 +20,7 @@ pub mod listen;
 pub mod notify;
 pub mod outbox;
 pub mod peer;
+pub mod policy;
 pub mod rate;
 
 pub use config::{Config, Limits};

@@ -100,6 +100,21 @@ impl Listener {
                 path: path.to_owned(),
                 source,
             })?;
+        // As systemd's SocketMode= default: anyone who can reach the path
+        // may connect, and the access policy decides what they may do. The
+        // provider socket is for the gateway's user and group only.
+        let mode = if name == crate::config::PROVIDER {
+            0o660
+        } else {
+            0o666
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| ListenError::Bind {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
         Ok(Self {
             name: name.to_owned(),
             socket,

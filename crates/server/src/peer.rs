@@ -1,8 +1,17 @@
-//! Who is on the other end of a connection.
+//! Who is on the other end of a connection: the listener that accepted it,
+//! `SO_PEERCRED` (pid, uid, gid), the `SO_PEERSEC` SELinux label, and a
+//! pidfd pinning the pid so that a reused pid cannot pass for this peer in
+//! logs.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use tokio::net::UnixStream;
+
+use crate::policy::{Identity, Label};
+
+/// Longest label read with `SO_PEERSEC`.
+const MAX_LABEL: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -12,23 +21,85 @@ pub struct Peer {
     pub pid: Option<i32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The SELinux label; `None` where SELinux is off.
+    pub label: Option<Label>,
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl Peer {
-    /// Reads `SO_PEERCRED` of an accepted connection.
+    /// Reads the identity of an accepted connection.
     pub fn of(stream: &UnixStream, listener: Arc<str>) -> Self {
         let cred = stream.peer_cred().ok();
+        let pid = cred.as_ref().and_then(|c| c.pid());
         Self {
             listener,
-            pid: cred.as_ref().and_then(|c| c.pid()),
+            pid,
             uid: cred.as_ref().map(|c| c.uid()),
             gid: cred.map(|c| c.gid()),
+            label: peer_label(stream.as_raw_fd()).and_then(|raw| Label::parse(&raw)),
+            pidfd: pid.and_then(pidfd_open).map(Arc::new),
+        }
+    }
+
+    /// A peer with an identity given directly (for tests and tools).
+    pub fn with_identity(
+        listener: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        label: Option<Label>,
+    ) -> Self {
+        Self {
+            listener: Arc::from(listener),
+            pid: None,
+            uid,
+            gid,
+            label,
+            pidfd: None,
         }
     }
 
     /// Is this a connection of the trusted provider listener?
     pub fn is_provider(&self) -> bool {
         &*self.listener == crate::config::PROVIDER
+    }
+
+    pub fn identity(&self) -> Identity<'_> {
+        Identity {
+            listener: &self.listener,
+            uid: self.uid,
+            gid: self.gid,
+            label: self.label.as_ref(),
+        }
+    }
+
+    /// A short key for per-identity counters.
+    pub fn identity_key(&self) -> String {
+        let mut key = format!("{}", self.listener);
+        if let Some(uid) = self.uid {
+            key.push_str(&format!(" uid={uid}"));
+        }
+        if let Some(label) = &self.label {
+            key.push_str(&format!(" label={}", label.context));
+        }
+        key
+    }
+
+    /// Has the process behind the pid exited? (Known only with a pidfd.)
+    fn exited(&self) -> bool {
+        let Some(fd) = &self.pidfd else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process still exists.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
     }
 }
 
@@ -37,6 +108,9 @@ impl std::fmt::Display for Peer {
         write!(f, "{}", self.listener)?;
         if let Some(pid) = self.pid {
             write!(f, " pid={pid}")?;
+            if self.exited() {
+                f.write_str("(exited)")?;
+            }
         }
         if let Some(uid) = self.uid {
             write!(f, " uid={uid}")?;
@@ -44,6 +118,73 @@ impl std::fmt::Display for Peer {
         if let Some(gid) = self.gid {
             write!(f, " gid={gid}")?;
         }
+        if let Some(label) = &self.label {
+            write!(f, " label={}", label.context)?;
+        }
         Ok(())
+    }
+}
+
+/// `SO_PEERSEC` into a bounded buffer; `None` where the kernel has no
+/// labels (`ENOPROTOOPT` without SELinux) or on any other failure.
+fn peer_label(fd: RawFd) -> Option<String> {
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        let mut len = size as libc::socklen_t;
+        // SAFETY: buf is valid for len bytes and len is updated by the
+        // kernel to the label's length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERSEC,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            buf.truncate((len as usize).min(size));
+            return String::from_utf8(buf).ok();
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && size < MAX_LABEL {
+            size = (len as usize).clamp(size + 1, MAX_LABEL);
+            continue;
+        }
+        if err.raw_os_error() != Some(libc::ENOPROTOOPT) {
+            tracing::debug!("SO_PEERSEC failed: {err}");
+        }
+        return None;
+    }
+}
+
+/// A pidfd for `pid`, where the kernel offers pidfd_open (5.3+).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the fd was just created for us and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_credentials_and_no_label_without_selinux() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = Peer::of(&a, Arc::from("consumer"));
+        assert_eq!(peer.pid, Some(std::process::id() as i32));
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(peer.uid, Some(unsafe { libc::getuid() }));
+        let selinux = std::path::Path::new("/sys/fs/selinux/enforce").exists();
+        assert_eq!(peer.label.is_some(), selinux);
+        assert!(peer.pidfd.is_some(), "this kernel offers pidfd_open");
+        assert!(!peer.exited());
+        assert!(peer.to_string().starts_with("consumer pid="));
     }
 }

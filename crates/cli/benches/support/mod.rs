@@ -27,6 +27,14 @@ impl GatewayProcess {
         let consumer = dir.path().join("ipc.socket");
         let provider = dir.path().join("provider.socket");
         let notify_path = dir.path().join("notify");
+        // The benchmark's clients call services from the consumer side,
+        // which the built-in policy does not allow.
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], stats = true }\n",
+        )
+        .expect("write policy");
         let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
         notify
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -37,6 +45,8 @@ impl GatewayProcess {
             .arg(&consumer)
             .arg("--provider-socket")
             .arg(&provider)
+            .arg("--policy")
+            .arg(&policy)
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("QM_IPC_LOG", "error")

@@ -2,6 +2,7 @@
 
 pub mod deploy;
 pub mod oneshot;
+pub mod policy;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// as with --demo).
     #[arg(long, conflicts_with = "provider_socket")]
     no_provider_socket: bool,
+    /// Access policy (TOML) instead of the built-in one; reloaded on
+    /// SIGHUP. See docs/policy.md.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Also run the built-in demo provider (vehicle.speed at 10 Hz, the
     /// demo.echo service, and the log of the client's time).
     #[arg(long)]
@@ -134,7 +138,10 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
         provider_path,
         limits: args.limits.limits(),
     };
-    let gateway = Gateway::start(config)?;
+    let mut gateway = Gateway::start(config)?;
+    if let Some(path) = &args.policy {
+        gateway.load_policy(path)?;
+    }
     if args.demo {
         let handle = gateway.handle();
         tokio::spawn(async move {

@@ -217,6 +217,13 @@ impl Drop for Proc {
     }
 }
 
+/// A policy that grants everything to everyone.
+pub const ALLOW_ALL_POLICY: &str = r#"
+[[rule]]
+name = "tests-allow-all"
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+"#;
+
 /// A gateway started by the test, binding its own sockets in a temporary
 /// directory, with a notify receiver; waits for `READY=1`.
 pub struct Gateway {
@@ -245,6 +252,13 @@ impl Gateway {
             .arg(&provider)
             .args(extra)
             .env("NOTIFY_SOCKET", &notify.path);
+        // Tests of the protocol and the bounds act from either side; they
+        // get a policy that allows everything unless they bring their own.
+        if !extra.contains(&"--policy") {
+            let policy = dir.path().join("allow-all.toml");
+            std::fs::write(&policy, ALLOW_ALL_POLICY).expect("write test policy");
+            cmd.arg("--policy").arg(policy);
+        }
         let proc = Proc::spawn(cmd);
         notify.wait_for("READY=1");
         Self {
