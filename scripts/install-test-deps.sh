@@ -19,6 +19,9 @@ command -v systemd-socket-activate >/dev/null || apt_install systemd
 # that) and runc, the runtime that works on these kernels.
 command -v podman >/dev/null && command -v runc >/dev/null || apt_install podman runc
 
+# dbus-daemon, the D-Bus side of the comparison benchmark.
+command -v dbus-daemon >/dev/null || apt_install dbus-daemon
+
 # podman's quadlet generator, which Debian 12's podman lacks.
 "$(dirname "$0")/install-quadlet.sh" >/dev/null
 

@@ -9,4 +9,7 @@ scripts/install-test-deps.sh
 scripts/build-images.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# Smoke runs of the benchmarks: they must run; they judge no times.
+cargo bench --locked -p qm-ipc --bench compare -- --quick
+cargo bench --locked -p qm-ipc --bench interference -- --quick
 cargo test --locked --workspace

@@ -23,6 +23,11 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(None, extra)
+    }
+
+    /// Starts the gateway pinned to `cpu` (through `taskset`) if given.
+    pub fn start_on(cpu: Option<usize>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let consumer = dir.path().join("ipc.socket");
         let provider = dir.path().join("provider.socket");
@@ -39,7 +44,15 @@ impl GatewayProcess {
         notify
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
-        let child = Command::new(env!("CARGO_BIN_EXE_qm-ipc"))
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_qm-ipc")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_qm-ipc")),
+        };
+        let child = command
             .arg("serve")
             .arg("--socket")
             .arg(&consumer)
@@ -72,6 +85,24 @@ impl GatewayProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time the gateway has used so far (user + system).
+    pub fn cpu_time(&self) -> Duration {
+        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|stat| {
+                // Fields after the command name (which may contain spaces).
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let utime: u64 = fields.get(11)?.parse().ok()?;
+                let stime: u64 = fields.get(12)?.parse().ok()?;
+                Some(utime + stime)
+            })
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_nanos(ticks * 1_000_000_000 / hz)
     }
 
     /// Peak resident memory so far, KiB.
@@ -171,6 +202,15 @@ pub fn is_error(reply: &[u8]) -> bool {
 /// A provider thread that answers every call of `service` with its
 /// parameters (oneway Reply), until its connection closes.
 pub fn spawn_echo_provider(provider_socket: &Path, service: &str) -> std::thread::JoinHandle<()> {
+    spawn_echo_provider_on(None, provider_socket, service)
+}
+
+/// [`spawn_echo_provider`] with its thread on `cpu`.
+pub fn spawn_echo_provider_on(
+    cpu: Option<usize>,
+    provider_socket: &Path,
+    service: &str,
+) -> std::thread::JoinHandle<()> {
     let mut conn = Blocking::connect(provider_socket);
     // A provider waits for requests as long as it takes.
     conn.stream.set_read_timeout(None).expect("no timeout");
@@ -178,6 +218,7 @@ pub fn spawn_echo_provider(provider_socket: &Path, service: &str) -> std::thread
     let confirmation = conn.recv().expect("registration");
     assert_eq!(confirmation["continues"], true, "{confirmation}");
     std::thread::spawn(move || {
+        pin_to(cpu);
         while let Some(request) = conn.recv() {
             let request = &request["parameters"]["request"];
             let reply = json!({
@@ -199,6 +240,11 @@ pub struct RawEcho {
 
 impl RawEcho {
     pub fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// An echo server whose threads run on `cpu`, if given.
+    pub fn start_on(cpu: Option<usize>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("echo.socket");
         let listener = UnixListener::bind(&path).expect("bind echo");
@@ -206,6 +252,7 @@ impl RawEcho {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
                 std::thread::spawn(move || {
+                    pin_to(cpu);
                     let mut buf = vec![0u8; 65536];
                     loop {
                         match stream.read(&mut buf) {
@@ -254,6 +301,18 @@ pub fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
 pub fn percentiles_us(hist: &Histogram<u64>) -> (f64, f64, f64) {
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     (us(0.5), us(0.99), us(0.999))
+}
+
+/// Pins the calling thread to `cpu` (no-op for `None`).
+pub fn pin_to(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: cpu_set_t is plain data, manipulated with the libc macros;
+    // pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Runs the calling thread at SCHED_IDLE, as QM runs at CPUWeight=idle.
