@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 use qm_ipc_proto::message::{encode_error, encode_reply};
+use qm_ipc_proto::types::EncodedSample;
 use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, Request, GATEWAY_IDL};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::hub::{ConnId, Hub, Snapshot};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision};
 use crate::rate::TokenBucket;
@@ -67,6 +68,13 @@ impl Ended {
             Self::Refused(_) => "refused",
         }
     }
+}
+
+/// A successful answer to a call.
+enum Answer {
+    Json(Value),
+    /// A topic's current sample, written from its encoded form.
+    Sample(Arc<TopicName>, Arc<PublishedValue>),
 }
 
 /// What the connection is doing after a call.
@@ -306,9 +314,19 @@ impl Session<'_> {
             Ok(request) => self.dispatch(request, shutdown).await,
         };
         let result = match outcome {
-            Ok(Some(parameters)) if !oneway => self
+            Ok(Some(Answer::Json(parameters))) if !oneway => self
                 .outbox
                 .push_frame(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
+            Ok(Some(Answer::Sample(topic, value))) if !oneway => self.outbox.push_frame(|out| {
+                EncodedSample {
+                    topic_json: &topic.json,
+                    seq: value.seq,
+                    value_json: &value.value_json,
+                    timestamp_us: value.timestamp_us,
+                    dropped: 0,
+                }
+                .encode_reply(out, false)
+            }),
             Err(error) if !oneway => {
                 tracing::debug!(conn = self.conn, %method, %error, "error reply");
                 self.outbox.push_frame(|out| encode_error(out, &error))
@@ -402,29 +420,31 @@ impl Session<'_> {
         &mut self,
         request: Request,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Value>, ErrorReply> {
+    ) -> Result<Option<Answer>, ErrorReply> {
         let hub = self.hub;
         match request {
-            Request::GetInfo => Ok(Some(json!({
+            Request::GetInfo => Ok(Some(Answer::Json(json!({
                 "vendor": "qm-ipc",
                 "product": "qm-ipc gateway",
                 "version": env!("CARGO_PKG_VERSION"),
                 "url": "https://github.com/qm-ipc/qm-ipc",
                 "interfaces": [SERVICE_INTERFACE, GATEWAY_INTERFACE],
-            }))),
+            })))),
             Request::GetInterfaceDescription { interface } => match interface.as_str() {
-                GATEWAY_INTERFACE => Ok(Some(json!({ "description": GATEWAY_IDL }))),
-                SERVICE_INTERFACE => Ok(Some(json!({ "description": SERVICE_IDL }))),
+                GATEWAY_INTERFACE => Ok(Some(Answer::Json(json!({ "description": GATEWAY_IDL })))),
+                SERVICE_INTERFACE => Ok(Some(Answer::Json(json!({ "description": SERVICE_IDL })))),
                 _ => Err(ErrorReply::InterfaceNotFound { interface }),
             },
             Request::Publish { topic, value } => {
                 self.authorize(Action::Publish, &topic)?;
                 let seq = hub.publish(&topic, &value)?;
-                Ok(Some(json!({ "seq": seq })))
+                Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
+            // The hot read path: the stored encoding goes out as it is.
             Request::Get { topic } => {
                 self.authorize(Action::Subscribe, &topic)?;
-                Ok(Some(json!({ "sample": hub.get(&topic)? })))
+                let (name, value) = hub.get(&topic)?;
+                Ok(Some(Answer::Sample(name, value)))
             }
             Request::Subscribe { topics } => {
                 // The first replies are the current values; they are queued
@@ -440,11 +460,11 @@ impl Session<'_> {
                 }
                 hub.register(self.conn, self.outbox, services)?;
                 self.mode = Mode::Streaming;
-                Ok(Some(json!({})))
+                Ok(Some(Answer::Json(json!({}))))
             }
             Request::Reply { id, outcome } => {
                 hub.reply(self.conn, id, outcome)?;
-                Ok(Some(json!({})))
+                Ok(Some(Answer::Json(json!({}))))
             }
             Request::Call {
                 service,
@@ -474,7 +494,7 @@ impl Session<'_> {
                     }
                 };
                 match outcome {
-                    Ok(Ok(Ok(result))) => Ok(Some(json!({ "result": result }))),
+                    Ok(Ok(Ok(result))) => Ok(Some(Answer::Json(json!({ "result": result })))),
                     Ok(Ok(Err(error))) => Err(error),
                     Ok(Err(_)) => Err(ErrorReply::ServiceUnavailable { service }),
                     Err(_elapsed) => {
@@ -488,7 +508,7 @@ impl Session<'_> {
             }
             Request::Stats => {
                 self.authorize(Action::Stats, "gateway")?;
-                Ok(Some(stats_reply(&hub.snapshot())))
+                Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
         }
     }

@@ -338,8 +338,9 @@ impl Hub {
         Ok(seq)
     }
 
-    /// The current sample of a topic, as a `Sample` JSON object.
-    pub fn get(&self, topic: &str) -> Result<Value, ErrorReply> {
+    /// The current sample of a topic: its encoded name and value, shared
+    /// (no copy, no re-parsing of the value).
+    pub fn get(&self, topic: &str) -> Result<(Arc<TopicName>, Arc<PublishedValue>), ErrorReply> {
         let state = self.lock();
         let entry = state
             .topics
@@ -347,14 +348,7 @@ impl Hub {
             .ok_or_else(|| ErrorReply::NoSuchTopic {
                 topic: topic.to_owned(),
             })?;
-        let value: Value = serde_json::from_str(&entry.last.value_json).unwrap_or(Value::Null);
-        Ok(json!({
-            "topic": topic,
-            "seq": entry.last.seq,
-            "value": value,
-            "timestamp_us": entry.last.timestamp_us,
-            "dropped": 0,
-        }))
+        Ok((entry.name.clone(), entry.last.clone()))
     }
 
     /// Starts a subscription: queues the current value of every matching
