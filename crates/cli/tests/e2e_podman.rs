@@ -71,13 +71,20 @@ impl Drop for Cleanup {
     }
 }
 
-/// Generates a topology into a temporary root with the real CLI.
-fn generate(root: &Path, args: &[&str]) {
+/// Generates `topology` with the real CLI into a temporary root, with
+/// names from `tag` (tests run in parallel) and the given socket path.
+fn generate(topology: &str, tag: &str, socket: &Path) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
     let out = Command::new(bin())
-        .arg("generate")
-        .args(args)
+        .args(["generate", topology, "--socket-path"])
+        .arg(socket)
+        .arg("--server-name")
+        .arg(format!("{tag}_server"))
+        .arg("--client-name")
+        .arg(format!("{tag}_client"))
         .arg("--root")
-        .arg(root)
+        .arg(&root)
         .output()
         .expect("run qm-ipc generate");
     assert!(
@@ -85,6 +92,7 @@ fn generate(root: &Path, args: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (tmp, root)
 }
 
 /// A command (`ExecStart`, `ExecStopPost`) of `service`, from quadlet's dry
@@ -167,22 +175,9 @@ fn acknowledged(lines: &[String]) -> Vec<String> {
 fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
     require_images();
     let tag = format!("e2e{}a", std::process::id());
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
     let socket_dir = PathBuf::from(format!("/run/ipc/qm-ipc-{tag}"));
     let socket_path = socket_dir.join("ipc.socket");
-    generate(
-        &root,
-        &[
-            "asil-to-qm",
-            "--socket-path",
-            socket_path.to_str().unwrap(),
-            "--server-name",
-            &format!("{tag}_server"),
-            "--client-name",
-            &format!("{tag}_client"),
-        ],
-    );
+    let (tmp, root) = generate("asil-to-qm", &tag, &socket_path);
     let host_dir = root.join("etc/containers/systemd");
     let server_cmd = podman_command(&host_dir, &format!("{tag}_server.service"));
     let stop_post = unit_command(&host_dir, &format!("{tag}_server.service"), "ExecStopPost");
@@ -290,22 +285,9 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
 fn qm_to_qm_pair_shares_the_socket_directory_and_level() {
     require_images();
     let tag = format!("e2e{}q", std::process::id());
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
     let socket_dir = PathBuf::from(format!("/run/qm-ipc-{tag}"));
     let socket_path = socket_dir.join("ipc.socket");
-    generate(
-        &root,
-        &[
-            "qm-to-qm",
-            "--socket-path",
-            socket_path.to_str().unwrap(),
-            "--server-name",
-            &format!("{tag}_server"),
-            "--client-name",
-            &format!("{tag}_client"),
-        ],
-    );
+    let (tmp, root) = generate("qm-to-qm", &tag, &socket_path);
     let qm_dir = root.join("etc/qm/containers/systemd");
     let server_cmd = podman_command(&qm_dir, &format!("{tag}_server.service"));
     let client_cmd = podman_command(&qm_dir, &format!("{tag}_client.service"));

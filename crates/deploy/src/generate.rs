@@ -232,6 +232,50 @@ fn header(unit: &mut UnitFile, topology: Topology) {
     ));
 }
 
+/// How the generated container quadlets differ from each other.
+struct ContainerSpec<'a> {
+    description: &'a str,
+    /// Both `Requires=` and `After=` this unit.
+    depends_on: Option<String>,
+    image: &'a str,
+    exec: String,
+    env: &'a str,
+    volume: &'a str,
+    /// `SecurityLabelType` or `SecurityLabelLevel`, and its value.
+    label: (&'static str, &'a str),
+    /// The application reports readiness itself (`Notify=true`).
+    notify: bool,
+    service_extra: Vec<(&'static str, String)>,
+}
+
+fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
+    let mut c = UnitFile::new("generated.container");
+    header(&mut c, topology);
+    c.push_section("Unit")
+        .push_entry("Description", spec.description);
+    if let Some(dependency) = &spec.depends_on {
+        c.push_entry("Requires", dependency)
+            .push_entry("After", dependency);
+    }
+    c.push_section("Container")
+        .push_entry("Image", spec.image)
+        .push_entry("Exec", &spec.exec)
+        .push_entry("Network", "none")
+        .push_entry("Environment", spec.env)
+        .push_entry("Volume", spec.volume)
+        .push_entry(spec.label.0, spec.label.1);
+    if spec.notify {
+        c.push_entry("Notify", "true");
+    }
+    c.push_section("Service").push_entry("Restart", "always");
+    for (key, value) in &spec.service_extra {
+        c.push_entry(key, value);
+    }
+    c.push_section("Install")
+        .push_entry("WantedBy", "multi-user.target");
+    c
+}
+
 /// Generates the file set of `topology`.
 pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, GenerateError> {
     let socket = o
@@ -267,44 +311,45 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .push_entry("WantedBy", "sockets.target");
             files.push(file(HOST_UNIT_DIR, format!("{server_name}.socket"), s));
 
-            let mut c = UnitFile::new(format!("{server_name}.container"));
-            header(&mut c, topology);
-            c.push_section("Unit")
-                .push_entry("Description", "qm-ipc gateway (asil-to-qm)")
-                .push_entry("Requires", &format!("{server_name}.socket"))
-                .push_entry("After", &format!("{server_name}.socket"));
-            c.push_section("Container")
-                .push_entry("Image", &o.server_image)
-                .push_entry("Exec", &o.server_exec)
-                .push_entry("Network", "none")
-                .push_entry("Environment", &env)
-                .push_entry("Volume", &volume)
-                .push_entry("SecurityLabelType", &o.server_label)
-                .push_entry("Notify", "true");
-            c.push_section("Service").push_entry("Restart", "always");
-            c.push_section("Install")
-                .push_entry("WantedBy", "multi-user.target");
+            let server = container_quadlet(
+                topology,
+                ContainerSpec {
+                    description: "qm-ipc gateway (asil-to-qm)",
+                    depends_on: Some(format!("{server_name}.socket")),
+                    image: &o.server_image,
+                    exec: o.server_exec.clone(),
+                    env: &env,
+                    volume: &volume,
+                    label: ("SecurityLabelType", &o.server_label),
+                    notify: true,
+                    service_extra: vec![],
+                },
+            );
             files.push(file(
                 HOST_QUADLET_DIR,
                 format!("{server_name}.container"),
-                c,
+                server,
             ));
 
-            let mut q = UnitFile::new(format!("{client_name}.container"));
-            header(&mut q, topology);
-            q.push_section("Unit")
-                .push_entry("Description", "qm-ipc client (asil-to-qm)");
-            q.push_section("Container")
-                .push_entry("Image", &o.client_image)
-                .push_entry("Exec", &o.client_exec)
-                .push_entry("Network", "none")
-                .push_entry("Environment", &env)
-                .push_entry("Volume", &volume)
-                .push_entry("SecurityLabelType", &o.client_label);
-            q.push_section("Service").push_entry("Restart", "always");
-            q.push_section("Install")
-                .push_entry("WantedBy", "multi-user.target");
-            files.push(file(QM_QUADLET_DIR, format!("{client_name}.container"), q));
+            let client = container_quadlet(
+                topology,
+                ContainerSpec {
+                    description: "qm-ipc client (asil-to-qm)",
+                    depends_on: None,
+                    image: &o.client_image,
+                    exec: o.client_exec.clone(),
+                    env: &env,
+                    volume: &volume,
+                    label: ("SecurityLabelType", &o.client_label),
+                    notify: false,
+                    service_extra: vec![],
+                },
+            );
+            files.push(file(
+                QM_QUADLET_DIR,
+                format!("{client_name}.container"),
+                client,
+            ));
 
             let mut d = UnitFile::new("10-extra-volume.conf");
             header(&mut d, topology);
@@ -324,45 +369,51 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .and_then(|dir| dir.strip_prefix("/run").ok())
                 .map(|rel| rel.display().to_string())
                 .unwrap_or_default();
-            let mut q = UnitFile::new(format!("{client_name}.container"));
-            header(&mut q, topology);
-            q.push_section("Unit")
-                .push_entry("Description", "qm-ipc client (qm-to-qm)")
-                .push_entry("Requires", &format!("{server_name}.service"))
-                .push_entry("After", &format!("{server_name}.service"));
-            q.push_section("Container")
-                .push_entry("Image", &o.client_image)
-                .push_entry("Exec", &o.client_exec)
-                .push_entry("Network", "none")
-                .push_entry("Environment", &env)
-                .push_entry("Volume", &volume)
-                .push_entry("SecurityLabelLevel", &o.level);
-            q.push_section("Service").push_entry("Restart", "always");
-            q.push_section("Install")
-                .push_entry("WantedBy", "multi-user.target");
-            files.push(file(QM_QUADLET_DIR, format!("{client_name}.container"), q));
+            let client = container_quadlet(
+                topology,
+                ContainerSpec {
+                    description: "qm-ipc client (qm-to-qm)",
+                    depends_on: Some(format!("{server_name}.service")),
+                    image: &o.client_image,
+                    exec: o.client_exec.clone(),
+                    env: &env,
+                    volume: &volume,
+                    label: ("SecurityLabelLevel", &o.level),
+                    notify: false,
+                    service_extra: vec![],
+                },
+            );
+            files.push(file(
+                QM_QUADLET_DIR,
+                format!("{client_name}.container"),
+                client,
+            ));
 
-            let mut c = UnitFile::new(format!("{server_name}.container"));
-            header(&mut c, topology);
-            c.push_section("Unit")
-                .push_entry("Description", "qm-ipc gateway (qm-to-qm)");
-            c.push_section("Container")
-                .push_entry("Image", &o.server_image)
-                .push_entry("Exec", &format!("{} --no-provider-socket", o.server_exec))
-                .push_entry("Network", "none")
-                .push_entry("Environment", &env)
-                .push_entry("Volume", &volume)
-                .push_entry("SecurityLabelLevel", &o.level)
-                .push_entry("Notify", "true");
-            // systemd creates the shared directory before the server starts
-            // and keeps it across restarts, so the client's mount stays valid.
-            c.push_section("Service")
-                .push_entry("Restart", "always")
-                .push_entry("RuntimeDirectory", &runtime_dir)
-                .push_entry("RuntimeDirectoryPreserve", "yes");
-            c.push_section("Install")
-                .push_entry("WantedBy", "multi-user.target");
-            files.push(file(QM_QUADLET_DIR, format!("{server_name}.container"), c));
+            let server = container_quadlet(
+                topology,
+                ContainerSpec {
+                    description: "qm-ipc gateway (qm-to-qm)",
+                    depends_on: None,
+                    image: &o.server_image,
+                    exec: format!("{} --no-provider-socket", o.server_exec),
+                    env: &env,
+                    volume: &volume,
+                    label: ("SecurityLabelLevel", &o.level),
+                    notify: true,
+                    // systemd creates the shared directory before the server
+                    // starts and keeps it across restarts, so the client's
+                    // mount stays valid.
+                    service_extra: vec![
+                        ("RuntimeDirectory", runtime_dir),
+                        ("RuntimeDirectoryPreserve", "yes".into()),
+                    ],
+                },
+            );
+            files.push(file(
+                QM_QUADLET_DIR,
+                format!("{server_name}.container"),
+                server,
+            ));
         }
     }
     Ok(files)
