@@ -2,11 +2,10 @@
 //! crate, returned verbatim by `GetInterfaceDescription`) and the typed
 //! requests a call turns into.
 
-use serde_json::Value;
-
 use crate::errors::ErrorReply;
 use crate::message::Call;
 use crate::params::Params;
+use crate::raw::{RawCall, RawJson};
 
 pub const GATEWAY_INTERFACE: &str = "io.qmipc.Gateway";
 pub const SERVICE_INTERFACE: &str = "org.varlink.service";
@@ -26,7 +25,7 @@ pub enum Request {
     },
     Publish {
         topic: String,
-        value: Value,
+        value: RawJson,
     },
     Get {
         topic: String,
@@ -44,7 +43,7 @@ pub enum Request {
     Call {
         service: String,
         method: String,
-        parameters: Value,
+        parameters: RawJson,
         timeout_ms: Option<u64>,
     },
     Stats,
@@ -53,8 +52,8 @@ pub enum Request {
 /// A provider's answer to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyOutcome {
-    Result(Value),
-    Error { error: String, parameters: Value },
+    Result(RawJson),
+    Error { error: String, parameters: RawJson },
 }
 
 /// A subscription pattern: one topic, every topic below a prefix
@@ -134,12 +133,26 @@ pub fn check_name(parameter: &str, name: &str) -> Result<(), ErrorReply> {
 }
 
 impl Request {
-    /// Interprets a call. Unknown interfaces and methods, and parameters of
-    /// the wrong type, give the standard `org.varlink.service` errors.
+    /// Interprets a call (the client-side type; tests and tools).
     pub fn from_call(call: Call) -> Result<Self, ErrorReply> {
+        let mut frame = Vec::new();
+        call.encode(&mut frame);
+        frame.pop();
+        match RawCall::parse(&frame) {
+            Ok(raw) => Self::from_raw(&raw),
+            Err(_) => Err(ErrorReply::VarlinkInvalidParameter {
+                parameter: "parameters".into(),
+            }),
+        }
+    }
+
+    /// Interprets a call as the gateway receives it. Unknown interfaces and
+    /// methods, and parameters of the wrong type, give the standard
+    /// `org.varlink.service` errors.
+    pub fn from_raw(call: &RawCall<'_>) -> Result<Self, ErrorReply> {
         let Some((interface, member)) = call.method.rsplit_once('.') else {
             return Err(ErrorReply::InterfaceNotFound {
-                interface: call.method,
+                interface: call.method.to_string(),
             });
         };
         let mut p = Params::new(call.parameters);
@@ -196,12 +209,11 @@ impl Request {
                     }
                     (_, Some(error)) => ReplyOutcome::Error {
                         error,
-                        parameters: error_parameters
-                            .unwrap_or_else(|| Value::Object(Default::default())),
+                        parameters: error_parameters.unwrap_or_else(RawJson::empty_object),
                     },
-                    (result, None) => ReplyOutcome::Result(
-                        result.unwrap_or_else(|| Value::Object(Default::default())),
-                    ),
+                    (result, None) => {
+                        ReplyOutcome::Result(result.unwrap_or_else(RawJson::empty_object))
+                    }
                 };
                 Self::Reply { id, outcome }
             }
@@ -213,14 +225,14 @@ impl Request {
                     method: p.string("method")?,
                     parameters: p
                         .opt_value("parameters")
-                        .unwrap_or_else(|| Value::Object(Default::default())),
+                        .unwrap_or_else(RawJson::empty_object),
                     timeout_ms: p.opt_uint("timeout_ms")?,
                 }
             }
             (GATEWAY_INTERFACE, "Stats") => Self::Stats,
             (SERVICE_INTERFACE | GATEWAY_INTERFACE, _) => {
                 return Err(ErrorReply::MethodNotFound {
-                    method: call.method,
+                    method: call.method.to_string(),
                 })
             }
             _ => {
@@ -243,7 +255,7 @@ impl Request {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// Any JSON value, a few levels deep.
     fn json_value() -> impl Strategy<Value = Value> {
@@ -301,6 +313,9 @@ mod tests {
         /// Arbitrary bytes as a frame: parsed or refused, never a panic.
         #[test]
         fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(call) = RawCall::parse(&bytes) {
+                let _ = Request::from_raw(&call);
+            }
             if let Ok(call) = Call::parse(&bytes) {
                 let _ = Request::from_call(call);
             }
@@ -325,7 +340,7 @@ mod tests {
             ),
             Ok(Request::Publish {
                 topic: "a.b".into(),
-                value: json!(1.5)
+                value: RawJson::from_value(&json!(1.5))
             })
         );
         assert_eq!(
@@ -347,7 +362,7 @@ mod tests {
                 id: 4,
                 outcome: ReplyOutcome::Error {
                     error: "x.Y".into(),
-                    parameters: json!({})
+                    parameters: RawJson::empty_object()
                 }
             })
         );

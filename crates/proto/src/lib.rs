@@ -8,6 +8,7 @@
 //! - [`params`]: typed extraction of call parameters with errors that name
 //!   the offending parameter.
 //! - [`interface`]: the `io.qmipc.Gateway` IDL and its requests.
+//! - [`raw`]: zero-copy parsing of calls; payloads stay JSON text.
 //! - [`errors`]: every error reply the gateway sends, with its varlink name.
 //! - [`types`]: the structured values in replies (samples, service requests).
 
@@ -16,6 +17,7 @@ pub mod framing;
 pub mod interface;
 pub mod message;
 pub mod params;
+pub mod raw;
 pub mod types;
 
 pub use errors::ErrorReply;

@@ -1,15 +1,18 @@
 //! Typed extraction of call parameters.
 //!
-//! Each accessor removes its parameter from the map, so [`Params::finish`]
-//! can refuse whatever is left: a misspelt parameter is an error naming it,
-//! not something silently ignored. `null` counts as absent, as varlink
-//! specifies for optional fields.
+//! Each accessor removes its parameter, so [`Params::finish`] can refuse
+//! whatever is left: a misspelt parameter is an error naming it, not
+//! something silently ignored. `null` counts as absent, as varlink
+//! specifies for optional fields. Payload parameters (`value`,
+//! `parameters`, `result`) are kept as JSON text, never parsed into a tree.
 
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::errors::ErrorReply;
+use crate::raw::{RawJson, RawParams};
 
-pub struct Params(Map<String, Value>);
+pub struct Params<'a>(RawParams<'a>);
 
 fn type_error(name: &str) -> ErrorReply {
     ErrorReply::VarlinkInvalidParameter {
@@ -17,77 +20,54 @@ fn type_error(name: &str) -> ErrorReply {
     }
 }
 
-impl Params {
-    pub fn new(map: Map<String, Value>) -> Self {
-        Self(map)
+impl<'a> Params<'a> {
+    pub fn new(raw: Option<&'a RawValue>) -> Self {
+        Self(RawParams::parse(raw))
     }
 
-    fn take(&mut self, name: &str) -> Option<Value> {
-        match self.0.remove(name) {
-            Some(Value::Null) | None => None,
-            Some(v) => Some(v),
+    fn typed<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, ErrorReply> {
+        match self.0.take(name) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|_| type_error(name)),
         }
-    }
-
-    fn required(&mut self, name: &str) -> Result<Value, ErrorReply> {
-        self.take(name).ok_or_else(|| type_error(name))
     }
 
     pub fn string(&mut self, name: &str) -> Result<String, ErrorReply> {
-        match self.required(name)? {
-            Value::String(s) => Ok(s),
-            _ => Err(type_error(name)),
-        }
+        self.typed(name)?.ok_or_else(|| type_error(name))
     }
 
     pub fn opt_string(&mut self, name: &str) -> Result<Option<String>, ErrorReply> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(type_error(name)),
-        }
+        self.typed(name)
     }
 
     /// A non-negative integer (varlink `int`; ids, sequence numbers, times).
     pub fn uint(&mut self, name: &str) -> Result<u64, ErrorReply> {
-        self.required(name)?
-            .as_u64()
-            .ok_or_else(|| type_error(name))
+        self.typed(name)?.ok_or_else(|| type_error(name))
     }
 
     pub fn opt_uint(&mut self, name: &str) -> Result<Option<u64>, ErrorReply> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| type_error(name)),
-        }
+        self.typed(name)
     }
 
     /// Any JSON value (varlink `object`, which the gateway passes through).
-    pub fn value(&mut self, name: &str) -> Result<Value, ErrorReply> {
-        self.required(name)
+    pub fn value(&mut self, name: &str) -> Result<RawJson, ErrorReply> {
+        self.0.take_raw(name).ok_or_else(|| type_error(name))
     }
 
-    pub fn opt_value(&mut self, name: &str) -> Option<Value> {
-        self.take(name)
+    pub fn opt_value(&mut self, name: &str) -> Option<RawJson> {
+        self.0.take_raw(name)
     }
 
     pub fn string_array(&mut self, name: &str) -> Result<Vec<String>, ErrorReply> {
-        match self.required(name)? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(|item| match item {
-                    Value::String(s) => Ok(s),
-                    _ => Err(type_error(name)),
-                })
-                .collect(),
-            _ => Err(type_error(name)),
-        }
+        self.typed(name)?.ok_or_else(|| type_error(name))
     }
 
     /// Refuses any parameter no accessor took.
     pub fn finish(self) -> Result<(), ErrorReply> {
-        match self.0.into_iter().next() {
-            Some((name, _)) => Err(type_error(&name)),
+        match self.0.leftover() {
+            Some(name) => Err(type_error(name)),
             None => Ok(()),
         }
     }
@@ -96,31 +76,36 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn params(v: Value) -> Params {
-        match v {
-            Value::Object(m) => Params::new(m),
-            _ => unreachable!("test input is an object"),
-        }
+    fn with<T>(json: &str, f: impl FnOnce(Params<'_>) -> T) -> T {
+        let raw: &RawValue = serde_json::from_str(json).unwrap();
+        f(Params::new(Some(raw)))
     }
 
     #[test]
     fn names_the_wrong_parameter() {
-        let mut p = params(json!({"topic": 5}));
-        assert_eq!(p.string("topic"), Err(type_error("topic")));
-        let mut p = params(json!({}));
-        assert_eq!(p.string("topic"), Err(type_error("topic")));
-        let mut p = params(json!({"topic": "a", "extra": 1}));
-        assert!(p.string("topic").is_ok());
-        assert_eq!(p.finish(), Err(type_error("extra")));
+        with(r#"{"topic": 5}"#, |mut p| {
+            assert_eq!(p.string("topic"), Err(type_error("topic")))
+        });
+        with(r#"{}"#, |mut p| {
+            assert_eq!(p.string("topic"), Err(type_error("topic")))
+        });
+        with(r#"{"topic": "a", "extra": 1}"#, |mut p| {
+            assert!(p.string("topic").is_ok());
+            assert_eq!(p.finish(), Err(type_error("extra")));
+        });
     }
 
     #[test]
     fn null_is_absent_and_arrays_are_checked() {
-        let mut p = params(json!({"t": null, "list": ["a", 1], "n": -1}));
-        assert_eq!(p.opt_string("t"), Ok(None));
-        assert_eq!(p.string_array("list"), Err(type_error("list")));
-        assert_eq!(p.opt_uint("n"), Err(type_error("n")));
+        with(
+            r#"{"t": null, "list": ["a", 1], "n": -1, "v": {"x": 1}}"#,
+            |mut p| {
+                assert_eq!(p.opt_string("t"), Ok(None));
+                assert_eq!(p.string_array("list"), Err(type_error("list")));
+                assert_eq!(p.opt_uint("n"), Err(type_error("n")));
+                assert_eq!(p.value("v").unwrap().get(), r#"{"x": 1}"#);
+            },
+        );
     }
 }

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 use qm_ipc_proto::message::{encode_error, encode_reply};
-use qm_ipc_proto::types::EncodedSample;
-use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, Request, GATEWAY_IDL};
+use qm_ipc_proto::raw::{RawCall, RawJson};
+use qm_ipc_proto::types::{encode_result_reply, EncodedSample};
+use qm_ipc_proto::{ErrorReply, FrameDecoder, MessageError, Request, GATEWAY_IDL};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -75,6 +76,31 @@ enum Answer {
     Json(Value),
     /// A topic's current sample, written from its encoded form.
     Sample(Arc<TopicName>, Arc<PublishedValue>),
+    /// A provider's result, passed through as JSON text.
+    CallResult(RawJson),
+}
+
+/// A frame read as a call, owning what the answer needs (the frame's
+/// buffer is reused for the next read).
+struct ParsedCall {
+    method: String,
+    oneway: bool,
+    more: bool,
+    upgrade: bool,
+    request: Result<Request, ErrorReply>,
+}
+
+impl ParsedCall {
+    fn parse(frame: &[u8]) -> Result<Self, MessageError> {
+        let raw = RawCall::parse(frame)?;
+        Ok(Self {
+            request: Request::from_raw(&raw),
+            method: raw.method.into_owned(),
+            oneway: raw.oneway,
+            more: raw.more,
+            upgrade: raw.upgrade,
+        })
+    }
 }
 
 /// What the connection is doing after a call.
@@ -250,7 +276,7 @@ impl Session<'_> {
         loop {
             let mut handled = 0;
             while let Some(call) = match decoder.next_frame() {
-                Ok(Some(frame)) => match Call::parse(frame) {
+                Ok(Some(frame)) => match ParsedCall::parse(frame) {
                     Ok(call) => Some(call),
                     Err(e) => return Ended::Protocol(e.to_string()),
                 },
@@ -294,18 +320,24 @@ impl Session<'_> {
     }
 
     /// Answers one call. Returns why the connection must end, if it must.
-    async fn handle(&mut self, call: Call, shutdown: &mut watch::Receiver<bool>) -> Option<Ended> {
-        let oneway = call.oneway;
+    async fn handle(
+        &mut self,
+        call: ParsedCall,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Ended> {
+        let ParsedCall {
+            method,
+            oneway,
+            more,
+            upgrade,
+            request,
+        } = call;
         if self.mode == Mode::Streaming && !oneway {
             return Some(Ended::Protocol(format!(
-                "call {} on a connection with a running stream (only oneway calls are allowed there)",
-                call.method
+                "call {method} on a connection with a running stream (only oneway calls are allowed there)"
             )));
         }
-        let more = call.more;
-        let upgrade = call.upgrade;
-        let method = call.method.clone();
-        let outcome = match Request::from_call(call) {
+        let outcome = match request {
             Err(e) => Err(e),
             Ok(_) if upgrade => Err(ErrorReply::VarlinkInvalidParameter {
                 parameter: "upgrade".into(),
@@ -317,6 +349,9 @@ impl Session<'_> {
             Ok(Some(Answer::Json(parameters))) if !oneway => self
                 .outbox
                 .push_frame(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
+            Ok(Some(Answer::CallResult(result))) if !oneway => self
+                .outbox
+                .push_frame(|out| encode_result_reply(out, result.get())),
             Ok(Some(Answer::Sample(topic, value))) if !oneway => self.outbox.push_frame(|out| {
                 EncodedSample {
                     topic_json: &topic.json,
@@ -437,7 +472,7 @@ impl Session<'_> {
             },
             Request::Publish { topic, value } => {
                 self.authorize(Action::Publish, &topic)?;
-                let seq = hub.publish(&topic, &value)?;
+                let seq = hub.publish(&topic, value)?;
                 Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
             // The hot read path: the stored encoding goes out as it is.
@@ -494,7 +529,7 @@ impl Session<'_> {
                     }
                 };
                 match outcome {
-                    Ok(Ok(Ok(result))) => Ok(Some(Answer::Json(json!({ "result": result })))),
+                    Ok(Ok(Ok(result))) => Ok(Some(Answer::CallResult(result))),
                     Ok(Ok(Err(error))) => Err(error),
                     Ok(Err(_)) => Err(ErrorReply::ServiceUnavailable { service }),
                     Err(_elapsed) => {

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use qm_ipc_proto::interface::{ReplyOutcome, TopicPattern};
-use qm_ipc_proto::message::encode_reply;
-use qm_ipc_proto::{ErrorReply, ServiceRequest};
-use serde_json::{json, Value};
+use qm_ipc_proto::raw::RawJson;
+use qm_ipc_proto::types::encode_service_request;
+use qm_ipc_proto::ErrorReply;
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
@@ -24,8 +24,8 @@ use crate::rate::TokenBucket;
 
 pub type ConnId = u64;
 
-/// What a caller eventually gets for a call.
-pub type CallOutcome = Result<Value, ErrorReply>;
+/// What a caller eventually gets for a call: the result as JSON text.
+pub type CallOutcome = Result<RawJson, ErrorReply>;
 
 struct Topic {
     name: Arc<TopicName>,
@@ -288,8 +288,8 @@ impl Hub {
     }
 
     /// Sets a topic's value and queues it for every subscriber.
-    pub fn publish(&self, topic: &str, value: &Value) -> Result<u64, ErrorReply> {
-        let value_json: Box<str> = value.to_string().into();
+    pub fn publish(&self, topic: &str, value: RawJson) -> Result<u64, ErrorReply> {
+        let value_json = value.into_inner();
         let mut state = self.lock();
         let state = &mut *state;
         let old_size = state
@@ -423,7 +423,7 @@ impl Hub {
         &self,
         service: &str,
         method: String,
-        parameters: Value,
+        parameters: RawJson,
         timeout: Duration,
     ) -> Result<(u64, oneshot::Receiver<CallOutcome>), ErrorReply> {
         let mut state = self.lock();
@@ -436,17 +436,12 @@ impl Hub {
         }
         let provider = state.providers.get(&provider_id).ok_or_else(unavailable)?;
         let id = state.next_call_id;
-        let request = ServiceRequest {
-            id,
-            service: service.to_owned(),
-            method: method.clone(),
-            parameters,
-            timeout_ms: timeout.as_millis() as u64,
-        };
-        let params = json!({ "request": request });
+        let timeout_ms = timeout.as_millis() as u64;
         if provider
             .outbox
-            .try_push_frame(|out| encode_reply(out, &params, true))
+            .try_push_frame(|out| {
+                encode_service_request(out, id, service, &method, parameters.get(), timeout_ms)
+            })
             .is_err()
         {
             return Err(state.limit("max_queued_bytes", self.limits.max_queued_bytes));
@@ -488,7 +483,7 @@ impl Hub {
                 service: call.service,
                 method: call.method,
                 error,
-                parameters,
+                parameters: parameters.to_value(),
             }),
         };
         // The caller may have given up in the meantime; nothing to do then.
