@@ -160,9 +160,12 @@ fn publish_to_subscriber(
     let publisher = thread::spawn(move || {
         pin_to(server);
         let mut conn = Blocking::connect(&provider);
+        // Oneway publishes: the path measured is publisher -> gateway ->
+        // subscriber, without an acknowledgement waking the publisher.
         while let Ok(true) = go_rx.recv() {
             let t = base.elapsed().as_nanos() as u64;
-            conn.call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "latency", "value": {"t": t}}}));
+            conn.send(&json!({"method": "io.qmipc.Gateway.Publish",
+                "parameters": {"topic": "latency", "value": {"t": t}}, "oneway": true}));
         }
     });
     pin_to(client);
