@@ -340,3 +340,28 @@ fn policy_check_and_explain() {
     let (status, out, _) = run_cli(&["policy", "default"]);
     assert!(status.success() && out.contains("publish = [\"demo.time\"]"));
 }
+
+#[test]
+fn a_rule_tightens_the_limits_of_its_peers() {
+    let policy = POLICY.replace(
+        r#"allow = { subscribe = ["vehicle.*"], publish = ["media.*"] }"#,
+        "allow = { subscribe = [\"vehicle.*\"], publish = [\"media.*\"] }\nlimits = { max_subscription_patterns = 1 }",
+    );
+    let (gw, _) = gateway_with_policy(&policy);
+    let (ok, _, err) = cli_as(
+        1000,
+        1000,
+        &gw,
+        &["subscribe", "vehicle.speed", "vehicle.gear", "--count", "1"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("io.qmipc.Gateway.LimitExceeded") && err.contains("max_subscription_patterns"),
+        "{err}"
+    );
+    // The gateway's own limit (64) still applies to everyone else.
+    let mut raw = Raw::connect(&gw.provider);
+    raw.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["a", "b"]}, "more": true}));
+    raw.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "a", "value": 1}, "oneway": true}));
+    assert_eq!(raw.recv().unwrap()["parameters"]["sample"]["topic"], "a");
+}

@@ -28,10 +28,11 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::config::{Limits, RateLimit};
 use crate::hub::{ConnId, Hub, Snapshot};
 use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
-use crate::policy::{Action, Decision};
+use crate::policy::{Action, Decision, Policy};
 use crate::rate::TokenBucket;
 
 /// Bytes the writer gathers into one write.
@@ -137,36 +138,15 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let writer = write_loop(write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
-    // The rule that matches the peer may tighten its limits.
-    let policy = hub.policy();
-    let rule_limits = policy
-        .rule_for(&peer.identity())
-        .map(|r| r.limits.clone())
-        .unwrap_or_default();
-    let rate = match (limits.rate, rule_limits.rate) {
-        (Some(global), Some(rule)) => Some(crate::config::RateLimit {
-            per_second: global.per_second.min(rule.per_second),
-            burst: global.burst.min(rule.burst),
-        }),
-        (global, rule) => global.or(rule),
-    };
+    let (bucket, max_patterns) = peer_limits(&limits, &hub.policy(), &peer);
     let mut session = Session {
         hub: &hub,
         conn,
         peer: &peer,
         outbox: &outbox,
         mode: Mode::Requests,
-        bucket: match rate {
-            Some(rate) if !peer.is_provider() || rule_limits.rate.is_some() => {
-                Some(TokenBucket::new(rate))
-            }
-            _ => None,
-        },
-        max_patterns: rule_limits
-            .max_subscription_patterns
-            .map_or(limits.max_subscription_patterns, |m| {
-                m.min(limits.max_subscription_patterns)
-            }),
+        bucket,
+        max_patterns,
         denial_log: DenialLog::default(),
     };
     let ended = tokio::select! {
@@ -186,6 +166,32 @@ pub async fn serve(
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
     ended
+}
+
+/// The request bucket and the subscription pattern limit of a peer: the
+/// gateway's, tightened by the policy rule that matches the peer. The
+/// provider socket has no rate limit unless its rule sets one.
+fn peer_limits(limits: &Limits, policy: &Policy, peer: &Peer) -> (Option<TokenBucket>, usize) {
+    let rule = policy
+        .rule_for(&peer.identity())
+        .map(|r| r.limits.clone())
+        .unwrap_or_default();
+    let rate = match (limits.rate, rule.rate) {
+        (Some(global), Some(own)) => Some(RateLimit {
+            per_second: global.per_second.min(own.per_second),
+            burst: global.burst.min(own.burst),
+        }),
+        (global, own) => global.or(own),
+    };
+    let bucket = rate
+        .filter(|_| !peer.is_provider() || rule.rate.is_some())
+        .map(TokenBucket::new);
+    let max_patterns = rule
+        .max_subscription_patterns
+        .map_or(limits.max_subscription_patterns, |m| {
+            m.min(limits.max_subscription_patterns)
+        });
+    (bucket, max_patterns)
 }
 
 async fn write_loop(
