@@ -423,3 +423,27 @@ fn memory_stays_under_64_mib_with_the_defaults_whatever_clients_do() {
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB exceeds 64 MiB");
     drop(hostile);
 }
+
+#[test]
+fn connection_storm_of_one_peer_is_refused_past_its_connection_rate() {
+    let gw = Gateway::start(&["--connection-rate", "1", "--connection-burst", "3"]);
+    // Three connections are the burst; the fourth, a moment later, is
+    // refused with the limit's name (a token takes a second to return).
+    let held: Vec<Raw> = (0..3)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.consumer);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert!(raw.recv().is_some());
+            raw
+        })
+        .collect();
+    let mut fourth = Raw::connect(&gw.consumer);
+    let reply = fourth.recv().expect("an error reply");
+    assert_eq!(reply["error"], "io.qmipc.Gateway.LimitExceeded");
+    assert_eq!(reply["parameters"]["limit"], "connection_rate");
+    fourth.expect_closed();
+    // The provider socket is not subject to it.
+    let s = stats(&gw);
+    assert_eq!(s["limit_hits"]["connection_rate"], 1, "{s}");
+    drop(held);
+}

@@ -25,6 +25,7 @@ use crate::listen::{ListenError, Listener};
 use crate::notify::Notifier;
 use crate::peer::Peer;
 use crate::policy::Policy;
+use qm_ipc_proto::message::encode_error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -338,6 +339,9 @@ fn status_line(s: &Snapshot) -> String {
     )
 }
 
+/// Longest pause of the accept loop after refusing a connection storm.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_millis(20);
+
 /// Accepts on every listener. A connection slot is taken before accepting,
 /// so at the connection limit new peers wait in the listen backlog instead
 /// of costing an fd, and one loop serves all listeners so no idle listener
@@ -372,8 +376,34 @@ async fn accept_loop(
         first = (first + 1) % listeners.len();
         match result {
             Ok((stream, _)) => {
-                let peer = Peer::of(&stream, name);
-                spawn_connection(&hub, &tracker, stream, peer, shutdown.clone(), Some(permit));
+                let peer = Peer::credentials(&stream, name);
+                match hub.admit(&peer) {
+                    Ok(()) => {
+                        let peer = peer.with_security(&stream);
+                        spawn_connection(
+                            &hub,
+                            &tracker,
+                            stream,
+                            peer,
+                            shutdown.clone(),
+                            Some(permit),
+                        );
+                    }
+                    Err((error, wait)) => {
+                        // Refuse in one non-blocking write, then stop
+                        // accepting until that peer's next connection would
+                        // be admitted: a connect/disconnect storm then waits
+                        // in the kernel's backlog at no cost to the gateway
+                        // (new connections of others wait at most this long;
+                        // established connections are not affected).
+                        let mut frame = Vec::new();
+                        encode_error(&mut frame, &error);
+                        let _ = stream.try_write(&frame);
+                        hub.record_refused("refused");
+                        drop((stream, permit));
+                        tokio::time::sleep(wait.min(MAX_ACCEPT_PAUSE)).await;
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning;

@@ -209,19 +209,31 @@ impl Hub {
         self.lock().limit(limit, max)
     }
 
+    /// Admits a new connection of `peer` under the per-peer connection
+    /// rate (not on the provider socket). A refusal says how long until the
+    /// peer's next connection would be admitted.
+    pub fn admit(&self, peer: &Peer) -> Result<(), (ErrorReply, Duration)> {
+        let Some(rate) = self.limits.connection_rate.filter(|_| !peer.is_provider()) else {
+            return Ok(());
+        };
+        let mut state = self.lock();
+        let bucket = state
+            .connection_buckets
+            .entry(peer.uid)
+            .or_insert_with(|| TokenBucket::new(rate));
+        match bucket.take_or_wait() {
+            Ok(()) => Ok(()),
+            Err(wait) => Err((
+                state.limit("connection_rate", rate.per_second as usize),
+                wait,
+            )),
+        }
+    }
+
     /// Registers a new connection and gives it an id and an outbox, unless
     /// its peer already holds `max_connections_per_peer` connections.
     pub fn connect(&self, peer: &Peer) -> Result<(ConnId, Arc<Outbox>), ErrorReply> {
         let mut state = self.lock();
-        if let (Some(rate), false) = (self.limits.connection_rate, peer.is_provider()) {
-            let bucket = state
-                .connection_buckets
-                .entry(peer.uid)
-                .or_insert_with(|| TokenBucket::new(rate));
-            if !bucket.try_take() {
-                return Err(state.limit("connection_rate", rate.per_second as usize));
-            }
-        }
         let held = state.per_uid.get(&peer.uid).copied().unwrap_or(0);
         if held >= self.limits.max_connections_per_peer && !peer.is_provider() {
             return Err(state.limit(

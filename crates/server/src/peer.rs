@@ -27,18 +27,29 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Reads the identity of an accepted connection.
+    /// Reads the whole identity of an accepted connection.
     pub fn of(stream: &UnixStream, listener: Arc<str>) -> Self {
+        Self::credentials(stream, listener).with_security(stream)
+    }
+
+    /// Only `SO_PEERCRED`: one syscall, enough to admit or refuse.
+    pub fn credentials(stream: &UnixStream, listener: Arc<str>) -> Self {
         let cred = stream.peer_cred().ok();
-        let pid = cred.as_ref().and_then(|c| c.pid());
         Self {
             listener,
-            pid,
+            pid: cred.as_ref().and_then(|c| c.pid()),
             uid: cred.as_ref().map(|c| c.uid()),
             gid: cred.map(|c| c.gid()),
-            label: peer_label(stream.as_raw_fd()).and_then(|raw| Label::parse(&raw)),
-            pidfd: pid.and_then(pidfd_open).map(Arc::new),
+            label: None,
+            pidfd: None,
         }
+    }
+
+    /// Adds the SELinux label and the pidfd (for admitted connections).
+    pub fn with_security(mut self, stream: &UnixStream) -> Self {
+        self.label = peer_label(stream.as_raw_fd()).and_then(|raw| Label::parse(&raw));
+        self.pidfd = self.pid.and_then(pidfd_open).map(Arc::new);
+        self
     }
 
     /// A peer with an identity given directly (for tests and tools).
