@@ -57,6 +57,21 @@ struct Cleanup {
     files: Vec<PathBuf>,
 }
 
+impl Cleanup {
+    /// The server and client containers of two quadlet podman commands,
+    /// their cidfiles, and the socket directory.
+    fn of_pair(server_cmd: &[String], client_cmd: &[String], socket_dir: &Path) -> Self {
+        Self {
+            containers: vec![container_name(server_cmd), container_name(client_cmd)],
+            dirs: vec![socket_dir.to_owned()],
+            files: vec![
+                PathBuf::from(cidfile(server_cmd)),
+                PathBuf::from(cidfile(client_cmd)),
+            ],
+        }
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for name in &self.containers {
@@ -191,14 +206,7 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
     );
     let server_name = container_name(&server_cmd);
     let client_name = container_name(&client_cmd);
-    let _cleanup = Cleanup {
-        containers: vec![server_name.clone(), client_name.clone()],
-        dirs: vec![socket_dir.clone()],
-        files: vec![
-            PathBuf::from(cidfile(&server_cmd)),
-            PathBuf::from(cidfile(&client_cmd)),
-        ],
-    };
+    let _cleanup = Cleanup::of_pair(&server_cmd, &client_cmd, &socket_dir);
     let listen = listen_path(&root.join(format!("etc/systemd/system/{tag}_server.socket")));
     assert_eq!(
         listen, socket_path,
@@ -300,14 +308,7 @@ fn qm_to_qm_pair_shares_the_socket_directory_and_level() {
     }
     let server_name = container_name(&server_cmd);
     let client_name = container_name(&client_cmd);
-    let _cleanup = Cleanup {
-        containers: vec![server_name.clone(), client_name.clone()],
-        dirs: vec![socket_dir.clone()],
-        files: vec![
-            PathBuf::from(cidfile(&server_cmd)),
-            PathBuf::from(cidfile(&client_cmd)),
-        ],
-    };
+    let _cleanup = Cleanup::of_pair(&server_cmd, &client_cmd, &socket_dir);
     // The stand-in for the server unit's RuntimeDirectory=.
     std::fs::create_dir_all(&socket_dir).unwrap();
     let mut notify = NotifyReceiver::new(tmp.path());

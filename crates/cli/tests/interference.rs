@@ -29,6 +29,18 @@ fn wait_stats(gw: &Gateway, what: &str, condition: impl Fn(&Value) -> bool) -> V
     last
 }
 
+/// `n` consumer connections, each proven served by a GetInfo round trip.
+fn served_connections(gw: &Gateway, n: usize) -> Vec<Raw> {
+    (0..n)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.consumer);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert!(raw.recv().is_some());
+            raw
+        })
+        .collect()
+}
+
 fn limit_of(err: &qm_ipc_client::ClientError) -> Option<String> {
     match err.remote() {
         Some(ErrorReply::LimitExceeded { limit, .. }) => Some(limit.clone()),
@@ -181,14 +193,7 @@ fn connection_storm_waits_at_the_limit_and_is_served_when_a_slot_frees() {
         "100",
     ]);
     // Six connections, each proven served.
-    let mut held: Vec<Raw> = (0..6)
-        .map(|_| {
-            let mut raw = Raw::connect(&gw.consumer);
-            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
-            assert!(raw.recv().is_some());
-            raw
-        })
-        .collect();
+    let mut held = served_connections(&gw, 6);
     // A storm of more: connect succeeds (the kernel backlog), service waits.
     let mut waiting: Vec<Raw> = (0..20).map(|_| Raw::connect(&gw.consumer)).collect();
     for raw in &mut waiting {
@@ -212,14 +217,7 @@ fn connection_storm_waits_at_the_limit_and_is_served_when_a_slot_frees() {
 #[test]
 fn per_peer_connection_limit_refuses_with_a_named_error() {
     let gw = Gateway::start(&["--max-connections-per-peer", "3"]);
-    let held: Vec<Raw> = (0..3)
-        .map(|_| {
-            let mut raw = Raw::connect(&gw.consumer);
-            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
-            assert!(raw.recv().is_some());
-            raw
-        })
-        .collect();
+    let held = served_connections(&gw, 3);
     let mut fourth = Raw::connect(&gw.consumer);
     fourth.call(json!({"method": "org.varlink.service.GetInfo"}));
     let reply = fourth.recv().expect("an error reply");
@@ -429,14 +427,7 @@ fn connection_storm_of_one_peer_is_refused_past_its_connection_rate() {
     let gw = Gateway::start(&["--connection-rate", "1", "--connection-burst", "3"]);
     // Three connections are the burst; the fourth, a moment later, is
     // refused with the limit's name (a token takes a second to return).
-    let held: Vec<Raw> = (0..3)
-        .map(|_| {
-            let mut raw = Raw::connect(&gw.consumer);
-            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
-            assert!(raw.recv().is_some());
-            raw
-        })
-        .collect();
+    let held = served_connections(&gw, 3);
     let mut fourth = Raw::connect(&gw.consumer);
     let reply = fourth.recv().expect("an error reply");
     assert_eq!(reply["error"], "io.qmipc.Gateway.LimitExceeded");
