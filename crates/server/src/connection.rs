@@ -22,7 +22,7 @@ use qm_ipc_proto::raw::{RawCall, RawJson};
 use qm_ipc_proto::types::{encode_result_reply, EncodedSample};
 use qm_ipc_proto::{ErrorReply, FrameDecoder, MessageError, Request, GATEWAY_IDL};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -136,13 +136,14 @@ pub async fn serve(
     };
     tracing::debug!(conn, %peer, "connected");
     let (read, write) = stream.into_split();
-    let writer = write_loop(write, outbox.clone(), limits.write_timeout);
+    let writer = write_loop(&write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
     let (bucket, max_patterns) = peer_limits(&limits, &hub.policy(), &peer);
     let mut session = Session {
         hub: &hub,
         conn,
         peer: &peer,
+        write: &write,
         outbox: &outbox,
         mode: Mode::Requests,
         bucket,
@@ -194,11 +195,7 @@ fn peer_limits(limits: &Limits, policy: &Policy, peer: &Peer) -> (Option<TokenBu
     (bucket, max_patterns)
 }
 
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    outbox: Arc<Outbox>,
-    write_timeout: Duration,
-) -> Ended {
+async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: Duration) -> Ended {
     let mut buf = Vec::with_capacity(WRITE_BATCH);
     loop {
         buf.clear();
@@ -220,11 +217,17 @@ async fn write_loop(
         // keeps its socket full (it stopped reading) is cut off.
         let mut written = 0;
         while written < buf.len() {
-            match tokio::time::timeout(write_timeout, write.write(&buf[written..])).await {
-                Ok(Ok(0)) => return Ended::PeerClosed,
-                Ok(Ok(n)) => written += n,
-                Ok(Err(e)) => return Ended::WriteFailed(e),
-                Err(_) => return Ended::WriteTimeout,
+            match write.try_write(&buf[written..]) {
+                Ok(0) => return Ended::PeerClosed,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match tokio::time::timeout(write_timeout, write.writable()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Ended::WriteFailed(e),
+                        Err(_) => return Ended::WriteTimeout,
+                    }
+                }
+                Err(e) => return Ended::WriteFailed(e),
             }
         }
         // Give memory back after a large batch.
@@ -238,6 +241,8 @@ struct Session<'a> {
     hub: &'a Hub,
     conn: ConnId,
     peer: &'a Peer,
+    /// For answering at once when the writer is idle (see Outbox::write_now).
+    write: &'a OwnedWriteHalf,
     outbox: &'a Arc<Outbox>,
     mode: Mode,
     bucket: Option<TokenBucket>,
@@ -354,11 +359,11 @@ impl Session<'_> {
         let result = match outcome {
             Ok(Some(Answer::Json(parameters))) if !oneway => self
                 .outbox
-                .push_frame(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
+                .push_reply(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
             Ok(Some(Answer::CallResult(result))) if !oneway => self
                 .outbox
-                .push_frame(|out| encode_result_reply(out, result.get())),
-            Ok(Some(Answer::Sample(topic, value))) if !oneway => self.outbox.push_frame(|out| {
+                .push_reply(|out| encode_result_reply(out, result.get())),
+            Ok(Some(Answer::Sample(topic, value))) if !oneway => self.outbox.push_reply(|out| {
                 EncodedSample {
                     topic_json: &topic.json,
                     seq: value.seq,
@@ -370,7 +375,7 @@ impl Session<'_> {
             }),
             Err(error) if !oneway => {
                 tracing::debug!(conn = self.conn, %method, %error, "error reply");
-                self.outbox.push_frame(|out| encode_error(out, &error))
+                self.outbox.push_reply(|out| encode_error(out, &error))
             }
             Err(error) => {
                 tracing::debug!(conn = self.conn, %method, %error, "oneway call failed");
@@ -381,6 +386,7 @@ impl Session<'_> {
         if result.is_err() || self.outbox.overflowed() {
             return Some(Ended::SendQueueFull);
         }
+        self.outbox.write_now(|bytes| self.write.try_write(bytes));
         None
     }
 

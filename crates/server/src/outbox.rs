@@ -80,6 +80,9 @@ struct Inner {
     /// No more data is accepted; the writer flushes what is queued and ends.
     closing: bool,
     overflowed: bool,
+    /// The writer holds taken bytes it has not finished writing; nobody
+    /// else may write to the socket meanwhile (order).
+    writer_busy: bool,
 }
 
 /// Counters shared by all outboxes of a gateway.
@@ -127,15 +130,28 @@ impl Outbox {
     /// Queues an encoded reply. Past `max_queued_bytes` the outbox is
     /// marked overflowed and the connection must close.
     pub fn push_frame(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
+        let result = self.push(encode, true);
+        self.wake.notify_one();
+        result
+    }
+
+    /// Queues a reply without waking the writer: the caller follows with
+    /// [`write_now`](Self::write_now), which wakes it for what is left.
+    pub fn push_reply(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
         self.push(encode, true)
     }
 
     /// Queues a forwarded request; past `max_queued_bytes` it is refused
     /// and the connection stays as it is.
     pub fn try_push_frame(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
-        self.push(encode, false)
+        let result = self.push(encode, false);
+        if result.is_ok() {
+            self.wake.notify_one();
+        }
+        result
     }
 
+    /// Appends a frame; waking the writer is the caller's choice.
     fn push(&self, encode: impl FnOnce(&mut Vec<u8>), fatal: bool) -> Result<(), Overflow> {
         let mut inner = self.lock();
         if inner.overflowed {
@@ -152,12 +168,8 @@ impl Outbox {
                 return Err(Overflow::Full);
             }
             inner.overflowed = true;
-            drop(inner);
-            self.wake.notify_one();
             return Err(Overflow::QueuedBytes);
         }
-        drop(inner);
-        self.wake.notify_one();
         Ok(())
     }
 
@@ -258,6 +270,8 @@ impl Outbox {
     /// or overflowed.
     pub fn take(&self, out: &mut Vec<u8>, budget: usize) -> bool {
         let mut inner = self.lock();
+        // The writer calls take() when it has written all it took before.
+        inner.writer_busy = false;
         if inner.overflowed {
             return false;
         }
@@ -283,7 +297,36 @@ impl Outbox {
             delivered += 1;
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        inner.writer_busy = !out.is_empty();
         !(out.is_empty() && inner.closing)
+    }
+
+    /// Writes queued replies right away with `try_write` (a non-blocking
+    /// write), when the writer is idle and only replies are queued: a
+    /// request's answer then leaves without waking the writer. Whatever
+    /// cannot be written now stays queued for the writer.
+    pub fn write_now(&self, mut try_write: impl FnMut(&[u8]) -> std::io::Result<usize>) {
+        let mut inner = self.lock();
+        if inner.frames.is_empty() {
+            return;
+        }
+        if inner.writer_busy || inner.overflowed || !inner.samples.is_empty() {
+            drop(inner);
+            self.wake.notify_one();
+            return;
+        }
+        let mut written = 0;
+        while written < inner.frames.len() {
+            match try_write(&inner.frames[written..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n,
+            }
+        }
+        inner.frames.drain(..written);
+        if !inner.frames.is_empty() {
+            drop(inner);
+            self.wake.notify_one();
+        }
     }
 
     /// Waits until data may be available.
@@ -444,6 +487,46 @@ mod tests {
         assert!(outbox.overflowed());
         let mut out = Vec::new();
         assert!(!outbox.take(&mut out, 100));
+    }
+
+    #[test]
+    fn direct_writes_keep_order_with_the_writer() {
+        let outbox = Outbox::new(4, 1024, Arc::default());
+        let mut wire = Vec::new();
+        // Idle writer: the reply goes out at once.
+        outbox.push_frame(|b| b.extend_from_slice(b"a\0")).unwrap();
+        outbox.write_now(|bytes| {
+            wire.extend_from_slice(bytes);
+            Ok(bytes.len())
+        });
+        assert_eq!(wire, b"a\0");
+        // The writer holds unwritten bytes: no direct write may overtake.
+        outbox.push_frame(|b| b.extend_from_slice(b"b\0")).unwrap();
+        let mut taken = Vec::new();
+        assert!(outbox.take(&mut taken, 100));
+        outbox.push_frame(|b| b.extend_from_slice(b"c\0")).unwrap();
+        outbox.write_now(|_| panic!("must not write while the writer is busy"));
+        wire.extend_from_slice(&taken);
+        taken.clear();
+        assert!(outbox.take(&mut taken, 100));
+        wire.extend_from_slice(&taken);
+        assert_eq!(wire, b"a\0b\0c\0");
+        // A partial direct write leaves the rest queued, in order.
+        taken.clear();
+        assert!(outbox.take(&mut taken, 100));
+        outbox.push_frame(|b| b.extend_from_slice(b"dd\0")).unwrap();
+        // The socket takes one byte, then would block.
+        let mut room = 1;
+        outbox.write_now(|bytes| match room {
+            0 => Err(std::io::ErrorKind::WouldBlock.into()),
+            _ => {
+                room -= 1;
+                Ok(bytes.len().min(1))
+            }
+        });
+        taken.clear();
+        assert!(outbox.take(&mut taken, 100));
+        assert_eq!(taken, b"d\0");
     }
 
     #[test]
