@@ -311,6 +311,32 @@ fn qm011_network_other_than_none() {
     assert_eq!(report.exit_code(true), 1);
 }
 
+/// Regression: linting a whole system reported every socket unit (D-Bus,
+/// journald) as a misplaced IPC socket.
+#[test]
+fn unrelated_socket_units_of_the_system_are_left_alone() {
+    let root = tree(Topology::AsilToQm);
+    for (name, listen) in [
+        ("dbus.socket", "/run/dbus/system_bus_socket"),
+        ("journal.socket", "%t/systemd/journal/stdout"),
+    ] {
+        std::fs::write(
+            root.path().join("etc/systemd/system").join(name),
+            format!("[Socket]\nListenStream={listen}\n"),
+        )
+        .unwrap();
+    }
+    let vendor = root.path().join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&vendor).unwrap();
+    std::fs::write(
+        vendor.join("podman.socket"),
+        "[Socket]\nListenStream=%t/podman/podman.sock\n",
+    )
+    .unwrap();
+    let report = lint(root.path());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+}
+
 #[test]
 fn drop_ins_of_a_quadlet_are_applied() {
     // A drop-in that sets the missing Notify=true fixes the QM001 finding.

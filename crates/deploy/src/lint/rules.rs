@@ -122,7 +122,28 @@ struct HostSocket<'a> {
     service: String,
 }
 
+/// The host sockets that belong to the IPC deployment: those whose
+/// service is a quadlet of the linted set, those under /run/ipc, and those
+/// a QM container or the QM partition mounts or names. Every other socket
+/// unit of the system (D-Bus, journald, ...) is none of lint's business.
 fn host_sockets(d: &Deployment) -> Vec<HostSocket<'_>> {
+    all_host_sockets(d)
+        .into_iter()
+        .filter(|s| {
+            is_within(&s.path, ASIL_IPC_DIR)
+                || d.host_containers.iter().any(|c| stem(&c.name) == s.service)
+                || d.qm_containers.iter().any(|c| {
+                    socket_env(c).is_some_and(|(p, _)| p == s.path)
+                        || volumes(c).iter().any(|v| carries(&v.source, &s.path))
+                })
+                || d.qm_partition
+                    .as_ref()
+                    .is_some_and(|q| volumes(q).iter().any(|v| carries(&v.source, &s.path)))
+        })
+        .collect()
+}
+
+fn all_host_sockets(d: &Deployment) -> Vec<HostSocket<'_>> {
     let mut out = Vec::new();
     for unit in &d.host_sockets {
         let service = unit
