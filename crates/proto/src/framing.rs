@@ -47,10 +47,6 @@ impl FrameDecoder {
         }
     }
 
-    pub fn max_frame(&self) -> usize {
-        self.max_frame
-    }
-
     /// Writable space for the next read, [`READ_CHUNK`] bytes. Call
     /// [`commit`](Self::commit) with the number of bytes actually read. A
     /// read that is abandoned (a cancelled future) leaves no trace, so

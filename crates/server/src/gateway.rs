@@ -100,10 +100,6 @@ impl GatewayHandle {
         );
         Ok(theirs)
     }
-
-    pub fn snapshot(&self) -> Snapshot {
-        self.hub.snapshot()
-    }
 }
 
 fn spawn_connection(
@@ -196,10 +192,6 @@ impl Gateway {
             }
             Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
         }
-    }
-
-    pub fn listeners(&self) -> &[Listener] {
-        &self.listeners
     }
 
     pub fn handle(&self) -> GatewayHandle {

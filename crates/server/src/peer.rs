@@ -52,23 +52,6 @@ impl Peer {
         self
     }
 
-    /// A peer with an identity given directly (for tests and tools).
-    pub fn with_identity(
-        listener: &str,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        label: Option<Label>,
-    ) -> Self {
-        Self {
-            listener: Arc::from(listener),
-            pid: None,
-            uid,
-            gid,
-            label,
-            pidfd: None,
-        }
-    }
-
     /// Is this a connection of the trusted provider listener?
     pub fn is_provider(&self) -> bool {
         &*self.listener == crate::config::PROVIDER
