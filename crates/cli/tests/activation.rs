@@ -71,6 +71,51 @@ fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
     );
 }
 
+/// Regression: systemd names every fd it passes; without
+/// `FileDescriptorName=` the name is the socket unit's (`ipc_server.socket`),
+/// and the gateway denied every request on it.
+#[test]
+fn socket_activation_with_the_unit_name_as_fd_name_serves_the_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipc/ipc.socket");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let notify = NotifyReceiver::new(dir.path());
+    let mut activator = socket_activated(&[&socket], Some("ipc_server.socket"), &notify, None);
+    wait_until("systemd-socket-activate to listen", || socket.exists());
+    let mut raw = Raw::connect(&socket);
+    raw.call(
+        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": "12:00:00"}}),
+    );
+    let reply = raw.recv().unwrap();
+    assert_eq!(reply["parameters"]["seq"], 1, "{reply}");
+    activator.wait_line("listening on consumer (socket-activated)");
+}
+
+/// A listener the policy does not know could only deny; the gateway says
+/// so at start and exits instead.
+#[test]
+fn a_listener_the_policy_does_not_know_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = dir.path().join("ipc.socket");
+    let other = dir.path().join("other.socket");
+    let notify = NotifyReceiver::new(dir.path());
+    let mut activator = socket_activated(
+        &[&consumer, &other],
+        Some("consumer:diagnostics"),
+        &notify,
+        None,
+    );
+    wait_until("both sockets", || consumer.exists() && other.exists());
+    // The first connection starts the gateway, which refuses to serve.
+    let _first = std::os::unix::net::UnixStream::connect(&consumer);
+    let line = activator.wait_line("listener \"diagnostics\"");
+    let text = &activator.output[line];
+    assert!(
+        text.contains("FileDescriptorName=") && text.contains("sockets = ["),
+        "the error says how to fix it: {text}"
+    );
+}
+
 #[test]
 fn socket_activation_with_named_fds_serves_consumer_and_provider() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,7 +241,7 @@ fn watchdog_status_and_abstract_notify_socket() {
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     while !(seen.iter().any(|d: &String| d.starts_with("READY=1"))
-        && seen.iter().filter(|d| d.as_str() == "WATCHDOG=1").count() >= 2
+        && seen.iter().filter(|d| d.trim_end() == "WATCHDOG=1").count() >= 2
         && seen.iter().any(|d| d.starts_with("STATUS=serving")))
     {
         let n = receiver
@@ -215,4 +260,56 @@ fn watchdog_status_and_abstract_notify_socket() {
             break;
         }
     }
+}
+
+/// Under systemd the journal stamps each line and reads the priority from a
+/// `<N>` prefix: no timestamp of ours, and warnings findable with
+/// `journalctl -p warning`.
+#[test]
+fn journal_log_format_has_priorities_and_no_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut notify = NotifyReceiver::new(dir.path());
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--no-provider-socket", "--socket"])
+        .arg(dir.path().join("ipc.socket"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("QM_IPC_LOG_FORMAT", "journal")
+        // An unknown variable a peer cannot control, to see a warning.
+        .env("QM_IPC_LOG", "info");
+    let mut proc = Proc::spawn(cmd);
+    notify.wait_for("READY=1");
+    let line = proc.wait_line("ready");
+    assert_eq!(proc.output[line], "<6>ready", "{:?}", proc.output);
+    // A refused reload is an error: priority 3.
+    proc.signal(libc::SIGHUP);
+    let line = proc.wait_line("SIGHUP");
+    assert!(
+        proc.output[line].starts_with("<6>"),
+        "{}",
+        proc.output[line]
+    );
+    assert!(
+        proc.output.iter().all(|l| l.starts_with('<')),
+        "every line carries a priority and nothing before it: {:?}",
+        proc.output
+    );
+}
+
+#[test]
+fn a_bad_log_format_is_named_and_the_gateway_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut notify = NotifyReceiver::new(dir.path());
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--no-provider-socket", "--socket"])
+        .arg(dir.path().join("ipc.socket"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("QM_IPC_LOG_FORMAT", "json");
+    let mut proc = Proc::spawn(cmd);
+    notify.wait_for("READY=1");
+    let line = proc.wait_line("QM_IPC_LOG_FORMAT");
+    assert!(
+        proc.output[line].contains("auto, journal or text"),
+        "{}",
+        proc.output[line]
+    );
 }

@@ -241,6 +241,14 @@ fn sighup_reloads_the_policy_without_dropping_connections() {
     .unwrap();
     gw.proc.signal(libc::SIGHUP);
     gw.proc.wait_line("policy reloaded from");
+    // As systemd 257 requires for Type=notify-reload: RELOADING=1 with the
+    // monotonic time in the same datagram, then READY=1.
+    let reloading = gw.notify.wait_for("RELOADING=1");
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")
+            && l["MONOTONIC_USEC=".len()..].parse::<u64>().is_ok()),
+        "{reloading:?}"
+    );
     assert_eq!(peer.publish("cabin.temp")["parameters"]["seq"], 1);
 
     // A broken file is refused; the previous policy stays in force.

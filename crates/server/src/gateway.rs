@@ -22,7 +22,7 @@ use crate::config::{Config, Limits, CONSUMER, PROVIDER};
 use crate::connection;
 use crate::hub::{Hub, Snapshot};
 use crate::listen::{ListenError, Listener};
-use crate::notify::Notifier;
+use crate::notify::{Notifier, NotifyState};
 use crate::peer::Peer;
 use crate::policy::Policy;
 use qm_ipc_proto::message::encode_error;
@@ -39,6 +39,16 @@ pub enum StartError {
     Register { name: String, source: io::Error },
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(
+        "listener {name:?} ({origin}) is not known to the policy {policy}: every request on it would be denied. \
+         Name the fd consumer or provider with FileDescriptorName= in the socket unit, \
+         or declare it in the policy file with sockets = [\"{name}\"] and give it rules"
+    )]
+    UnknownListener {
+        name: String,
+        origin: String,
+        policy: String,
+    },
 }
 
 /// Counts live connection tasks so shutdown can wait for them.
@@ -183,7 +193,12 @@ impl Gateway {
             tracing::info!("SIGHUP: no --policy file; the built-in policy stays");
             return;
         };
-        match Policy::load(path, &self.listener_names()) {
+        match Policy::load(path, &self.listener_names())
+            .map_err(StartError::from)
+            .and_then(|p| {
+                self.check_listeners(&p)?;
+                Ok(p)
+            }) {
             Ok(policy) => {
                 let rules = policy.rules.len();
                 self.hub.set_policy(policy);
@@ -202,8 +217,25 @@ impl Gateway {
         }
     }
 
+    /// Refuses listeners the policy in force does not know.
+    fn check_listeners(&self, policy: &Policy) -> Result<(), StartError> {
+        match self
+            .listeners
+            .iter()
+            .find(|l| !policy.knows_listener(&l.name))
+        {
+            Some(l) => Err(StartError::UnknownListener {
+                name: l.name.clone(),
+                origin: l.describe(),
+                policy: policy.source.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Serves until `stop` completes, then drains and returns.
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+        self.check_listeners(&self.hub.policy())?;
         let limits = self.hub.limits().clone();
         let mut registered = Vec::new();
         for listener in &self.listeners {
@@ -236,27 +268,31 @@ impl Gateway {
             tracing::info!("no listening socket; serving in-process connections only");
         }
         warn_if_labels_unavailable(&self.hub.policy());
+        // Before READY=1: from then on systemd may send SIGHUP for a
+        // reload, and without a handler SIGHUP ends the process.
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let status = status_line(&self.hub.snapshot());
-        self.notifier.notify(&format!("READY=1\nSTATUS={status}"));
+        self.notifier
+            .notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         tracing::info!("ready");
 
         let housekeeping = housekeeping(&self.hub, &self.notifier);
         tokio::pin!(stop, housekeeping);
-        let mut hangups =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = &mut housekeeping => break,
                 Some(()) = recv_hangup(&mut hangups) => {
-                    self.notifier.notify("RELOADING=1");
+                    self.notifier.reloading();
                     self.reload_policy();
-                    self.notifier.notify("READY=1");
+                    self.notifier.notify(&[NotifyState::Ready]);
                 }
             }
         }
 
-        self.notifier.notify("STOPPING=1\nSTATUS=stopping");
+        self.notifier
+            .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         tracing::info!("stopping: draining connections");
         accept_task.abort();
         let _ = self.shutdown_tx.send(true);
@@ -308,13 +344,13 @@ async fn housekeeping(hub: &Hub, notifier: &Notifier) {
         interval.tick().await;
         if let Some(every) = watchdog {
             if last_watchdog.elapsed() >= every {
-                notifier.notify("WATCHDOG=1");
+                notifier.notify(&[NotifyState::Watchdog]);
                 last_watchdog = tokio::time::Instant::now();
             }
         }
         let status = status_line(&hub.snapshot());
         if status != last_status {
-            notifier.notify(&format!("STATUS={status}"));
+            notifier.notify(&[NotifyState::Status(&status)]);
             last_status = status;
         }
     }

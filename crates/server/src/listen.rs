@@ -3,8 +3,22 @@
 //!
 //! Activation is validated before any fd is used: `LISTEN_PID` must be this
 //! process, and every fd must be a listening `AF_UNIX` `SOCK_STREAM` socket.
-//! The variables are removed from the environment afterwards so no child
-//! (and no second call) takes the same fds again.
+//! The variables stay in the environment (removing them is unsound once
+//! threads run); a child never takes the fds because `LISTEN_PID` names this
+//! process, and a second call in this process gets nothing.
+//!
+//! Why not `sd_notify::listen_fds_with_names`: it returns no fds, silently,
+//! when `LISTEN_PID` names another process (a wrapper such as a shell in the
+//! container broke activation; we say so), and it does not check that the
+//! fds are listening Unix stream sockets.
+//!
+//! Fd names: systemd names every fd it passes. Without
+//! `FileDescriptorName=`, the name is the socket unit's own
+//! (`ipc_server.socket`), never empty; `systemd-socket-activate` passes
+//! none, which reads as `unknown`. A single fd named so is the consumer
+//! socket; every other name is taken as it is, and the gateway refuses to
+//! start when the policy does not know a listener's name (see
+//! [`crate::Gateway::run`]).
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -123,10 +137,19 @@ impl Listener {
     }
 
     /// Takes the sockets systemd passed, if any. Returns an empty list when
-    /// the process was not socket-activated.
+    /// the process was not socket-activated, and on every call after the
+    /// first (each fd is wrapped once).
     pub fn from_activation() -> Result<Vec<Self>, ListenError> {
-        let env = ActivationEnv::take();
-        env.into_listeners()
+        static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        ActivationEnv::read().into_listeners()
+    }
+
+    /// Was this listener passed by the service manager (rather than bound)?
+    pub fn is_activated(&self) -> bool {
+        self.owned_path.is_none()
     }
 }
 
@@ -138,7 +161,7 @@ impl Drop for Listener {
     }
 }
 
-/// The three activation variables, removed from the environment when read.
+/// The three activation variables.
 #[derive(Debug, Default)]
 pub struct ActivationEnv {
     pub pid: Option<String>,
@@ -147,12 +170,8 @@ pub struct ActivationEnv {
 }
 
 impl ActivationEnv {
-    fn take() -> Self {
-        let get = |key: &str| {
-            let value = std::env::var(key).ok();
-            std::env::remove_var(key);
-            value
-        };
+    fn read() -> Self {
+        let get = |key: &str| std::env::var(key).ok();
         Self {
             pid: get("LISTEN_PID"),
             fds: get("LISTEN_FDS"),
@@ -185,8 +204,7 @@ impl ActivationEnv {
             let fd = LISTEN_FDS_START + i as RawFd;
             // SAFETY: the fd was checked above to be an open socket that
             // systemd handed to this process; this is the only place that
-            // wraps it, and the activation variables are gone from the
-            // environment, so nothing else will.
+            // wraps it, and `from_activation` runs it once per process.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             let socket = std::os::unix::net::UnixListener::from(owned);
             socket
@@ -206,9 +224,17 @@ impl ActivationEnv {
     }
 }
 
-/// Names for each fd: from `LISTEN_FDNAMES`, where systemd's default name
-/// `unknown` (and a missing variable) means "consumer" for a single fd, as
-/// the seed's `ipc_server.socket` passes it.
+/// Is `name` one systemd gives an fd that nobody named: `unknown` (no
+/// `LISTEN_FDNAMES`, as `systemd-socket-activate` passes), empty, or the
+/// socket unit's own name (what systemd passes without
+/// `FileDescriptorName=`, e.g. `ipc_server.socket`)?
+pub fn is_default_fd_name(name: &str) -> bool {
+    name.is_empty() || name == "unknown" || name.ends_with(".socket")
+}
+
+/// Names for each fd, from `LISTEN_FDNAMES`. A single fd with a default
+/// name (see [`is_default_fd_name`]) is the consumer socket, as the qm IPC
+/// example's `ipc_server.socket` passes it under real systemd.
 fn fd_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenError> {
     let given: Vec<String> = match names {
         Some(list) if !list.is_empty() => list.split(':').map(str::to_owned).collect(),
@@ -222,10 +248,17 @@ fn fd_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenErro
     }
     let mut names = Vec::with_capacity(count);
     for (i, name) in given.into_iter().enumerate() {
-        let name = match name.as_str() {
-            "unknown" | "" if count == 1 => CONSUMER.to_owned(),
-            "unknown" | "" => format!("fd{}", LISTEN_FDS_START + i as RawFd),
-            _ => name,
+        let name = if count == 1 && is_default_fd_name(&name) {
+            if name.ends_with(".socket") {
+                tracing::info!(
+                    "socket-activated fd named {name:?} (systemd's default: the socket unit's name) is the consumer socket; set FileDescriptorName=consumer in the unit to say so"
+                );
+            }
+            CONSUMER.to_owned()
+        } else if name.is_empty() || name == "unknown" {
+            format!("fd{}", LISTEN_FDS_START + i as RawFd)
+        } else {
+            name
         };
         if names.contains(&name) {
             return Err(ListenError::DuplicateName { name });
@@ -292,6 +325,27 @@ mod tests {
     fn single_unnamed_fd_is_the_consumer() {
         assert_eq!(fd_names(None, 1).unwrap(), vec!["consumer"]);
         assert_eq!(fd_names(Some("unknown"), 1).unwrap(), vec!["consumer"]);
+    }
+
+    /// Regression: under real systemd, a socket unit without
+    /// `FileDescriptorName=` passes its own name, and the gateway denied
+    /// every request on that listener.
+    #[test]
+    fn single_fd_named_after_its_socket_unit_is_the_consumer() {
+        assert_eq!(
+            fd_names(Some("ipc_server.socket"), 1).unwrap(),
+            vec!["consumer"]
+        );
+        assert_eq!(
+            fd_names(Some("provider"), 1).unwrap(),
+            vec!["provider"],
+            "an explicit name is kept"
+        );
+        assert_eq!(
+            fd_names(Some("ipc_server.socket:provider"), 2).unwrap(),
+            vec!["ipc_server.socket", "provider"],
+            "with several fds a unit's default name is kept, and the gateway refuses it at start"
+        );
     }
 
     #[test]

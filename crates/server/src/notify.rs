@@ -2,10 +2,19 @@
 //! by `NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
 //! Without `NOTIFY_SOCKET` every call is a no-op, so the gateway runs the
 //! same way under systemd, under podman `--sdnotify=container` and by hand.
+//!
+//! The messages and the watchdog come from the `sd-notify` crate; sending
+//! is ours because `sd_notify::notify` connects `@name` as a file path, so
+//! an abstract `NOTIFY_SOCKET` (valid per sd_notify(3)) would receive
+//! nothing, and it opens a socket per message. The variables stay in the
+//! environment: removing them is unsound once threads run, and
+//! `WATCHDOG_PID` keeps a child from taking the watchdog.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
+
+pub use sd_notify::NotifyState;
 
 #[derive(Debug)]
 pub struct Notifier {
@@ -14,22 +23,10 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID`, and removes
-    /// them from the environment so child processes do not inherit them.
+    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID`.
     pub fn from_env() -> io::Result<Self> {
-        let socket = std::env::var_os("NOTIFY_SOCKET");
-        let watchdog_usec = std::env::var("WATCHDOG_USEC").ok();
-        let watchdog_pid = std::env::var("WATCHDOG_PID").ok();
-        for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            std::env::remove_var(key);
-        }
-        let for_us = watchdog_pid
-            .map(|pid| pid.trim().parse::<u32>().ok() == Some(std::process::id()))
-            .unwrap_or(true);
-        let watchdog = watchdog_usec
-            .and_then(|usec| usec.trim().parse::<u64>().ok())
-            .filter(|usec| *usec > 0 && for_us)
-            .map(Duration::from_micros);
+        let socket = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty());
+        let watchdog = sd_notify::watchdog_enabled().filter(|w| !w.is_zero());
         let target = match socket {
             None => None,
             Some(name) => Some(connect_target(&name.to_string_lossy())?),
@@ -50,13 +47,24 @@ impl Notifier {
         self.watchdog.map(|w| w / 2)
     }
 
-    /// Sends one notification, such as `READY=1` or `STATUS=...`. Failure to
-    /// reach the manager is logged, never fatal.
-    pub fn notify(&self, state: &str) {
+    /// Sends one datagram with `states`, such as `READY=1` and
+    /// `STATUS=...`. Failure to reach the manager is logged, never fatal.
+    pub fn notify(&self, states: &[NotifyState<'_>]) {
         if let Some((socket, addr)) = &self.target {
-            if let Err(e) = socket.send_to_addr(state.as_bytes(), addr) {
-                tracing::warn!("sd_notify {state:?} failed: {e}");
+            let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+            if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
+                tracing::warn!("sd_notify {:?} failed: {e}", message.trim_end());
             }
+        }
+    }
+
+    /// `RELOADING=1` with the `MONOTONIC_USEC=` that systemd 253 and later
+    /// require for `Type=notify-reload` (without it the reload fails and
+    /// the service is stopped).
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.notify(&[NotifyState::Reloading, now]),
+            Err(e) => tracing::warn!("cannot read the monotonic clock for RELOADING=1: {e}"),
         }
     }
 }
@@ -87,10 +95,16 @@ mod tests {
             target: Some((socket, addr)),
             watchdog: None,
         };
-        n.notify("READY=1");
+        n.notify(&[NotifyState::Ready]);
         let mut buf = [0u8; 64];
         let len = receiver.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"READY=1");
+        assert_eq!(&buf[..len], b"READY=1\n");
+        n.reloading();
+        let len = receiver.recv(&mut buf).unwrap();
+        let text = std::str::from_utf8(&buf[..len]).unwrap();
+        assert!(text.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{text}");
+        let usec: u64 = text.trim_end().rsplit('=').next().unwrap().parse().unwrap();
+        assert!(usec > 0);
 
         use std::os::linux::net::SocketAddrExt;
         let name = format!("qm-ipc-test-{}", std::process::id());
@@ -102,8 +116,8 @@ mod tests {
             target: Some((socket, addr)),
             watchdog: None,
         };
-        n.notify("STOPPING=1");
+        n.notify(&[NotifyState::Stopping]);
         let len = receiver.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"STOPPING=1");
+        assert_eq!(&buf[..len], b"STOPPING=1\n");
     }
 }

@@ -107,6 +107,17 @@ impl Policy {
         let mut known: Vec<String> = vec![CONSUMER.into(), PROVIDER.into()];
         known.extend(sockets.iter().map(|s| s.to_string()));
         known.extend(file.sockets.iter().map(|s| s.get_ref().clone()));
+        for declared in &file.sockets {
+            if crate::listen::is_default_fd_name(declared.get_ref()) {
+                return Err(error(
+                    Some(declared.span()),
+                    format!(
+                        "socket name {:?} is what systemd passes for an unnamed fd; name the fd with FileDescriptorName= in the socket unit and declare that name",
+                        declared.get_ref()
+                    ),
+                ));
+            }
+        }
         let mut rules = Vec::new();
         for spanned in file.rules {
             let line = line_of(text, spanned.span().start);
@@ -177,6 +188,7 @@ impl Policy {
         Ok(Self {
             source: source.to_owned(),
             rules,
+            declared_sockets: file.sockets.into_iter().map(|s| s.into_inner()).collect(),
         })
     }
 }

@@ -172,9 +172,21 @@ pub struct Policy {
     /// Where it came from, for messages (`<built-in>` for the default).
     pub source: String,
     pub rules: Vec<Rule>,
+    /// Listener names the file declares beyond consumer and provider
+    /// (`sockets = [...]`).
+    pub declared_sockets: Vec<String>,
 }
 
 impl Policy {
+    /// Does the policy know a listener of this name? Connections on a
+    /// listener it does not know could only ever be denied, so the gateway
+    /// refuses to start with one.
+    pub fn knows_listener(&self, name: &str) -> bool {
+        name == crate::config::CONSUMER
+            || name == crate::config::PROVIDER
+            || self.declared_sockets.iter().any(|s| s == name)
+    }
+
     /// The first rule that matches the peer.
     pub fn rule_for(&self, id: &Identity<'_>) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(id))
