@@ -24,6 +24,24 @@ pub const QM_QUADLET_DIR: &str = "/etc/qm/containers/systemd";
 /// The only directory whose files carry `ipc_var_run_t`, the type QM may
 /// connect to on the host.
 pub const ASIL_IPC_DIR: &str = "/run/ipc";
+/// The gateway's configuration on the ASIL side (never mounted into QM).
+pub const CONFIG_DIR: &str = "/etc/qm-ipc";
+/// The access policy the generated ASIL-to-QM server loads and reloads.
+pub const POLICY_PATH: &str = "/etc/qm-ipc/policy.toml";
+/// The fd name of the QM-facing socket, as the gateway knows it.
+pub const CONSUMER_FD_NAME: &str = "consumer";
+/// The gateway's built-in policy, written out as the starting point of a
+/// deployment's own (`qm-ipc policy default` prints the same text).
+pub const DEFAULT_POLICY: &str = include_str!("../../server/default-policy.toml");
+
+/// Where the gateway runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// In a container from a quadlet, as in the qm IPC example.
+    Container,
+    /// Directly on the host, as a hardened systemd service.
+    Host,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
@@ -59,6 +77,16 @@ pub struct Options {
     /// Arguments to the image's entrypoint (`qm-ipc`).
     pub server_exec: String,
     pub client_exec: String,
+    /// Container (quadlet) or host (a plain service) for the server.
+    pub runtime: Runtime,
+    /// The `qm-ipc` binary on the host, for `Runtime::Host`.
+    pub binary: String,
+    /// `WatchdogSec=` of the server (0 for none): systemd restarts a
+    /// gateway that stops sending `WATCHDOG=1` for this long.
+    pub watchdog_sec: u32,
+    /// The access policy written to [`POLICY_PATH`] and loaded by the
+    /// ASIL-to-QM server; `None` for the gateway's built-in one.
+    pub policy: Option<String>,
 }
 
 impl Default for Options {
@@ -74,6 +102,10 @@ impl Default for Options {
             level: "s0:c1,c2".into(),
             server_exec: "serve --demo".into(),
             client_exec: "client".into(),
+            runtime: Runtime::Container,
+            binary: "/usr/bin/qm-ipc".into(),
+            watchdog_sec: 10,
+            policy: Some(DEFAULT_POLICY.into()),
         }
     }
 }
@@ -180,6 +212,20 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
             "an MCS level such as s0:c1,c2 is required",
         ));
     }
+    if o.runtime == Runtime::Host && topology == Topology::QmToQm {
+        return Err(bad(
+            "runtime",
+            "host",
+            "QM-to-QM servers run in the QM partition's podman; --runtime host is for asil-to-qm",
+        ));
+    }
+    if !o.binary.starts_with('/') || o.binary.contains(char::is_whitespace) {
+        return Err(bad(
+            "binary",
+            &o.binary,
+            "an absolute path without spaces is required",
+        ));
+    }
     if !socket.starts_with('/') || socket.ends_with('/') || socket.contains(char::is_whitespace) {
         return Err(bad(
             "socket-path",
@@ -239,8 +285,8 @@ struct ContainerSpec<'a> {
     depends_on: Option<String>,
     image: &'a str,
     exec: String,
-    env: &'a str,
-    volume: &'a str,
+    env: Vec<String>,
+    volumes: Vec<String>,
     /// `SecurityLabelType` or `SecurityLabelLevel`, and its value.
     label: (&'static str, &'a str),
     /// The application reports readiness itself (`Notify=true`).
@@ -260,13 +306,21 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     c.push_section("Container")
         .push_entry("Image", spec.image)
         .push_entry("Exec", &spec.exec)
-        .push_entry("Network", "none")
-        .push_entry("Environment", spec.env)
-        .push_entry("Volume", spec.volume)
-        .push_entry(spec.label.0, spec.label.1);
+        .push_entry("Network", "none");
+    for env in &spec.env {
+        c.push_entry("Environment", env);
+    }
+    for volume in &spec.volumes {
+        c.push_entry("Volume", volume);
+    }
+    c.push_entry(spec.label.0, spec.label.1);
     if spec.notify {
         c.push_entry("Notify", "true");
     }
+    // The container's stderr is the unit's, so journald reads the `<N>`
+    // priority of each line (conmon's journald driver would log every line
+    // at one priority, with the prefix as text).
+    c.push_entry("LogDriver", "passthrough");
     c.push_section("Service").push_entry("Restart", "always");
     for (key, value) in &spec.service_extra {
         c.push_entry(key, value);
@@ -276,6 +330,47 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     c
 }
 
+/// Options of the hardened host service, each closing an exposure that
+/// `systemd-analyze security` lists, none taking anything the gateway
+/// needs: it reads its policy, talks on the Unix sockets systemd passes
+/// (and, without activation, binds its provider socket in its runtime
+/// directory), and nothing else. Not `PrivateUsers=`: peers' uids would
+/// read as the overflow uid and uid rules of the policy would never match.
+const HOST_HARDENING: &[(&str, &str)] = &[
+    ("DynamicUser", "yes"),
+    ("NoNewPrivileges", "yes"),
+    ("CapabilityBoundingSet", ""),
+    ("AmbientCapabilities", ""),
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("PrivateNetwork", "yes"),
+    ("PrivateIPC", "yes"),
+    ("ProtectProc", "invisible"),
+    ("ProcSubset", "pid"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("RestrictAddressFamilies", "AF_UNIX"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("LockPersonality", "yes"),
+    ("MemoryDenyWriteExecute", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("SystemCallFilter", "@system-service"),
+    ("SystemCallFilter", "~@privileged @resources"),
+    ("SystemCallErrorNumber", "EPERM"),
+    ("IPAddressDeny", "any"),
+    ("DevicePolicy", "closed"),
+    ("KeyringMode", "private"),
+    ("UMask", "0077"),
+];
+
 /// Generates the file set of `topology`.
 pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, GenerateError> {
     let socket = o
@@ -284,13 +379,34 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
         .unwrap_or_else(|| default_socket_path(topology).to_owned());
     check_options(topology, o, &socket)?;
     let volume = socket_dir_volume(&socket);
-    let env = format!("SOCKET_PATH={socket}");
+    let socket_env = format!("SOCKET_PATH={socket}");
+    // No timestamp of ours and syslog priorities: a container cannot see
+    // JOURNAL_STREAM, so say it (see the gateway's logging module).
+    let journal_env = "QM_IPC_LOG_FORMAT=journal".to_owned();
     let file = |dir: &str, name: String, unit: UnitFile| GeneratedFile {
         path: Path::new(dir).join(name),
         content: unit.to_string(),
     };
     let server_name = &o.server_name;
     let client_name = &o.client_name;
+    let policy_args = match &o.policy {
+        Some(_) if topology == Topology::AsilToQm => format!(" --policy {POLICY_PATH}"),
+        _ => String::new(),
+    };
+    let watchdog: Vec<(&'static str, String)> = match o.watchdog_sec {
+        0 => vec![],
+        sec => vec![("WatchdogSec", sec.to_string())],
+    };
+    // A container does not see the WATCHDOG_USEC systemd gives conmon; say
+    // it, and conmon relays the gateway's WATCHDOG=1 (checked under real
+    // systemd).
+    let mut server_env = vec![socket_env.clone(), journal_env.clone()];
+    if o.watchdog_sec > 0 {
+        server_env.push(format!(
+            "WATCHDOG_USEC={}",
+            u64::from(o.watchdog_sec) * 1_000_000
+        ));
+    }
 
     let mut files = Vec::new();
     match topology {
@@ -303,33 +419,95 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
             header(&mut s, topology);
             s.push_section("Unit")
                 .push_entry("Description", "qm-ipc gateway socket (asil-to-qm)");
+            // FileDescriptorName=: without it systemd names the fd after
+            // this unit, and the gateway must know which socket is QM's.
             s.push_section("Socket")
                 .push_entry("ListenStream", &listen)
+                .push_entry("FileDescriptorName", CONSUMER_FD_NAME)
                 .push_entry("SocketMode", "0660")
                 .push_entry("SELinuxContextFromNet", "yes");
             s.push_section("Install")
                 .push_entry("WantedBy", "sockets.target");
             files.push(file(HOST_UNIT_DIR, format!("{server_name}.socket"), s));
 
-            let server = container_quadlet(
-                topology,
-                ContainerSpec {
-                    description: "qm-ipc gateway (asil-to-qm)",
-                    depends_on: Some(format!("{server_name}.socket")),
-                    image: &o.server_image,
-                    exec: o.server_exec.clone(),
-                    env: &env,
-                    volume: &volume,
-                    label: ("SecurityLabelType", &o.server_label),
-                    notify: true,
-                    service_extra: vec![],
-                },
-            );
-            files.push(file(
-                HOST_QUADLET_DIR,
-                format!("{server_name}.container"),
-                server,
-            ));
+            if let Some(policy) = &o.policy {
+                files.push(GeneratedFile {
+                    path: PathBuf::from(POLICY_PATH),
+                    content: policy.clone(),
+                });
+            }
+
+            match o.runtime {
+                Runtime::Container => {
+                    let mut service_extra = watchdog.clone();
+                    if o.policy.is_some() {
+                        // quadlet 5.4 has no ReloadSignal=: check the new
+                        // policy inside the container first, so a broken file
+                        // fails `systemctl reload` and nothing is signalled,
+                        // then SIGHUP the gateway (PID 1 of the container;
+                        // the unit's main PID is conmon's).
+                        service_extra.push((
+                            "ExecReload",
+                            format!("/usr/bin/podman exec systemd-%N /usr/bin/qm-ipc policy check {POLICY_PATH}"),
+                        ));
+                        service_extra.push((
+                            "ExecReload",
+                            "/usr/bin/podman kill --signal HUP systemd-%N".into(),
+                        ));
+                    }
+                    let mut volumes = vec![volume.clone()];
+                    if o.policy.is_some() {
+                        volumes.push(format!("{CONFIG_DIR}/:{CONFIG_DIR}/:ro"));
+                    }
+                    let server = container_quadlet(
+                        topology,
+                        ContainerSpec {
+                            description: "qm-ipc gateway (asil-to-qm)",
+                            depends_on: Some(format!("{server_name}.socket")),
+                            image: &o.server_image,
+                            exec: format!("{}{policy_args}", o.server_exec),
+                            env: server_env.clone(),
+                            volumes,
+                            label: ("SecurityLabelType", &o.server_label),
+                            notify: true,
+                            service_extra,
+                        },
+                    );
+                    files.push(file(
+                        HOST_QUADLET_DIR,
+                        format!("{server_name}.container"),
+                        server,
+                    ));
+                }
+                Runtime::Host => {
+                    let mut u = UnitFile::new(format!("{server_name}.service"));
+                    header(&mut u, topology);
+                    u.push_section("Unit")
+                        .push_entry("Description", "qm-ipc gateway (asil-to-qm, on the host)")
+                        .push_entry("Requires", &format!("{server_name}.socket"))
+                        .push_entry("After", &format!("{server_name}.socket"));
+                    // notify-reload: `systemctl reload` sends SIGHUP and
+                    // waits for RELOADING=1 ... READY=1 from the gateway.
+                    u.push_section("Service")
+                        .push_entry("Type", "notify-reload")
+                        .push_entry(
+                            "ExecStart",
+                            &format!("{} {}{policy_args}", o.binary, o.server_exec),
+                        )
+                        .push_entry("Environment", &socket_env)
+                        .push_entry("Restart", "always");
+                    for (key, value) in &watchdog {
+                        u.push_entry(key, value);
+                    }
+                    u.push_entry("RuntimeDirectory", "qm-ipc");
+                    for (key, value) in HOST_HARDENING {
+                        u.push_entry(key, value);
+                    }
+                    u.push_section("Install")
+                        .push_entry("WantedBy", "multi-user.target");
+                    files.push(file(HOST_UNIT_DIR, format!("{server_name}.service"), u));
+                }
+            }
 
             let client = container_quadlet(
                 topology,
@@ -338,8 +516,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     depends_on: None,
                     image: &o.client_image,
                     exec: o.client_exec.clone(),
-                    env: &env,
-                    volume: &volume,
+                    env: vec![socket_env.clone(), journal_env.clone()],
+                    volumes: vec![volume.clone()],
                     label: ("SecurityLabelType", &o.client_label),
                     notify: false,
                     service_extra: vec![],
@@ -376,8 +554,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     depends_on: Some(format!("{server_name}.service")),
                     image: &o.client_image,
                     exec: o.client_exec.clone(),
-                    env: &env,
-                    volume: &volume,
+                    env: vec![socket_env.clone(), journal_env.clone()],
+                    volumes: vec![volume.clone()],
                     label: ("SecurityLabelLevel", &o.level),
                     notify: false,
                     service_extra: vec![],
@@ -389,6 +567,14 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 client,
             ));
 
+            // systemd creates the shared directory before the server
+            // starts and keeps it across restarts, so the client's mount
+            // stays valid.
+            let mut service_extra = vec![
+                ("RuntimeDirectory", runtime_dir),
+                ("RuntimeDirectoryPreserve", "yes".into()),
+            ];
+            service_extra.extend(watchdog.clone());
             let server = container_quadlet(
                 topology,
                 ContainerSpec {
@@ -396,17 +582,11 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     depends_on: None,
                     image: &o.server_image,
                     exec: format!("{} --no-provider-socket", o.server_exec),
-                    env: &env,
-                    volume: &volume,
+                    env: server_env.clone(),
+                    volumes: vec![volume.clone()],
                     label: ("SecurityLabelLevel", &o.level),
                     notify: true,
-                    // systemd creates the shared directory before the server
-                    // starts and keeps it across restarts, so the client's
-                    // mount stays valid.
-                    service_extra: vec![
-                        ("RuntimeDirectory", runtime_dir),
-                        ("RuntimeDirectoryPreserve", "yes".into()),
-                    ],
+                    service_extra,
                 },
             );
             files.push(file(
@@ -507,6 +687,7 @@ mod tests {
             paths,
             vec![
                 "/etc/systemd/system/ipc_server.socket",
+                "/etc/qm-ipc/policy.toml",
                 "/etc/containers/systemd/ipc_server.container",
                 "/etc/qm/containers/systemd/ipc_client.container",
                 "/etc/containers/systemd/qm.container.d/10-extra-volume.conf",
@@ -515,7 +696,8 @@ mod tests {
         assert!(files[0]
             .content
             .contains("ListenStream=%t/ipc/ipc.socket\n"));
-        assert!(files[1].content.contains("Notify=true\n"));
+        assert!(files[0].content.contains("FileDescriptorName=consumer\n"));
+        assert!(files[2].content.contains("Notify=true\n"));
     }
 
     #[test]

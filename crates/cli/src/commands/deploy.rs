@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use qm_ipc_deploy::generate::{self, Options, Topology};
+use qm_ipc_deploy::generate::{self, Options, Runtime, Topology};
 use qm_ipc_deploy::lint;
 
 use super::CommandError;
@@ -16,6 +16,15 @@ pub enum TopologyArg {
     /// A server and a client quadlet inside QM sharing a socket directory
     /// and an MCS level.
     QmToQm,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RuntimeArg {
+    /// The server in a container, from a quadlet (the qm IPC example).
+    Container,
+    /// The server as a hardened systemd service running qm-ipc on the host
+    /// (asil-to-qm only).
+    Host,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +62,16 @@ pub struct GenerateArgs {
     /// Arguments for the client image's entrypoint.
     #[arg(long, default_value_t = Options::default().client_exec)]
     client_exec: String,
+    /// Where the server runs.
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Container)]
+    runtime: RuntimeArg,
+    /// The qm-ipc binary on the host (--runtime host).
+    #[arg(long, default_value_t = Options::default().binary, value_name = "PATH")]
+    binary: String,
+    /// WatchdogSec= of the server: systemd restarts a gateway that stops
+    /// answering for this long. 0: no watchdog.
+    #[arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS")]
+    watchdog_sec: u32,
     /// Write the files below DIR (e.g. / or a staging tree) instead of
     /// printing them.
     #[arg(long, value_name = "DIR")]
@@ -78,6 +97,13 @@ pub fn generate(args: GenerateArgs) -> Result<(), CommandError> {
         level: args.level,
         server_exec: args.server_exec,
         client_exec: args.client_exec,
+        runtime: match args.runtime {
+            RuntimeArg::Container => Runtime::Container,
+            RuntimeArg::Host => Runtime::Host,
+        },
+        binary: args.binary,
+        watchdog_sec: args.watchdog_sec,
+        ..Options::default()
     };
     let files = generate::generate(topology, &options)?;
     match args.root {

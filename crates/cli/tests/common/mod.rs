@@ -380,3 +380,18 @@ pub fn run_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
         err.join().unwrap_or_default(),
     )
 }
+
+/// Tests beyond the fast tier need root, podman, systemd or Python: they
+/// run only when `QM_IPC_TEST_TIERS` names their tier (or `all`, which the
+/// README's test command sets after installing what they need), and say
+/// so when skipped. A requested tier whose prerequisites are missing fails.
+pub fn tier_enabled(tier: &str, needs: &str) -> bool {
+    let tiers = std::env::var("QM_IPC_TEST_TIERS").unwrap_or_default();
+    if tiers.split(',').any(|t| t.trim() == tier || t.trim() == "all") {
+        return true;
+    }
+    eprintln!(
+        "skipped: the {tier} tier needs {needs}; QM_IPC_TEST_TIERS={tier} runs it (scripts/test.sh runs every tier)"
+    );
+    false
+}

@@ -1,0 +1,251 @@
+//! The real-systemd tier: the files `qm-ipc generate` writes, installed on
+//! a machine whose PID 1 is systemd 257, with podman 5.4's own quadlet as
+//! the generator, driven through `systemctl` and independent clients
+//! (`varlinkctl`, systemd's own varlink client, and `qm-ipc`).
+//!
+//! Needs root, podman, the images of `scripts/build-images.sh` and the
+//! rootfs of `scripts/build-test-rootfs.sh`; runs when `QM_IPC_TEST_TIERS`
+//! names `systemd` (the README's test command sets it). What is real and
+//! what is emulated is written down in docs/deploy.md.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod host;
+
+use common::tier_enabled;
+use host::{text, wait_for, SystemdHost, SLOW};
+
+const NEEDS: &str = "root, podman, the images (scripts/build-images.sh) and the trixie rootfs (scripts/build-test-rootfs.sh)";
+const SOCKET: &str = "/run/ipc/ipc.socket";
+
+/// A `Get` of `topic` with systemd's own varlink client; the reply text,
+/// or the error text.
+fn varlinkctl_get(host: &SystemdHost, topic: &str) -> Result<String, String> {
+    let params = format!(r#"{{"topic":"{topic}"}}"#);
+    let out = host.run(&[
+        "varlinkctl",
+        "call",
+        "--timeout=10",
+        SOCKET,
+        "io.qmipc.Gateway.Get",
+        &params,
+    ]);
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(format!("{}{}", text(&out.stdout), text(&out.stderr)))
+    }
+}
+
+/// `qm-ipc get` on the host (the static binary of the images).
+fn qm_ipc_get(host: &SystemdHost, topic: &str) -> Result<String, String> {
+    let out = host.run(&["qm-ipc", "--socket", SOCKET, "get", topic]);
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(format!("{}{}", text(&out.stdout), text(&out.stderr)))
+    }
+}
+
+/// Waits until the gateway answers a `Get vehicle.speed` with a value: the
+/// demo provider publishes 10 times a second once the gateway is up. An
+/// access denial is a failure at once: the deployment's policy (or the
+/// socket's fd name) is wrong, and waiting will not fix it.
+fn wait_for_speed(host: &SystemdHost) -> String {
+    let mut value = String::new();
+    wait_for("a vehicle.speed value through varlinkctl", SLOW, || {
+        match varlinkctl_get(host, "vehicle.speed") {
+            Ok(reply) => {
+                value = reply;
+                Ok(())
+            }
+            Err(e) if e.contains("AccessDenied") => panic!(
+                "the QM socket's request was denied: {e}\ngateway journal:\n{}",
+                host.journal("ipc_server.service")
+            ),
+            Err(e) => Err(e),
+        }
+    });
+    value
+}
+
+fn wait_active(host: &SystemdHost, unit: &str) {
+    wait_for(&format!("{unit} to be active"), SLOW, || {
+        match host.property(unit, "ActiveState").as_str() {
+            "active" => Ok(()),
+            other => Err(format!("{other}\n{}", host.journal(unit))),
+        }
+    });
+}
+
+/// Waits for the gateway container to run again as a new process after
+/// `old_pid`, answering requests.
+fn wait_restarted(host: &SystemdHost, old_pid: &str) -> String {
+    let mut pid = String::new();
+    wait_for("a new gateway process", SLOW, || {
+        let out = host.run(&[
+            "podman",
+            "inspect",
+            "-f",
+            "{{.State.Pid}} {{.State.Running}}",
+            "systemd-ipc_server",
+        ]);
+        let state = text(&out.stdout);
+        match state.trim().split_once(' ') {
+            Some((p, "true")) if p != old_pid && p != "0" => {
+                pid = p.to_owned();
+                Ok(())
+            }
+            _ => Err(state),
+        }
+    });
+    wait_for_speed(host);
+    pid
+}
+
+#[test]
+fn asil_to_qm_under_real_systemd() {
+    if !tier_enabled("systemd", NEEDS) {
+        return;
+    }
+    let host = SystemdHost::boot("asil", &[]);
+    host.load_images();
+    // A short watchdog, so the frozen-gateway step below is quick.
+    host.generate(&["asil-to-qm", "--watchdog-sec", "3"]);
+
+    // Quadlet generated the server's service from the .container.
+    let unit = host.ok(&["systemctl", "cat", "ipc_server.service"]);
+    assert!(unit.contains("podman run"), "{unit}");
+    assert!(unit.contains("WatchdogSec=3"), "{unit}");
+
+    // The socket listens before the server runs.
+    host.ok(&["systemctl", "start", "ipc_server.socket"]);
+    assert_eq!(host.property("ipc_server.socket", "ActiveState"), "active");
+    assert_eq!(
+        host.property("ipc_server.service", "ActiveState"),
+        "inactive"
+    );
+    host.ok(&["test", "-S", SOCKET]);
+
+    // The first QM connection starts the server container, and the QM side
+    // (the consumer socket, under the generated policy) reads topics. This
+    // fails on a gateway that does not take the fd name systemd passes.
+    let reply = wait_for_speed(&host);
+    assert!(reply.contains("\"seq\""), "{reply}");
+    assert_eq!(host.property("ipc_server.service", "ActiveState"), "active");
+    let info = host.ok(&["varlinkctl", "info", SOCKET]);
+    assert!(info.contains("qm-ipc"), "{info}");
+    let introspect = host.ok(&["varlinkctl", "introspect", SOCKET, "io.qmipc.Gateway"]);
+    assert!(introspect.contains("method Get"), "{introspect}");
+    let got = qm_ipc_get(&host, "vehicle.speed").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!got.trim().is_empty());
+
+    // The gateway's log reaches the journal with syslog priorities and no
+    // timestamp of its own.
+    let journal = host.journal("ipc_server.service");
+    assert!(
+        journal.lines().any(|l| l == "ready"),
+        "the gateway's lines arrive bare: {journal}"
+    );
+    let info_lines = host.sh("journalctl -q --no-pager -o cat -p info -u ipc_server.service");
+    assert!(info_lines.contains("listening on consumer (socket-activated)"));
+
+    // The client quadlet (here in the host's quadlet directory, a stand-in
+    // for QM's; the nested QM partition is the next test) sends the time
+    // and reads vehicle.speed: both directions through the generated policy.
+    host.ok(&[
+        "cp",
+        "/etc/qm/containers/systemd/ipc_client.container",
+        "/etc/containers/systemd/ipc_client.container",
+    ]);
+    host.ok(&["systemctl", "daemon-reload"]);
+    host.ok(&["systemctl", "start", "ipc_client.service"]);
+    wait_active(&host, "ipc_client.service");
+    host.wait_journal("ipc_client.service", "vehicle.speed = ", 0);
+    let received = host.wait_journal(
+        "ipc_server.service",
+        "Current time received from client is:",
+        0,
+    );
+    let connects = host.wait_journal("ipc_client.service", "client: connected to", 0);
+
+    // A killed gateway is restarted by systemd, and the client
+    // resubscribes by itself.
+    let pid = host.container_pid("systemd-ipc_server");
+    host.ok(&["systemctl", "kill", "-s", "KILL", "ipc_server.service"]);
+    let pid = wait_restarted(&host, &pid);
+    host.wait_journal("ipc_client.service", "client: connected to", connects);
+    let received = host.wait_journal(
+        "ipc_server.service",
+        "Current time received from client is:",
+        received,
+    );
+
+    // A frozen gateway stops sending WATCHDOG=1 (relayed by conmon); the
+    // watchdog fires and systemd restarts it.
+    host.ok(&["sh", "-c", &format!("kill -STOP {pid}")]);
+    host.wait_journal("ipc_server.service", "Watchdog timeout", 0);
+    let pid = wait_restarted(&host, &pid);
+    host.wait_journal(
+        "ipc_server.service",
+        "Current time received from client is:",
+        received,
+    );
+
+    // `systemctl reload` applies a new policy: QM may no longer read.
+    let policy = host.ok(&["cat", "/etc/qm-ipc/policy.toml"]);
+    let tightened = policy.replace(
+        r#"allow = { subscribe = ["*"], publish = ["demo.time"] }"#,
+        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"] }"#,
+    );
+    assert_ne!(policy, tightened, "the generated policy has the QM rule");
+    write_file(&host, "/etc/qm-ipc/policy.toml", &tightened);
+    host.ok(&["systemctl", "reload", "ipc_server.service"]);
+    let denied = qm_ipc_get(&host, "vehicle.speed").expect_err("denied after the reload");
+    assert!(denied.contains("AccessDenied"), "{denied}");
+
+    // A broken policy fails the reload, and the previous one stays.
+    write_file(
+        &host,
+        "/etc/qm-ipc/policy.toml",
+        "[[rule]]\nname = \"broken\"\nallow = { publish = [\"bad name\"] }\n",
+    );
+    let out = host.run(&["systemctl", "reload", "ipc_server.service"]);
+    assert!(!out.status.success(), "a broken policy must fail the reload");
+    // Signalled directly (past the unit's check), the gateway refuses it
+    // too, at error priority.
+    host.ok(&["podman", "kill", "--signal", "HUP", "systemd-ipc_server"]);
+    wait_for("the refused reload at priority err", SLOW, || {
+        let errors = host.sh("journalctl -q --no-pager -o cat -p err -u ipc_server.service");
+        if errors.contains("policy reload failed, keeping the previous policy") {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    });
+    let still = qm_ipc_get(&host, "vehicle.speed").expect_err("still the tightened policy");
+    assert!(still.contains("AccessDenied"), "{still}");
+    assert_eq!(host.property("ipc_server.service", "ActiveState"), "active");
+    assert_eq!(host.container_pid("systemd-ipc_server"), pid);
+
+    // `systemctl stop` drains and the gateway exits 0.
+    host.ok(&["systemctl", "stop", "ipc_client.service"]);
+    host.ok(&["systemctl", "stop", "ipc_server.socket", "ipc_server.service"]);
+    let journal = host.journal("ipc_server.service");
+    assert!(journal.contains("stopping: draining connections"), "{journal}");
+    assert!(journal.lines().any(|l| l == "stopped"), "{journal}");
+    assert_eq!(host.property("ipc_server.service", "Result"), "success");
+    assert_eq!(host.property("ipc_server.service", "ExecMainStatus"), "0");
+}
+
+fn write_file(host: &SystemdHost, path: &str, content: &str) {
+    let local = host.work.path().join("file");
+    std::fs::write(&local, content).unwrap();
+    let out = host::podman()
+        .arg("cp")
+        .arg(&local)
+        .arg(format!("{}:{path}", host.name))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
