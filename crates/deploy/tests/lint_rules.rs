@@ -314,6 +314,43 @@ fn qm011_network_other_than_none() {
 /// Regression: linting a whole system reported every socket unit (D-Bus,
 /// journald) as a misplaced IPC socket.
 #[test]
+fn qm012_socket_fd_name_the_gateway_does_not_know() {
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SOCKET,
+        "FileDescriptorName=consumer",
+        "FileDescriptorName=ipc",
+    );
+    let report = assert_only(root.path(), "QM012", SOCKET);
+    assert!(report.to_text().contains("FileDescriptorName=ipc"));
+
+    // Two sockets in one unit share its fd name.
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        SOCKET,
+        "FileDescriptorName=consumer\n",
+        "ListenStream=%t/ipc/other.socket\n",
+    );
+    let report = lint(root.path());
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.rule == "QM012" && f.file.ends_with(SOCKET)),
+        "{}",
+        report.to_text()
+    );
+
+    // The qm IPC example's own form (one socket, no name) is what the
+    // gateway takes as the consumer socket: no finding.
+    let root = tree(Topology::AsilToQm);
+    edit(root.path(), SOCKET, "FileDescriptorName=consumer\n", "");
+    assert!(lint(root.path()).findings.is_empty());
+}
+
+#[test]
 fn unrelated_socket_units_of_the_system_are_left_alone() {
     let root = tree(Topology::AsilToQm);
     for (name, listen) in [

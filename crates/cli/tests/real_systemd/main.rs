@@ -249,3 +249,230 @@ fn write_file(host: &SystemdHost, path: &str, content: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The QM partition, emulated as qm runs it: a `qm.container` quadlet on the
+/// host that boots a nested systemd with its own podman from the same
+/// trixie rootfs, whose quadlet directory is the host's
+/// `/etc/qm/containers/systemd`. The generated drop-in
+/// `qm.container.d/10-extra-volume.conf` is what gives it `/run/ipc`.
+const QM_CONTAINER: &str = "\
+[Unit]
+Description=QM partition (emulated: a nested systemd with its own podman)
+
+[Container]
+ContainerName=qm
+Rootfs=/var/lib/qm/rootfs:O
+Exec=/lib/systemd/systemd
+Network=none
+PodmanArgs=--privileged --cgroupns=host --systemd=always
+Volume=/sys/fs/cgroup:/sys/fs/cgroup:rw
+Volume=/etc/qm/containers/systemd/:/etc/containers/systemd/:ro
+Volume=/var/lib/qm/images/:/var/lib/qm/images/:ro
+";
+
+/// Runs `args` inside the QM partition's namespaces (`podman exec` into a
+/// nested systemd container fails on cgroup paths; qm's own docs use
+/// nsenter).
+fn in_qm(host: &SystemdHost, args: &[&str]) -> std::process::Output {
+    let pid = host.container_pid("qm");
+    let mut full = vec!["nsenter", "-a", "-t", &pid];
+    full.extend_from_slice(args);
+    host.run(&full)
+}
+
+fn in_qm_sh(host: &SystemdHost, script: &str) -> String {
+    let out = in_qm(host, &["sh", "-c", script]);
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
+    if !tier_enabled("systemd", NEEDS) {
+        return;
+    }
+    let rootfs = host::rootfs();
+    let host = SystemdHost::boot(
+        "qm",
+        &[
+            "-v",
+            &format!("{}:/var/lib/qm/rootfs:ro", rootfs.display()),
+            // Nested overlays need an upper layer that is not overlayfs.
+            "--tmpfs",
+            "/var/lib/containers:rw,size=4g",
+        ],
+    );
+    host.load_images();
+    host.ok(&["mkdir", "-p", "/var/lib/qm/images"]);
+    host.ok(&["cp", "/root/images.tar", "/var/lib/qm/images/images.tar"]);
+    host.generate(&["asil-to-qm"]);
+    let qm = host.work.path().join("qm-root");
+    std::fs::create_dir_all(qm.join("etc/containers/systemd")).unwrap();
+    std::fs::write(qm.join("etc/containers/systemd/qm.container"), QM_CONTAINER).unwrap();
+    host.install_tree(&qm);
+    host.ok(&["systemctl", "daemon-reload"]);
+
+    // The drop-in orders the QM partition after the socket and pulls it in.
+    let after = host.property("qm.service", "After");
+    let requires = host.property("qm.service", "Requires");
+    assert!(after.contains("ipc_server.socket"), "After={after}");
+    assert!(requires.contains("ipc_server.socket"), "Requires={requires}");
+    assert_eq!(host.property("ipc_server.socket", "ActiveState"), "inactive");
+    host.ok(&["systemctl", "start", "qm.service"]);
+    assert_eq!(
+        host.property("ipc_server.socket", "ActiveState"),
+        "active",
+        "starting QM started the socket first"
+    );
+    assert_eq!(
+        host.property("ipc_server.service", "ActiveState"),
+        "inactive",
+        "nothing has connected yet"
+    );
+
+    // QM's own systemd boots; its podman gets the client image.
+    wait_for("the QM partition's systemd", SLOW, || {
+        let out = in_qm(&host, &["systemctl", "is-system-running"]);
+        match text(&out.stdout).trim() {
+            "running" => Ok(()),
+            other => Err(format!("{other} {}", text(&out.stderr))),
+        }
+    });
+    let out = in_qm(
+        &host,
+        &["podman", "load", "-q", "-i", "/var/lib/qm/images/images.tar"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    in_qm(&host, &["systemctl", "daemon-reload"]);
+
+    // The generated client quadlet runs in QM, and both directions flow.
+    wait_for("ipc_client.service to run in QM", SLOW, || {
+        let out = in_qm(&host, &["systemctl", "start", "ipc_client.service"]);
+        let journal = in_qm_sh(&host, "journalctl -q --no-pager -o cat -u ipc_client.service");
+        if out.status.success() && journal.contains("vehicle.speed = ") {
+            Ok(())
+        } else {
+            Err(format!("{}{journal}", text(&out.stderr)))
+        }
+    });
+    host.wait_journal(
+        "ipc_server.service",
+        "Current time received from client is:",
+        0,
+    );
+
+    // In QM, a container with the socket directory mounted reaches the
+    // gateway; one without it (no drop-in, no Volume=) cannot.
+    let reached = in_qm_sh(
+        &host,
+        "podman run --rm --network none -v /run/ipc/:/run/ipc/ localhost/qm-ipc-client:latest get vehicle.speed; echo exit=$?",
+    );
+    assert!(reached.contains("exit=0"), "{reached}");
+    let unreached = in_qm_sh(
+        &host,
+        "podman run --rm --network none localhost/qm-ipc-client:latest get vehicle.speed; echo exit=$?",
+    );
+    assert!(!unreached.contains("exit=0"), "{unreached}");
+    assert!(unreached.contains("/run/ipc/ipc.socket"), "{unreached}");
+}
+
+/// `systemd-analyze security`'s overall exposure of `unit` (0.0 best, 10.0
+/// worst).
+fn exposure(host: &SystemdHost, unit: &str) -> f64 {
+    let out = host.sh(&format!("systemd-analyze security --no-pager {unit}"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    line.split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the exposure in {line:?}"))
+}
+
+#[test]
+fn host_runtime_service_is_hardened_and_serves_qm() {
+    if !tier_enabled("systemd", NEEDS) {
+        return;
+    }
+    let host = SystemdHost::boot("hostrt", &[]);
+    // Installs /usr/bin/qm-ipc, the binary the host service runs.
+    host.load_images();
+    host.generate(&["asil-to-qm", "--runtime", "host"]);
+    let verify = host.sh("systemd-analyze verify /etc/systemd/system/ipc_server.service 2>&1; echo exit=$?");
+    assert!(verify.contains("exit=0"), "{verify}");
+
+    host.ok(&["systemctl", "start", "ipc_server.socket"]);
+    assert_eq!(
+        host.property("ipc_server.service", "ActiveState"),
+        "inactive"
+    );
+    wait_for_speed(&host);
+    assert_eq!(host.property("ipc_server.service", "Type"), "notify-reload");
+    let journal = host.journal("ipc_server.service");
+    assert!(
+        journal.lines().any(|l| l == "ready"),
+        "under systemd the gateway logs for the journal: {journal}"
+    );
+
+    // The hardening holds and is worth its score.
+    let score = exposure(&host, "ipc_server.service");
+    eprintln!("systemd-analyze security: ipc_server.service exposure {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0");
+
+    // Type=notify-reload: SIGHUP from systemd, RELOADING=1 with
+    // MONOTONIC_USEC, then READY=1 (systemd 257 fails the reload and stops
+    // the service without the timestamp).
+    let policy = host.ok(&["cat", "/etc/qm-ipc/policy.toml"]);
+    let tightened = policy.replace(
+        r#"allow = { subscribe = ["*"], publish = ["demo.time"] }"#,
+        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"] }"#,
+    );
+    write_file(&host, "/etc/qm-ipc/policy.toml", &tightened);
+    host.ok(&["chmod", "0644", "/etc/qm-ipc/policy.toml"]);
+    let pid = host.property("ipc_server.service", "MainPID");
+    host.ok(&["systemctl", "reload", "ipc_server.service"]);
+    let denied = qm_ipc_get(&host, "vehicle.speed").expect_err("denied after the reload");
+    assert!(denied.contains("AccessDenied"), "{denied}");
+    // A broken file: the gateway keeps the previous policy and says so at
+    // error priority.
+    write_file(&host, "/etc/qm-ipc/policy.toml", "[[rule]]\nname = 1\n");
+    host.ok(&["chmod", "0644", "/etc/qm-ipc/policy.toml"]);
+    let _ = host.run(&["systemctl", "reload", "ipc_server.service"]);
+    wait_for("the refused reload at priority err", SLOW, || {
+        let errors = host.sh("journalctl -q --no-pager -o cat -p err -u ipc_server.service");
+        if errors.contains("policy reload failed, keeping the previous policy") {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    });
+    let still = qm_ipc_get(&host, "vehicle.speed").expect_err("still the tightened policy");
+    assert!(still.contains("AccessDenied"), "{still}");
+    assert_eq!(host.property("ipc_server.service", "MainPID"), pid);
+
+    host.ok(&["systemctl", "stop", "ipc_server.socket", "ipc_server.service"]);
+    assert_eq!(host.property("ipc_server.service", "Result"), "success");
+    assert_eq!(host.property("ipc_server.service", "ExecMainStatus"), "0");
+
+    // The qm IPC example's own socket unit has no FileDescriptorName=:
+    // systemd then names the fd `ipc_server.socket`, and the gateway must
+    // still take it as the QM side (before the fix every request on it was
+    // denied).
+    write_file(&host, "/etc/qm-ipc/policy.toml", &policy);
+    host.ok(&["chmod", "0644", "/etc/qm-ipc/policy.toml"]);
+    host.ok(&[
+        "sed",
+        "-i",
+        "/^FileDescriptorName=/d",
+        "/etc/systemd/system/ipc_server.socket",
+    ]);
+    host.ok(&["systemctl", "daemon-reload"]);
+    host.ok(&["systemctl", "start", "ipc_server.socket"]);
+    wait_for_speed(&host);
+    let journal = host.journal("ipc_server.service");
+    assert!(
+        journal.contains("named \"ipc_server.socket\"") && journal.contains("FileDescriptorName=consumer"),
+        "the gateway says which name it took and how to make it explicit: {journal}"
+    );
+}

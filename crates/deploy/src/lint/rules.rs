@@ -40,6 +40,8 @@ pub const DEPENDENCY: Rule = rule("QM010", "missing-dependency", Severity::Warni
     "without Requires= and After= systemd may start the client before its server, or stop the server under it");
 pub const NETWORK: Rule = rule("QM011", "network-not-none", Severity::Warning,
     "IPC containers talk over the Unix socket only; a network namespace with connectivity is attack surface and, for QM, a path around the partition's isolation");
+pub const FD_NAME: Rule = rule("QM012", "socket-fd-name", Severity::Error,
+    "the gateway tells its sockets apart by the fd names systemd passes (FileDescriptorName=, else the socket unit's name for every fd of the unit); a name it does not know could only be denied, so it refuses to start, and two fds with one name cannot be told apart");
 
 pub const CATALOGUE: &[Rule] = &[
     SYNTAX,
@@ -54,7 +56,11 @@ pub const CATALOGUE: &[Rule] = &[
     PATH_MISMATCH,
     DEPENDENCY,
     NETWORK,
+    FD_NAME,
 ];
+
+/// The fd names the gateway knows without a policy that declares more.
+const KNOWN_FD_NAMES: &[&str] = &["consumer", "provider"];
 
 const SERVER_TYPE: &str = "ipc_t";
 const CLIENT_TYPE: &str = "qm_container_ipc_t";
@@ -201,8 +207,58 @@ pub fn check(d: &Deployment) -> Vec<Finding> {
     for socket in &sockets {
         check_host_socket(d, socket, cross_checks, &mut findings);
     }
+    let mut seen: Vec<&str> = Vec::new();
+    for socket in &sockets {
+        if !seen.contains(&socket.unit.name.as_str()) {
+            seen.push(&socket.unit.name);
+            check_fd_name(socket.unit, &mut findings);
+        }
+    }
     check_qm_side(d, &sockets, &mut findings);
     findings
+}
+
+fn check_fd_name(unit: &Unit, findings: &mut Vec<Finding>) {
+    let listens: Vec<_> = ["ListenStream", "ListenSequentialPacket", "ListenDatagram"]
+        .iter()
+        .flat_map(|key| unit.values("Socket", key))
+        .collect();
+    let name = unit.value("Socket", "FileDescriptorName");
+    if listens.len() > 1 {
+        let place = name.as_ref().map_or_else(|| at(&listens[1]), at);
+        findings.push(Finding::new(
+            &FD_NAME,
+            place,
+            format!(
+                "{} passes {} sockets under one fd name ({})",
+                unit.name,
+                listens.len(),
+                name.as_ref()
+                    .map_or(unit.name.clone(), |n| n.entry.value.clone())
+            ),
+            "give each socket a unit of its own with FileDescriptorName=consumer or FileDescriptorName=provider (and Service= naming the gateway's service)",
+        ));
+        return;
+    }
+    let Some(name) = name else {
+        // One fd named after the unit: the gateway takes it as the consumer
+        // socket.
+        return;
+    };
+    if !KNOWN_FD_NAMES.contains(&name.entry.value.as_str()) {
+        findings.push(Finding::new(
+            &FD_NAME,
+            at(&name),
+            format!(
+                "FileDescriptorName={} is not a socket the gateway knows",
+                name.entry.value
+            ),
+            format!(
+                "use FileDescriptorName=consumer (the QM side) or provider (the ASIL side), or declare sockets = [\"{}\"] in the gateway's policy file",
+                name.entry.value
+            ),
+        ));
+    }
 }
 
 fn check_notify(unit: &Unit, findings: &mut Vec<Finding>) {
