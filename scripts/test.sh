@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # The test command: installs the test prerequisites, then checks formatting
-# and lints and runs every test in the workspace.
+# and lints and runs every test in the workspace, every tier:
+#   fast     plain `cargo test` as any user: unit tests, real sockets
+#   root     peers as other uids            python  the reference varlink client
+#   quadlet  podman's quadlet, systemd-analyze
+#   podman   real containers from the images
+#   systemd  the generated units under systemd 257 as PID 1 (trixie rootfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+start=$(date +%s)
 scripts/install-test-deps.sh
 # The container images the end-to-end tests run (offline: FROM scratch).
 scripts/build-images.sh
+# The root filesystem the real-systemd tier boots (cached after the first run).
+scripts/build-test-rootfs.sh
+echo "test prerequisites ready after $(( $(date +%s) - start )) s"
+
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # Smoke runs of the benchmarks: they must run; they judge no times.
 cargo bench --locked -p qm-ipc --bench compare -- --quick
 cargo bench --locked -p qm-ipc --bench interference -- --quick
-cargo test --locked --workspace
+QM_IPC_TEST_TIERS=all cargo test --locked --workspace
+echo "all tiers passed in $(( $(date +%s) - start )) s"

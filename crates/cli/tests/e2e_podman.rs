@@ -188,6 +188,12 @@ fn acknowledged(lines: &[String]) -> Vec<String> {
 
 #[test]
 fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
+    if !common::tier_enabled(
+        "podman",
+        "root, podman, runc, quadlet and the images (scripts/build-images.sh)",
+    ) {
+        return;
+    }
     require_images();
     let tag = format!("e2e{}a", std::process::id());
     let socket_dir = PathBuf::from(format!("/run/ipc/qm-ipc-{tag}"));
@@ -291,6 +297,12 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
 
 #[test]
 fn qm_to_qm_pair_shares_the_socket_directory_and_level() {
+    if !common::tier_enabled(
+        "podman",
+        "root, podman, runc, quadlet and the images (scripts/build-images.sh)",
+    ) {
+        return;
+    }
     require_images();
     let tag = format!("e2e{}q", std::process::id());
     let socket_dir = PathBuf::from(format!("/run/qm-ipc-{tag}"));
@@ -338,6 +350,12 @@ fn qm_to_qm_pair_shares_the_socket_directory_and_level() {
 
 #[test]
 fn containers_see_only_what_is_mounted_into_them() {
+    if !common::tier_enabled(
+        "podman",
+        "root, podman, runc, quadlet and the images (scripts/build-images.sh)",
+    ) {
+        return;
+    }
     require_images();
     let tag = format!("e2e{}i", std::process::id());
     let tmp = tempfile::tempdir().unwrap();
@@ -420,6 +438,12 @@ fn containers_see_only_what_is_mounted_into_them() {
 
 #[test]
 fn ready_comes_from_the_gateway_not_from_conmon() {
+    if !common::tier_enabled(
+        "podman",
+        "root, podman, runc, quadlet and the images (scripts/build-images.sh)",
+    ) {
+        return;
+    }
     require_images();
     let tmp = tempfile::tempdir().unwrap();
     let mut notify = NotifyReceiver::new(tmp.path());

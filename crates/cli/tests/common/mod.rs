@@ -387,7 +387,10 @@ pub fn run_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
 /// so when skipped. A requested tier whose prerequisites are missing fails.
 pub fn tier_enabled(tier: &str, needs: &str) -> bool {
     let tiers = std::env::var("QM_IPC_TEST_TIERS").unwrap_or_default();
-    if tiers.split(',').any(|t| t.trim() == tier || t.trim() == "all") {
+    if tiers
+        .split(',')
+        .any(|t| t.trim() == tier || t.trim() == "all")
+    {
         return true;
     }
     eprintln!(

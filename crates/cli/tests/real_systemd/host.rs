@@ -73,7 +73,14 @@ impl SystemdHost {
         let name = format!("qm-ipc-test-{tag}-{}", std::process::id());
         let _ = podman().args(["rm", "-f", "-t", "0", &name]).output();
         let out = podman()
-            .args(["run", "-d", "--name", &name, "--privileged", "--cgroupns=host"])
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--privileged",
+                "--cgroupns=host",
+            ])
             .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--systemd=always"])
             .args(extra)
             .arg("--rootfs")
@@ -223,9 +230,13 @@ impl SystemdHost {
 
     /// `systemctl show -p KEY --value UNIT`.
     pub fn property(&self, unit: &str, key: &str) -> String {
-        text(&self.run(&["systemctl", "show", "-p", key, "--value", unit]).stdout)
-            .trim()
-            .to_owned()
+        text(
+            &self
+                .run(&["systemctl", "show", "-p", key, "--value", unit])
+                .stdout,
+        )
+        .trim()
+        .to_owned()
     }
 
     /// The unit's journal, messages only.
@@ -237,15 +248,19 @@ impl SystemdHost {
     /// than `after` times; returns the new count.
     pub fn wait_journal(&self, unit: &str, needle: &str, after: usize) -> usize {
         let mut count = 0;
-        wait_for(&format!("{needle:?} in the journal of {unit}"), SLOW, || {
-            let journal = self.journal(unit);
-            count = journal.lines().filter(|l| l.contains(needle)).count();
-            if count > after {
-                Ok(())
-            } else {
-                Err(journal)
-            }
-        });
+        wait_for(
+            &format!("{needle:?} in the journal of {unit}"),
+            SLOW,
+            || {
+                let journal = self.journal(unit);
+                count = journal.lines().filter(|l| l.contains(needle)).count();
+                if count > after {
+                    Ok(())
+                } else {
+                    Err(journal)
+                }
+            },
+        );
         count
     }
 

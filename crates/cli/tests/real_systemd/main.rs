@@ -53,8 +53,10 @@ fn qm_ipc_get(host: &SystemdHost, topic: &str) -> Result<String, String> {
 /// socket's fd name) is wrong, and waiting will not fix it.
 fn wait_for_speed(host: &SystemdHost) -> String {
     let mut value = String::new();
-    wait_for("a vehicle.speed value through varlinkctl", SLOW, || {
-        match varlinkctl_get(host, "vehicle.speed") {
+    wait_for(
+        "a vehicle.speed value through varlinkctl",
+        SLOW,
+        || match varlinkctl_get(host, "vehicle.speed") {
             Ok(reply) => {
                 value = reply;
                 Ok(())
@@ -64,8 +66,8 @@ fn wait_for_speed(host: &SystemdHost) -> String {
                 host.journal("ipc_server.service")
             ),
             Err(e) => Err(e),
-        }
-    });
+        },
+    );
     value
 }
 
@@ -211,7 +213,10 @@ fn asil_to_qm_under_real_systemd() {
         "[[rule]]\nname = \"broken\"\nallow = { publish = [\"bad name\"] }\n",
     );
     let out = host.run(&["systemctl", "reload", "ipc_server.service"]);
-    assert!(!out.status.success(), "a broken policy must fail the reload");
+    assert!(
+        !out.status.success(),
+        "a broken policy must fail the reload"
+    );
     // Signalled directly (past the unit's check), the gateway refuses it
     // too, at error priority.
     host.ok(&["podman", "kill", "--signal", "HUP", "systemd-ipc_server"]);
@@ -230,9 +235,17 @@ fn asil_to_qm_under_real_systemd() {
 
     // `systemctl stop` drains and the gateway exits 0.
     host.ok(&["systemctl", "stop", "ipc_client.service"]);
-    host.ok(&["systemctl", "stop", "ipc_server.socket", "ipc_server.service"]);
+    host.ok(&[
+        "systemctl",
+        "stop",
+        "ipc_server.socket",
+        "ipc_server.service",
+    ]);
     let journal = host.journal("ipc_server.service");
-    assert!(journal.contains("stopping: draining connections"), "{journal}");
+    assert!(
+        journal.contains("stopping: draining connections"),
+        "{journal}"
+    );
     assert!(journal.lines().any(|l| l == "stopped"), "{journal}");
     assert_eq!(host.property("ipc_server.service", "Result"), "success");
     assert_eq!(host.property("ipc_server.service", "ExecMainStatus"), "0");
@@ -315,8 +328,14 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
     let after = host.property("qm.service", "After");
     let requires = host.property("qm.service", "Requires");
     assert!(after.contains("ipc_server.socket"), "After={after}");
-    assert!(requires.contains("ipc_server.socket"), "Requires={requires}");
-    assert_eq!(host.property("ipc_server.socket", "ActiveState"), "inactive");
+    assert!(
+        requires.contains("ipc_server.socket"),
+        "Requires={requires}"
+    );
+    assert_eq!(
+        host.property("ipc_server.socket", "ActiveState"),
+        "inactive"
+    );
     host.ok(&["systemctl", "start", "qm.service"]);
     assert_eq!(
         host.property("ipc_server.socket", "ActiveState"),
@@ -339,7 +358,13 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
     });
     let out = in_qm(
         &host,
-        &["podman", "load", "-q", "-i", "/var/lib/qm/images/images.tar"],
+        &[
+            "podman",
+            "load",
+            "-q",
+            "-i",
+            "/var/lib/qm/images/images.tar",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     in_qm(&host, &["systemctl", "daemon-reload"]);
@@ -347,7 +372,10 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
     // The generated client quadlet runs in QM, and both directions flow.
     wait_for("ipc_client.service to run in QM", SLOW, || {
         let out = in_qm(&host, &["systemctl", "start", "ipc_client.service"]);
-        let journal = in_qm_sh(&host, "journalctl -q --no-pager -o cat -u ipc_client.service");
+        let journal = in_qm_sh(
+            &host,
+            "journalctl -q --no-pager -o cat -u ipc_client.service",
+        );
         if out.status.success() && journal.contains("vehicle.speed = ") {
             Ok(())
         } else {
@@ -373,6 +401,58 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
     );
     assert!(!unreached.contains("exit=0"), "{unreached}");
     assert!(unreached.contains("/run/ipc/ipc.socket"), "{unreached}");
+
+    // QM-to-QM: a server and a client generated into QM's quadlet
+    // directory, run by QM's own systemd, sharing a runtime directory.
+    host.generate(&[
+        "qm-to-qm",
+        "--server-name",
+        "qm_server",
+        "--client-name",
+        "qm_client",
+    ]);
+    in_qm(&host, &["systemctl", "daemon-reload"]);
+    let unit = in_qm_sh(&host, "systemctl cat qm_client.service");
+    assert!(unit.contains("podman run"), "quadlet in QM made it: {unit}");
+    wait_for(
+        "qm_client.service to read from qm_server in QM",
+        SLOW,
+        || {
+            let out = in_qm(&host, &["systemctl", "start", "qm_client.service"]);
+            let journal = in_qm_sh(
+                &host,
+                "journalctl -q --no-pager -o cat -u qm_client.service",
+            );
+            if out.status.success() && journal.contains("vehicle.speed = ") {
+                Ok(())
+            } else {
+                Err(format!("{}{journal}", text(&out.stderr)))
+            }
+        },
+    );
+    wait_for("qm_server to log the client's time", SLOW, || {
+        let journal = in_qm_sh(
+            &host,
+            "journalctl -q --no-pager -o cat -u qm_server.service",
+        );
+        if journal.contains("Current time received from client is:") {
+            Ok(())
+        } else {
+            Err(journal)
+        }
+    });
+    let state = in_qm(
+        &host,
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveState",
+            "--value",
+            "qm_server.service",
+        ],
+    );
+    assert_eq!(text(&state.stdout).trim(), "active");
 }
 
 /// `systemd-analyze security`'s overall exposure of `unit` (0.0 best, 10.0
@@ -399,7 +479,8 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     // Installs /usr/bin/qm-ipc, the binary the host service runs.
     host.load_images();
     host.generate(&["asil-to-qm", "--runtime", "host"]);
-    let verify = host.sh("systemd-analyze verify /etc/systemd/system/ipc_server.service 2>&1; echo exit=$?");
+    let verify =
+        host.sh("systemd-analyze verify /etc/systemd/system/ipc_server.service 2>&1; echo exit=$?");
     assert!(verify.contains("exit=0"), "{verify}");
 
     host.ok(&["systemctl", "start", "ipc_server.socket"]);
@@ -451,7 +532,12 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     assert!(still.contains("AccessDenied"), "{still}");
     assert_eq!(host.property("ipc_server.service", "MainPID"), pid);
 
-    host.ok(&["systemctl", "stop", "ipc_server.socket", "ipc_server.service"]);
+    host.ok(&[
+        "systemctl",
+        "stop",
+        "ipc_server.socket",
+        "ipc_server.service",
+    ]);
     assert_eq!(host.property("ipc_server.service", "Result"), "success");
     assert_eq!(host.property("ipc_server.service", "ExecMainStatus"), "0");
 
@@ -472,7 +558,8 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     wait_for_speed(&host);
     let journal = host.journal("ipc_server.service");
     assert!(
-        journal.contains("named \"ipc_server.socket\"") && journal.contains("FileDescriptorName=consumer"),
+        journal.contains("named \"ipc_server.socket\"")
+            && journal.contains("FileDescriptorName=consumer"),
         "the gateway says which name it took and how to make it explicit: {journal}"
     );
 }
