@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-for target in frame_decoder request_parser; do
+for target in frame_decoder request_parser value_validator; do
     echo "== fuzzing $target for ${seconds}s"
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$seconds" -max_len=4096
 done

@@ -11,6 +11,8 @@
 //! - [`raw`]: zero-copy parsing of calls; payloads stay JSON text.
 //! - [`errors`]: every error reply the gateway sends, with its varlink name.
 //! - [`types`]: the structured values in replies (samples, service requests).
+//! - [`validate`]: strict checking of peer-supplied JSON values, so nothing
+//!   the gateway stores or forwards fails a conforming parser.
 
 pub mod errors;
 pub mod framing;
@@ -19,12 +21,14 @@ pub mod message;
 pub mod params;
 pub mod raw;
 pub mod types;
+pub mod validate;
 
 pub use errors::ErrorReply;
 pub use framing::{FrameDecoder, FrameError};
 pub use interface::{Request, GATEWAY_IDL, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 pub use message::{Call, MessageError, Reply};
 pub use types::{Sample, ServiceRequest};
+pub use validate::{check_value, ValueError, ValueLimits};
 
 /// Default upper bound of one frame (request or reply), in bytes, NUL included.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
