@@ -123,7 +123,10 @@ impl GatewayClient {
         self.conn
             .call_more(&method("Subscribe"), json!({ "topics": topics }))
             .await?;
-        Ok(Subscription { conn: self.conn })
+        Ok(Subscription {
+            conn: self.conn,
+            malformed: 0,
+        })
     }
 
     /// Turns this connection into the provider of `services`. Returns once
@@ -146,7 +149,43 @@ impl GatewayClient {
                 "registration ended without a stream".into(),
             ));
         }
-        Ok(Provider { conn: self.conn })
+        Ok(Provider {
+            conn: self.conn,
+            malformed: 0,
+        })
+    }
+}
+
+/// Is this error about one message only, so that the stream can go on
+/// with the next (frames are NUL-delimited, so one bad frame loses
+/// nothing else)?
+fn one_bad_message(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Message(_) | ClientError::UnexpectedReply(_)
+    )
+}
+
+/// The next item of a stream, skipping (and counting) messages that
+/// cannot be read: one bad message never ends a subscription or a
+/// provider.
+async fn next_item<T: serde::de::DeserializeOwned>(
+    conn: &mut Connection,
+    name: &str,
+    malformed: &mut u64,
+) -> Result<T, ClientError> {
+    loop {
+        let item = match conn.recv().await {
+            Ok(reply) => reply
+                .into_result()
+                .map_err(ClientError::Remote)
+                .and_then(|params| field(params, name)),
+            Err(e) => Err(e),
+        };
+        match item {
+            Err(e) if one_bad_message(&e) => *malformed += 1,
+            other => return other,
+        }
     }
 }
 
@@ -154,14 +193,19 @@ impl GatewayClient {
 #[derive(Debug)]
 pub struct Subscription {
     conn: Connection,
+    malformed: u64,
 }
 
 impl Subscription {
-    /// The next sample. Cancel-safe.
+    /// The next sample. Cancel-safe. A message that cannot be read is
+    /// skipped and counted in [`malformed`](Self::malformed).
     pub async fn next(&mut self) -> Result<Sample, ClientError> {
-        let reply = self.conn.recv().await?;
-        let params = reply.into_result().map_err(ClientError::Remote)?;
-        field(params, "sample")
+        next_item(&mut self.conn, "sample", &mut self.malformed).await
+    }
+
+    /// Messages skipped because they could not be read.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
     }
 }
 
@@ -169,14 +213,19 @@ impl Subscription {
 #[derive(Debug)]
 pub struct Provider {
     conn: Connection,
+    malformed: u64,
 }
 
 impl Provider {
-    /// The next request to serve. Cancel-safe.
+    /// The next request to serve. Cancel-safe. A message that cannot be
+    /// read is skipped and counted in [`malformed`](Self::malformed).
     pub async fn next_request(&mut self) -> Result<ServiceRequest, ClientError> {
-        let reply = self.conn.recv().await?;
-        let params = reply.into_result().map_err(ClientError::Remote)?;
-        field(params, "request")
+        next_item(&mut self.conn, "request", &mut self.malformed).await
+    }
+
+    /// Messages skipped because they could not be read.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
     }
 
     /// Answers request `id` with a result.
@@ -199,5 +248,44 @@ impl Provider {
                 json!({ "id": id, "error": error, "error_parameters": parameters }),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// Regression: one message a client cannot read (a value a JSON parser
+    /// rejects, a sample of the wrong shape) ended the subscription, and
+    /// the demo client then reconnected into the same message for good.
+    #[tokio::test]
+    async fn a_bad_message_is_skipped_and_counted_not_fatal() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let client = GatewayClient::from_stream(ours);
+        let mut sub = tokio::time::timeout(Duration::from_secs(10), async {
+            let sub = client.subscribe(&["t"]).await.unwrap();
+            theirs
+                .write_all(
+                    concat!(
+                        "{\"parameters\":{\"sample\":{\"topic\":\"t\",\"seq\":1,\"value\":1e999,\"timestamp_us\":0,\"dropped\":0}},\"continues\":true}\0",
+                        "{\"parameters\":{\"sample\":{\"seq\":\"one\"}},\"continues\":true}\0",
+                        "{\"parameters\":{\"sample\":{\"topic\":\"t\",\"seq\":2,\"value\":{\"ok\":true},\"timestamp_us\":0,\"dropped\":0}},\"continues\":true}\0",
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+            sub
+        })
+        .await
+        .unwrap();
+        let sample = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sample.seq, 2);
+        assert_eq!(sub.malformed(), 2);
     }
 }

@@ -82,6 +82,18 @@ impl TopicPattern {
         }
     }
 
+    /// Could some topic match both patterns?
+    pub fn overlaps(&self, other: &TopicPattern) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (Self::Exact(name), Self::Prefix(_)) => other.matches(name),
+            (Self::Prefix(_), Self::Exact(name)) => self.matches(name),
+            (Self::Prefix(a), Self::Prefix(b)) => {
+                a.starts_with(b.as_str()) || b.starts_with(a.as_str())
+            }
+        }
+    }
+
     pub fn matches(&self, topic: &str) -> bool {
         match self {
             Self::Exact(name) => name == topic,
@@ -166,7 +178,7 @@ impl Request {
                 check_name("topic", &topic)?;
                 Self::Publish {
                     topic,
-                    value: p.value("value")?,
+                    value: strict("value", p.value("value")?)?,
                 }
             }
             (GATEWAY_INTERFACE, "Get") => {
@@ -197,9 +209,15 @@ impl Request {
             }
             (GATEWAY_INTERFACE, "Reply") => {
                 let id = p.uint("id")?;
-                let result = p.opt_value("result");
+                let result = p
+                    .opt_value("result")
+                    .map(|v| strict("result", v))
+                    .transpose()?;
                 let error = p.opt_string("error")?;
-                let error_parameters = p.opt_value("error_parameters");
+                let error_parameters = p
+                    .opt_value("error_parameters")
+                    .map(|v| strict("error_parameters", v))
+                    .transpose()?;
                 let outcome = match (result, error) {
                     (Some(_), Some(_)) => {
                         return Err(ErrorReply::invalid(
@@ -223,9 +241,11 @@ impl Request {
                 Self::Call {
                     service,
                     method: p.string("method")?,
-                    parameters: p
-                        .opt_value("parameters")
-                        .unwrap_or_else(RawJson::empty_object),
+                    parameters: strict(
+                        "parameters",
+                        p.opt_value("parameters")
+                            .unwrap_or_else(RawJson::empty_object),
+                    )?,
                     timeout_ms: p.opt_uint("timeout_ms")?,
                 }
             }
@@ -249,6 +269,15 @@ impl Request {
     pub fn requires_more(&self) -> bool {
         matches!(self, Self::Subscribe { .. } | Self::Register { .. })
     }
+}
+
+/// A value the gateway will store or forward, checked strictly (finite
+/// numbers, no lone surrogates, bounded depth, members and strings, no
+/// duplicate keys): nothing it passes on may fail a conforming JSON parser.
+fn strict(parameter: &str, value: RawJson) -> Result<RawJson, ErrorReply> {
+    crate::validate::check_value(value.get(), &crate::validate::ValueLimits::default())
+        .map_err(|e| ErrorReply::invalid(parameter, e.to_string()))?;
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -62,6 +62,13 @@ pub struct Limits {
     pub connection_rate: Option<RateLimit>,
     /// How long a stopping gateway keeps flushing queued replies.
     pub drain_timeout: Duration,
+    /// Connections served at once on the provider (ASIL) listener: a budget
+    /// of its own that QM connections can never use.
+    pub max_provider_connections: usize,
+    /// A connection on any listener but the provider's that holds nothing
+    /// (no subscription, no registration, no call) and sends nothing for
+    /// this long is closed. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -89,6 +96,8 @@ impl Default for Limits {
                 burst: 100,
             }),
             drain_timeout: Duration::from_secs(2),
+            max_provider_connections: 16,
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -48,6 +48,7 @@ pub enum Ended {
     Shutdown,
     Protocol(String),
     FrameTimeout,
+    IdleTimeout,
     ReadFailed(std::io::Error),
     WriteFailed(std::io::Error),
     WriteTimeout,
@@ -56,6 +57,11 @@ pub enum Ended {
 }
 
 impl Ended {
+    /// A protocol error, its peer-supplied text cut for the log.
+    fn protocol(message: &str) -> Self {
+        Self::Protocol(truncate_for_log(message).into_owned())
+    }
+
     /// The counter name in `Stats`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -63,6 +69,7 @@ impl Ended {
             Self::Shutdown => "shutdown",
             Self::Protocol(_) => "protocol_error",
             Self::FrameTimeout => "frame_timeout",
+            Self::IdleTimeout => "idle_timeout",
             Self::ReadFailed(_) => "read_failed",
             Self::WriteFailed(_) => "write_failed",
             Self::WriteTimeout => "write_timeout",
@@ -138,8 +145,10 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let writer = write_loop(&write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
+    let policy_generation = hub.policy_generation();
     let (bucket, max_patterns) = peer_limits(&limits, &hub.policy(), &peer);
     let mut session = Session {
+        policy_generation,
         hub: &hub,
         conn,
         peer: &peer,
@@ -163,7 +172,9 @@ pub async fn serve(
         let _ = tokio::time::timeout(limits.drain_timeout, &mut writer).await;
     }
     match &ended {
-        Ended::PeerClosed | Ended::Shutdown => tracing::debug!(conn, %peer, ?ended, "closed"),
+        Ended::PeerClosed | Ended::Shutdown | Ended::IdleTimeout => {
+            tracing::debug!(conn, %peer, ?ended, "closed")
+        }
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
     ended
@@ -238,6 +249,8 @@ async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: 
 }
 
 struct Session<'a> {
+    /// The policy change whose limits `bucket` and `max_patterns` follow.
+    policy_generation: u64,
     hub: &'a Hub,
     conn: ConnId,
     peer: &'a Peer,
@@ -289,10 +302,10 @@ impl Session<'_> {
             while let Some(call) = match decoder.next_frame() {
                 Ok(Some(frame)) => match ParsedCall::parse(frame) {
                     Ok(call) => Some(call),
-                    Err(e) => return Ended::Protocol(e.to_string()),
+                    Err(e) => return Ended::protocol(&e.to_string()),
                 },
                 Ok(None) => None,
-                Err(e) => return Ended::Protocol(e.to_string()),
+                Err(e) => return Ended::protocol(&e.to_string()),
             } {
                 if let Err(ended) = self.pace(shutdown).await {
                     return ended;
@@ -310,18 +323,30 @@ impl Session<'_> {
                 (_, Some(started)) if handled == 0 => Some(started),
                 _ => Some(Instant::now()),
             };
-            let deadline = frame_started.map(|t| t + limits.frame_timeout);
+            // A started frame must complete in time; between frames, a QM
+            // connection that holds nothing (no stream) may stay idle only
+            // so long.
+            let (deadline, timed_out) = match frame_started {
+                Some(started) => (Some(started + limits.frame_timeout), Ended::FrameTimeout),
+                None => (
+                    limits
+                        .idle_timeout
+                        .filter(|_| self.mode == Mode::Requests && !self.peer.is_provider())
+                        .map(|idle| Instant::now() + idle),
+                    Ended::IdleTimeout,
+                ),
+            };
             let n = tokio::select! {
                 n = read.read(decoder.spare()) => n,
                 _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
-                _ = sleep_until_opt(deadline) => return Ended::FrameTimeout,
+                _ = sleep_until_opt(deadline) => return timed_out,
             };
             match n {
                 Ok(0) => {
                     decoder.commit(0);
                     return match decoder.finish() {
                         Ok(()) => Ended::PeerClosed,
-                        Err(e) => Ended::Protocol(e.to_string()),
+                        Err(e) => Ended::protocol(&e.to_string()),
                     };
                 }
                 Ok(n) => decoder.commit(n),
@@ -343,10 +368,21 @@ impl Session<'_> {
             upgrade,
             request,
         } = call;
-        if self.mode == Mode::Streaming && !oneway {
-            return Some(Ended::Protocol(format!(
-                "call {method} on a connection with a running stream (only oneway calls are allowed there)"
-            )));
+        if self.mode == Mode::Streaming {
+            // A running stream owns the connection's replies: only calls
+            // that answer nothing may share it (a provider's Reply, a
+            // Publish). A second Subscribe or Register would stream twice.
+            let allowed = oneway
+                && matches!(
+                    request,
+                    Ok(Request::Reply { .. }) | Ok(Request::Publish { .. })
+                );
+            if !allowed {
+                return Some(Ended::Protocol(format!(
+                    "call {} on a connection with a running stream (only oneway Reply and Publish are allowed there)",
+                    truncate_for_log(&method)
+                )));
+            }
         }
         let outcome = match request {
             Err(e) => Err(e),
@@ -374,11 +410,11 @@ impl Session<'_> {
                 .encode_reply(out, false)
             }),
             Err(error) if !oneway => {
-                tracing::debug!(conn = self.conn, %method, %error, "error reply");
+                tracing::debug!(conn = self.conn, method = %truncate_for_log(&method), error = %truncate_for_log(&error.to_string()), "error reply");
                 self.outbox.push_reply(|out| encode_error(out, &error))
             }
             Err(error) => {
-                tracing::debug!(conn = self.conn, %method, %error, "oneway call failed");
+                tracing::debug!(conn = self.conn, method = %truncate_for_log(&method), error = %truncate_for_log(&error.to_string()), "oneway call failed");
                 Ok(())
             }
             _ => Ok(()),
@@ -393,6 +429,13 @@ impl Session<'_> {
     /// Spends a token of the connection's bucket, waiting for one when it
     /// is empty (the connection is not read meanwhile).
     async fn pace(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ended> {
+        // A reloaded policy's limits apply from the next request on.
+        let generation = self.hub.policy_generation();
+        if generation != self.policy_generation {
+            self.policy_generation = generation;
+            (self.bucket, self.max_patterns) =
+                peer_limits(self.hub.limits(), &self.hub.policy(), self.peer);
+        }
         let Some(bucket) = self.bucket.as_mut() else {
             return Ok(());
         };
@@ -429,8 +472,10 @@ impl Session<'_> {
 
     fn deny(&mut self, action: Action, object: &str, why: &str) -> Result<(), ErrorReply> {
         self.hub.record_denial(self.peer.identity_key());
-        self.denial_log
-            .log(self.peer, &format!("{action} {object}: {why}"));
+        self.denial_log.log(
+            self.peer,
+            &format!("{action} {}: {why}", truncate_for_log(object)),
+        );
         Err(ErrorReply::AccessDenied {
             action: action.name().to_owned(),
             object: object.to_owned(),
@@ -533,10 +578,13 @@ impl Session<'_> {
                     Some(ms) => Duration::from_millis(ms),
                 };
                 let (id, reply) = hub.start_call(&service, method, parameters, timeout)?;
+                // However this call ends (answered, timed out, or this task
+                // dropped because the connection's writer ended), its slot
+                // is released: a caller cannot leak a service's call slots.
+                let _release = AbandonOnDrop { hub, id };
                 let outcome = tokio::select! {
                     r = tokio::time::timeout(timeout, reply) => r,
                     _ = shutdown.wait_for(|stop| *stop) => {
-                        hub.abandon_call(id);
                         return Err(ErrorReply::ServiceUnavailable { service });
                     }
                 };
@@ -544,13 +592,10 @@ impl Session<'_> {
                     Ok(Ok(Ok(result))) => Ok(Some(Answer::CallResult(result))),
                     Ok(Ok(Err(error))) => Err(error),
                     Ok(Err(_)) => Err(ErrorReply::ServiceUnavailable { service }),
-                    Err(_elapsed) => {
-                        hub.abandon_call(id);
-                        Err(ErrorReply::Timeout {
-                            service,
-                            timeout_ms: timeout.as_millis() as u64,
-                        })
-                    }
+                    Err(_elapsed) => Err(ErrorReply::Timeout {
+                        service,
+                        timeout_ms: timeout.as_millis() as u64,
+                    }),
                 }
             }
             Request::Stats => {
@@ -558,6 +603,35 @@ impl Session<'_> {
                 Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
         }
+    }
+}
+
+/// Longest peer-supplied text that goes into a log line.
+const LOGGED_PEER_TEXT: usize = 96;
+
+/// Peer-supplied text cut to [`LOGGED_PEER_TEXT`] bytes (at a character
+/// boundary), with the length it had, so a hostile name cannot flood the
+/// log.
+pub fn truncate_for_log(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOGGED_PEER_TEXT {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = LOGGED_PEER_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
+}
+
+/// Gives up a call when dropped (a no-op once it was answered).
+struct AbandonOnDrop<'a> {
+    hub: &'a Hub,
+    id: u64,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.hub.abandon_call(self.id);
     }
 }
 

@@ -257,13 +257,28 @@ impl Gateway {
             tracing::info!("listening on {}", listener.describe());
             registered.push((tokio_listener, Arc::<str>::from(listener.name.as_str())));
         }
-        let accept_task = tokio::spawn(accept_loop(
-            registered,
-            self.hub.clone(),
-            self.tracker.clone(),
-            Arc::new(Semaphore::new(limits.max_connections)),
-            self.shutdown_tx.subscribe(),
-        ));
+        // The provider listener has a budget of its own; every other
+        // listener shares the QM budget.
+        let qm_permits = Arc::new(Semaphore::new(limits.max_connections));
+        let provider_permits = Arc::new(Semaphore::new(limits.max_provider_connections));
+        let accept_tasks: Vec<_> = registered
+            .into_iter()
+            .map(|(listener, name)| {
+                let permits = if &*name == PROVIDER {
+                    provider_permits.clone()
+                } else {
+                    qm_permits.clone()
+                };
+                tokio::spawn(accept_loop(
+                    listener,
+                    name,
+                    self.hub.clone(),
+                    self.tracker.clone(),
+                    permits,
+                    self.shutdown_tx.subscribe(),
+                ))
+            })
+            .collect();
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
@@ -294,7 +309,9 @@ impl Gateway {
         self.notifier
             .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         tracing::info!("stopping: draining connections");
-        accept_task.abort();
+        for task in &accept_tasks {
+            task.abort();
+        }
         let _ = self.shutdown_tx.send(true);
         let drain = limits.drain_timeout + Duration::from_millis(100);
         if tokio::time::timeout(drain, self.tracker.wait_idle())
@@ -367,44 +384,27 @@ fn status_line(s: &Snapshot) -> String {
     )
 }
 
-/// Longest pause of the accept loop after refusing a connection storm.
-const MAX_ACCEPT_PAUSE: Duration = Duration::from_millis(20);
-
-/// Accepts on every listener. A connection slot is taken before accepting,
-/// so at the connection limit new peers wait in the listen backlog instead
-/// of costing an fd, and one loop serves all listeners so no idle listener
-/// holds a slot.
+/// Accepts on one listener. A connection slot of the listener's budget is
+/// taken before accepting, so at the limit new peers wait in the listen
+/// backlog instead of costing an fd. Each listener has its own loop, and
+/// the provider listener its own budget: QM holding every consumer slot
+/// never delays the ASIL side.
 async fn accept_loop(
-    listeners: Vec<(UnixListener, Arc<str>)>,
+    listener: UnixListener,
+    name: Arc<str>,
     hub: Arc<Hub>,
     tracker: Arc<Tracker>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if listeners.is_empty() {
-        return;
-    }
-    let mut first = 0;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        // Poll the listeners starting after the last one served, so a busy
-        // listener cannot starve another.
-        let (result, name) = std::future::poll_fn(|cx| {
-            for i in 0..listeners.len() {
-                let (listener, name) = &listeners[(first + i) % listeners.len()];
-                if let std::task::Poll::Ready(result) = listener.poll_accept(cx) {
-                    return std::task::Poll::Ready((result, name.clone()));
-                }
-            }
-            std::task::Poll::Pending
-        })
-        .await;
-        first = (first + 1) % listeners.len();
+        let result = listener.accept().await;
         match result {
             Ok((stream, _)) => {
-                let peer = Peer::credentials(&stream, name);
+                let peer = Peer::credentials(&stream, name.clone());
                 match hub.admit(&peer) {
                     Ok(()) => {
                         let peer = peer.with_security(&stream);
@@ -417,19 +417,17 @@ async fn accept_loop(
                             Some(permit),
                         );
                     }
-                    Err((error, wait)) => {
-                        // Refuse in one non-blocking write, then stop
-                        // accepting until that peer's next connection would
-                        // be admitted: a connect/disconnect storm then waits
-                        // in the kernel's backlog at no cost to the gateway
-                        // (new connections of others wait at most this long;
-                        // established connections are not affected).
+                    Err(error) => {
+                        // Refuse in one non-blocking write and go on
+                        // accepting at once: a storm of one identity costs
+                        // an accept and a close per connection, and the
+                        // connections of everyone else behind it in the
+                        // backlog are not held up.
                         let mut frame = Vec::new();
                         encode_error(&mut frame, &error);
                         let _ = stream.try_write(&frame);
                         hub.record_refused("refused");
                         drop((stream, permit));
-                        tokio::time::sleep(wait.min(MAX_ACCEPT_PAUSE)).await;
                     }
                 }
             }

@@ -19,10 +19,17 @@ use tokio::sync::oneshot;
 use crate::config::Limits;
 use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
 use crate::peer::Peer;
-use crate::policy::Policy;
+use crate::policy::{Action, Policy};
 use crate::rate::TokenBucket;
 
 pub type ConnId = u64;
+
+/// Connection-rate buckets kept before full ones are dropped.
+const BUCKETS_BEFORE_PRUNING: usize = 256;
+/// Identities whose denials `Stats` counts one by one; the rest are
+/// counted together under [`OTHER_IDENTITIES`].
+const MAX_DENIAL_ENTRIES: usize = 64;
+const OTHER_IDENTITIES: &str = "(other identities)";
 
 /// What a caller eventually gets for a call: the result as JSON text.
 pub type CallOutcome = Result<RawJson, ErrorReply>;
@@ -105,6 +112,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     published: AtomicU64,
     delivery: Arc<DeliveryStats>,
+    /// Bumped by every policy change, so connections re-read their limits.
+    policy_generation: AtomicU64,
 }
 
 fn now_us() -> u64 {
@@ -166,11 +175,17 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             published: AtomicU64::new(0),
             delivery: Arc::default(),
+            policy_generation: AtomicU64::new(0),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Changes with every policy change.
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_generation.load(Ordering::SeqCst)
     }
 
     /// The policy in force now.
@@ -179,10 +194,15 @@ impl Hub {
     }
 
     /// Replaces the policy. Requests are checked against it from their next
-    /// call on; running subscriptions are re-filtered at once.
+    /// call on (and connections take its limits then); running
+    /// subscriptions are re-filtered at once; a subscription or a
+    /// registration the new policy no longer grants ends with
+    /// `AccessDenied`, and its connection is closed once that is written.
     pub fn set_policy(&self, policy: Policy) {
         let mut state = self.lock();
         state.policy = Arc::new(policy);
+        self.policy_generation.fetch_add(1, Ordering::SeqCst);
+        revoke_withdrawn_grants(&mut state);
         let names: Vec<String> = state.topics.keys().cloned().collect();
         for name in names {
             let subscribers = state.subscribers_of(&name);
@@ -193,8 +213,18 @@ impl Hub {
     }
 
     /// Counts a denial for `Stats`.
+    /// Counts a denial for `identity`; past [`MAX_DENIAL_ENTRIES`]
+    /// identities, new ones are counted together, so many identities
+    /// cannot grow `Stats` without bound.
     pub fn record_denial(&self, identity: String) {
-        *self.lock().denials.entry(identity).or_default() += 1;
+        let mut state = self.lock();
+        let key =
+            if state.denials.contains_key(&identity) || state.denials.len() < MAX_DENIAL_ENTRIES {
+                identity
+            } else {
+                OTHER_IDENTITIES.to_owned()
+            };
+        *state.denials.entry(key).or_default() += 1;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -210,23 +240,25 @@ impl Hub {
     }
 
     /// Admits a new connection of `peer` under the per-peer connection
-    /// rate (not on the provider socket). A refusal says how long until the
-    /// peer's next connection would be admitted.
-    pub fn admit(&self, peer: &Peer) -> Result<(), (ErrorReply, Duration)> {
+    /// rate (not on the provider socket).
+    pub fn admit(&self, peer: &Peer) -> Result<(), ErrorReply> {
         let Some(rate) = self.limits.connection_rate.filter(|_| !peer.is_provider()) else {
             return Ok(());
         };
         let mut state = self.lock();
+        // One bucket per peer that connected recently; a full bucket is
+        // forgotten, so the map never holds more than the peers of the
+        // last burst's refill time.
+        if state.connection_buckets.len() >= BUCKETS_BEFORE_PRUNING {
+            state.connection_buckets.retain(|_, b| !b.is_full());
+        }
         let bucket = state
             .connection_buckets
             .entry(peer.uid)
             .or_insert_with(|| TokenBucket::new(rate));
-        match bucket.take_or_wait() {
-            Ok(()) => Ok(()),
-            Err(wait) => Err((
-                state.limit("connection_rate", rate.per_second as usize),
-                wait,
-            )),
+        match bucket.try_take() {
+            true => Ok(()),
+            false => Err(state.limit("connection_rate", rate.per_second as usize)),
         }
     }
 
@@ -234,14 +266,18 @@ impl Hub {
     /// its peer already holds `max_connections_per_peer` connections.
     pub fn connect(&self, peer: &Peer) -> Result<(ConnId, Arc<Outbox>), ErrorReply> {
         let mut state = self.lock();
-        let held = state.per_uid.get(&peer.uid).copied().unwrap_or(0);
-        if held >= self.limits.max_connections_per_peer && !peer.is_provider() {
-            return Err(state.limit(
-                "max_connections_per_peer",
-                self.limits.max_connections_per_peer,
-            ));
+        // The quota is for QM's connections; the provider socket has a
+        // budget of its own and does not count against it.
+        if !peer.is_provider() {
+            let held = state.per_uid.get(&peer.uid).copied().unwrap_or(0);
+            if held >= self.limits.max_connections_per_peer {
+                return Err(state.limit(
+                    "max_connections_per_peer",
+                    self.limits.max_connections_per_peer,
+                ));
+            }
+            *state.per_uid.entry(peer.uid).or_default() += 1;
         }
-        *state.per_uid.entry(peer.uid).or_default() += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(
             self.limits.subscription_queue,
@@ -265,8 +301,13 @@ impl Hub {
         let mut state = self.lock();
         *state.disconnects.entry(reason).or_default() += 1;
         if let Some(c) = state.connections.remove(&conn) {
-            if let Some(n) = state.per_uid.get_mut(&c.peer.uid) {
-                *n = n.saturating_sub(1);
+            if !c.peer.is_provider() {
+                if let Some(n) = state.per_uid.get_mut(&c.peer.uid) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        state.per_uid.remove(&c.peer.uid);
+                    }
+                }
             }
         }
         if state.subscriptions.remove(&conn).is_some() {
@@ -275,22 +316,7 @@ impl Hub {
             }
         }
         if let Some(provider) = state.providers.remove(&conn) {
-            for service in &provider.services {
-                state.services.remove(service);
-            }
-            let orphaned: Vec<u64> = state
-                .pending
-                .iter()
-                .filter(|(_, call)| call.provider == conn)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in orphaned {
-                if let Some(call) = remove_pending(&mut state, id) {
-                    let _ = call.reply.send(Err(ErrorReply::ServiceUnavailable {
-                        service: call.service,
-                    }));
-                }
-            }
+            forget_services(&mut state, conn, &provider.services);
         }
     }
 
@@ -374,6 +400,12 @@ impl Hub {
         max_patterns: usize,
     ) -> Result<(), ErrorReply> {
         let mut state = self.lock();
+        if state.subscriptions.contains_key(&conn) {
+            return Err(ErrorReply::invalid(
+                "topics",
+                "this connection already streams a subscription",
+            ));
+        }
         if patterns.len() > max_patterns {
             return Err(state.limit("max_subscription_patterns", max_patterns));
         }
@@ -390,7 +422,7 @@ impl Hub {
             };
             if patterns.iter().any(|p| p.matches(&topic.name.name)) {
                 topic.subscribers.push(conn);
-                outbox.push_sample(&topic.name, &topic.last);
+                outbox.push_current(&topic.name, &topic.last);
             }
         }
         state.subscriptions.insert(
@@ -411,6 +443,12 @@ impl Hub {
         services: Vec<String>,
     ) -> Result<(), ErrorReply> {
         let mut state = self.lock();
+        if state.providers.contains_key(&conn) {
+            return Err(ErrorReply::invalid(
+                "services",
+                "this connection already provides services",
+            ));
+        }
         if let Some(taken) = services.iter().find(|s| state.services.contains_key(*s)) {
             return Err(ErrorReply::AlreadyRegistered {
                 service: taken.clone(),
@@ -529,6 +567,89 @@ impl Hub {
                     queue: c.outbox.depth(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// Ends the subscriptions and registrations the policy in force no longer
+/// grants: each gets `AccessDenied` as the last reply of its stream, and
+/// its outbox is closed so the connection ends once that is written.
+fn revoke_withdrawn_grants(state: &mut State) {
+    let policy = state.policy.clone();
+    let identity_of =
+        |state: &State, conn: &ConnId| state.connections.get(conn).map(|c| c.peer.clone());
+    let mut revoked_subscriptions = Vec::new();
+    for (conn, sub) in &state.subscriptions {
+        let Some(peer) = identity_of(state, conn) else {
+            continue;
+        };
+        if let Some(pattern) = sub
+            .patterns
+            .iter()
+            .find(|p| !policy.may_subscribe(&peer.identity(), p))
+        {
+            revoked_subscriptions.push((*conn, pattern.to_string()));
+        }
+    }
+    for (conn, pattern) in revoked_subscriptions {
+        if let Some(sub) = state.subscriptions.remove(&conn) {
+            for topic in state.topics.values_mut() {
+                topic.subscribers.retain(|s| *s != conn);
+            }
+            end_stream(&sub.outbox, Action::Subscribe, pattern);
+        }
+    }
+    let mut revoked_providers = Vec::new();
+    for (conn, provider) in &state.providers {
+        let Some(peer) = identity_of(state, conn) else {
+            continue;
+        };
+        if let Some(service) = provider.services.iter().find(|s| {
+            !policy
+                .check(&peer.identity(), Action::Register, s)
+                .allowed()
+        }) {
+            revoked_providers.push((*conn, service.clone()));
+        }
+    }
+    for (conn, service) in revoked_providers {
+        if let Some(provider) = state.providers.remove(&conn) {
+            forget_services(state, conn, &provider.services);
+            end_stream(&provider.outbox, Action::Register, service);
+        }
+    }
+}
+
+/// The last reply of a stream whose grant was withdrawn, then the end of
+/// the connection.
+fn end_stream(outbox: &Outbox, action: Action, object: String) {
+    let error = ErrorReply::AccessDenied {
+        action: action.name().to_owned(),
+        object,
+    };
+    let _ = outbox.push_reply(|out| qm_ipc_proto::message::encode_error(out, &error));
+    outbox.close();
+}
+
+/// Unmaps a provider's services and fails the calls waiting for it with
+/// `ServiceUnavailable` at once.
+fn forget_services(state: &mut State, conn: ConnId, services: &[String]) {
+    for service in services {
+        if state.services.get(service) == Some(&conn) {
+            state.services.remove(service);
+        }
+    }
+    let orphaned: Vec<u64> = state
+        .pending
+        .iter()
+        .filter(|(_, call)| call.provider == conn)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in orphaned {
+        if let Some(call) = remove_pending(state, id) {
+            let _ = call.reply.send(Err(ErrorReply::ServiceUnavailable {
+                service: call.service,
+            }));
         }
     }
 }

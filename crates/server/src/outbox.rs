@@ -175,14 +175,26 @@ impl Outbox {
 
     /// Queues a subscription sample, conflating when the queue is full.
     pub fn push_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
+        self.queue_sample(topic, value, self.sample_capacity);
+    }
+
+    /// Queues a topic's current value at the start of a subscription. The
+    /// count of samples may pass the queue's capacity here (one per topic,
+    /// so at most `max_topics`, each a shared reference to the stored
+    /// value): a subscription to more topics than the queue holds still
+    /// gets every current value. The byte bound holds as for updates.
+    pub fn push_current(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
+        self.queue_sample(topic, value, usize::MAX);
+    }
+
+    fn queue_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>, capacity: usize) {
         let mut inner = self.lock();
         if inner.closing || inner.overflowed {
             return;
         }
         let size = value.value_json.len();
         let full = |inner: &Inner| {
-            inner.samples.len() >= self.sample_capacity
-                || inner.sample_bytes + size > self.max_queued_bytes
+            inner.samples.len() >= capacity || inner.sample_bytes + size > self.max_queued_bytes
         };
         if full(&inner) {
             // Replace the newest queued sample of the same topic.
@@ -197,11 +209,11 @@ impl Outbox {
                 old.value = value.clone();
                 inner.sample_bytes = inner.sample_bytes - old_size + size;
                 self.count_drops(&mut inner, 1);
-                self.shed(&mut inner, 0);
+                self.shed(&mut inner, 0, capacity);
                 return;
             }
             self.compact(&mut inner);
-            self.shed(&mut inner, size);
+            self.shed(&mut inner, size, capacity);
         }
         let carried = take_carried(&mut inner.carried, topic);
         inner.samples.push_back(QueuedSample {
@@ -243,10 +255,10 @@ impl Outbox {
 
     /// Drops the oldest samples until `incoming` more bytes (and one more
     /// sample) fit. Their drops are carried to their topic's next sample.
-    fn shed(&self, inner: &mut Inner, incoming: usize) {
+    fn shed(&self, inner: &mut Inner, incoming: usize, capacity: usize) {
         while !inner.samples.is_empty()
             && (inner.sample_bytes + incoming > self.max_queued_bytes
-                || (incoming > 0 && inner.samples.len() >= self.sample_capacity))
+                || (incoming > 0 && inner.samples.len() >= capacity))
         {
             let Some(oldest) = inner.samples.pop_front() else {
                 break;

@@ -37,6 +37,14 @@ impl TokenBucket {
         ))
     }
 
+    /// Would the bucket be full now? A full bucket says nothing a new one
+    /// would not, so maps of buckets drop full ones.
+    pub fn is_full(&self) -> bool {
+        let elapsed = Instant::now().saturating_duration_since(self.last);
+        let tokens = self.tokens + elapsed.as_secs_f64() * f64::from(self.limit.per_second);
+        tokens >= f64::from(self.limit.burst.max(1))
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
         let now = Instant::now();

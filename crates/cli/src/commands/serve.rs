@@ -42,6 +42,15 @@ pub struct LimitArgs {
     /// Connections served at once; more wait in the listen backlog.
     #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
     max_connections: usize,
+    /// Connections served at once on the provider (ASIL) socket, a budget
+    /// QM connections never use.
+    #[arg(long, default_value_t = Limits::default().max_provider_connections, value_name = "N")]
+    max_provider_connections: usize,
+    /// Close a QM connection that holds nothing (no subscription, no
+    /// registration) and sends nothing for this long, in milliseconds. 0:
+    /// never.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_millis() as u64), value_name = "MS")]
+    idle_timeout_ms: u64,
     /// Connections one peer (uid) may hold; more are refused with
     /// LimitExceeded.
     #[arg(long, default_value_t = Limits::default().max_connections_per_peer, value_name = "N")]
@@ -119,6 +128,9 @@ impl LimitArgs {
                 burst: self.connection_burst.max(1),
             }),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            max_provider_connections: self.max_provider_connections.max(1),
+            idle_timeout: (self.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.idle_timeout_ms)),
             ..Limits::default()
         }
     }

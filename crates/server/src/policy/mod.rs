@@ -105,6 +105,11 @@ impl Grants {
         }
     }
 
+    /// Could this action be granted on some name that `pattern` matches?
+    pub fn overlaps(&self, action: Action, pattern: &TopicPattern) -> bool {
+        self.patterns(action).iter().any(|p| p.overlaps(pattern))
+    }
+
     /// Does the rule grant this action on anything at all?
     pub fn any(&self, action: Action) -> bool {
         match action {
@@ -197,6 +202,17 @@ impl Policy {
             None => Decision::NoRule,
             Some(rule) if rule.grants.allows(action, name) => Decision::Allowed(rule),
             Some(rule) => Decision::NotGranted(rule),
+        }
+    }
+
+    /// May the peer keep a subscription with this pattern: an exact topic
+    /// it may read, or a pattern under which it may read something?
+    pub fn may_subscribe(&self, id: &Identity<'_>, pattern: &TopicPattern) -> bool {
+        match pattern {
+            TopicPattern::Exact(topic) => self.may_read(id, topic),
+            TopicPattern::Prefix(_) => self
+                .rule_for(id)
+                .is_some_and(|r| r.grants.overlaps(Action::Subscribe, pattern)),
         }
     }
 

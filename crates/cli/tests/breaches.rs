@@ -1,0 +1,314 @@
+//! One regression test per breach of freedom from interference found by
+//! attacking the gateway as a hostile QM client would. Each was written
+//! before its fix and failed on the gateway it was found in.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use common::{bin, Gateway, Raw};
+use serde_json::{json, Value};
+
+fn stats(gw: &Gateway) -> Value {
+    let mut raw = Raw::connect(&gw.provider);
+    raw.call(json!({"method": "io.qmipc.Gateway.Stats"}));
+    raw.recv().expect("stats reply")["parameters"].clone()
+}
+
+fn publish(path: &std::path::Path, topic: &str, value: Value) -> Value {
+    let mut raw = Raw::connect(path);
+    raw.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": value}}));
+    raw.recv().expect("publish reply")
+}
+
+fn subscribe(path: &std::path::Path, topics: &[&str]) -> Raw {
+    let mut raw = Raw::connect(path);
+    raw.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": topics}, "more": true}));
+    raw
+}
+
+/// Breach 1: a second Subscribe (here oneway) on a streaming connection
+/// added the connection to every topic's subscribers again; one publish
+/// then arrived once per Subscribe.
+#[test]
+fn a_second_subscribe_on_a_streaming_connection_ends_it_and_duplicates_nothing() {
+    let gw = Gateway::start(&[]);
+    publish(&gw.provider, "t", json!({"v": 0}));
+    let mut sub = subscribe(&gw.consumer, &["*"]);
+    assert_eq!(sub.recv().unwrap()["parameters"]["sample"]["seq"], 1);
+    for _ in 0..8 {
+        sub.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["*"]}, "oneway": true}));
+    }
+    // The connection breaks the protocol: only Reply and Publish may be
+    // sent oneway on a running stream.
+    sub.expect_closed();
+    common::wait_until("the subscription to be gone", || {
+        stats(&gw)["subscriptions"] == 0
+    });
+    let mut fresh = subscribe(&gw.consumer, &["t"]);
+    assert_eq!(fresh.recv().unwrap()["parameters"]["sample"]["seq"], 1);
+    publish(&gw.provider, "t", json!({"v": 1}));
+    assert_eq!(fresh.recv().unwrap()["parameters"]["sample"]["seq"], 2);
+}
+
+/// Breach 5 (first half): a second Register sent oneway replaced the
+/// provider's entry; when it left, the first names stayed mapped.
+#[test]
+fn a_second_register_is_refused_and_a_leaving_provider_frees_every_name() {
+    let gw = Gateway::start(&[]);
+    let mut provider = Raw::connect(&gw.provider);
+    provider.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["a"]}, "more": true}));
+    assert_eq!(provider.recv().unwrap()["continues"], true);
+    provider.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["b"]}, "oneway": true}));
+    provider.expect_closed();
+    common::wait_until("every name freed", || stats(&gw)["services"] == json!([]));
+    let mut again = Raw::connect(&gw.provider);
+    again.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["a", "b"]}, "more": true}));
+    assert_eq!(again.recv().unwrap()["continues"], true);
+}
+
+/// Breach 2: both listeners shared one pool of connections, so QM holding
+/// every slot left the provider socket unanswered.
+#[test]
+fn qm_holding_every_consumer_slot_does_not_lock_the_provider_out() {
+    let gw = Gateway::start(&["--max-connections", "4", "--max-connections-per-peer", "8"]);
+    let _held: Vec<Raw> = (0..4)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.consumer);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert!(raw.recv().is_some());
+            raw
+        })
+        .collect();
+    let mut provider = Raw::connect(&gw.provider);
+    provider.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert_eq!(provider.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
+}
+
+/// Breach 2 (second half): idle connections never timed out. A connection
+/// holding nothing is closed after the idle bound; a subscriber is not.
+#[test]
+fn idle_connections_holding_nothing_are_closed() {
+    let gw = Gateway::start(&["--idle-timeout-ms", "300"]);
+    let mut sub = subscribe(&gw.consumer, &["t"]);
+    let mut idle = Raw::connect(&gw.consumer);
+    idle.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert!(idle.recv().is_some());
+    idle.expect_closed();
+    let s = stats(&gw);
+    assert_eq!(s["disconnects"]["idle_timeout"], 1, "{s}");
+    assert_eq!(s["subscriptions"], 1, "the subscriber is kept: {s}");
+    publish(&gw.provider, "t", json!({"v": 1}));
+    assert_eq!(sub.recv().unwrap()["parameters"]["sample"]["seq"], 1);
+}
+
+/// Breach 8 (last part): provider-socket connections counted against the
+/// uid's quota of consumer connections.
+#[test]
+fn provider_connections_do_not_use_the_consumer_quota() {
+    let gw = Gateway::start(&["--max-connections-per-peer", "2"]);
+    let _providers: Vec<Raw> = (0..2)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.provider);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert!(raw.recv().is_some());
+            raw
+        })
+        .collect();
+    for _ in 0..2 {
+        let mut raw = Raw::connect(&gw.consumer);
+        raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+        let reply = raw.recv().unwrap();
+        assert_eq!(reply["parameters"]["vendor"], "qm-ipc", "{reply}");
+    }
+}
+
+/// Breach 6: subscribing to more topics than the subscription queue holds
+/// delivered only the first 64 current values.
+#[test]
+fn a_subscription_gets_the_current_value_of_every_topic() {
+    let gw = Gateway::start(&["--subscription-queue", "16"]);
+    let mut provider = Raw::connect(&gw.provider);
+    for i in 0..100 {
+        provider.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": format!("t{i}"), "value": {"i": i}}}));
+        assert!(provider.recv().is_some());
+    }
+    let mut sub = subscribe(&gw.consumer, &["*"]);
+    let mut topics = std::collections::BTreeSet::new();
+    while topics.len() < 100 {
+        let sample = sub.recv().expect("a current value");
+        assert_eq!(sample["parameters"]["sample"]["dropped"], 0, "{sample}");
+        topics.insert(
+            sample["parameters"]["sample"]["topic"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+}
+
+/// Breach 7: a peer-supplied field name was logged in full for each
+/// connection (a 60 KB name: 12 MB of log in 2 s).
+#[test]
+fn peer_supplied_text_in_the_log_is_truncated() {
+    let mut gw = Gateway::start(&[]);
+    let name = "x".repeat(60_000);
+    for _ in 0..5 {
+        let mut raw = Raw::connect(&gw.consumer);
+        let mut frame = format!(
+            r#"{{"method":"io.qmipc.Gateway.Get","parameters":{{"topic":"t"}},"{name}":1}}"#
+        )
+        .into_bytes();
+        frame.push(0);
+        raw.send(&frame);
+        let _ = raw.recv();
+    }
+    // Something after the attack, to know the log has caught up.
+    publish(&gw.consumer, "marker", json!({}));
+    let mut raw = Raw::connect(&gw.consumer);
+    raw.call(json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "x".repeat(5000)}}));
+    let _ = raw.recv();
+    gw.stop();
+    let longest = gw.proc.output.iter().map(|l| l.len()).max().unwrap_or(0);
+    assert!(longest < 1024, "a log line of {longest} bytes");
+}
+
+/// Breach 8: SIGHUP withdrawing a grant left live subscriptions and
+/// registrations in place.
+#[test]
+fn a_reload_that_withdraws_a_grant_ends_what_it_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let grant_all = r#"
+[[rule]]
+name = "asil"
+socket = "provider"
+allow = { publish = ["*"], subscribe = ["*"], register = ["*"], call = ["*"], stats = true }
+[[rule]]
+name = "qm"
+socket = "consumer"
+allow = { subscribe = ["*"], register = ["qm.*"], call = ["*"] }
+"#;
+    std::fs::write(&policy, grant_all).unwrap();
+    let mut gw = Gateway::start_in(dir, &["--policy", policy.to_str().unwrap()]);
+    publish(&gw.provider, "vehicle.speed", json!({"v": 1}));
+    let mut sub = subscribe(&gw.consumer, &["vehicle.*"]);
+    assert_eq!(sub.recv().unwrap()["parameters"]["sample"]["seq"], 1);
+    let mut provider = Raw::connect(&gw.consumer);
+    provider.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["qm.media"]}, "more": true}));
+    assert_eq!(provider.recv().unwrap()["continues"], true);
+
+    std::fs::write(
+        &policy,
+        grant_all.replace(
+            r#"allow = { subscribe = ["*"], register = ["qm.*"], call = ["*"] }"#,
+            r#"allow = { subscribe = ["demo.*"], call = ["*"] }"#,
+        ),
+    )
+    .unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc.wait_line("policy reloaded from");
+    let ended = sub.recv().expect("the subscription's last reply");
+    assert_eq!(ended["error"], "io.qmipc.Gateway.AccessDenied", "{ended}");
+    let ended = provider.recv().expect("the registration's last reply");
+    assert_eq!(ended["error"], "io.qmipc.Gateway.AccessDenied", "{ended}");
+    common::wait_until("the registration to be gone", || {
+        stats(&gw)["services"] == json!([])
+    });
+}
+
+/// Breach 5 (last part): maps keyed by uid never shrank; after thousands
+/// of denied uids the Stats reply outgrew the queue and the ASIL side's
+/// Stats connection was closed. Needs root (peers as other uids).
+#[test]
+fn denials_of_many_uids_keep_stats_bounded() {
+    if !common::tier_enabled("root", "root, to run peers as other uids") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = dir.path().join("policy.toml");
+    // The ASIL side may do everything; no rule matches any QM peer.
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"asil\"\nsocket = \"provider\"\nallow = { stats = true }\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(dir, &["--policy", policy.to_str().unwrap()]);
+    let mut children = Vec::new();
+    for uid in 20_000..20_400u32 {
+        let child = Command::new(bin())
+            .args(["--socket", gw.consumer.to_str().unwrap(), "get", "t"])
+            .uid(uid)
+            .gid(uid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a peer as another uid");
+        children.push(child);
+        if children.len() >= 32 {
+            for mut c in children.drain(..) {
+                let _ = c.wait();
+            }
+        }
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let s = stats(&gw);
+    let denials = s["denials"].as_object().expect("denials");
+    assert!(denials.len() <= 65, "{} denial entries", denials.len());
+    let counted: u64 = denials.values().filter_map(Value::as_u64).sum();
+    assert_eq!(counted, 400, "every denial is still counted: {denials:?}");
+}
+
+/// Breach 4: values a conforming JSON parser rejects (`1e999`, a lone
+/// surrogate, nesting past 128) were stored and forwarded; one such
+/// `Publish demo.time` from QM stopped the demo provider for good.
+#[test]
+fn poison_values_are_refused_before_they_are_stored_or_forwarded() {
+    let gw = Gateway::start(&["--demo"]);
+    let deep = format!("{}1{}", "[".repeat(129), "]".repeat(129));
+    for poison in ["1e999", r#""\ud800""#, deep.as_str(), r#"{"a":1,"a":2}"#] {
+        let mut raw = Raw::connect(&gw.consumer);
+        let mut frame = format!(
+            r#"{{"method":"io.qmipc.Gateway.Publish","parameters":{{"topic":"demo.time","value":{poison}}}}}"#
+        )
+        .into_bytes();
+        frame.push(0);
+        raw.send(&frame);
+        let reply = raw.recv().expect("a reply");
+        assert_eq!(
+            reply["error"], "io.qmipc.Gateway.InvalidParameter",
+            "{poison}: {reply}"
+        );
+        assert_eq!(reply["parameters"]["parameter"], "value", "{reply}");
+
+        let mut call = Raw::connect(&gw.provider);
+        let mut frame = format!(
+            r#"{{"method":"io.qmipc.Gateway.Call","parameters":{{"service":"demo.echo","method":"Echo","parameters":{{"text":{poison}}}}}}}"#
+        )
+        .into_bytes();
+        frame.push(0);
+        call.send(&frame);
+        let reply = call.recv().expect("a reply");
+        assert_eq!(
+            reply["error"], "io.qmipc.Gateway.InvalidParameter",
+            "{poison}: {reply}"
+        );
+        assert_eq!(reply["parameters"]["parameter"], "parameters", "{reply}");
+    }
+    // Nothing was stored, and the demo provider still serves.
+    let mut raw = Raw::connect(&gw.consumer);
+    raw.call(json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "demo.time"}}));
+    assert_eq!(raw.recv().unwrap()["error"], "io.qmipc.Gateway.NoSuchTopic");
+    let mut call = Raw::connect(&gw.provider);
+    call.call(json!({"method": "io.qmipc.Gateway.Call", "parameters": {"service": "demo.echo", "method": "Echo", "parameters": {"text": "still here"}}}));
+    let reply = call.recv().unwrap();
+    assert_eq!(
+        reply["parameters"]["result"]["text"], "still here",
+        "{reply}"
+    );
+}
