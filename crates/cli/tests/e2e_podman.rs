@@ -124,6 +124,18 @@ fn podman_command(dir: &Path, service: &str) -> Vec<String> {
     unit_command(dir, service, "ExecStart")
 }
 
+/// The server's command with its configuration mount (`-v /etc/qm-ipc/:...`)
+/// taken from the generated tree instead of this machine's `/etc`, which
+/// the tests leave alone.
+fn with_staged_config(cmd: Vec<String>, root: &Path) -> Vec<String> {
+    cmd.into_iter()
+        .map(|word| match word.strip_prefix("/etc/qm-ipc/:") {
+            Some(rest) => format!("{}/:{rest}", root.join("etc/qm-ipc").display()),
+            None => word,
+        })
+        .collect()
+}
+
 /// The value of `--cidfile=` in a podman command.
 fn cidfile(cmd: &[String]) -> String {
     cmd.iter()
@@ -200,7 +212,10 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
     let socket_path = socket_dir.join("ipc.socket");
     let (tmp, root) = generate("asil-to-qm", &tag, &socket_path);
     let host_dir = root.join("etc/containers/systemd");
-    let server_cmd = podman_command(&host_dir, &format!("{tag}_server.service"));
+    let server_cmd = with_staged_config(
+        podman_command(&host_dir, &format!("{tag}_server.service")),
+        &root,
+    );
     let stop_post = unit_command(&host_dir, &format!("{tag}_server.service"), "ExecStopPost");
     let client_cmd = podman_command(
         &root.join("etc/qm/containers/systemd"),

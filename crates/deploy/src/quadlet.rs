@@ -91,7 +91,8 @@ pub fn dryrun(dir: &Path) -> Result<BTreeMap<String, Unit>, QuadletError> {
 
 /// The podman command line of a generated service, as systemd would run it
 /// for a system unit (specifiers expanded), without the options that only
-/// work inside a systemd unit (`--cgroups=split`).
+/// work inside a systemd unit (`--cgroups=split`, `--log-driver
+/// passthrough`).
 pub fn podman_command(service: &Unit) -> Result<Vec<String>, QuadletError> {
     command(service, "ExecStart")
 }
@@ -104,8 +105,20 @@ pub fn command(service: &Unit, key: &str) -> Result<Vec<String>, QuadletError> {
         .ok_or_else(|| QuadletError::NoService(format!("{key} in {}", service.name)))?;
     let value = exec.entry.value.trim_start_matches('-');
     let expanded = expand_system_specifiers(value, &service.name);
-    Ok(split_words(&expanded)
-        .into_iter()
-        .filter(|w| w != "--cgroups=split")
-        .collect())
+    let mut words = Vec::new();
+    let mut iter = split_words(&expanded).into_iter().peekable();
+    while let Some(word) = iter.next() {
+        match word.as_str() {
+            "--cgroups=split" | "--log-driver=passthrough" => {}
+            // Passthrough hands the container the caller's stdio: the unit's
+            // journal stream under systemd; outside a unit podman waits on
+            // it, and `podman logs` has nothing. Podman's default driver
+            // stands in.
+            "--log-driver" if iter.peek().is_some_and(|n| n == "passthrough") => {
+                iter.next();
+            }
+            _ => words.push(word),
+        }
+    }
+    Ok(words)
 }
