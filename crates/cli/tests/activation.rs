@@ -34,7 +34,7 @@ fn socket_activated(
 }
 
 fn get_info(path: &std::path::Path) -> serde_json::Value {
-    let mut raw = Raw::connect(path);
+    let mut raw = Raw::connect_when_listening(path);
     raw.call(json!({"method": "org.varlink.service.GetInfo"}));
     raw.recv().expect("GetInfo reply")
 }
@@ -53,7 +53,7 @@ fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
         "nothing may be ready before the first connection starts the gateway"
     );
     // This connection makes systemd-socket-activate start the gateway.
-    let mut raw = Raw::connect(&socket);
+    let mut raw = Raw::connect_when_listening(&socket);
     raw.call(
         json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": "12:00:00"}}),
     );
@@ -81,8 +81,7 @@ fn socket_activation_with_the_unit_name_as_fd_name_serves_the_consumer() {
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let notify = NotifyReceiver::new(dir.path());
     let mut activator = socket_activated(&[&socket], Some("ipc_server.socket"), &notify, None);
-    wait_until("systemd-socket-activate to listen", || socket.exists());
-    let mut raw = Raw::connect(&socket);
+    let mut raw = Raw::connect_when_listening(&socket);
     raw.call(
         json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": "12:00:00"}}),
     );
@@ -107,7 +106,7 @@ fn a_listener_the_policy_does_not_know_stops_the_gateway_at_start() {
     );
     wait_until("both sockets", || consumer.exists() && other.exists());
     // The first connection starts the gateway, which refuses to serve.
-    let _first = std::os::unix::net::UnixStream::connect(&consumer);
+    let _first = Raw::connect_when_listening(&consumer);
     let line = activator.wait_line("listener \"diagnostics\"");
     let text = &activator.output[line];
     assert!(

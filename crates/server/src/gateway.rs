@@ -39,6 +39,8 @@ pub enum StartError {
     Register { name: String, source: io::Error },
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("{0}")]
+    ProviderThread(#[from] crate::provider_thread::PlacementError),
     #[error(
         "listener {name:?} ({origin}) is not known to the policy {policy}: every request on it would be denied. \
          Name the fd consumer or provider with FileDescriptorName= in the socket unit, \
@@ -53,7 +55,7 @@ pub enum StartError {
 
 /// Counts live connection tasks so shutdown can wait for them.
 #[derive(Default)]
-struct Tracker {
+pub(crate) struct Tracker {
     live: AtomicUsize,
     idle: Notify,
 }
@@ -66,7 +68,7 @@ impl Tracker {
         TrackGuard(self.clone())
     }
 
-    async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let idle = self.idle.notified();
             if self.live.load(Ordering::SeqCst) == 0 {
@@ -137,6 +139,8 @@ pub struct Gateway {
     notifier: Notifier,
     shutdown_tx: watch::Sender<bool>,
     tracker: Arc<Tracker>,
+    /// Scheduling of the ASIL thread.
+    provider_placement: crate::provider_thread::ThreadPlacement,
 }
 
 impl Gateway {
@@ -171,7 +175,14 @@ impl Gateway {
             notifier,
             shutdown_tx,
             tracker: Arc::default(),
+            provider_placement: Default::default(),
         }
+    }
+
+    /// Sets where and how eagerly the ASIL thread runs (applied when it
+    /// starts, in [`run`](Self::run)).
+    pub fn set_provider_placement(&mut self, placement: crate::provider_thread::ThreadPlacement) {
+        self.provider_placement = placement;
     }
 
     /// Uses the policy in `path` (instead of the built-in one), and reloads
@@ -237,48 +248,49 @@ impl Gateway {
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
         self.check_listeners(&self.hub.policy())?;
         let limits = self.hub.limits().clone();
-        let mut registered = Vec::new();
+        // The provider listener has a budget of its own, and its own thread;
+        // every other listener shares the QM budget and this thread.
+        let qm_permits = Arc::new(Semaphore::new(limits.max_connections));
+        let provider_permits = Arc::new(Semaphore::new(limits.max_provider_connections));
+        let mut accept_tasks = Vec::new();
+        let mut provider_thread = None;
         for listener in &self.listeners {
-            let std_listener =
-                listener
-                    .socket
-                    .try_clone()
-                    .map_err(|source| StartError::Register {
-                        name: listener.name.clone(),
-                        source,
-                    })?;
+            let register_error = |source| StartError::Register {
+                name: listener.name.clone(),
+                source,
+            };
+            let std_listener = listener.socket.try_clone().map_err(register_error)?;
+            let name = Arc::<str>::from(listener.name.as_str());
+            if listener.name == PROVIDER {
+                provider_thread = Some(crate::provider_thread::spawn(
+                    crate::provider_thread::ProviderSide {
+                        listener: std_listener,
+                        name,
+                        hub: self.hub.clone(),
+                        tracker: self.tracker.clone(),
+                        permits: provider_permits.clone(),
+                        shutdown: self.shutdown_tx.subscribe(),
+                        drain: limits.drain_timeout,
+                    },
+                    self.provider_placement.clone(),
+                )?);
+                tracing::info!("listening on {} (ASIL thread)", listener.describe());
+                continue;
+            }
             let tokio_listener = std_listener
                 .set_nonblocking(true)
                 .and_then(|()| UnixListener::from_std(std_listener))
-                .map_err(|source| StartError::Register {
-                    name: listener.name.clone(),
-                    source,
-                })?;
+                .map_err(register_error)?;
             tracing::info!("listening on {}", listener.describe());
-            registered.push((tokio_listener, Arc::<str>::from(listener.name.as_str())));
+            accept_tasks.push(tokio::spawn(accept_loop(
+                tokio_listener,
+                name,
+                self.hub.clone(),
+                self.tracker.clone(),
+                qm_permits.clone(),
+                self.shutdown_tx.subscribe(),
+            )));
         }
-        // The provider listener has a budget of its own; every other
-        // listener shares the QM budget.
-        let qm_permits = Arc::new(Semaphore::new(limits.max_connections));
-        let provider_permits = Arc::new(Semaphore::new(limits.max_provider_connections));
-        let accept_tasks: Vec<_> = registered
-            .into_iter()
-            .map(|(listener, name)| {
-                let permits = if &*name == PROVIDER {
-                    provider_permits.clone()
-                } else {
-                    qm_permits.clone()
-                };
-                tokio::spawn(accept_loop(
-                    listener,
-                    name,
-                    self.hub.clone(),
-                    self.tracker.clone(),
-                    permits,
-                    self.shutdown_tx.subscribe(),
-                ))
-            })
-            .collect();
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
@@ -322,6 +334,10 @@ impl Gateway {
                 "{} connections still open after the drain timeout; closing them",
                 self.tracker.live.load(Ordering::SeqCst)
             );
+        }
+        if let Some(thread) = provider_thread {
+            // It stops with the shutdown signal; its drain is bounded.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         // Dropping the listeners removes the socket files we created.
         drop(self.listeners);
@@ -389,7 +405,7 @@ fn status_line(s: &Snapshot) -> String {
 /// backlog instead of costing an fd. Each listener has its own loop, and
 /// the provider listener its own budget: QM holding every consumer slot
 /// never delays the ASIL side.
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: UnixListener,
     name: Arc<str>,
     hub: Arc<Hub>,

@@ -7,6 +7,7 @@
 //! - [`outbox`]: each connection's bounded, conflating send queue.
 //! - [`connection`]: one client connection: read, dispatch, write.
 //! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
+//! - [`provider_thread`]: the ASIL side's own thread, priority and CPUs.
 //! - [`peer`]: who is on the other end of a connection.
 //! - [`policy`]: who may publish, subscribe, call and register what.
 //! - [`rate`]: the per-connection token bucket.
@@ -21,6 +22,7 @@ pub mod notify;
 pub mod outbox;
 pub mod peer;
 pub mod policy;
+pub mod provider_thread;
 pub mod rate;
 
 pub use config::{Config, Limits};

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use qm_ipc_server::config::RateLimit;
 use qm_ipc_server::config::{default_provider_path, PROVIDER};
-use qm_ipc_server::{Config, Gateway, Limits};
+use qm_ipc_server::provider_thread::{parse_cpu_list, ThreadPlacement};
+use qm_ipc_server::{Config, Gateway, Limits, StartError};
 
 use super::{socket_or_default, termination, CommandError};
 use crate::demo;
@@ -29,6 +30,17 @@ pub struct ServeArgs {
     /// demo.echo service, and the log of the client's time).
     #[arg(long)]
     demo: bool,
+    /// Nice value of the ASIL thread (which serves the provider socket),
+    /// -20 to 19; below the current value needs CAP_SYS_NICE.
+    #[arg(long, value_name = "NICE", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    provider_nice: Option<i32>,
+    /// SCHED_FIFO priority of the ASIL thread, 1 to 99; needs CAP_SYS_NICE.
+    #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(i32).range(1..=99))]
+    provider_rt_priority: Option<i32>,
+    /// CPUs the ASIL thread may run on, as the kernel lists them: 1, 0,2,
+    /// 2-3.
+    #[arg(long, value_name = "LIST")]
+    provider_cpus: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -150,7 +162,18 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
         provider_path,
         limits: args.limits.limits(),
     };
+    let placement = ThreadPlacement {
+        nice: args.provider_nice,
+        rt_priority: args.provider_rt_priority,
+        cpus: args
+            .provider_cpus
+            .as_deref()
+            .map(parse_cpu_list)
+            .transpose()
+            .map_err(StartError::from)?,
+    };
     let mut gateway = Gateway::start(config)?;
+    gateway.set_provider_placement(placement);
     if let Some(path) = &args.policy {
         gateway.load_policy(path)?;
     }

@@ -294,6 +294,22 @@ impl Raw {
         }
     }
 
+    /// Connects once something listens on `path`: a socket file appears
+    /// at bind(), a moment before listen(), when connecting is refused.
+    pub fn connect_when_listening(path: &Path) -> Self {
+        let mut stream = None;
+        wait_until("the socket to accept connections", || {
+            stream = UnixStream::connect(path).ok();
+            stream.is_some()
+        });
+        let stream = stream.expect("connected");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
