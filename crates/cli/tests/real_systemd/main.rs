@@ -71,6 +71,35 @@ fn wait_for_speed(host: &SystemdHost) -> String {
     value
 }
 
+/// The generated policy, and the same with QM's reading narrowed to
+/// `demo.*` (so `vehicle.speed` is denied).
+fn tightened_policy(host: &SystemdHost) -> (String, String) {
+    let policy = host.ok(&["cat", "/etc/qm-ipc/policy.toml"]);
+    let tightened = policy.replace(
+        r#"allow = { subscribe = ["*"], publish = ["demo.time"] }"#,
+        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"] }"#,
+    );
+    assert_ne!(policy, tightened, "the generated policy has the QM rule");
+    (policy, tightened)
+}
+
+fn assert_qm_denied(host: &SystemdHost, why: &str) {
+    let denied = qm_ipc_get(host, "vehicle.speed").expect_err(why);
+    assert!(denied.contains("AccessDenied"), "{why}: {denied}");
+}
+
+/// Waits for the gateway's refusal of a broken policy, at priority err.
+fn wait_for_refused_reload(host: &SystemdHost) {
+    wait_for("the refused reload at priority err", SLOW, || {
+        let errors = host.sh("journalctl -q --no-pager -o cat -p err -u ipc_server.service");
+        if errors.contains("policy reload failed, keeping the previous policy") {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    });
+}
+
 fn wait_active(host: &SystemdHost, unit: &str) {
     wait_for(&format!("{unit} to be active"), SLOW, || {
         match host.property(unit, "ActiveState").as_str() {
@@ -195,16 +224,10 @@ fn asil_to_qm_under_real_systemd() {
     );
 
     // `systemctl reload` applies a new policy: QM may no longer read.
-    let policy = host.ok(&["cat", "/etc/qm-ipc/policy.toml"]);
-    let tightened = policy.replace(
-        r#"allow = { subscribe = ["*"], publish = ["demo.time"] }"#,
-        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"] }"#,
-    );
-    assert_ne!(policy, tightened, "the generated policy has the QM rule");
+    let (_, tightened) = tightened_policy(&host);
     write_file(&host, "/etc/qm-ipc/policy.toml", &tightened);
     host.ok(&["systemctl", "reload", "ipc_server.service"]);
-    let denied = qm_ipc_get(&host, "vehicle.speed").expect_err("denied after the reload");
-    assert!(denied.contains("AccessDenied"), "{denied}");
+    assert_qm_denied(&host, "denied after the reload");
 
     // A broken policy fails the reload, and the previous one stays.
     write_file(
@@ -220,16 +243,8 @@ fn asil_to_qm_under_real_systemd() {
     // Signalled directly (past the unit's check), the gateway refuses it
     // too, at error priority.
     host.ok(&["podman", "kill", "--signal", "HUP", "systemd-ipc_server"]);
-    wait_for("the refused reload at priority err", SLOW, || {
-        let errors = host.sh("journalctl -q --no-pager -o cat -p err -u ipc_server.service");
-        if errors.contains("policy reload failed, keeping the previous policy") {
-            Ok(())
-        } else {
-            Err(errors)
-        }
-    });
-    let still = qm_ipc_get(&host, "vehicle.speed").expect_err("still the tightened policy");
-    assert!(still.contains("AccessDenied"), "{still}");
+    wait_for_refused_reload(&host);
+    assert_qm_denied(&host, "still the tightened policy");
     assert_eq!(host.property("ipc_server.service", "ActiveState"), "active");
     assert_eq!(host.container_pid("systemd-ipc_server"), pid);
 
@@ -504,32 +519,19 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     // Type=notify-reload: SIGHUP from systemd, RELOADING=1 with
     // MONOTONIC_USEC, then READY=1 (systemd 257 fails the reload and stops
     // the service without the timestamp).
-    let policy = host.ok(&["cat", "/etc/qm-ipc/policy.toml"]);
-    let tightened = policy.replace(
-        r#"allow = { subscribe = ["*"], publish = ["demo.time"] }"#,
-        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"] }"#,
-    );
+    let (policy, tightened) = tightened_policy(&host);
     write_file(&host, "/etc/qm-ipc/policy.toml", &tightened);
     host.ok(&["chmod", "0644", "/etc/qm-ipc/policy.toml"]);
     let pid = host.property("ipc_server.service", "MainPID");
     host.ok(&["systemctl", "reload", "ipc_server.service"]);
-    let denied = qm_ipc_get(&host, "vehicle.speed").expect_err("denied after the reload");
-    assert!(denied.contains("AccessDenied"), "{denied}");
+    assert_qm_denied(&host, "denied after the reload");
     // A broken file: the gateway keeps the previous policy and says so at
     // error priority.
     write_file(&host, "/etc/qm-ipc/policy.toml", "[[rule]]\nname = 1\n");
     host.ok(&["chmod", "0644", "/etc/qm-ipc/policy.toml"]);
     let _ = host.run(&["systemctl", "reload", "ipc_server.service"]);
-    wait_for("the refused reload at priority err", SLOW, || {
-        let errors = host.sh("journalctl -q --no-pager -o cat -p err -u ipc_server.service");
-        if errors.contains("policy reload failed, keeping the previous policy") {
-            Ok(())
-        } else {
-            Err(errors)
-        }
-    });
-    let still = qm_ipc_get(&host, "vehicle.speed").expect_err("still the tightened policy");
-    assert!(still.contains("AccessDenied"), "{still}");
+    wait_for_refused_reload(&host);
+    assert_qm_denied(&host, "still the tightened policy");
     assert_eq!(host.property("ipc_server.service", "MainPID"), pid);
 
     host.ok(&[
