@@ -48,7 +48,11 @@ impl Peer {
     /// Adds the SELinux label and the pidfd (for admitted connections).
     pub fn with_security(mut self, stream: &UnixStream) -> Self {
         self.label = peer_label(stream.as_raw_fd()).and_then(|raw| Label::parse(&raw));
-        self.pidfd = self.pid.and_then(pidfd_open).map(Arc::new);
+        // SO_PEERPIDFD first: it works across PID namespaces, where a
+        // gateway in its own container sees its peers with pid 0.
+        self.pidfd = peer_pidfd(stream.as_raw_fd())
+            .or_else(|| self.pid.and_then(pidfd_open))
+            .map(Arc::new);
         self
     }
 
@@ -153,6 +157,34 @@ fn peer_label(fd: RawFd) -> Option<String> {
     }
 }
 
+/// `SO_PEERPIDFD` (Linux 6.5): the asm-generic value, which x86, arm and
+/// riscv use.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd for the process at the other end of `fd`, from the kernel
+/// (no pid involved, so it also works when the peer lives in another PID
+/// namespace and `SO_PEERCRED` says pid 0).
+fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: pidfd and len point to a properly sized c_int; on kernels
+    // without the option getsockopt fails with ENOPROTOOPT.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || pidfd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just created this fd for us.
+    Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
+}
+
 /// A pidfd for `pid`, where the kernel offers pidfd_open (5.3+).
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
@@ -167,6 +199,25 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_peer_pidfd_comes_from_the_socket_itself() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = peer_pidfd(a.as_raw_fd()).expect("this kernel (6.5+) offers SO_PEERPIDFD");
+        // The pidfd is ours (both ends belong to this process): signal 0
+        // through it succeeds while we live.
+        // SAFETY: a plain syscall on a valid pidfd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
 
     #[tokio::test]
     async fn reads_credentials_and_no_label_without_selinux() {
