@@ -216,6 +216,24 @@ allow = { subscribe = ["*"], register = ["qm.*"], call = ["*"] }
     common::wait_until("the registration to be gone", || {
         stats(&gw)["services"] == json!([])
     });
+    // Regression: ending a stream from the hub made the connection's task
+    // poll its finished writer again and panic.
+    gw.stop();
+    assert!(
+        !gw.proc.output.iter().any(|l| l.contains("panicked")),
+        "{:?}",
+        gw.proc.output
+    );
+    // A pattern under which the rule grants nothing is refused at once,
+    // as a reload would end it.
+    let mut gw = Gateway::start(&["--policy", policy.to_str().unwrap()]);
+    let mut sub = subscribe(&gw.consumer, &["media.*"]);
+    let refused = sub.recv().unwrap();
+    assert_eq!(
+        refused["error"], "io.qmipc.Gateway.AccessDenied",
+        "{refused}"
+    );
+    gw.stop();
 }
 
 /// Breach 5 (last part): maps keyed by uid never shrank; after thousands

@@ -159,16 +159,15 @@ pub async fn serve(
         max_patterns,
         denial_log: DenialLog::default(),
     };
-    let ended = tokio::select! {
-        ended = session.read_loop(read, &mut shutdown) => ended,
-        ended = &mut writer => ended,
+    let (ended, writer_done) = tokio::select! {
+        ended = session.read_loop(read, &mut shutdown) => (ended, false),
+        ended = &mut writer => (ended, true),
     };
     hub.disconnect(conn, ended.label());
     outbox.close();
-    if !matches!(
-        ended,
-        Ended::WriteFailed(_) | Ended::WriteTimeout | Ended::SendQueueFull
-    ) {
+    // Flush what is queued, unless the writer has already ended (a
+    // finished future must not be polled again).
+    if !writer_done {
         let _ = tokio::time::timeout(limits.drain_timeout, &mut writer).await;
     }
     match &ended {
@@ -490,15 +489,15 @@ impl Session<'_> {
             match pattern {
                 TopicPattern::Exact(topic) => self.authorize(Action::Subscribe, topic)?,
                 TopicPattern::Prefix(_) => {
+                    // The same test a reload applies to running
+                    // subscriptions: the rule must grant reading something
+                    // under the pattern.
                     let policy = self.hub.policy();
-                    let granted = policy
-                        .rule_for(&self.peer.identity())
-                        .is_some_and(|r| r.grants.any(Action::Subscribe));
-                    if !granted {
+                    if !policy.may_subscribe(&self.peer.identity(), pattern) {
                         self.deny(
                             Action::Subscribe,
                             &pattern.to_string(),
-                            "no rule grants reading any topic",
+                            "the rule grants reading nothing under this pattern",
                         )?;
                     }
                 }

@@ -14,7 +14,7 @@
 //!   carried into the next sample of their topic. A publisher never waits
 //!   for a subscriber.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -73,8 +73,10 @@ struct Inner {
     samples: VecDeque<QueuedSample>,
     sample_bytes: usize,
     /// Drops of samples removed without a newer one of their topic queued,
-    /// to be added to that topic's next sample.
-    carried: Vec<(Arc<TopicName>, u64)>,
+    /// to be added to that topic's next sample; keyed by the topic's
+    /// address (the hub holds one `TopicName` per topic), so shedding many
+    /// topics stays linear.
+    carried: HashMap<usize, (Arc<TopicName>, u64)>,
     /// Samples this connection missed, in total.
     dropped: u64,
     /// No more data is accepted; the writer flushes what is queued and ends.
@@ -175,28 +177,41 @@ impl Outbox {
 
     /// Queues a subscription sample, conflating when the queue is full.
     pub fn push_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
-        self.queue_sample(topic, value, self.sample_capacity);
+        self.queue_sample(topic, value, false);
     }
 
     /// Queues a topic's current value at the start of a subscription. The
     /// count of samples may pass the queue's capacity here (one per topic,
     /// so at most `max_topics`, each a shared reference to the stored
     /// value): a subscription to more topics than the queue holds still
-    /// gets every current value. The byte bound holds as for updates.
+    /// gets every current value. The byte bound holds as for updates: past
+    /// it the oldest are shed (counted in `dropped` of their topic's next
+    /// sample). The queue holds one sample per topic here (a connection
+    /// streams one subscription, which starts empty), so there is nothing
+    /// to conflate or fold, and each call costs O(1) amortised while the
+    /// caller holds the hub (a search or a compaction per current value
+    /// made a subscription to many large topics quadratic under it).
     pub fn push_current(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
-        self.queue_sample(topic, value, usize::MAX);
+        self.queue_sample(topic, value, true);
     }
 
-    fn queue_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>, capacity: usize) {
+    fn queue_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>, current: bool) {
         let mut inner = self.lock();
         if inner.closing || inner.overflowed {
             return;
         }
         let size = value.value_json.len();
+        let capacity = if current {
+            usize::MAX
+        } else {
+            self.sample_capacity
+        };
         let full = |inner: &Inner| {
             inner.samples.len() >= capacity || inner.sample_bytes + size > self.max_queued_bytes
         };
-        if full(&inner) {
+        if current && full(&inner) {
+            self.shed(&mut inner, size, capacity);
+        } else if full(&inner) {
             // Replace the newest queued sample of the same topic.
             if let Some(old) = inner
                 .samples
@@ -265,14 +280,11 @@ impl Outbox {
             };
             inner.sample_bytes -= oldest.bytes();
             let lost = oldest.dropped + 1;
-            match inner
+            inner
                 .carried
-                .iter_mut()
-                .find(|(t, _)| Arc::ptr_eq(t, &oldest.topic))
-            {
-                Some((_, n)) => *n += lost,
-                None => inner.carried.push((oldest.topic, lost)),
-            }
+                .entry(Arc::as_ptr(&oldest.topic) as usize)
+                .or_insert_with(|| (oldest.topic.clone(), 0))
+                .1 += lost;
             self.count_drops(inner, 1);
         }
     }
@@ -367,11 +379,13 @@ impl Outbox {
     }
 }
 
-fn take_carried(carried: &mut Vec<(Arc<TopicName>, u64)>, topic: &Arc<TopicName>) -> u64 {
-    match carried.iter().position(|(t, _)| Arc::ptr_eq(t, topic)) {
-        Some(i) => carried.swap_remove(i).1,
-        None => 0,
-    }
+fn take_carried(
+    carried: &mut HashMap<usize, (Arc<TopicName>, u64)>,
+    topic: &Arc<TopicName>,
+) -> u64 {
+    carried
+        .remove(&(Arc::as_ptr(topic) as usize))
+        .map_or(0, |(_, n)| n)
 }
 
 #[cfg(test)]
@@ -398,6 +412,27 @@ mod tests {
                 serde_json::from_value(reply.parameters["sample"].clone()).unwrap()
             })
             .collect()
+    }
+
+    /// Regression: current values past the byte budget were searched and
+    /// compacted one by one (quadratic, under the hub's lock). Now the
+    /// oldest are shed, each counted in its topic's next sample.
+    #[test]
+    fn current_values_past_the_byte_budget_shed_the_oldest_and_count_them() {
+        let outbox = Outbox::new(4, 10 * 1000, Arc::default());
+        let topics: Vec<_> = (0..2000)
+            .map(|i| Arc::new(TopicName::new(&format!("t{i}"))))
+            .collect();
+        for topic in &topics {
+            outbox.push_current(topic, &value(1, 1000));
+        }
+        let first = drain(&outbox);
+        assert_eq!(first.len(), 10, "as many as the byte budget holds");
+        assert_eq!(first[0].topic, "t1990", "the newest are kept");
+        // The next update of a shed topic says what was missed.
+        outbox.push_sample(&topics[0], &value(2, 10));
+        let next = drain(&outbox);
+        assert_eq!((next[0].seq, next[0].dropped), (2, 1));
     }
 
     /// For each topic, every gap in seq is accounted for in dropped.

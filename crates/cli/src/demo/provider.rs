@@ -33,6 +33,7 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
     let mut ticker = tokio::time::interval(SPEED_PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = 0u64;
+    let mut time_log = TimeLog::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -41,11 +42,9 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
             }
             sample = times.next() => {
                 let sample = sample?;
-                let time = match &sample.value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                println!("Current time received from client is: {time}");
+                if let Some(line) = time_log.line(&sample.value) {
+                    println!("{line}");
+                }
             }
             request = echo.next_request() => {
                 let request = request?;
@@ -62,5 +61,85 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
                 }
             }
         }
+    }
+}
+
+/// The line the qm IPC example's server prints for each time it receives,
+/// made safe for a log: the value comes from QM, so it is cut to
+/// [`MAX_SHOWN`] characters with control characters escaped (no forged
+/// lines, no `<0>` priority prefix, no terminal escapes), and at most
+/// [`LINES_PER_SECOND`] lines a second are printed, with a count of those
+/// left out.
+#[derive(Default)]
+struct TimeLog {
+    window: Option<std::time::Instant>,
+    printed: u32,
+    suppressed: u64,
+}
+
+const MAX_SHOWN: usize = 64;
+const LINES_PER_SECOND: u32 = 10;
+
+impl TimeLog {
+    fn line(&mut self, value: &Value) -> Option<String> {
+        let now = std::time::Instant::now();
+        if self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.printed = 0;
+        }
+        if self.printed >= LINES_PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.printed += 1;
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut shown: String = text
+            .chars()
+            .take(MAX_SHOWN)
+            .flat_map(char::escape_default)
+            .collect();
+        if text.chars().count() > MAX_SHOWN {
+            shown.push_str("...");
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        Some(match suppressed {
+            0 => format!("Current time received from client is: {shown}"),
+            n => format!("Current time received from client is: {shown} ({n} more not shown)"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a QM client's value was printed as it came (forged
+    /// lines, `<0>` prefixes, terminal escapes, 64 KB per line).
+    #[test]
+    fn the_time_line_is_escaped_cut_and_rate_limited() {
+        let mut log = TimeLog::default();
+        assert_eq!(
+            log.line(&json!("12:00:00")).unwrap(),
+            "Current time received from client is: 12:00:00"
+        );
+        let hostile = log
+            .line(&json!(
+                "12:00\n<0>EMERG\u{1b}[31m".to_owned() + &"x".repeat(70_000)
+            ))
+            .unwrap();
+        assert!(
+            !hostile.contains('\n') && !hostile.contains('\u{1b}'),
+            "{hostile}"
+        );
+        assert!(hostile.contains("\\n<0>EMERG"), "{hostile}");
+        assert!(hostile.len() < 400, "{} bytes", hostile.len());
+        let printed = (0..100).filter(|_| log.line(&json!("t")).is_some()).count();
+        assert_eq!(printed as u32, LINES_PER_SECOND - 2);
     }
 }
