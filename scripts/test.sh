@@ -6,6 +6,7 @@
 #   quadlet  podman's quadlet, systemd-analyze
 #   podman   real containers from the images
 #   systemd  the generated units under systemd 257 as PID 1 (trixie rootfs)
+# and then the fuzz targets for 20 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +24,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo bench --locked -p qm-ipc --bench compare -- --quick
 cargo bench --locked -p qm-ipc --bench interference -- --quick
 QM_IPC_TEST_TIERS=all cargo test --locked --workspace
+# Every fuzz target (frame decoder, request parser, value validator) for a
+# bounded time; a crash fails the run and leaves its input in fuzz/artifacts.
+scripts/fuzz.sh 20
 echo "all tiers passed in $(( $(date +%s) - start )) s"

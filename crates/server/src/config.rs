@@ -18,9 +18,10 @@ pub struct RateLimit {
 
 /// Every resource bound of the gateway. With the defaults, the memory the
 /// gateway can be made to hold is bounded by roughly
-/// `max_connections * (2 * max_queued_bytes + max_queued_bytes + 64 KiB
-/// write batch + max_frame + 16 KiB read chunk) + max_retained_bytes`,
-/// about 40 MiB (see docs/design.md).
+/// `(max_connections + max_provider_connections) * (2 * max_queued_bytes +
+/// max_queued_bytes + 64 KiB write batch + max_frame + 16 KiB read chunk +
+/// max_topics * 64 B of current-value entries) + max_retained_bytes`,
+/// about 54 MiB (see docs/design.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest frame a peer may send, NUL included.
