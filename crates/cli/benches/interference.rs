@@ -203,7 +203,7 @@ fn main() {
     let _echo_provider = spawn_echo_provider(&gw.provider, "bench.echo");
     Blocking::connect(&gw.provider)
         .call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "bench.value", "value": {"kmh": 50}}}))
-        .expect("seed topic");
+        .expect("publish the first topic");
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let publisher = spawn_publisher(&gw, stop.clone(), published.clone());

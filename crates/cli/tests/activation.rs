@@ -264,22 +264,27 @@ fn watchdog_status_and_abstract_notify_socket() {
 /// Under systemd the journal stamps each line and reads the priority from a
 /// `<N>` prefix: no timestamp of ours, and warnings findable with
 /// `journalctl -p warning`.
-#[test]
-fn journal_log_format_has_priorities_and_no_timestamp() {
+/// A gateway binding its own socket with `QM_IPC_LOG_FORMAT=format`, once
+/// it is ready.
+fn serve_with_log_format(format: &str) -> (tempfile::TempDir, Proc) {
     let dir = tempfile::tempdir().unwrap();
     let mut notify = NotifyReceiver::new(dir.path());
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--no-provider-socket", "--socket"])
         .arg(dir.path().join("ipc.socket"))
         .env("NOTIFY_SOCKET", &notify.path)
-        .env("QM_IPC_LOG_FORMAT", "journal")
-        // An unknown variable a peer cannot control, to see a warning.
-        .env("QM_IPC_LOG", "info");
-    let mut proc = Proc::spawn(cmd);
+        .env("QM_IPC_LOG_FORMAT", format);
+    let proc = Proc::spawn(cmd);
     notify.wait_for("READY=1");
+    (dir, proc)
+}
+
+#[test]
+fn journal_log_format_has_priorities_and_no_timestamp() {
+    let (_dir, mut proc) = serve_with_log_format("journal");
     let line = proc.wait_line("ready");
     assert_eq!(proc.output[line], "<6>ready", "{:?}", proc.output);
-    // A refused reload is an error: priority 3.
+    // A SIGHUP without a policy file is reported at info priority.
     proc.signal(libc::SIGHUP);
     let line = proc.wait_line("SIGHUP");
     assert!(
@@ -296,15 +301,7 @@ fn journal_log_format_has_priorities_and_no_timestamp() {
 
 #[test]
 fn a_bad_log_format_is_named_and_the_gateway_still_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut notify = NotifyReceiver::new(dir.path());
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--no-provider-socket", "--socket"])
-        .arg(dir.path().join("ipc.socket"))
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("QM_IPC_LOG_FORMAT", "json");
-    let mut proc = Proc::spawn(cmd);
-    notify.wait_for("READY=1");
+    let (_dir, mut proc) = serve_with_log_format("json");
     let line = proc.wait_line("QM_IPC_LOG_FORMAT");
     assert!(
         proc.output[line].contains("auto, journal or text"),

@@ -268,34 +268,36 @@ fn fd_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenErro
     Ok(names)
 }
 
+/// An integer `SOL_SOCKET` option of `fd` (`SO_TYPE`, `SO_PEERPIDFD`, ...).
+pub(crate) fn socket_int_option(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len point to a properly sized c_int; an invalid fd
+    // or option makes getsockopt fail, which is reported.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn check_listening_unix_stream(fd: RawFd, name: &str) -> Result<(), ListenError> {
     let bad = |reason: String| ListenError::BadFd {
         fd,
         name: name.to_owned(),
         reason,
     };
-    let int_opt = |opt: libc::c_int| -> Result<libc::c_int, ListenError> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len point to a properly sized c_int; an invalid
-        // fd makes getsockopt fail with EBADF/ENOTSOCK, which is reported.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(value)
-        } else {
-            Err(bad(format!(
-                "not a socket ({})",
-                io::Error::last_os_error()
-            )))
-        }
+    let int_opt = |opt: libc::c_int| {
+        socket_int_option(fd, opt).map_err(|e| bad(format!("not a socket ({e})")))
     };
     if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
         return Err(bad("not an AF_UNIX socket".into()));

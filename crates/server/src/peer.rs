@@ -165,20 +165,8 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// (no pid involved, so it also works when the peer lives in another PID
 /// namespace and `SO_PEERCRED` says pid 0).
 fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
-    let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: pidfd and len point to a properly sized c_int; on kernels
-    // without the option getsockopt fails with ENOPROTOOPT.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut pidfd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || pidfd < 0 {
+    let pidfd = crate::listen::socket_int_option(fd, SO_PEERPIDFD).ok()?;
+    if pidfd < 0 {
         return None;
     }
     // SAFETY: the kernel just created this fd for us.

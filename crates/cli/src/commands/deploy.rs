@@ -29,7 +29,7 @@ pub enum RuntimeArg {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Which of the seed's file sets to generate.
+    /// Which of the qm IPC example's file sets to generate.
     topology: TopologyArg,
     /// Image of the server container (runs `qm-ipc` as its entrypoint).
     #[arg(long, default_value_t = Options::default().server_image)]

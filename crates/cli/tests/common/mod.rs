@@ -38,11 +38,34 @@ pub fn within<F: std::future::Future<Output = ()>>(limit: Duration, body: F) {
 
 /// Polls `condition` until it holds; panics with `what` at the deadline.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::yield_now();
-        std::thread::park_timeout(Duration::from_millis(5));
+    wait_for_within(what, DEADLINE, || {
+        if condition() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    });
+}
+
+/// Polls `condition` until it returns `Ok`; after `limit`, panics with
+/// `what` and the last thing `condition` saw.
+pub fn wait_for_within(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> Result<(), String>,
+) {
+    let end = Instant::now() + limit;
+    loop {
+        match condition() {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= end => {
+                panic!("timed out after {limit:?} waiting for {what}; last seen:\n{last}")
+            }
+            Err(_) => {
+                std::thread::yield_now();
+                std::thread::park_timeout(Duration::from_millis(5));
+            }
+        }
     }
 }
 

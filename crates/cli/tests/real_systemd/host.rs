@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where `scripts/build-test-rootfs.sh` leaves the rootfs by default.
 pub const DEFAULT_ROOTFS: &str = "/var/cache/qm-ipc/trixie-rootfs";
@@ -39,19 +39,10 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Polls `condition` every 100 ms until it holds; panics with `what` and
-/// the last thing `condition` saw after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> Result<(), String>) {
-    let end = Instant::now() + limit;
-    loop {
-        match condition() {
-            Ok(()) => return,
-            Err(last) if Instant::now() >= end => {
-                panic!("timed out after {limit:?} waiting for {what}; last seen:\n{last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+/// Polls `condition` until it holds; panics with `what` and the last
+/// thing `condition` saw after `limit`.
+pub fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> Result<(), String>) {
+    super::common::wait_for_within(what, limit, condition);
 }
 
 pub struct SystemdHost {
