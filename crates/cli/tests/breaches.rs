@@ -37,9 +37,18 @@ fn a_second_subscribe_on_a_streaming_connection_ends_it_and_duplicates_nothing()
     publish(&gw.provider, "t", json!({"v": 0}));
     let mut sub = subscribe(&gw.consumer, &["*"]);
     assert_eq!(sub.recv().unwrap()["parameters"]["sample"]["seq"], 1);
+    // All in one write: the gateway closes the connection at the first,
+    // so later writes could fail.
+    let mut again = Vec::new();
     for _ in 0..8 {
-        sub.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["*"]}, "oneway": true}));
+        again.extend_from_slice(
+            json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["*"]}, "oneway": true})
+                .to_string()
+                .as_bytes(),
+        );
+        again.push(0);
     }
+    sub.send(&again);
     // The connection breaks the protocol: only Reply and Publish may be
     // sent oneway on a running stream.
     sub.expect_closed();
@@ -101,6 +110,82 @@ fn idle_connections_holding_nothing_are_closed() {
     assert_eq!(s["subscriptions"], 1, "the subscriber is kept: {s}");
     publish(&gw.provider, "t", json!({"v": 1}));
     assert_eq!(sub.recv().unwrap()["parameters"]["sample"]["seq"], 1);
+}
+
+/// Breach 3: one peer's connect storm locked other QM peers out. And the
+/// accounting identity: QM containers that share a uid were one peer, so
+/// one container's quota was every container's. Here this test process is
+/// one container holding its whole quota and storming the socket; another
+/// container, same uid, is served all along. Needs root (cgroups).
+#[test]
+fn another_container_is_served_while_one_holds_its_quota_and_storms() {
+    if !common::tier_enabled("root", "root, to give a peer a cgroup of its own") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let gw = Gateway::start(&["--max-connections-per-peer", "4"]);
+    let _held: Vec<Raw> = (0..4)
+        .map(|_| {
+            let mut raw = Raw::connect(&gw.consumer);
+            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
+            assert_eq!(raw.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
+            raw
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let storm: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, attempts, path) = (stop.clone(), attempts.clone(), gw.consumer.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::os::unix::net::UnixStream::connect(&path);
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    common::wait_until("the storm to be under way", || {
+        attempts.load(Ordering::Relaxed) > 1000
+    });
+    let other = common::TestCgroup::new("other-container");
+    for round in 0..5 {
+        let mut cmd = Command::new(bin());
+        cmd.args(["--socket", gw.consumer.to_str().unwrap(), "info"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        other.place(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn a peer in another cgroup");
+        common::wait_until("the other container's info to finish", || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in storm {
+        t.join().unwrap();
+    }
+    // The storming container was refused by its own limits.
+    let s = stats(&gw);
+    let refused = s["limit_hits"]["max_connections_per_peer"]
+        .as_u64()
+        .unwrap_or(0)
+        + s["limit_hits"]["connection_rate"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "{s}");
+    let accounts = s["accounts"].as_array().expect("accounts");
+    assert!(
+        accounts.iter().any(|a| a["account"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("consumer cgroup#"))
+            && a["connections"] == 4),
+        "the holder's account holds its quota: {s}"
+    );
 }
 
 /// Breach 8 (last part): provider-socket connections counted against the
@@ -254,7 +339,17 @@ fn denials_of_many_uids_keep_stats_bounded() {
         "[[rule]]\nname = \"asil\"\nsocket = \"provider\"\nallow = { stats = true }\n",
     )
     .unwrap();
-    let gw = Gateway::start_in(dir, &["--policy", policy.to_str().unwrap()]);
+    // These peers share one container (the test's cgroup), so without this
+    // its connection rate would refuse most of them before any denial.
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--connection-rate",
+            "0",
+        ],
+    );
     let mut children = Vec::new();
     for uid in 20_000..20_400u32 {
         let child = Command::new(bin())

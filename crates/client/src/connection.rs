@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use qm_ipc_proto::message::MessageError;
 use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, FrameError, Reply};
@@ -46,6 +47,10 @@ impl ClientError {
     }
 }
 
+/// How long [`Connection::connect`] waits for room in a full listen
+/// backlog.
+pub const BACKLOG_PATIENCE: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
@@ -54,15 +59,32 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects to a gateway socket. A full listen backlog (`EAGAIN`: the
+    /// gateway is busy accepting, for instance while another peer storms
+    /// it) is waited out for up to [`BACKLOG_PATIENCE`], as a blocking
+    /// connect would; any other failure is returned at once.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self::from_stream(stream))
+        let give_up = tokio::time::Instant::now() + BACKLOG_PATIENCE;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(stream) => return Ok(Self::from_stream(stream)),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && tokio::time::Instant::now() + pause < give_up =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     pub fn from_stream(stream: UnixStream) -> Self {

@@ -28,12 +28,21 @@ pub struct Limits {
     pub max_frame: usize,
     /// Connections served at once; accepting pauses at this count.
     pub max_connections: usize,
-    /// Connections one peer (uid) may hold at once.
+    /// Connections one QM peer (container: see `peer::AccountKey`) may hold
+    /// at once.
     pub max_connections_per_peer: usize,
     /// Distinct topics the gateway keeps.
     pub max_topics: usize,
     /// Total bytes of the topics' retained (last) values.
     pub max_retained_bytes: usize,
+    /// Topics one QM peer may create, so one container cannot take every
+    /// topic slot from the others and the ASIL side.
+    pub max_topics_per_peer: usize,
+    /// Retained bytes one QM peer's last values may hold.
+    pub max_retained_bytes_per_peer: usize,
+    /// Calls one QM peer may have in flight at once, so one container
+    /// cannot take every call slot of a service.
+    pub max_calls_per_peer: usize,
     /// Topic patterns one subscription may name.
     pub max_subscription_patterns: usize,
     /// Samples queued per subscription before conflation (newest value per
@@ -54,11 +63,12 @@ pub struct Limits {
     /// A connection that cannot be written to for this long while data is
     /// queued for it is closed.
     pub write_timeout: Duration,
-    /// Requests per connection on every listener but the (trusted)
-    /// provider socket; past it the connection is read more slowly.
+    /// Requests per QM peer (shared by all its connections) on every
+    /// listener but the (trusted) provider socket; past it the peer's
+    /// connections are read more slowly.
     /// `None` for no limit.
     pub rate: Option<RateLimit>,
-    /// New connections per peer (uid) on every listener but the provider
+    /// New connections per QM peer on every listener but the provider
     /// socket; past it a connection is refused with `LimitExceeded`.
     pub connection_rate: Option<RateLimit>,
     /// How long a stopping gateway keeps flushing queued replies.
@@ -80,6 +90,9 @@ impl Default for Limits {
             max_connections_per_peer: 16,
             max_topics: 1024,
             max_retained_bytes: 8 * 1024 * 1024,
+            max_topics_per_peer: 256,
+            max_retained_bytes_per_peer: 2 * 1024 * 1024,
+            max_calls_per_peer: 8,
             max_subscription_patterns: 64,
             subscription_queue: 64,
             max_queued_bytes: 128 * 1024,

@@ -28,8 +28,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::broker::account::Account;
 use crate::config::{Limits, RateLimit};
-use crate::hub::{ConnId, Hub, Snapshot};
+use crate::hub::{CallId, ConnId, Hub, Snapshot};
 use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision, Policy};
@@ -128,7 +129,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Ended {
     let limits = hub.limits().clone();
-    let (conn, outbox) = match hub.connect(&peer) {
+    let (conn, outbox, account) = match hub.connect(&peer) {
         Ok(registered) => registered,
         Err(error) => {
             // Answer the peer's first call with the reason, then close. One
@@ -146,16 +147,17 @@ pub async fn serve(
     let writer = write_loop(&write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
     let policy_generation = hub.policy_generation();
-    let (bucket, max_patterns) = peer_limits(&limits, &hub.policy(), &peer);
+    let (rate, max_patterns) = peer_limits(&limits, &hub.policy(), &peer);
     let mut session = Session {
         policy_generation,
         hub: &hub,
         conn,
         peer: &peer,
+        account: &account,
         write: &write,
         outbox: &outbox,
         mode: Mode::Requests,
-        bucket,
+        rate,
         max_patterns,
         denial_log: DenialLog::default(),
     };
@@ -179,10 +181,10 @@ pub async fn serve(
     ended
 }
 
-/// The request bucket and the subscription pattern limit of a peer: the
+/// The request rate and the subscription pattern limit of a peer: the
 /// gateway's, tightened by the policy rule that matches the peer. The
 /// provider socket has no rate limit unless its rule sets one.
-fn peer_limits(limits: &Limits, policy: &Policy, peer: &Peer) -> (Option<TokenBucket>, usize) {
+fn peer_limits(limits: &Limits, policy: &Policy, peer: &Peer) -> (Option<RateLimit>, usize) {
     let rule = policy
         .rule_for(&peer.identity())
         .map(|r| r.limits.clone())
@@ -194,15 +196,13 @@ fn peer_limits(limits: &Limits, policy: &Policy, peer: &Peer) -> (Option<TokenBu
         }),
         (global, own) => global.or(own),
     };
-    let bucket = rate
-        .filter(|_| !peer.is_provider() || rule.rate.is_some())
-        .map(TokenBucket::new);
+    let rate = rate.filter(|_| !peer.is_provider() || rule.rate.is_some());
     let max_patterns = rule
         .max_subscription_patterns
         .map_or(limits.max_subscription_patterns, |m| {
             m.min(limits.max_subscription_patterns)
         });
-    (bucket, max_patterns)
+    (rate, max_patterns)
 }
 
 async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: Duration) -> Ended {
@@ -248,16 +248,19 @@ async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: 
 }
 
 struct Session<'a> {
-    /// The policy change whose limits `bucket` and `max_patterns` follow.
+    /// The policy change whose limits `rate` and `max_patterns` follow.
     policy_generation: u64,
     hub: &'a Hub,
     conn: ConnId,
     peer: &'a Peer,
+    /// The peer's account: its request bucket is shared by all the
+    /// connections of the peer's container.
+    account: &'a Account,
     /// For answering at once when the writer is idle (see Outbox::write_now).
     write: &'a OwnedWriteHalf,
     outbox: &'a Arc<Outbox>,
     mode: Mode,
-    bucket: Option<TokenBucket>,
+    rate: Option<RateLimit>,
     max_patterns: usize,
     denial_log: DenialLog,
 }
@@ -425,25 +428,44 @@ impl Session<'_> {
         None
     }
 
-    /// Spends a token of the connection's bucket, waiting for one when it
-    /// is empty (the connection is not read meanwhile).
+    /// Spends a token of the account's bucket, waiting for one when it is
+    /// empty (the connection is not read meanwhile).
     async fn pace(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ended> {
         // A reloaded policy's limits apply from the next request on.
         let generation = self.hub.policy_generation();
         if generation != self.policy_generation {
             self.policy_generation = generation;
-            (self.bucket, self.max_patterns) =
+            (self.rate, self.max_patterns) =
                 peer_limits(self.hub.limits(), &self.hub.policy(), self.peer);
         }
-        let Some(bucket) = self.bucket.as_mut() else {
+        let Some(rate) = self.rate else {
             return Ok(());
         };
         let mut throttled = false;
-        while let Err(wait) = bucket.take_or_wait() {
+        loop {
+            let taken = {
+                let mut slot = self
+                    .account
+                    .requests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                match slot.as_mut() {
+                    Some((built, bucket)) if *built == generation => bucket.take_or_wait(now),
+                    _ => {
+                        let mut bucket = TokenBucket::new(rate, now);
+                        let taken = bucket.take_or_wait(now);
+                        *slot = Some((generation, bucket));
+                        taken
+                    }
+                }
+            };
+            let Err(wait) = taken else {
+                return Ok(());
+            };
             if !throttled {
                 // Counted once per throttled request.
-                let per_second = self.hub.limits().rate.map_or(0, |r| r.per_second as usize);
-                self.hub.limit_exceeded("rate", per_second);
+                self.hub.limit_exceeded("rate", rate.per_second as usize);
                 throttled = true;
             }
             tokio::select! {
@@ -451,7 +473,6 @@ impl Session<'_> {
                 _ = shutdown.wait_for(|stop| *stop) => return Err(Ended::Shutdown),
             }
         }
-        Ok(())
     }
 
     /// Checks one action against the policy in force now (so a reloaded
@@ -528,7 +549,7 @@ impl Session<'_> {
             },
             Request::Publish { topic, value } => {
                 self.authorize(Action::Publish, &topic)?;
-                let seq = hub.publish(&topic, value)?;
+                let seq = hub.publish(self.conn, &topic, value)?;
                 Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
             // The hot read path: the stored encoding goes out as it is.
@@ -541,7 +562,7 @@ impl Session<'_> {
                 // The first replies are the current values; they are queued
                 // by the hub, like every later update.
                 self.authorize_subscribe(&topics)?;
-                hub.subscribe(self.conn, self.outbox, topics, self.max_patterns)?;
+                hub.subscribe(self.conn, topics, self.max_patterns)?;
                 self.mode = Mode::Streaming;
                 Ok(None)
             }
@@ -549,7 +570,7 @@ impl Session<'_> {
                 for service in &services {
                     self.authorize(Action::Register, service)?;
                 }
-                hub.register(self.conn, self.outbox, services)?;
+                hub.register(self.conn, services)?;
                 self.mode = Mode::Streaming;
                 Ok(Some(Answer::Json(json!({}))))
             }
@@ -576,11 +597,17 @@ impl Session<'_> {
                     }
                     Some(ms) => Duration::from_millis(ms),
                 };
-                let (id, reply) = hub.start_call(&service, method, parameters, timeout)?;
+                let (id, reply) =
+                    hub.start_call(self.conn, &service, method, parameters, timeout)?;
                 // However this call ends (answered, timed out, or this task
-                // dropped because the connection's writer ended), its slot
-                // is released: a caller cannot leak a service's call slots.
-                let _release = AbandonOnDrop { hub, id };
+                // dropped because the connection's writer ended), the
+                // connection is idle again and the call's charges are
+                // released (a no-op once answered).
+                let _release = AbandonOnDrop {
+                    hub,
+                    caller: self.conn,
+                    id,
+                };
                 let outcome = tokio::select! {
                     r = tokio::time::timeout(timeout, reply) => r,
                     _ = shutdown.wait_for(|stop| *stop) => {
@@ -622,15 +649,17 @@ pub fn truncate_for_log(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
 }
 
-/// Gives up a call when dropped (a no-op once it was answered).
+/// Ends a call when dropped: the caller's connection is idle again, and a
+/// call still waiting is given up.
 struct AbandonOnDrop<'a> {
     hub: &'a Hub,
-    id: u64,
+    caller: ConnId,
+    id: CallId,
 }
 
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
-        self.hub.abandon_call(self.id);
+        self.hub.abandon_call(self.caller, self.id);
     }
 }
 
@@ -655,9 +684,18 @@ fn stats_reply(s: &Snapshot) -> Value {
         "limit_hits": s.limit_hits,
         "disconnects": s.disconnects,
         "denials": s.denials,
+        "accounts": s.accounts.iter().map(|a| json!({
+            "account": a.account,
+            "connections": a.connections,
+            "subscriptions": a.subscriptions,
+            "calls": a.calls,
+            "topics": a.topics,
+            "retained_bytes": a.retained_bytes,
+        })).collect::<Vec<_>>(),
         "per_connection": s.per_connection.iter().map(|c| json!({
             "id": c.id,
             "peer": c.peer,
+            "state": c.state,
             "queued_bytes": c.queue.frame_bytes + c.queue.sample_bytes,
             "queued_samples": c.queue.samples,
             "dropped": c.queue.dropped,

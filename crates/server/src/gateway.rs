@@ -420,10 +420,11 @@ pub(crate) async fn accept_loop(
         let result = listener.accept().await;
         match result {
             Ok((stream, _)) => {
-                let peer = Peer::credentials(&stream, name.clone());
+                // The whole identity first: the connection rate is the
+                // account's, and the account is the peer's container.
+                let peer = Peer::of(&stream, name.clone());
                 match hub.admit(&peer) {
                     Ok(()) => {
-                        let peer = peer.with_security(&stream);
                         spawn_connection(
                             &hub,
                             &tracker,

@@ -3,16 +3,19 @@
 //! - [`listen`]: listening sockets from systemd socket activation or bound
 //!   by the gateway itself.
 //! - [`notify`]: the sd_notify protocol (`READY=1`, `STATUS=`, watchdog).
-//! - [`hub`]: topics, subscriptions, services and in-flight calls.
+//! - [`broker`]: the core: topics, connections and their states, services,
+//!   calls in flight, and per-container accounting; no I/O, no clock.
+//! - [`hub`]: the gateway's shared handle on the broker.
 //! - [`outbox`]: each connection's bounded, conflating send queue.
 //! - [`connection`]: one client connection: read, dispatch, write.
 //! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
 //! - [`provider_thread`]: the ASIL side's own thread, priority and CPUs.
 //! - [`peer`]: who is on the other end of a connection.
 //! - [`policy`]: who may publish, subscribe, call and register what.
-//! - [`rate`]: the per-connection token bucket.
+//! - [`rate`]: the token bucket for an account's requests and connections.
 //! - [`config`]: every limit and path, with its default.
 
+pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod gateway;

@@ -359,6 +359,11 @@ impl Outbox {
     }
 
     /// Accepts nothing more; the writer ends after flushing.
+    /// The bound on queued reply bytes.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.max_queued_bytes
+    }
+
     pub fn close(&self) {
         self.lock().closing = true;
         self.wake.notify_one();

@@ -1,7 +1,7 @@
 //! Who is on the other end of a connection: the listener that accepted it,
-//! `SO_PEERCRED` (pid, uid, gid), the `SO_PEERSEC` SELinux label, and a
-//! pidfd pinning the pid so that a reused pid cannot pass for this peer in
-//! logs.
+//! `SO_PEERCRED` (pid, uid, gid), the `SO_PEERSEC` SELinux label, a pidfd
+//! pinning the pid so that a reused pid cannot pass for this peer in logs,
+//! and the peer's cgroup (its container), read through that pidfd.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -23,7 +23,42 @@ pub struct Peer {
     pub gid: Option<u32>,
     /// The SELinux label; `None` where SELinux is off.
     pub label: Option<Label>,
+    /// The id of the peer process's cgroup (v2): its container. `None`
+    /// where the kernel cannot say (before Linux 6.13, or no pidfd).
+    pub cgroup: Option<u64>,
     pidfd: Option<Arc<OwnedFd>>,
+}
+
+/// Who a peer is for limits and fairness: its container where the kernel
+/// names it, else its SELinux label, else its uid. Many QM containers may
+/// share a uid; each is its own account all the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Container {
+    Cgroup(u64),
+    Label(Arc<str>),
+    Uid(u32),
+    Unknown,
+}
+
+/// The account a peer's resources are charged to: its container on the
+/// listener it came through (a container on two QM sockets holds two
+/// accounts; the provider socket's peers are accounted apart from QM).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountKey {
+    pub listener: Arc<str>,
+    pub container: Container,
+}
+
+impl std::fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ", self.listener)?;
+        match &self.container {
+            Container::Cgroup(id) => write!(f, "cgroup#{id}"),
+            Container::Label(label) => write!(f, "label={label}"),
+            Container::Uid(uid) => write!(f, "uid={uid}"),
+            Container::Unknown => f.write_str("unknown"),
+        }
+    }
 }
 
 impl Peer {
@@ -41,6 +76,7 @@ impl Peer {
             uid: cred.as_ref().map(|c| c.uid()),
             gid: cred.map(|c| c.gid()),
             label: None,
+            cgroup: None,
             pidfd: None,
         }
     }
@@ -53,7 +89,39 @@ impl Peer {
         self.pidfd = peer_pidfd(stream.as_raw_fd())
             .or_else(|| self.pid.and_then(pidfd_open))
             .map(Arc::new);
+        self.cgroup = self.pidfd.as_deref().and_then(pidfd_cgroup_id);
         self
+    }
+
+    /// The account this peer's connections, subscriptions, calls and
+    /// rates are charged to.
+    pub fn account_key(&self) -> AccountKey {
+        let container = match (self.cgroup, &self.label, self.uid) {
+            (Some(id), _, _) => Container::Cgroup(id),
+            (None, Some(label), _) => Container::Label(Arc::from(label.context.as_str())),
+            (None, None, Some(uid)) => Container::Uid(uid),
+            (None, None, None) => Container::Unknown,
+        };
+        AccountKey {
+            listener: self.listener.clone(),
+            container,
+        }
+    }
+
+    /// A peer with the given identity and no process behind it, for the
+    /// broker's tests (the harness injects identities; the broker is the
+    /// real one).
+    #[cfg(test)]
+    pub(crate) fn synthetic(listener: &str, uid: u32, cgroup: Option<u64>) -> Self {
+        Self {
+            listener: Arc::from(listener),
+            pid: None,
+            uid: Some(uid),
+            gid: Some(uid),
+            label: None,
+            cgroup,
+            pidfd: None,
+        }
     }
 
     /// Is this a connection of the trusted provider listener?
@@ -75,6 +143,9 @@ impl Peer {
         let mut key = format!("{}", self.listener);
         if let Some(uid) = self.uid {
             key.push_str(&format!(" uid={uid}"));
+        }
+        if let Some(cgroup) = self.cgroup {
+            key.push_str(&format!(" cgroup#{cgroup}"));
         }
         if let Some(label) = &self.label {
             key.push_str(&format!(" label={}", label.context));
@@ -115,6 +186,9 @@ impl std::fmt::Display for Peer {
         }
         if let Some(gid) = self.gid {
             write!(f, " gid={gid}")?;
+        }
+        if let Some(cgroup) = self.cgroup {
+            write!(f, " cgroup#{cgroup}")?;
         }
         if let Some(label) = &self.label {
             write!(f, " label={}", label.context)?;
@@ -173,6 +247,46 @@ fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
+/// `struct pidfd_info` of `PIDFD_GET_INFO` (Linux 6.13), its first
+/// version: the kernel fills what `mask` asks for and it knows.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+
+const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
+/// `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)` for the
+/// 64-byte first version of the struct.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+
+/// The cgroup id of the process behind a pidfd. Works across PID and
+/// cgroup namespaces: the gateway in its own container still tells QM's
+/// containers apart.
+fn pidfd_cgroup_id(pidfd: &OwnedFd) -> Option<u64> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_CGROUPID,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: info is a valid, writable pidfd_info of the size the request
+    // number encodes.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+    (rc == 0 && info.mask & PIDFD_INFO_CGROUPID != 0).then_some(info.cgroupid)
+}
+
 /// A pidfd for `pid`, where the kernel offers pidfd_open (5.3+).
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
@@ -219,5 +333,44 @@ mod tests {
         assert!(peer.pidfd.is_some(), "this kernel offers pidfd_open");
         assert!(!peer.exited());
         assert!(peer.to_string().starts_with("consumer pid="));
+    }
+
+    #[tokio::test]
+    async fn the_account_is_the_peer_cgroup_read_through_its_pidfd() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = Peer::of(&a, Arc::from("consumer"));
+        // This kernel (6.13+) offers PIDFD_GET_INFO: the id is the inode of
+        // our own cgroup v2 directory.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 line");
+        let mount = cgroup2_mount().expect("cgroup2 is mounted");
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(format!("{mount}{path}")).unwrap(),
+        );
+        assert_eq!(peer.cgroup, Some(inode));
+        assert_eq!(peer.account_key().container, Container::Cgroup(inode));
+        assert_eq!(
+            peer.account_key().to_string(),
+            format!("consumer cgroup#{inode}")
+        );
+        // Without a cgroup, the label; without that, the uid.
+        let bare = Peer::credentials(&a, Arc::from("consumer"));
+        assert_eq!(
+            bare.account_key().container,
+            Container::Uid(bare.uid.unwrap())
+        );
+    }
+
+    fn cgroup2_mount() -> Option<String> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        mounts.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(str::to_owned))?
+        })
     }
 }

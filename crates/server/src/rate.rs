@@ -1,7 +1,8 @@
-//! Per-connection token bucket for requests. A connection that has spent
-//! its tokens is not answered with errors (which would still cost the
-//! gateway a parse and a reply per request) but not read from until the
-//! next token: its requests wait in its own socket, at its own cost.
+//! Token bucket for an account's requests and connections. A peer that
+//! has spent its tokens is not answered with errors (which would still
+//! cost the gateway a parse and a reply per request) but not read from
+//! until the next token: its requests wait in its own socket, at its own
+//! cost. The time is always passed in, so the bucket is deterministic.
 
 use std::time::Duration;
 
@@ -17,18 +18,22 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(limit: RateLimit) -> Self {
+    pub fn new(limit: RateLimit, now: Instant) -> Self {
         Self {
             limit,
             tokens: f64::from(limit.burst),
-            last: Instant::now(),
+            last: now,
         }
+    }
+
+    pub fn limit(&self) -> RateLimit {
+        self.limit
     }
 
     /// Takes one token if there is one; otherwise says how long until the
     /// next one.
-    pub fn take_or_wait(&mut self) -> Result<(), Duration> {
-        if self.try_take() {
+    pub fn take_or_wait(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.try_take(now) {
             return Ok(());
         }
         let missing = 1.0 - self.tokens;
@@ -39,15 +44,14 @@ impl TokenBucket {
 
     /// Would the bucket be full now? A full bucket says nothing a new one
     /// would not, so maps of buckets drop full ones.
-    pub fn is_full(&self) -> bool {
-        let elapsed = Instant::now().saturating_duration_since(self.last);
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
         let tokens = self.tokens + elapsed.as_secs_f64() * f64::from(self.limit.per_second);
         tokens >= f64::from(self.limit.burst.max(1))
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self) -> bool {
-        let now = Instant::now();
+    pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         self.last = now;
         let refill = elapsed.as_secs_f64() * f64::from(self.limit.per_second);
@@ -67,24 +71,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_steady_rate() {
-        let mut bucket = TokenBucket::new(RateLimit {
-            per_second: 10,
-            burst: 5,
-        });
-        let taken = (0..20).filter(|_| bucket.try_take()).count();
+        let mut bucket = TokenBucket::new(
+            RateLimit {
+                per_second: 10,
+                burst: 5,
+            },
+            Instant::now(),
+        );
+        let taken = (0..20).filter(|_| bucket.try_take(Instant::now())).count();
         assert_eq!(taken, 5, "a full bucket gives its burst at once");
         tokio::time::advance(Duration::from_millis(350)).await;
-        let taken = (0..20).filter(|_| bucket.try_take()).count();
+        let taken = (0..20).filter(|_| bucket.try_take(Instant::now())).count();
         assert_eq!(taken, 3, "then the rate: 10/s for 350 ms");
         tokio::time::advance(Duration::from_secs(60)).await;
-        let taken = (0..20).filter(|_| bucket.try_take()).count();
+        let taken = (0..20).filter(|_| bucket.try_take(Instant::now())).count();
         assert_eq!(taken, 5, "never more than the burst");
-        let wait = bucket.take_or_wait().unwrap_err();
+        let wait = bucket.take_or_wait(Instant::now()).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
         tokio::time::advance(wait).await;
-        assert_eq!(bucket.take_or_wait(), Ok(()));
+        assert_eq!(bucket.take_or_wait(Instant::now()), Ok(()));
     }
 }

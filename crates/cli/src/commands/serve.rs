@@ -63,8 +63,8 @@ pub struct LimitArgs {
     /// never.
     #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_millis() as u64), value_name = "MS")]
     idle_timeout_ms: u64,
-    /// Connections one peer (uid) may hold; more are refused with
-    /// LimitExceeded.
+    /// Connections one QM peer (its container: cgroup, else SELinux label,
+    /// else uid) may hold; more are refused with LimitExceeded.
     #[arg(long, default_value_t = Limits::default().max_connections_per_peer, value_name = "N")]
     max_connections_per_peer: usize,
     /// Distinct topics kept.
@@ -73,6 +73,15 @@ pub struct LimitArgs {
     /// Total bytes of all topics' last values.
     #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES")]
     max_retained_bytes: usize,
+    /// Topics one QM peer may create.
+    #[arg(long, default_value_t = Limits::default().max_topics_per_peer, value_name = "N")]
+    max_topics_per_peer: usize,
+    /// Bytes of last values one QM peer may hold.
+    #[arg(long, default_value_t = Limits::default().max_retained_bytes_per_peer, value_name = "BYTES")]
+    max_retained_bytes_per_peer: usize,
+    /// Calls one QM peer may have in flight at once.
+    #[arg(long, default_value_t = Limits::default().max_calls_per_peer, value_name = "N")]
+    max_calls_per_peer: usize,
     /// Topic patterns one subscription may name.
     #[arg(long, default_value_t = Limits::default().max_subscription_patterns, value_name = "N")]
     max_subscription_patterns: usize,
@@ -96,14 +105,15 @@ pub struct LimitArgs {
     /// milliseconds.
     #[arg(long, default_value_t = Limits::default().write_timeout.as_millis() as u64, value_name = "MS")]
     write_timeout_ms: u64,
-    /// Requests per second per connection (not on the provider socket);
-    /// past it the gateway reads that connection more slowly. 0: no limit.
+    /// Requests per second per QM peer, shared by its connections (not on
+    /// the provider socket); past it the gateway reads that peer's
+    /// connections more slowly. 0: no limit.
     #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.per_second), value_name = "N")]
     rate: u32,
-    /// Requests a connection may make at once before the rate applies.
+    /// Requests a peer may make at once before the rate applies.
     #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.burst), value_name = "N")]
     rate_burst: u32,
-    /// New connections per second per peer (uid), not on the provider
+    /// New connections per second per QM peer, not on the provider
     /// socket; past it connections are refused. 0: no limit.
     #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.per_second), value_name = "N")]
     connection_rate: u32,
@@ -124,6 +134,9 @@ impl LimitArgs {
             max_connections_per_peer: self.max_connections_per_peer.max(1),
             max_topics: self.max_topics,
             max_retained_bytes: self.max_retained_bytes,
+            max_topics_per_peer: self.max_topics_per_peer,
+            max_retained_bytes_per_peer: self.max_retained_bytes_per_peer,
+            max_calls_per_peer: self.max_calls_per_peer.max(1),
             max_subscription_patterns: self.max_subscription_patterns,
             subscription_queue: self.subscription_queue,
             max_queued_bytes: self.max_queued_bytes,

@@ -437,3 +437,65 @@ pub fn tier_enabled(tier: &str, needs: &str) -> bool {
     );
     false
 }
+
+/// A cgroup (v2) of its own for a test peer: what a container is to the
+/// gateway's accounting. Needs root; removed when dropped (after its
+/// processes have exited).
+pub struct TestCgroup {
+    pub path: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let mount = cgroup2_mount().expect("cgroup2 is mounted");
+        let path = mount.join(format!("qm-ipc-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create a cgroup (needs root)");
+        Self { path }
+    }
+
+    /// Makes `cmd`'s process join this cgroup before it runs.
+    pub fn place(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.path
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("a path without NUL");
+        // SAFETY: between fork and exec only async-signal-safe calls: open,
+        // write, close.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                match written {
+                    1 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid host).
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split(' ').nth(4).map(std::path::PathBuf::from))?
+    })
+}

@@ -1,0 +1,669 @@
+//! The broker core: topics, connections, services and calls in flight, as
+//! registries owned by one [`Broker`] value.
+//!
+//! The broker does no I/O and reads no clock: connections hand it
+//! validated, authorized commands, the time comes in as a [`Now`], and
+//! what it sends goes into each connection's bounded [`Outbox`]. So every
+//! guarantee here is a plain unit test (see `tests.rs`), with no sockets
+//! and no waiting.
+//!
+//! - [`account`]: per-container charges, released on drop.
+//! - [`topics`]: each topic's last value and its subscribers.
+//! - [`calls`]: the services' providers and the calls waiting for them.
+//! - [`counters`]: limit hits, disconnects and denials, bounded.
+//!
+//! Each connection is in exactly one [`ConnectionState`]; every transition
+//! is a method here, and a call that does not fit the state is a named
+//! error, never a second stream.
+
+pub mod account;
+pub mod calls;
+pub mod counters;
+#[cfg(test)]
+mod tests;
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qm_ipc_proto::interface::{ReplyOutcome, TopicPattern};
+use qm_ipc_proto::raw::RawJson;
+use qm_ipc_proto::ErrorReply;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
+use crate::peer::{AccountKey, Peer};
+use crate::policy::{Action, Policy};
+use crate::rate::TokenBucket;
+
+use account::{Account, Accounting, Charge, QuotaExceeded, Resource};
+pub use calls::CallId;
+use calls::Calls;
+use counters::Counters;
+use topics::Topics;
+
+pub use calls::CallOutcome;
+
+pub type ConnId = u64;
+
+/// Connection-rate buckets kept before full ones are dropped.
+const BUCKETS_BEFORE_PRUNING: usize = 256;
+
+/// The time, as the caller read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// For rates and deadlines.
+    pub mono: Instant,
+    /// For sample timestamps (µs since the Unix epoch).
+    pub wall_us: u64,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self {
+            mono: Instant::now(),
+            wall_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+        }
+    }
+}
+
+/// What a connection is doing.
+#[derive(Debug)]
+pub enum ConnectionState {
+    /// Between calls.
+    Idle,
+    /// Waiting for a provider's answer to a call.
+    InCall(CallId),
+    /// Streaming a subscription: every later reply is a sample.
+    Streaming(Subscription),
+    /// Serving services as their provider.
+    Providing(Provider),
+    /// Its last reply is queued; it is written and the connection ends.
+    Closing,
+}
+
+impl ConnectionState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::InCall(_) => "in_call",
+            Self::Streaming(_) => "streaming",
+            Self::Providing(_) => "providing",
+            Self::Closing => "closing",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Subscription {
+    patterns: Vec<TopicPattern>,
+    _charge: Charge,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    services: Vec<String>,
+}
+
+struct Connection {
+    peer: Peer,
+    account: AccountKey,
+    outbox: Arc<Outbox>,
+    state: ConnectionState,
+    /// The connection's slot in its account (counted, but under no quota
+    /// on the provider socket, whose budget is the listener's own).
+    charge: Charge,
+}
+
+/// One account in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSnapshot {
+    pub account: String,
+    pub connections: usize,
+    pub subscriptions: usize,
+    pub calls: usize,
+    pub topics: usize,
+    pub retained_bytes: usize,
+}
+
+/// One connection in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSnapshot {
+    pub id: ConnId,
+    pub peer: String,
+    pub state: &'static str,
+    pub queue: QueueDepth,
+}
+
+/// A snapshot of the counters, for `Stats` and `STATUS=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub connections: usize,
+    pub topics: usize,
+    pub retained_bytes: usize,
+    pub services: Vec<String>,
+    pub subscriptions: usize,
+    pub calls_in_flight: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub limit_hits: BTreeMap<&'static str, u64>,
+    pub disconnects: BTreeMap<&'static str, u64>,
+    pub denials: BTreeMap<String, u64>,
+    pub accounts: Vec<AccountSnapshot>,
+    pub per_connection: Vec<ConnectionSnapshot>,
+}
+
+pub struct Broker {
+    limits: Limits,
+    policy: Arc<Policy>,
+    accounting: Accounting,
+    connections: BTreeMap<ConnId, Connection>,
+    topics: Topics,
+    calls: Calls,
+    connection_buckets: std::collections::HashMap<AccountKey, TokenBucket>,
+    counters: Counters,
+    delivery: Arc<DeliveryStats>,
+    next_conn: ConnId,
+    published: u64,
+}
+
+impl Broker {
+    pub fn new(limits: Limits, policy: Policy) -> Self {
+        Self {
+            limits,
+            policy: Arc::new(policy),
+            accounting: Accounting::default(),
+            connections: BTreeMap::new(),
+            topics: Topics::default(),
+            calls: Calls::default(),
+            connection_buckets: Default::default(),
+            counters: Counters::default(),
+            delivery: Arc::default(),
+            next_conn: 1,
+            published: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// A quota of a QM peer; the provider socket's peers have none (its
+    /// listener has a budget of its own).
+    fn quota(is_provider: bool, quota: usize) -> Option<usize> {
+        (!is_provider).then_some(quota)
+    }
+
+    fn refuse(&mut self, exceeded: QuotaExceeded) -> ErrorReply {
+        let limit = match exceeded.resource {
+            Resource::Connections => "max_connections_per_peer",
+            Resource::Calls => "max_calls_per_peer",
+            Resource::Topics => "max_topics_per_peer",
+            Resource::RetainedBytes => "max_retained_bytes_per_peer",
+            Resource::Subscriptions => "max_subscriptions_per_peer",
+        };
+        self.counters.limit(limit, exceeded.quota)
+    }
+
+    /// Counts a limit hit and builds its error.
+    pub fn limit_exceeded(&mut self, limit: &'static str, max: usize) -> ErrorReply {
+        self.counters.limit(limit, max)
+    }
+
+    /// Counts a denial for `identity`.
+    pub fn record_denial(&mut self, identity: String) {
+        self.counters.denial(identity);
+    }
+
+    /// Counts a refused connection (never registered).
+    pub fn record_refused(&mut self, reason: &'static str) {
+        self.counters.disconnect(reason);
+    }
+
+    /// Admits a new connection of `peer` under its account's connection
+    /// rate (not on the provider socket).
+    pub fn admit(&mut self, peer: &Peer, now: Now) -> Result<(), ErrorReply> {
+        let Some(rate) = self.limits.connection_rate.filter(|_| !peer.is_provider()) else {
+            return Ok(());
+        };
+        // One bucket per account that connected recently; a full bucket is
+        // forgotten, so the map never holds more than the accounts of the
+        // last burst's refill time.
+        if self.connection_buckets.len() >= BUCKETS_BEFORE_PRUNING {
+            self.connection_buckets.retain(|_, b| !b.is_full(now.mono));
+        }
+        let bucket = self
+            .connection_buckets
+            .entry(peer.account_key())
+            .or_insert_with(|| TokenBucket::new(rate, now.mono));
+        match bucket.try_take(now.mono) {
+            true => Ok(()),
+            false => Err(self
+                .counters
+                .limit("connection_rate", rate.per_second as usize)),
+        }
+    }
+
+    /// Registers a new connection, charged to its peer's account, and
+    /// gives it an id, an outbox and its account.
+    pub fn connect(
+        &mut self,
+        peer: &Peer,
+    ) -> Result<(ConnId, Arc<Outbox>, Arc<Account>), ErrorReply> {
+        let key = peer.account_key();
+        let quota = Self::quota(peer.is_provider(), self.limits.max_connections_per_peer);
+        let charge = self
+            .accounting
+            .charge(&key, Resource::Connections, 1, quota)
+            .map_err(|e| self.refuse(e))?;
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let outbox = Arc::new(Outbox::new(
+            self.limits.subscription_queue,
+            self.limits.max_queued_bytes,
+            self.delivery.clone(),
+        ));
+        let account = charge.account().clone();
+        self.connections.insert(
+            id,
+            Connection {
+                peer: peer.clone(),
+                account: key,
+                outbox: outbox.clone(),
+                state: ConnectionState::Idle,
+                charge,
+            },
+        );
+        Ok((id, outbox, account))
+    }
+
+    /// Forgets a connection and everything it holds: its subscription, its
+    /// services (their waiting calls fail with `ServiceUnavailable` at
+    /// once), and its own call in flight. Its charges go with it. `reason`
+    /// is counted for `Stats`.
+    pub fn disconnect(&mut self, conn: ConnId, reason: &'static str) {
+        self.counters.disconnect(reason);
+        let Some(connection) = self.connections.remove(&conn) else {
+            return;
+        };
+        match connection.state {
+            ConnectionState::Streaming(_) => self.topics.unsubscribe(conn),
+            ConnectionState::Providing(provider) => {
+                self.calls.forget_provider(conn, &provider.services)
+            }
+            ConnectionState::InCall(id) => {
+                self.calls.abandon(id);
+            }
+            ConnectionState::Idle | ConnectionState::Closing => {}
+        }
+        drop(connection.charge);
+    }
+
+    /// The state a connection is in (`None` once it is gone).
+    pub fn state(&self, conn: ConnId) -> Option<&'static str> {
+        self.connections.get(&conn).map(|c| c.state.name())
+    }
+
+    /// Sets a topic's value and queues it for every subscriber. A new topic
+    /// is charged to the publisher's account, and the value's bytes to the
+    /// account that published it last.
+    pub fn publish(
+        &mut self,
+        conn: ConnId,
+        topic: &str,
+        value: RawJson,
+        now: Now,
+    ) -> Result<u64, ErrorReply> {
+        let Some(connection) = self.connections.get(&conn) else {
+            return Err(ErrorReply::NoSuchTopic {
+                topic: topic.to_owned(),
+            });
+        };
+        let is_provider = connection.peer.is_provider();
+        let key = connection.account.clone();
+        let value_json = value.into_inner();
+        let old_size = self.topics.retained_size(topic);
+        if self.topics.retained_bytes() - old_size + value_json.len()
+            > self.limits.max_retained_bytes
+        {
+            return Err(self
+                .counters
+                .limit("max_retained_bytes", self.limits.max_retained_bytes));
+        }
+        // The bytes are charged to this publisher; the old value's charge
+        // (credited when it is this publisher's own) goes with the old
+        // value.
+        let quota = Self::quota(is_provider, self.limits.max_retained_bytes_per_peer);
+        let bytes = self
+            .accounting
+            .charge_replacing(
+                &key,
+                Resource::RetainedBytes,
+                value_json.len(),
+                quota,
+                self.topics.retained_charge(topic),
+            )
+            .map_err(|e| self.refuse(e))?;
+        let created = match self.topics.contains(topic) {
+            true => None,
+            false => {
+                if self.topics.len() >= self.limits.max_topics {
+                    return Err(self.counters.limit("max_topics", self.limits.max_topics));
+                }
+                let quota = Self::quota(is_provider, self.limits.max_topics_per_peer);
+                Some(
+                    self.accounting
+                        .charge(&key, Resource::Topics, 1, quota)
+                        .map_err(|e| self.refuse(e))?,
+                )
+            }
+        };
+        if let Some(charge) = created {
+            let subscribers = self.subscribers_of(topic);
+            self.topics.create(topic, subscribers, charge);
+        }
+        let seq = self.topics.set(
+            topic,
+            value_json,
+            bytes,
+            now.wall_us,
+            |conn, name, value| {
+                if let Some(c) = self.connections.get(&conn) {
+                    if let ConnectionState::Streaming(_) = c.state {
+                        c.outbox.push_sample(name, value);
+                    }
+                }
+            },
+        );
+        self.published += 1;
+        Ok(seq)
+    }
+
+    /// The current sample of a topic: its encoded name and value, shared
+    /// (no copy, no re-parsing of the value).
+    pub fn get(&self, topic: &str) -> Result<(Arc<TopicName>, Arc<PublishedValue>), ErrorReply> {
+        self.topics
+            .current(topic)
+            .ok_or_else(|| ErrorReply::NoSuchTopic {
+                topic: topic.to_owned(),
+            })
+    }
+
+    /// The connections whose subscription matches `topic` and that may read
+    /// it.
+    fn subscribers_of(&self, topic: &str) -> Vec<ConnId> {
+        self.connections
+            .iter()
+            .filter(|(_, c)| match &c.state {
+                ConnectionState::Streaming(sub) => {
+                    sub.patterns.iter().any(|p| p.matches(topic))
+                        && self.policy.may_read(&c.peer.identity(), topic)
+                }
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Idle → Streaming: queues the current value of every matching topic
+    /// the peer may read, then every update.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        patterns: Vec<TopicPattern>,
+        max_patterns: usize,
+    ) -> Result<(), ErrorReply> {
+        self.expect_idle(conn, "topics", "this connection already streams or serves")?;
+        if patterns.len() > max_patterns {
+            return Err(self
+                .counters
+                .limit("max_subscription_patterns", max_patterns));
+        }
+        let Some(connection) = self.connections.get(&conn) else {
+            return Ok(());
+        };
+        // One subscription per connection: counted, under the connection
+        // quota already.
+        let charge = self
+            .accounting
+            .count(&connection.account, Resource::Subscriptions, 1);
+        let identity = connection.peer.identity();
+        let outbox = &connection.outbox;
+        let policy = &self.policy;
+        self.topics.subscribe(
+            conn,
+            |name| patterns.iter().any(|p| p.matches(name)) && policy.may_read(&identity, name),
+            |name, value| outbox.push_current(name, value),
+        );
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.state = ConnectionState::Streaming(Subscription {
+                patterns,
+                _charge: charge,
+            });
+        }
+        Ok(())
+    }
+
+    /// Idle → Providing: makes `conn` the provider of `services`, all or
+    /// none.
+    pub fn register(&mut self, conn: ConnId, services: Vec<String>) -> Result<(), ErrorReply> {
+        self.expect_idle(
+            conn,
+            "services",
+            "this connection already provides services or streams",
+        )?;
+        self.calls.register(conn, &services)?;
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.state = ConnectionState::Providing(Provider { services });
+        }
+        Ok(())
+    }
+
+    fn expect_idle(&self, conn: ConnId, parameter: &str, why: &str) -> Result<(), ErrorReply> {
+        match self.connections.get(&conn).map(|c| &c.state) {
+            Some(ConnectionState::Idle) => Ok(()),
+            _ => Err(ErrorReply::invalid(parameter, why)),
+        }
+    }
+
+    /// Idle → InCall: forwards a call to its provider. The receiver yields
+    /// the provider's reply, or `ServiceUnavailable` if the provider goes
+    /// away. The call is charged to the caller's account and to the
+    /// service's budget until it is answered, abandoned, or its caller
+    /// leaves.
+    pub fn start_call(
+        &mut self,
+        caller: ConnId,
+        service: &str,
+        method: String,
+        parameters: RawJson,
+        timeout: Duration,
+    ) -> Result<(CallId, oneshot::Receiver<CallOutcome>), ErrorReply> {
+        self.expect_idle(caller, "service", "this connection is not idle")?;
+        let Some(connection) = self.connections.get(&caller) else {
+            return Err(ErrorReply::ServiceUnavailable {
+                service: service.to_owned(),
+            });
+        };
+        let charge = self
+            .accounting
+            .charge(
+                &connection.account,
+                Resource::Calls,
+                1,
+                Self::quota(
+                    connection.peer.is_provider(),
+                    self.limits.max_calls_per_peer,
+                ),
+            )
+            .map_err(|e| self.refuse(e))?;
+        let provider = self.calls.provider_of(service)?;
+        let provider_outbox = match self.connections.get(&provider) {
+            Some(p) => p.outbox.clone(),
+            None => {
+                return Err(ErrorReply::ServiceUnavailable {
+                    service: service.to_owned(),
+                })
+            }
+        };
+        let started = self.calls.start(
+            provider,
+            &provider_outbox,
+            service,
+            method,
+            parameters,
+            timeout,
+            charge,
+            self.limits.max_calls_per_service,
+        );
+        let (id, rx) = started.map_err(|limit| self.counters.limit(limit.0, limit.1))?;
+        if let Some(connection) = self.connections.get_mut(&caller) {
+            connection.state = ConnectionState::InCall(id);
+        }
+        Ok((id, rx))
+    }
+
+    /// InCall → Idle: the caller gave up (its deadline passed, or it went
+    /// away); a later reply is discarded.
+    pub fn abandon_call(&mut self, caller: ConnId, id: CallId) {
+        self.calls.abandon(id);
+        self.end_call(caller, id);
+    }
+
+    /// InCall → Idle once the caller has its answer.
+    pub fn end_call(&mut self, caller: ConnId, id: CallId) {
+        if let Some(connection) = self.connections.get_mut(&caller) {
+            if matches!(connection.state, ConnectionState::InCall(current) if current == id) {
+                connection.state = ConnectionState::Idle;
+            }
+        }
+    }
+
+    /// A provider's reply to call `id`. Only the provider the call was sent
+    /// to may answer it.
+    pub fn reply(
+        &mut self,
+        conn: ConnId,
+        id: CallId,
+        outcome: ReplyOutcome,
+    ) -> Result<(), ErrorReply> {
+        self.calls.reply(conn, id, outcome)
+    }
+
+    /// Replaces the policy. Running subscriptions are re-filtered at once;
+    /// a subscription or a registration the new policy no longer grants
+    /// ends with `AccessDenied` (Streaming/Providing → Closing), and its
+    /// connection is closed once that is written.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = Arc::new(policy);
+        let policy = self.policy.clone();
+        let mut revoked = Vec::new();
+        for (conn, c) in &self.connections {
+            let identity = c.peer.identity();
+            let withdrawn = match &c.state {
+                ConnectionState::Streaming(sub) => sub
+                    .patterns
+                    .iter()
+                    .find(|p| !policy.may_subscribe(&identity, p))
+                    .map(|p| (Action::Subscribe, p.to_string())),
+                ConnectionState::Providing(provider) => provider
+                    .services
+                    .iter()
+                    .find(|s| !policy.check(&identity, Action::Register, s).allowed())
+                    .map(|s| (Action::Register, s.clone())),
+                _ => None,
+            };
+            if let Some(withdrawn) = withdrawn {
+                revoked.push((*conn, withdrawn));
+            }
+        }
+        for (conn, (action, object)) in revoked {
+            let Some(connection) = self.connections.get_mut(&conn) else {
+                continue;
+            };
+            match std::mem::replace(&mut connection.state, ConnectionState::Closing) {
+                ConnectionState::Streaming(_) => self.topics.unsubscribe(conn),
+                ConnectionState::Providing(provider) => {
+                    self.calls.forget_provider(conn, &provider.services)
+                }
+                _ => {}
+            }
+            end_stream(&connection.outbox, action, object);
+        }
+        for name in self.topics.names() {
+            let subscribers = self.subscribers_of(&name);
+            self.topics.set_subscribers(&name, subscribers);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connections: self.connections.len(),
+            topics: self.topics.len(),
+            retained_bytes: self.topics.retained_bytes(),
+            services: self.calls.services(),
+            subscriptions: self
+                .connections
+                .values()
+                .filter(|c| matches!(c.state, ConnectionState::Streaming(_)))
+                .count(),
+            calls_in_flight: self.calls.in_flight(),
+            published: self.published,
+            delivered: self
+                .delivery
+                .delivered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            dropped: self
+                .delivery
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            limit_hits: self.counters.limit_hits.clone(),
+            disconnects: self.counters.disconnects.clone(),
+            denials: self.counters.denials.clone(),
+            accounts: self
+                .accounting
+                .snapshot()
+                .iter()
+                .map(|a| AccountSnapshot {
+                    account: a.key().to_string(),
+                    connections: a.held(Resource::Connections),
+                    subscriptions: a.held(Resource::Subscriptions),
+                    calls: a.held(Resource::Calls),
+                    topics: a.held(Resource::Topics),
+                    retained_bytes: a.held(Resource::RetainedBytes),
+                })
+                .collect(),
+            per_connection: self
+                .connections
+                .iter()
+                .map(|(id, c)| ConnectionSnapshot {
+                    id: *id,
+                    peer: c.peer.to_string(),
+                    state: c.state.name(),
+                    queue: c.outbox.depth(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The last reply of a stream whose grant was withdrawn, then the end of
+/// the connection.
+fn end_stream(outbox: &Outbox, action: Action, object: String) {
+    let error = ErrorReply::AccessDenied {
+        action: action.name().to_owned(),
+        object,
+    };
+    let _ = outbox.push_reply(|out| qm_ipc_proto::message::encode_error(out, &error));
+    outbox.close();
+}

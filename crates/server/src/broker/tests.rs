@@ -1,0 +1,531 @@
+//! The broker's guarantees as deterministic tests: no sockets, no threads,
+//! time paused or passed in. Each names the bound or breach it covers (the
+//! hostile-client tests in `crates/cli/tests/breaches.rs` cover the same
+//! over real sockets).
+
+use std::time::Duration;
+
+use qm_ipc_proto::interface::{ReplyOutcome, TopicPattern};
+use qm_ipc_proto::raw::RawJson;
+use qm_ipc_proto::ErrorReply;
+use serde_json::Value;
+
+use super::*;
+use crate::config::RateLimit;
+use crate::policy::Policy;
+
+const ASIL_AND_QM: &str = r#"
+[[rule]]
+name = "asil"
+socket = "provider"
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+
+[[rule]]
+name = "qm"
+socket = "consumer"
+allow = { subscribe = ["*"], publish = ["qm.*"], call = ["*"], register = ["qm.*"] }
+"#;
+
+fn policy(text: &str) -> Policy {
+    Policy::parse("test", text, &["consumer", "provider"]).expect("test policy parses")
+}
+
+fn broker(limits: Limits) -> Broker {
+    Broker::new(limits, policy(ASIL_AND_QM))
+}
+
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        wall_us: 1,
+    }
+}
+
+/// A QM container: its own cgroup, on the consumer socket.
+fn qm(cgroup: u64) -> Peer {
+    Peer::synthetic("consumer", 1000, Some(cgroup))
+}
+
+fn asil() -> Peer {
+    Peer::synthetic("provider", 0, Some(1))
+}
+
+fn json(text: &str) -> RawJson {
+    RawJson::from_value(&serde_json::from_str(text).expect("test JSON"))
+}
+
+fn connect(broker: &mut Broker, peer: &Peer) -> (ConnId, Arc<Outbox>) {
+    let (id, outbox, _account) = broker.connect(peer).expect("connection admitted");
+    (id, outbox)
+}
+
+/// A provider of `svc` on the provider socket.
+fn serve_svc(broker: &mut Broker) -> (ConnId, Arc<Outbox>) {
+    let (provider, requests) = connect(broker, &asil());
+    broker.register(provider, vec!["svc".into()]).unwrap();
+    (provider, requests)
+}
+
+/// Calls `svc` from `caller` with 1 s to answer.
+fn call_svc(
+    broker: &mut Broker,
+    caller: ConnId,
+) -> Result<(CallId, oneshot::Receiver<CallOutcome>), ErrorReply> {
+    broker.start_call(
+        caller,
+        "svc",
+        "M".into(),
+        json("{}"),
+        Duration::from_secs(1),
+    )
+}
+
+/// Every frame queued for a connection, parsed.
+fn drain(outbox: &Outbox) -> Vec<Value> {
+    let mut bytes = Vec::new();
+    outbox.take(&mut bytes, usize::MAX);
+    bytes
+        .split(|b| *b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| serde_json::from_slice(f).expect("a JSON frame"))
+        .collect()
+}
+
+fn limit_of(error: ErrorReply) -> String {
+    match error {
+        ErrorReply::LimitExceeded { limit, .. } => limit,
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_subscribe_on_a_streaming_connection_is_refused_not_duplicated() {
+    // Breach 1: a repeated Subscribe used to add the connection to every
+    // topic again, so one publish arrived once per Subscribe.
+    let mut broker = broker(Limits::default());
+    let (provider, _) = connect(&mut broker, &asil());
+    let (conn, outbox) = connect(&mut broker, &qm(10));
+    broker
+        .subscribe(conn, vec![TopicPattern::parse("*").unwrap()], 8)
+        .unwrap();
+    let again = broker.subscribe(conn, vec![TopicPattern::parse("*").unwrap()], 8);
+    assert!(
+        matches!(again, Err(ErrorReply::InvalidParameter { .. })),
+        "{again:?}"
+    );
+    assert_eq!(broker.state(conn), Some("streaming"));
+    broker
+        .publish(provider, "vehicle.speed", json("{\"kmh\":1}"), now())
+        .unwrap();
+    assert_eq!(drain(&outbox).len(), 1, "one publish, one sample");
+}
+
+#[test]
+fn registering_twice_is_refused_and_a_leaving_provider_unmaps_every_name() {
+    // Breach 5: a second Register overwrote the provider entry, and the
+    // first names stayed mapped after the provider left.
+    let mut broker = broker(Limits::default());
+    let (provider, _) = connect(&mut broker, &asil());
+    broker
+        .register(provider, vec!["a.one".into(), "a.two".into()])
+        .unwrap();
+    assert!(broker.register(provider, vec!["a.three".into()]).is_err());
+    broker.disconnect(provider, "peer_closed");
+    assert!(broker.snapshot().services.is_empty());
+    let (next, _) = connect(&mut broker, &asil());
+    broker
+        .register(next, vec!["a.one".into(), "a.two".into()])
+        .expect("the names are free again");
+}
+
+#[test]
+fn a_caller_that_leaves_gives_its_call_slot_back() {
+    // Breach 5: a caller whose connection ended while its call waited leaked
+    // the slot until max_calls_per_service refused everyone.
+    let limits = Limits {
+        max_calls_per_service: 1,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    serve_svc(&mut broker);
+    for round in 0..5 {
+        let (caller, _) = connect(&mut broker, &qm(10));
+        broker
+            .start_call(
+                caller,
+                "svc",
+                "M".into(),
+                json("{}"),
+                Duration::from_secs(1),
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(broker.state(caller), Some("in_call"));
+        broker.disconnect(caller, "peer_closed");
+        assert_eq!(broker.snapshot().calls_in_flight, 0);
+    }
+    assert!(broker.snapshot().accounts.iter().all(|a| a.calls == 0));
+}
+
+#[test]
+fn a_call_moves_its_caller_through_in_call_and_back_to_idle() {
+    let mut broker = broker(Limits::default());
+    let (provider, requests) = serve_svc(&mut broker);
+    let (caller, _) = connect(&mut broker, &qm(10));
+    let (id, mut answer) = broker
+        .start_call(
+            caller,
+            "svc",
+            "M".into(),
+            json("{\"x\":1}"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    assert_eq!(
+        drain(&requests).len(),
+        1,
+        "the request reached the provider"
+    );
+    let second = broker.start_call(
+        caller,
+        "svc",
+        "M".into(),
+        json("{}"),
+        Duration::from_secs(1),
+    );
+    assert!(second.is_err(), "one call at a time per connection");
+    // Only the provider the call went to may answer it.
+    let (stranger, _) = connect(&mut broker, &asil());
+    assert!(matches!(
+        broker.reply(stranger, id, ReplyOutcome::Result(json("{}"))),
+        Err(ErrorReply::NoSuchRequest { .. })
+    ));
+    broker
+        .reply(provider, id, ReplyOutcome::Result(json("{\"y\":2}")))
+        .unwrap();
+    let result = answer.try_recv().expect("answered").expect("a result");
+    assert_eq!(result.get(), "{\"y\":2}");
+    broker.end_call(caller, id);
+    assert_eq!(broker.state(caller), Some("idle"));
+    assert_eq!(broker.snapshot().calls_in_flight, 0);
+}
+
+#[test]
+fn a_provider_that_leaves_fails_its_waiting_calls_at_once() {
+    let mut broker = broker(Limits::default());
+    let (provider, _) = serve_svc(&mut broker);
+    let (caller, _) = connect(&mut broker, &qm(10));
+    let (_, mut answer) = broker
+        .start_call(
+            caller,
+            "svc",
+            "M".into(),
+            json("{}"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    broker.disconnect(provider, "peer_closed");
+    assert!(matches!(
+        answer.try_recv(),
+        Ok(Err(ErrorReply::ServiceUnavailable { .. }))
+    ));
+}
+
+#[test]
+fn the_connection_quota_is_per_container_and_never_the_asil_sides() {
+    // Breach 2: QM's connections used to share one pool with the ASIL side.
+    let limits = Limits {
+        max_connections_per_peer: 2,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let held: Vec<_> = (0..2).map(|_| connect(&mut broker, &qm(10))).collect();
+    let refused = broker.connect(&qm(10)).map(|_| ()).unwrap_err();
+    assert_eq!(limit_of(refused), "max_connections_per_peer");
+    // Another container with the same uid has a quota of its own.
+    connect(&mut broker, &qm(11));
+    // The provider socket is outside every QM quota.
+    for _ in 0..5 {
+        connect(&mut broker, &asil());
+    }
+    // A connection that ends gives its slot back.
+    broker.disconnect(held[0].0, "peer_closed");
+    connect(&mut broker, &qm(10));
+}
+
+#[test]
+fn accounts_vanish_when_they_hold_nothing() {
+    // Breach 5: maps keyed by uid never shrank.
+    let mut broker = broker(Limits::default());
+    for cgroup in 0..10_000 {
+        let (conn, _) = connect(&mut broker, &qm(100 + cgroup));
+        broker.disconnect(conn, "peer_closed");
+    }
+    assert!(broker.snapshot().accounts.is_empty());
+    assert!(
+        broker.accounting.entries() <= 16,
+        "{}",
+        broker.accounting.entries()
+    );
+}
+
+#[test]
+fn denials_are_counted_for_at_most_64_identities() {
+    let mut broker = broker(Limits::default());
+    for uid in 0..1000 {
+        broker.record_denial(format!("consumer uid={uid}"));
+    }
+    let denials = broker.snapshot().denials;
+    assert_eq!(denials.len(), counters::MAX_DENIAL_ENTRIES + 1);
+    assert_eq!(denials[counters::OTHER_IDENTITIES], 1000 - 64);
+}
+
+#[test]
+fn one_container_cannot_take_every_topic_from_the_asil_side() {
+    let limits = Limits {
+        max_topics: 4,
+        max_topics_per_peer: 2,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let (noisy, _) = connect(&mut broker, &qm(10));
+    broker.publish(noisy, "qm.a", json("1"), now()).unwrap();
+    broker.publish(noisy, "qm.b", json("1"), now()).unwrap();
+    let refused = broker.publish(noisy, "qm.c", json("1"), now()).unwrap_err();
+    assert_eq!(limit_of(refused), "max_topics_per_peer");
+    // Updating a topic it created costs no new slot.
+    broker.publish(noisy, "qm.a", json("2"), now()).unwrap();
+    let (provider, _) = connect(&mut broker, &asil());
+    broker
+        .publish(provider, "vehicle.speed", json("{}"), now())
+        .expect("the ASIL side still creates topics");
+}
+
+#[test]
+fn retained_bytes_are_charged_to_the_last_publisher() {
+    let limits = Limits {
+        max_retained_bytes_per_peer: 100,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let (qm_a, _) = connect(&mut broker, &qm(10));
+    let big = format!("\"{}\"", "x".repeat(78)); // 80 bytes
+    broker.publish(qm_a, "qm.big", json(&big), now()).unwrap();
+    // Replacing its own 80 bytes by 80 more fits; a second 80 does not.
+    broker.publish(qm_a, "qm.big", json(&big), now()).unwrap();
+    let refused = broker
+        .publish(qm_a, "qm.other", json(&big), now())
+        .unwrap_err();
+    assert_eq!(limit_of(refused), "max_retained_bytes_per_peer");
+    // Another container overwriting the value takes the charge over.
+    let (qm_b, _) = connect(&mut broker, &qm(11));
+    broker.publish(qm_b, "qm.big", json("1"), now()).unwrap();
+    broker
+        .publish(qm_a, "qm.other", json(&big), now())
+        .expect("qm_a's bytes went with its overwritten value");
+    let accounts = broker.snapshot().accounts;
+    let held: Vec<usize> = accounts.iter().map(|a| a.retained_bytes).collect();
+    assert_eq!(held, vec![80, 1]);
+}
+
+#[test]
+fn one_container_cannot_take_every_call_slot_of_a_service() {
+    let limits = Limits {
+        max_calls_per_peer: 2,
+        max_calls_per_service: 8,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    serve_svc(&mut broker);
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let (caller, _) = connect(&mut broker, &qm(10));
+        calls.push(
+            broker
+                .start_call(
+                    caller,
+                    "svc",
+                    "M".into(),
+                    json("{}"),
+                    Duration::from_secs(1),
+                )
+                .unwrap(),
+        );
+    }
+    let (third, _) = connect(&mut broker, &qm(10));
+    let refused = call_svc(&mut broker, third).unwrap_err();
+    assert_eq!(limit_of(refused), "max_calls_per_peer");
+    assert_eq!(broker.state(third), Some("idle"));
+    let (other, _) = connect(&mut broker, &qm(11));
+    call_svc(&mut broker, other).expect("another container has call slots of its own");
+}
+
+#[test]
+fn a_reload_that_withdraws_a_grant_ends_the_stream_with_access_denied() {
+    // Breach 8: a withdrawn grant used to leave the live subscription and
+    // registration running.
+    let mut broker = broker(Limits::default());
+    let (provider, _) = connect(&mut broker, &asil());
+    let (subscriber, sub_out) = connect(&mut broker, &qm(10));
+    broker
+        .subscribe(subscriber, vec![TopicPattern::parse("*").unwrap()], 8)
+        .unwrap();
+    let (qm_provider, reg_out) = connect(&mut broker, &qm(11));
+    broker.register(qm_provider, vec!["qm.svc".into()]).unwrap();
+    broker.set_policy(policy(
+        r#"
+[[rule]]
+name = "asil"
+socket = "provider"
+allow = { publish = ["*"], subscribe = ["*"] }
+
+[[rule]]
+name = "qm"
+socket = "consumer"
+allow = { publish = ["qm.status"] }
+"#,
+    ));
+    for (conn, outbox) in [(subscriber, &sub_out), (qm_provider, &reg_out)] {
+        assert_eq!(broker.state(conn), Some("closing"));
+        let frames = drain(outbox);
+        let last = frames.last().expect("a last reply");
+        assert_eq!(last["error"], "io.qmipc.Gateway.AccessDenied", "{last}");
+    }
+    assert!(broker.snapshot().services.is_empty());
+    broker
+        .publish(provider, "vehicle.speed", json("1"), now())
+        .unwrap();
+    assert!(
+        drain(&sub_out).is_empty(),
+        "a closing stream gets no samples"
+    );
+}
+
+#[test]
+fn a_reload_refilters_running_subscriptions() {
+    let mut broker = broker(Limits::default());
+    let (provider, _) = connect(&mut broker, &asil());
+    let (subscriber, outbox) = connect(&mut broker, &qm(10));
+    broker
+        .subscribe(
+            subscriber,
+            vec![TopicPattern::parse("vehicle.*").unwrap()],
+            8,
+        )
+        .unwrap();
+    broker
+        .publish(provider, "vehicle.speed", json("1"), now())
+        .unwrap();
+    broker
+        .publish(provider, "vehicle.vin", json("1"), now())
+        .unwrap();
+    assert_eq!(drain(&outbox).len(), 2);
+    broker.set_policy(policy(
+        r#"
+[[rule]]
+name = "asil"
+socket = "provider"
+allow = { publish = ["*"] }
+
+[[rule]]
+name = "qm"
+socket = "consumer"
+allow = { subscribe = ["vehicle.speed"] }
+"#,
+    ));
+    broker
+        .publish(provider, "vehicle.speed", json("2"), now())
+        .unwrap();
+    assert_eq!(drain(&outbox).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connection_rate_is_per_container() {
+    // Breach 3 at admission: one container's storm spends its own bucket.
+    let limits = Limits {
+        connection_rate: Some(RateLimit {
+            per_second: 10,
+            burst: 3,
+        }),
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let storm = qm(10);
+    let admitted = (0..20)
+        .filter(|_| broker.admit(&storm, now()).is_ok())
+        .count();
+    assert_eq!(admitted, 3, "the burst, then refused");
+    assert!(
+        broker.admit(&qm(11), now()).is_ok(),
+        "another container is admitted"
+    );
+    assert!(
+        broker.admit(&asil(), now()).is_ok(),
+        "the provider socket has no rate"
+    );
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert!(
+        broker.admit(&storm, now()).is_ok(),
+        "one token back after 100 ms"
+    );
+    assert_eq!(broker.snapshot().limit_hits["connection_rate"], 17);
+}
+
+#[test]
+fn a_subscriber_gets_only_what_it_may_read() {
+    let mut broker = Broker::new(
+        Limits::default(),
+        policy(
+            r#"
+[[rule]]
+name = "asil"
+socket = "provider"
+allow = { publish = ["*"] }
+
+[[rule]]
+name = "qm"
+socket = "consumer"
+allow = { subscribe = ["vehicle.*"] }
+"#,
+        ),
+    );
+    let (provider, _) = connect(&mut broker, &asil());
+    broker
+        .publish(provider, "secret.key", json("1"), now())
+        .unwrap();
+    let (subscriber, outbox) = connect(&mut broker, &qm(10));
+    broker
+        .subscribe(subscriber, vec![TopicPattern::parse("*").unwrap()], 8)
+        .unwrap();
+    broker
+        .publish(provider, "secret.key", json("2"), now())
+        .unwrap();
+    broker
+        .publish(provider, "vehicle.speed", json("3"), now())
+        .unwrap();
+    let frames = drain(&outbox);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["parameters"]["sample"]["topic"], "vehicle.speed");
+}
+
+#[test]
+fn retained_values_are_bounded_in_total() {
+    let limits = Limits {
+        max_retained_bytes: 10,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let (provider, _) = connect(&mut broker, &asil());
+    broker
+        .publish(provider, "a", json("\"12345678\""), now())
+        .unwrap();
+    let refused = broker
+        .publish(provider, "b", json("\"1\""), now())
+        .unwrap_err();
+    assert_eq!(limit_of(refused), "max_retained_bytes");
+    assert_eq!(broker.snapshot().retained_bytes, 10);
+    assert_eq!(
+        broker.snapshot().topics,
+        1,
+        "a refused publish creates nothing"
+    );
+}

@@ -1,0 +1,142 @@
+//! The topic registry: each topic's last value (retained, so a new
+//! subscriber and `Get` see it at once) and the connections subscribed to
+//! it. A topic is charged to the account that created it, its value's
+//! bytes to the account that published it last.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::account::Charge;
+use super::ConnId;
+use crate::outbox::{PublishedValue, TopicName};
+
+struct Topic {
+    name: Arc<TopicName>,
+    last: Arc<PublishedValue>,
+    subscribers: Vec<ConnId>,
+    /// The creator's charge for the topic itself.
+    _created: Charge,
+    /// The last publisher's charge for the value's bytes.
+    retained: Option<Charge>,
+}
+
+#[derive(Default)]
+pub struct Topics {
+    topics: HashMap<String, Topic>,
+    retained_bytes: usize,
+}
+
+impl Topics {
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.topics.keys().cloned().collect()
+    }
+
+    /// Bytes of every retained value.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes
+    }
+
+    /// Bytes of `topic`'s retained value (0 for a new topic).
+    pub fn retained_size(&self, topic: &str) -> usize {
+        self.topics
+            .get(topic)
+            .map_or(0, |t| t.last.value_json.len())
+    }
+
+    /// The charge for `topic`'s retained value, if it has one.
+    pub fn retained_charge(&self, topic: &str) -> Option<&Charge> {
+        self.topics.get(topic).and_then(|t| t.retained.as_ref())
+    }
+
+    /// Adds a topic with no value yet (seq 0).
+    pub fn create(&mut self, topic: &str, subscribers: Vec<ConnId>, charge: Charge) {
+        self.topics.insert(
+            topic.to_owned(),
+            Topic {
+                name: Arc::new(TopicName::new(topic)),
+                last: Arc::new(PublishedValue {
+                    seq: 0,
+                    value_json: "".into(),
+                    timestamp_us: 0,
+                }),
+                subscribers,
+                _created: charge,
+                retained: None,
+            },
+        );
+    }
+
+    /// Stores a topic's new value (its bytes charged by `bytes`) and hands
+    /// it to `deliver` for each subscriber. Returns its seq; 0 if the topic
+    /// does not exist (the caller creates it first).
+    pub fn set(
+        &mut self,
+        topic: &str,
+        value_json: Box<str>,
+        bytes: Charge,
+        timestamp_us: u64,
+        mut deliver: impl FnMut(ConnId, &Arc<TopicName>, &Arc<PublishedValue>),
+    ) -> u64 {
+        let Some(entry) = self.topics.get_mut(topic) else {
+            return 0;
+        };
+        self.retained_bytes = self.retained_bytes - entry.last.value_json.len() + value_json.len();
+        let seq = entry.last.seq + 1;
+        entry.last = Arc::new(PublishedValue {
+            seq,
+            value_json,
+            timestamp_us,
+        });
+        entry.retained = Some(bytes);
+        for conn in &entry.subscribers {
+            deliver(*conn, &entry.name, &entry.last);
+        }
+        seq
+    }
+
+    pub fn current(&self, topic: &str) -> Option<(Arc<TopicName>, Arc<PublishedValue>)> {
+        self.topics
+            .get(topic)
+            .map(|t| (t.name.clone(), t.last.clone()))
+    }
+
+    /// Adds `conn` to every topic `wants` and hands each one's current
+    /// value to `current`.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        wants: impl Fn(&str) -> bool,
+        mut current: impl FnMut(&Arc<TopicName>, &Arc<PublishedValue>),
+    ) {
+        for topic in self.topics.values_mut() {
+            if wants(&topic.name.name) {
+                topic.subscribers.push(conn);
+                current(&topic.name, &topic.last);
+            }
+        }
+    }
+
+    pub fn unsubscribe(&mut self, conn: ConnId) {
+        for topic in self.topics.values_mut() {
+            topic.subscribers.retain(|s| *s != conn);
+        }
+    }
+
+    pub fn set_subscribers(&mut self, topic: &str, subscribers: Vec<ConnId>) {
+        if let Some(entry) = self.topics.get_mut(topic) {
+            entry.subscribers = subscribers;
+        }
+    }
+}
