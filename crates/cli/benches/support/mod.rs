@@ -28,18 +28,24 @@ impl GatewayProcess {
 
     /// Starts the gateway pinned to `cpu` (through `taskset`) if given.
     pub fn start_on(cpu: Option<usize>, extra: &[&str]) -> Self {
+        // The benchmark's clients call services from the consumer side,
+        // which the built-in policy does not allow.
+        Self::start_with_policy(
+            cpu,
+            "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], stats = true }\n",
+            extra,
+        )
+    }
+
+    /// Starts the gateway with `policy` (the text of a policy file).
+    pub fn start_with_policy(cpu: Option<usize>, policy: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let consumer = dir.path().join("ipc.socket");
         let provider = dir.path().join("provider.socket");
         let notify_path = dir.path().join("notify");
-        // The benchmark's clients call services from the consumer side,
-        // which the built-in policy does not allow.
+        let policy_text = policy;
         let policy = dir.path().join("policy.toml");
-        std::fs::write(
-            &policy,
-            "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], stats = true }\n",
-        )
-        .expect("write policy");
+        std::fs::write(&policy, policy_text).expect("write policy");
         let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
         notify
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -107,11 +113,21 @@ impl GatewayProcess {
 
     /// Peak resident memory so far, KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident memory now, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A KiB field of `/proc/<pid>/status` (0 if unreadable).
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             })
             .unwrap_or(0)
@@ -199,6 +215,11 @@ pub fn is_error(reply: &[u8]) -> bool {
     reply.starts_with(b"{\"error\"")
 }
 
+/// Requests the echo providers received that `serde_json` could not parse
+/// (the gateway must never forward such a value).
+pub static PROVIDER_UNPARSEABLE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// A provider thread that answers every call of `service` with its
 /// parameters (oneway Reply), until its connection closes.
 pub fn spawn_echo_provider(provider_socket: &Path, service: &str) -> std::thread::JoinHandle<()> {
@@ -219,7 +240,13 @@ pub fn spawn_echo_provider_on(
     assert_eq!(confirmation["continues"], true, "{confirmation}");
     std::thread::spawn(move || {
         pin_to(cpu);
-        while let Some(request) = conn.recv() {
+        while let Some(frame) = conn.recv_raw() {
+            // A conforming parser must read whatever the gateway forwards;
+            // count (and skip) anything it cannot.
+            let Ok(request) = serde_json::from_slice::<Value>(&frame) else {
+                PROVIDER_UNPARSEABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            };
             let request = &request["parameters"]["request"];
             let reply = json!({
                 "method": "io.qmipc.Gateway.Reply",
