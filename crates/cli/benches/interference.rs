@@ -1201,6 +1201,7 @@ fn spawn_stream_publisher(
 /// never received) and the samples the gateway reported dropped.
 fn asil_latency(provider: &Path, phase: u64, stop: &AtomicBool) -> (Histogram<u64>, u64, u64) {
     const SKIP: i64 = 100;
+    set_asil_priority();
     let topic = "asil.tick";
     let mut publisher = Blocking::connect(provider);
     let mut publish = |i: i64, t_ns: u64| {
@@ -1511,7 +1512,12 @@ fn main() {
     let mut attacker_uids: Vec<u32> = attacker_ids.iter().map(|i| i.uid).collect();
     attacker_uids.push(storm_id.uid);
     attacker_uids.dedup();
-    let bound_args = bounds.args();
+    let mut bound_args = bounds.args();
+    // The ASIL thread ahead of QM work, as a deployment sets it (needs
+    // CAP_SYS_NICE, so root only).
+    if separate {
+        bound_args.extend(["--provider-nice".to_owned(), ASIL_NICE.to_string()]);
+    }
     let bound_refs: Vec<&str> = bound_args.iter().map(String::as_str).collect();
     let gw = GatewayProcess::start_with_policy(None, &policy(&attacker_uids), &bound_refs);
     // The consumer socket is 0666; its directory must let other uids in.

@@ -424,6 +424,11 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
             s.push_section("Socket")
                 .push_entry("ListenStream", &listen)
                 .push_entry("FileDescriptorName", CONSUMER_FD_NAME)
+                // A short backlog bounds how long one QM container's
+                // connect storm can keep another's connect waiting behind
+                // the refusals queued ahead of it (systemd's default is
+                // 4096).
+                .push_entry("Backlog", "256")
                 .push_entry("SocketMode", "0660")
                 .push_entry("SELinuxContextFromNet", "yes");
             s.push_section("Install")

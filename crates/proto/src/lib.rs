@@ -16,6 +16,7 @@
 
 pub mod errors;
 pub mod framing;
+pub mod idl;
 pub mod interface;
 pub mod message;
 pub mod params;

@@ -445,6 +445,10 @@ pub(crate) async fn accept_loop(
                         let _ = stream.try_write(&frame);
                         hub.record_refused("refused");
                         drop((stream, permit));
+                        // One refusal per turn: the connections already
+                        // served take their turns between a storm's
+                        // refusals instead of waiting for a batch of them.
+                        tokio::task::yield_now().await;
                     }
                 }
             }

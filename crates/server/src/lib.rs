@@ -13,6 +13,7 @@
 //! - [`peer`]: who is on the other end of a connection.
 //! - [`policy`]: who may publish, subscribe, call and register what.
 //! - [`rate`]: the token bucket for an account's requests and connections.
+//! - [`services`]: ASIL varlink services behind the gateway, and the proxy.
 //! - [`config`]: every limit and path, with its default.
 
 pub mod broker;
@@ -27,6 +28,7 @@ pub mod peer;
 pub mod policy;
 pub mod provider_thread;
 pub mod rate;
+pub mod services;
 
 pub use config::{Config, Limits};
 pub use gateway::{Gateway, GatewayHandle, StartError};

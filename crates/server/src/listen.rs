@@ -31,6 +31,9 @@ use crate::config::CONSUMER;
 /// First fd passed by systemd.
 const LISTEN_FDS_START: RawFd = 3;
 
+/// Listen backlog of the sockets the gateway binds itself (the generated
+/// socket units set the same with `Backlog=`).
+pub const LISTEN_BACKLOG: libc::c_int = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error(
@@ -114,6 +117,12 @@ impl Listener {
                 path: path.to_owned(),
                 source,
             })?;
+        // A short backlog: a connect storm from one QM container can keep
+        // another's connect waiting only behind this many refusals (std
+        // asks for the kernel's maximum, 4096). Calling listen() again on
+        // a listening socket sets its backlog.
+        // SAFETY: a plain listen() on the socket we just bound.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&socket), LISTEN_BACKLOG) };
         // As systemd's SocketMode= default: anyone who can reach the path
         // may connect, and the access policy decides what they may do. The
         // provider socket is for the gateway's user and group only.

@@ -351,6 +351,20 @@ pub fn set_sched_idle() {
     }
 }
 
+/// Nice value of the ASIL side in the interference benchmark: the gateway's
+/// ASIL thread (`--provider-nice`) and the benchmark's ASIL peers, as a
+/// deployment gives the safety partition precedence over QM.
+pub const ASIL_NICE: i32 = -10;
+
+/// Runs the calling thread at [`ASIL_NICE`] (as root; otherwise as it is).
+pub fn set_asil_priority() {
+    // SAFETY: setpriority on our own thread id; failure leaves it as it is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, ASIL_NICE);
+    }
+}
+
 /// The commit being measured, for the report.
 pub fn commit() -> String {
     Command::new("git")
