@@ -35,6 +35,7 @@ use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision, Policy};
 use crate::rate::TokenBucket;
+use crate::services::ServiceProxy;
 
 /// Bytes the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -87,6 +88,8 @@ enum Answer {
     Sample(Arc<TopicName>, Arc<PublishedValue>),
     /// A provider's result, passed through as JSON text.
     CallResult(RawJson),
+    /// A service's whole reply frame, relayed as it is.
+    Relayed(Vec<u8>),
 }
 
 /// A frame read as a call, owning what the answer needs (the frame's
@@ -97,13 +100,22 @@ struct ParsedCall {
     more: bool,
     upgrade: bool,
     request: Result<Request, ErrorReply>,
+    /// For a method of another interface than the gateway's own (one a
+    /// service may serve): its parameters as JSON text.
+    foreign_parameters: Option<Option<String>>,
 }
 
 impl ParsedCall {
     fn parse(frame: &[u8]) -> Result<Self, MessageError> {
         let raw = RawCall::parse(frame)?;
+        let own = [GATEWAY_INTERFACE, SERVICE_INTERFACE].iter().any(|i| {
+            raw.method
+                .strip_prefix(i)
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
         Ok(Self {
             request: Request::from_raw(&raw),
+            foreign_parameters: (!own).then(|| raw.parameters.map(|p| p.get().to_owned())),
             method: raw.method.into_owned(),
             oneway: raw.oneway,
             more: raw.more,
@@ -369,7 +381,11 @@ impl Session<'_> {
             more,
             upgrade,
             request,
+            foreign_parameters,
         } = call;
+        let service = foreign_parameters
+            .as_ref()
+            .and_then(|_| self.hub.services().for_method(&method).cloned());
         if self.mode == Mode::Streaming {
             // A running stream owns the connection's replies: only calls
             // that answer nothing may share it (a provider's Reply, a
@@ -386,13 +402,20 @@ impl Session<'_> {
                 )));
             }
         }
-        let outcome = match request {
-            Err(e) => Err(e),
-            Ok(_) if upgrade => Err(ErrorReply::VarlinkInvalidParameter {
-                parameter: "upgrade".into(),
-            }),
-            Ok(request) if request.requires_more() && !more => Err(ErrorReply::ExpectedMore),
-            Ok(request) => self.dispatch(request, shutdown).await,
+        let outcome = match (service, request) {
+            (Some(service), _) => {
+                let parameters = foreign_parameters.flatten();
+                self.forward(
+                    &service,
+                    &method,
+                    parameters,
+                    oneway,
+                    more || upgrade,
+                    shutdown,
+                )
+                .await
+            }
+            (None, request) => self.gateway_request(request, upgrade, more, shutdown).await,
         };
         let result = match outcome {
             Ok(Some(Answer::Json(parameters))) if !oneway => self
@@ -401,6 +424,9 @@ impl Session<'_> {
             Ok(Some(Answer::CallResult(result))) if !oneway => self
                 .outbox
                 .push_reply(|out| encode_result_reply(out, result.get())),
+            Ok(Some(Answer::Relayed(frame))) if !oneway => self
+                .outbox
+                .push_reply(|out| qm_ipc_proto::framing::encode_frame(out, &frame)),
             Ok(Some(Answer::Sample(topic, value))) if !oneway => self.outbox.push_reply(|out| {
                 EncodedSample {
                     topic_json: &topic.json,
@@ -426,6 +452,67 @@ impl Session<'_> {
         }
         self.outbox.write_now(|bytes| self.write.try_write(bytes));
         None
+    }
+
+    /// A request to the gateway's own interfaces.
+    async fn gateway_request(
+        &mut self,
+        request: Result<Request, ErrorReply>,
+        upgrade: bool,
+        more: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Answer>, ErrorReply> {
+        match request {
+            Err(e) => Err(e),
+            Ok(_) if upgrade => Err(ErrorReply::VarlinkInvalidParameter {
+                parameter: "upgrade".into(),
+            }),
+            Ok(request) if request.requires_more() && !more => Err(ErrorReply::ExpectedMore),
+            Ok(request) => self.dispatch(request, shutdown).await,
+        }
+    }
+
+    /// A call to an ASIL service behind the gateway: allowed per method by
+    /// the policy, checked against the service's description, forwarded
+    /// with the call deadline, its reply relayed as the service sent it.
+    async fn forward(
+        &mut self,
+        service: &ServiceProxy,
+        method: &str,
+        parameters: Option<String>,
+        oneway: bool,
+        streaming: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Answer>, ErrorReply> {
+        if streaming {
+            // Replies of a service's stream would need their own bounded,
+            // conflated queue; until then such calls are refused by name.
+            return Err(ErrorReply::VarlinkInvalidParameter {
+                parameter: "more".into(),
+            });
+        }
+        self.authorize(Action::Call, method)?;
+        let timeout = self.hub.limits().default_call_timeout;
+        let relayed = tokio::select! {
+            r = service.call(method, parameters.as_deref(), oneway, timeout) => r?,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                return Err(ErrorReply::ServiceUnavailable {
+                    service: service.interface().to_owned(),
+                });
+            }
+        };
+        Ok(relayed.map(Answer::Relayed))
+    }
+
+    /// Does the peer's rule grant calling something of `interface`?
+    fn may_use_service(&self, interface: &str) -> bool {
+        let Ok(pattern) = TopicPattern::parse(&format!("{interface}.*")) else {
+            return false;
+        };
+        self.hub
+            .policy()
+            .rule_for(&self.peer.identity())
+            .is_some_and(|r| r.grants.overlaps(Action::Call, &pattern))
     }
 
     /// Spends a token of the account's bucket, waiting for one when it is
@@ -535,17 +622,42 @@ impl Session<'_> {
     ) -> Result<Option<Answer>, ErrorReply> {
         let hub = self.hub;
         match request {
-            Request::GetInfo => Ok(Some(Answer::Json(json!({
-                "vendor": "qm-ipc",
-                "product": "qm-ipc gateway",
-                "version": env!("CARGO_PKG_VERSION"),
-                "url": "https://github.com/qm-ipc/qm-ipc",
-                "interfaces": [SERVICE_INTERFACE, GATEWAY_INTERFACE],
-            })))),
+            Request::GetInfo => {
+                // The gateway's interfaces, and the services this peer may
+                // call.
+                let mut interfaces =
+                    vec![SERVICE_INTERFACE.to_owned(), GATEWAY_INTERFACE.to_owned()];
+                interfaces.extend(
+                    hub.services()
+                        .iter()
+                        .map(|s| s.interface())
+                        .filter(|i| self.may_use_service(i))
+                        .map(str::to_owned),
+                );
+                Ok(Some(Answer::Json(json!({
+                    "vendor": "qm-ipc",
+                    "product": "qm-ipc gateway",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "url": "https://github.com/qm-ipc/qm-ipc",
+                    "interfaces": interfaces,
+                }))))
+            }
             Request::GetInterfaceDescription { interface } => match interface.as_str() {
                 GATEWAY_INTERFACE => Ok(Some(Answer::Json(json!({ "description": GATEWAY_IDL })))),
                 SERVICE_INTERFACE => Ok(Some(Answer::Json(json!({ "description": SERVICE_IDL })))),
-                _ => Err(ErrorReply::InterfaceNotFound { interface }),
+                _ => {
+                    let services = hub.services();
+                    match services.get(&interface) {
+                        Some(service) if self.may_use_service(&interface) => {
+                            let described =
+                                service.describe(hub.limits().default_call_timeout).await?;
+                            Ok(Some(Answer::Json(
+                                json!({ "description": described.description }),
+                            )))
+                        }
+                        _ => Err(ErrorReply::InterfaceNotFound { interface }),
+                    }
+                }
             },
             Request::Publish { topic, value } => {
                 self.authorize(Action::Publish, &topic)?;

@@ -39,6 +39,8 @@ pub enum StartError {
     Register { name: String, source: io::Error },
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("services: {0}")]
+    Services(#[from] crate::services::ServicesError),
     #[error("{0}")]
     ProviderThread(#[from] crate::provider_thread::PlacementError),
     #[error(
@@ -191,6 +193,20 @@ impl Gateway {
         let policy = Policy::load(path, &self.listener_names())?;
         self.hub.set_policy(policy);
         self.policy_path = Some(path.to_owned());
+        Ok(())
+    }
+
+    /// Serves the ASIL services declared in `path` behind the gateway.
+    pub fn load_services(&mut self, path: &Path) -> Result<(), StartError> {
+        let services = crate::services::Services::load(path, self.hub.limits().max_frame)?;
+        for service in services.iter() {
+            tracing::info!(
+                "service {} at {}",
+                service.interface(),
+                service.socket().display()
+            );
+        }
+        self.hub.set_services(services);
         Ok(())
     }
 

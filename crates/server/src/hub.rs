@@ -22,9 +22,12 @@ use crate::config::Limits;
 use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::Policy;
+use crate::services::Services;
 
 pub struct Hub {
     broker: Mutex<Broker>,
+    /// The ASIL services behind the gateway (set at start).
+    services: std::sync::RwLock<Arc<Services>>,
     limits: Limits,
     /// Bumped by every policy change, so connections re-read their limits.
     policy_generation: AtomicU64,
@@ -34,6 +37,7 @@ impl Hub {
     pub fn new(limits: Limits, policy: Policy) -> Self {
         Self {
             broker: Mutex::new(Broker::new(limits.clone(), policy)),
+            services: Default::default(),
             limits,
             policy_generation: AtomicU64::new(0),
         }
@@ -43,6 +47,17 @@ impl Hub {
         // Every broker method leaves its registries consistent between
         // statements, so a poisoned lock still holds usable state.
         self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_services(&self, services: Services) {
+        *self.services.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
+    }
+
+    pub fn services(&self) -> Arc<Services> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn limits(&self) -> &Limits {

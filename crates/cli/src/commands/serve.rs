@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// SIGHUP. See docs/policy.md.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// ASIL varlink services to serve behind the gateway (TOML: one
+    /// [[service]] with interface and socket each). See docs/design.md.
+    #[arg(long, value_name = "FILE")]
+    services: Option<PathBuf>,
     /// Also run the built-in demo provider (vehicle.speed at 10 Hz, the
     /// demo.echo service, and the log of the client's time).
     #[arg(long)]
@@ -189,6 +193,9 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
     gateway.set_provider_placement(placement);
     if let Some(path) = &args.policy {
         gateway.load_policy(path)?;
+    }
+    if let Some(path) = &args.services {
+        gateway.load_services(path)?;
     }
     if args.demo {
         let handle = gateway.handle();
