@@ -183,6 +183,23 @@ fn the_policy_applies_per_method_and_to_introspection() {
     );
     assert_eq!(out_of_range["error"], "com.example.Climate.OutOfRange");
     assert_eq!(out_of_range["parameters"]["max"], 28.0);
+    // The CLI calls a service method as varlinkctl does.
+    let out = Command::new(common::bin())
+        .args(["--socket", setup.gw.consumer.to_str().unwrap(), "call"])
+        .args([
+            "com.example.Climate.SetTemperature",
+            r#"{"zone": "rear", "celsius": 22}"#,
+        ])
+        .args(["--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, json!({"applied": true}));
 }
 
 #[test]

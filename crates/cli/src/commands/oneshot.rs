@@ -56,13 +56,14 @@ pub struct PublishArgs {
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Service name, e.g. demo.echo
+    /// A method of an ASIL service behind the gateway, as varlinkctl takes
+    /// it (INTERFACE.METHOD, e.g. com.example.Climate.SetTemperature); or a
+    /// registered service's name (e.g. demo.echo), followed by its method
     service: String,
-    /// Method name, e.g. Echo
-    method: String,
-    /// Parameters, as a JSON object
-    #[arg(default_value = "{}")]
-    parameters: String,
+    /// Parameters, as a JSON object; or, after a registered service's name,
+    /// its method (e.g. Echo) and then the parameters
+    #[arg(num_args = 0..=2, value_name = "PARAMETERS")]
+    rest: Vec<String>,
     /// How long the gateway waits for the provider (default: the gateway's).
     #[arg(long, value_name = "MS")]
     call_timeout_ms: Option<u64>,
@@ -174,19 +175,32 @@ pub async fn publish(socket: Option<PathBuf>, args: PublishArgs) -> Result<(), C
 }
 
 pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), CommandError> {
-    let parameters = parse_json("the parameters", &args.parameters)?;
+    // `INTERFACE.METHOD [JSON]` calls the method directly (varlinkctl's
+    // shape); `SERVICE METHOD [JSON]` goes through a registered service.
+    let direct = args
+        .rest
+        .first()
+        .is_none_or(|r| r.trim_start().starts_with('{'));
+    let (method, parameters) = match direct {
+        true => (None, args.rest.first()),
+        false => (args.rest.first().cloned(), args.rest.get(1)),
+    };
+    let parameters = parse_json("the parameters", parameters.map_or("{}", String::as_str))?;
     if !parameters.is_object() {
         return Err(CommandError::Usage(
             "the parameters must be a JSON object, e.g. '{\"text\": \"hi\"}'".into(),
         ));
     }
-    let (service, method, call_timeout) = (
-        args.service.clone(),
-        args.method.clone(),
-        args.call_timeout_ms,
-    );
+    let (service, call_timeout) = (args.service.clone(), args.call_timeout_ms);
     let result = with_gateway(socket, &args.common, |mut gw| async move {
-        gw.call(&service, &method, parameters, call_timeout).await
+        match method {
+            Some(method) => gw.call(&service, &method, parameters, call_timeout).await,
+            None => gw
+                .connection()
+                .call(&service, parameters)
+                .await
+                .map(Value::Object),
+        }
     })
     .await?;
     if args.common.json {
