@@ -92,7 +92,7 @@ fn generate(topology: &str, tag: &str, socket: &Path) -> (tempfile::TempDir, Pat
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     let out = Command::new(bin())
-        .args(["generate", topology, "--socket-path"])
+        .args(["generate", topology, "--demo", "--socket-path"])
         .arg(socket)
         .arg("--server-name")
         .arg(format!("{tag}_server"))
@@ -125,13 +125,21 @@ fn podman_command(dir: &Path, service: &str) -> Vec<String> {
 }
 
 /// The server's command with its configuration mount (`-v /etc/qm-ipc/:...`)
-/// taken from the generated tree instead of this machine's `/etc`, which
-/// the tests leave alone.
+/// taken from the generated tree instead of this machine's `/etc`, and its
+/// services' socket directory (`-v /run/asil/:...`, which systemd would
+/// create) from the tree too: the tests leave the machine's alone.
 fn with_staged_config(cmd: Vec<String>, root: &Path) -> Vec<String> {
+    let services = root.join("run/asil");
+    std::fs::create_dir_all(&services).expect("stage the services' socket directory");
     cmd.into_iter()
-        .map(|word| match word.strip_prefix("/etc/qm-ipc/:") {
-            Some(rest) => format!("{}/:{rest}", root.join("etc/qm-ipc").display()),
-            None => word,
+        .map(|word| {
+            if let Some(rest) = word.strip_prefix("/etc/qm-ipc/:") {
+                format!("{}/:{rest}", root.join("etc/qm-ipc").display())
+            } else if let Some(rest) = word.strip_prefix("/run/asil/:") {
+                format!("{}/:{rest}", services.display())
+            } else {
+                word
+            }
         })
         .collect()
 }

@@ -30,6 +30,25 @@ pub const CONFIG_DIR: &str = "/etc/qm-ipc";
 pub const POLICY_PATH: &str = "/etc/qm-ipc/policy.toml";
 /// The fd name of the QM-facing socket, as the gateway knows it.
 pub const CONSUMER_FD_NAME: &str = "consumer";
+/// The fd name of the ASIL-side socket (publishers, subscribers and callers
+/// of the ASIL partition), as the gateway knows it.
+pub const PROVIDER_FD_NAME: &str = "provider";
+/// The ASIL-side socket: outside `/run/ipc`, never mounted into QM.
+pub const PROVIDER_SOCKET: &str = "%t/qm-ipc/provider.socket";
+/// The ASIL services behind the gateway (`qm-ipc serve --services`).
+pub const SERVICES_PATH: &str = "/etc/qm-ipc/services.toml";
+/// Where ASIL services put their sockets; mounted into the gateway's
+/// container, never into QM.
+pub const ASIL_SERVICE_DIR: &str = "/run/asil";
+/// The services file a deployment starts from: none declared yet.
+pub const DEFAULT_SERVICES: &str = r#"# ASIL services the qm-ipc gateway serves to QM (qm-ipc serve --services).
+# Each is an ordinary varlink server on its own socket under /run/asil;
+# the policy (/etc/qm-ipc/policy.toml) says who may call which method.
+#
+# [[service]]
+# interface = "com.example.Climate"
+# socket = "/run/asil/com.example.Climate.socket"
+"#;
 /// The gateway's built-in policy, written out as the starting point of a
 /// deployment's own (`qm-ipc policy default` prints the same text).
 pub const DEFAULT_POLICY: &str = include_str!("../../server/default-policy.toml");
@@ -87,6 +106,12 @@ pub struct Options {
     /// The access policy written to [`POLICY_PATH`] and loaded by the
     /// ASIL-to-QM server; `None` for the gateway's built-in one.
     pub policy: Option<String>,
+    /// The services file written to [`SERVICES_PATH`] and loaded by the
+    /// ASIL-to-QM server; `None` for none.
+    pub services: Option<String>,
+    /// Run the built-in demo provider in the gateway (`serve --demo`): for
+    /// trying a deployment out, never for a vehicle.
+    pub demo: bool,
 }
 
 impl Default for Options {
@@ -100,12 +125,14 @@ impl Default for Options {
             server_label: "ipc_t".into(),
             client_label: "qm_container_ipc_t".into(),
             level: "s0:c1,c2".into(),
-            server_exec: "serve --demo".into(),
+            server_exec: "serve".into(),
             client_exec: "client".into(),
             runtime: Runtime::Container,
             binary: "/usr/bin/qm-ipc".into(),
             watchdog_sec: 10,
             policy: Some(DEFAULT_POLICY.into()),
+            services: Some(DEFAULT_SERVICES.into()),
+            demo: false,
         }
     }
 }
@@ -281,8 +308,8 @@ fn header(unit: &mut UnitFile, topology: Topology) {
 /// How the generated container quadlets differ from each other.
 struct ContainerSpec<'a> {
     description: &'a str,
-    /// Both `Requires=` and `After=` this unit.
-    depends_on: Option<String>,
+    /// Both `Requires=` and `After=` these units.
+    depends_on: Vec<String>,
     image: &'a str,
     exec: String,
     env: Vec<String>,
@@ -299,9 +326,9 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     header(&mut c, topology);
     c.push_section("Unit")
         .push_entry("Description", spec.description);
-    if let Some(dependency) = &spec.depends_on {
-        c.push_entry("Requires", dependency)
-            .push_entry("After", dependency);
+    if !spec.depends_on.is_empty() {
+        let units = spec.depends_on.join(" ");
+        c.push_entry("Requires", &units).push_entry("After", &units);
     }
     c.push_section("Container")
         .push_entry("Image", spec.image)
@@ -332,9 +359,8 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
 
 /// Options of the hardened host service, each closing an exposure that
 /// `systemd-analyze security` lists, none taking anything the gateway
-/// needs: it reads its policy, talks on the Unix sockets systemd passes
-/// (and, without activation, binds its provider socket in its runtime
-/// directory), and nothing else. Not `PrivateUsers=`: peers' uids would
+/// needs: it reads its policy and services file, talks on the Unix sockets
+/// systemd passes and to the services' sockets, and nothing else. Not `PrivateUsers=`: peers' uids would
 /// read as the overflow uid and uid rules of the policy would never match.
 const HOST_HARDENING: &[(&str, &str)] = &[
     ("DynamicUser", "yes"),
@@ -389,10 +415,21 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
     };
     let server_name = &o.server_name;
     let client_name = &o.client_name;
-    let policy_args = match &o.policy {
+    let mut policy_args = match &o.policy {
         Some(_) if topology == Topology::AsilToQm => format!(" --policy {POLICY_PATH}"),
         _ => String::new(),
     };
+    if o.services.is_some() && topology == Topology::AsilToQm {
+        policy_args.push_str(&format!(" --services {SERVICES_PATH}"));
+    }
+    let server_exec = match o.demo {
+        true => format!("{} --demo", o.server_exec),
+        false => o.server_exec.clone(),
+    };
+    let provider_socket_unit = format!("{server_name}-provider.socket");
+    // Both sockets' fds go to the gateway: the QM one named consumer, the
+    // ASIL one named provider.
+    let sockets = format!("{server_name}.socket {provider_socket_unit}");
     let watchdog: Vec<(&'static str, String)> = match o.watchdog_sec {
         0 => vec![],
         sec => vec![("WatchdogSec", sec.to_string())],
@@ -435,16 +472,46 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .push_entry("WantedBy", "sockets.target");
             files.push(file(HOST_UNIT_DIR, format!("{server_name}.socket"), s));
 
+            // The ASIL side's socket, in a unit of its own: systemd gives all
+            // of a socket unit's fds one name.
+            let mut p = UnitFile::new(provider_socket_unit.clone());
+            header(&mut p, topology);
+            p.push_section("Unit").push_entry(
+                "Description",
+                "qm-ipc gateway ASIL-side socket (asil-to-qm)",
+            );
+            p.push_section("Socket")
+                .push_entry("ListenStream", PROVIDER_SOCKET)
+                .push_entry("FileDescriptorName", PROVIDER_FD_NAME)
+                .push_entry("Service", &format!("{server_name}.service"))
+                .push_entry("SocketMode", "0660");
+            p.push_section("Install")
+                .push_entry("WantedBy", "sockets.target");
+            files.push(file(HOST_UNIT_DIR, provider_socket_unit.clone(), p));
+
             if let Some(policy) = &o.policy {
                 files.push(GeneratedFile {
                     path: PathBuf::from(POLICY_PATH),
                     content: policy.clone(),
                 });
             }
+            if let Some(services) = &o.services {
+                files.push(GeneratedFile {
+                    path: PathBuf::from(SERVICES_PATH),
+                    content: services.clone(),
+                });
+            }
 
             match o.runtime {
                 Runtime::Container => {
-                    let mut service_extra = watchdog.clone();
+                    let mut service_extra = vec![("Sockets", sockets.clone())];
+                    service_extra.extend(watchdog.clone());
+                    if o.services.is_some() {
+                        // The services' socket directory exists before the
+                        // container mounts it, and outlives restarts.
+                        service_extra.push(("RuntimeDirectory", "asil".into()));
+                        service_extra.push(("RuntimeDirectoryPreserve", "yes".into()));
+                    }
                     if o.policy.is_some() {
                         // quadlet 5.4 has no ReloadSignal=: check the new
                         // policy inside the container first, so a broken file
@@ -461,16 +528,22 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                         ));
                     }
                     let mut volumes = vec![volume.clone()];
-                    if o.policy.is_some() {
+                    if o.policy.is_some() || o.services.is_some() {
                         volumes.push(format!("{CONFIG_DIR}/:{CONFIG_DIR}/:ro"));
+                    }
+                    if o.services.is_some() {
+                        volumes.push(format!("{ASIL_SERVICE_DIR}/:{ASIL_SERVICE_DIR}/"));
                     }
                     let server = container_quadlet(
                         topology,
                         ContainerSpec {
                             description: "qm-ipc gateway (asil-to-qm)",
-                            depends_on: Some(format!("{server_name}.socket")),
+                            depends_on: vec![
+                                format!("{server_name}.socket"),
+                                provider_socket_unit.clone(),
+                            ],
                             image: &o.server_image,
-                            exec: format!("{}{policy_args}", o.server_exec),
+                            exec: format!("{server_exec}{policy_args}"),
                             env: server_env.clone(),
                             volumes,
                             label: ("SecurityLabelType", &o.server_label),
@@ -489,22 +562,25 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     header(&mut u, topology);
                     u.push_section("Unit")
                         .push_entry("Description", "qm-ipc gateway (asil-to-qm, on the host)")
-                        .push_entry("Requires", &format!("{server_name}.socket"))
-                        .push_entry("After", &format!("{server_name}.socket"));
+                        .push_entry("Requires", &sockets)
+                        .push_entry("After", &sockets);
                     // notify-reload: `systemctl reload` sends SIGHUP and
                     // waits for RELOADING=1 ... READY=1 from the gateway.
                     u.push_section("Service")
                         .push_entry("Type", "notify-reload")
                         .push_entry(
                             "ExecStart",
-                            &format!("{} {}{policy_args}", o.binary, o.server_exec),
+                            &format!("{} {server_exec}{policy_args}", o.binary),
                         )
+                        .push_entry("Sockets", &sockets)
                         .push_entry("Environment", &socket_env)
                         .push_entry("Restart", "always");
                     for (key, value) in &watchdog {
                         u.push_entry(key, value);
                     }
-                    u.push_entry("RuntimeDirectory", "qm-ipc");
+                    // No RuntimeDirectory=qm-ipc: the provider socket unit
+                    // owns /run/qm-ipc, and a runtime directory would be
+                    // removed, socket file and all, when the gateway stops.
                     for (key, value) in HOST_HARDENING {
                         u.push_entry(key, value);
                     }
@@ -518,7 +594,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 topology,
                 ContainerSpec {
                     description: "qm-ipc client (asil-to-qm)",
-                    depends_on: None,
+                    depends_on: vec![],
                     image: &o.client_image,
                     exec: o.client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
@@ -556,7 +632,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 topology,
                 ContainerSpec {
                     description: "qm-ipc client (qm-to-qm)",
-                    depends_on: Some(format!("{server_name}.service")),
+                    depends_on: vec![format!("{server_name}.service")],
                     image: &o.client_image,
                     exec: o.client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
@@ -584,9 +660,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 topology,
                 ContainerSpec {
                     description: "qm-ipc gateway (qm-to-qm)",
-                    depends_on: None,
+                    depends_on: vec![],
                     image: &o.server_image,
-                    exec: format!("{} --no-provider-socket", o.server_exec),
+                    exec: format!("{server_exec} --no-provider-socket"),
                     env: server_env.clone(),
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelLevel", &o.level),
@@ -692,7 +768,9 @@ mod tests {
             paths,
             vec![
                 "/etc/systemd/system/ipc_server.socket",
+                "/etc/systemd/system/ipc_server-provider.socket",
                 "/etc/qm-ipc/policy.toml",
+                "/etc/qm-ipc/services.toml",
                 "/etc/containers/systemd/ipc_server.container",
                 "/etc/qm/containers/systemd/ipc_client.container",
                 "/etc/containers/systemd/qm.container.d/10-extra-volume.conf",
@@ -702,7 +780,13 @@ mod tests {
             .content
             .contains("ListenStream=%t/ipc/ipc.socket\n"));
         assert!(files[0].content.contains("FileDescriptorName=consumer\n"));
-        assert!(files[2].content.contains("Notify=true\n"));
+        assert!(files[1].content.contains("FileDescriptorName=provider\n"));
+        assert!(files[1].content.contains("Service=ipc_server.service\n"));
+        assert!(files[4].content.contains("Notify=true\n"));
+        assert!(files[4]
+            .content
+            .contains("Sockets=ipc_server.socket ipc_server-provider.socket\n"));
+        assert!(!files[4].content.contains("--demo"), "the demo is opt-in");
     }
 
     #[test]

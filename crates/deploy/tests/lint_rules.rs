@@ -139,8 +139,8 @@ fn qm002_socket_activated_server_behind_a_shell_or_init() {
     edit(
         root.path(),
         SERVER,
-        "Exec=serve --demo",
-        "Exec=/bin/sh -c \"qm-ipc serve --demo\"",
+        "Exec=serve --policy",
+        "Exec=/bin/sh -c \"qm-ipc serve\" --policy",
     );
     assert_only(root.path(), "QM002", SERVER);
     let root = tree(Topology::AsilToQm);
@@ -293,7 +293,12 @@ fn qm010_missing_dependencies() {
     edit(root.path(), CLIENT, "After=ipc_server.service\n", "");
     assert_only(root.path(), "QM010", CLIENT);
     let root = tree(Topology::AsilToQm);
-    edit(root.path(), SERVER, "Requires=ipc_server.socket\n", "");
+    edit(
+        root.path(),
+        SERVER,
+        "Requires=ipc_server.socket ipc_server-provider.socket\n",
+        "Requires=ipc_server-provider.socket\n",
+    );
     assert_only(root.path(), "QM010", SERVER);
 }
 
@@ -309,6 +314,20 @@ fn qm011_network_other_than_none() {
         "warnings alone pass without --strict"
     );
     assert_eq!(report.exit_code(true), 1);
+}
+
+#[test]
+fn qm013_asil_side_socket_within_qm_reach() {
+    const PROVIDER_SOCKET: &str = "etc/systemd/system/ipc_server-provider.socket";
+    let root = tree(Topology::AsilToQm);
+    edit(
+        root.path(),
+        PROVIDER_SOCKET,
+        "ListenStream=%t/qm-ipc/provider.socket",
+        "ListenStream=%t/ipc/provider.socket",
+    );
+    let report = assert_only(root.path(), "QM013", PROVIDER_SOCKET);
+    assert!(report.to_text().contains("/run/ipc/provider.socket"));
 }
 
 /// Regression: linting a whole system reported every socket unit (D-Bus,

@@ -68,7 +68,7 @@ fn asil_to_qm_quadlets_give_the_podman_arguments_that_matter() {
         "-v /run/ipc/:/run/ipc/",
         "--network none",
         "--env SOCKET_PATH=/run/ipc/ipc.socket",
-        "localhost/qm-ipc-server:latest serve --demo",
+        "localhost/qm-ipc-server:latest serve --policy /etc/qm-ipc/policy.toml --services /etc/qm-ipc/services.toml",
     ] {
         assert!(exec.contains(arg), "server ExecStart lacks {arg:?}: {exec}");
     }
@@ -155,11 +155,13 @@ fn generated_socket_unit_passes_systemd_analyze_verify() {
     }
     let root = generated_root(Topology::AsilToQm);
     let units = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        root.path().join("etc/systemd/system/ipc_server.socket"),
-        units.path().join("ipc_server.socket"),
-    )
-    .unwrap();
+    for socket in ["ipc_server.socket", "ipc_server-provider.socket"] {
+        std::fs::copy(
+            root.path().join("etc/systemd/system").join(socket),
+            units.path().join(socket),
+        )
+        .unwrap();
+    }
     // The service the socket activates, as quadlet generates it.
     let status = Command::new(quadlet())
         .arg(units.path())
@@ -173,6 +175,7 @@ fn generated_socket_unit_passes_systemd_analyze_verify() {
     let output = Command::new("systemd-analyze")
         .arg("verify")
         .arg("ipc_server.socket")
+        .arg("ipc_server-provider.socket")
         .arg("ipc_server.service")
         .current_dir(units.path())
         .output()

@@ -241,9 +241,10 @@ pub fn is_default_fd_name(name: &str) -> bool {
     name.is_empty() || name == "unknown" || name.ends_with(".socket")
 }
 
-/// Names for each fd, from `LISTEN_FDNAMES`. A single fd with a default
-/// name (see [`is_default_fd_name`]) is the consumer socket, as the qm IPC
-/// example's `ipc_server.socket` passes it under real systemd.
+/// Names for each fd, from `LISTEN_FDNAMES`. The one fd with a default
+/// name (see [`is_default_fd_name`]) is the consumer socket when no fd is
+/// named consumer, as the qm IPC example's `ipc_server.socket` passes it
+/// under real systemd, alone or next to a socket named provider.
 fn fd_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenError> {
     let given: Vec<String> = match names {
         Some(list) if !list.is_empty() => list.split(':').map(str::to_owned).collect(),
@@ -255,9 +256,11 @@ fn fd_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenErro
             fds: count,
         });
     }
+    let unnamed = given.iter().filter(|n| is_default_fd_name(n)).count();
+    let consumer_named = given.iter().any(|n| n == CONSUMER);
     let mut names = Vec::with_capacity(count);
     for (i, name) in given.into_iter().enumerate() {
-        let name = if count == 1 && is_default_fd_name(&name) {
+        let name = if unnamed == 1 && !consumer_named && is_default_fd_name(&name) {
             if name.ends_with(".socket") {
                 tracing::info!(
                     "socket-activated fd named {name:?} (systemd's default: the socket unit's name) is the consumer socket; set FileDescriptorName=consumer in the unit to say so"
@@ -352,10 +355,23 @@ mod tests {
             vec!["provider"],
             "an explicit name is kept"
         );
+        // Regression: the qm IPC example's socket unit (no
+        // FileDescriptorName=) next to the generated provider socket unit
+        // passed "ipc_server.socket:provider", and the gateway refused to
+        // start.
         assert_eq!(
             fd_names(Some("ipc_server.socket:provider"), 2).unwrap(),
-            vec!["ipc_server.socket", "provider"],
-            "with several fds a unit's default name is kept, and the gateway refuses it at start"
+            vec!["consumer", "provider"],
+        );
+        assert_eq!(
+            fd_names(Some("a.socket:b.socket"), 2).unwrap(),
+            vec!["a.socket", "b.socket"],
+            "two unnamed fds cannot be told apart: both kept, and the gateway refuses them at start"
+        );
+        assert_eq!(
+            fd_names(Some("consumer:ipc_server.socket"), 2).unwrap(),
+            vec!["consumer", "ipc_server.socket"],
+            "a consumer is named already"
         );
     }
 

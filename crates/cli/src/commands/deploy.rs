@@ -59,6 +59,10 @@ pub struct GenerateArgs {
     /// Arguments for the server image's entrypoint.
     #[arg(long, default_value_t = Options::default().server_exec)]
     server_exec: String,
+    /// Run the built-in demo provider in the gateway (serve --demo), to try
+    /// the deployment out with the demo client.
+    #[arg(long)]
+    demo: bool,
     /// Arguments for the client image's entrypoint.
     #[arg(long, default_value_t = Options::default().client_exec)]
     client_exec: String,
@@ -103,6 +107,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), CommandError> {
         },
         binary: args.binary,
         watchdog_sec: args.watchdog_sec,
+        demo: args.demo,
         ..Options::default()
     };
     let files = generate::generate(topology, &options)?;

@@ -37,6 +37,19 @@ fn varlinkctl_get(host: &SystemdHost, topic: &str) -> Result<String, String> {
     }
 }
 
+/// The ASIL side's socket (`/run/qm-ipc/provider.socket`) answers Stats,
+/// which only the ASIL side may call.
+fn assert_provider_socket_serves(host: &SystemdHost) {
+    let stats = host.ok(&[
+        "varlinkctl",
+        "call",
+        "/run/qm-ipc/provider.socket",
+        "io.qmipc.Gateway.Stats",
+        "{}",
+    ]);
+    assert!(stats.contains("\"connections\""), "{stats}");
+}
+
 /// `qm-ipc get` on the host (the static binary of the images).
 fn qm_ipc_get(host: &SystemdHost, topic: &str) -> Result<String, String> {
     let out = host.run(&["qm-ipc", "--socket", SOCKET, "get", topic]);
@@ -142,7 +155,7 @@ fn asil_to_qm_under_real_systemd() {
     let host = SystemdHost::boot("asil", &[]);
     host.load_images();
     // A short watchdog, so the frozen-gateway step below is quick.
-    host.generate(&["asil-to-qm", "--watchdog-sec", "3"]);
+    host.generate(&["asil-to-qm", "--demo", "--watchdog-sec", "3"]);
 
     // Quadlet generated the server's service from the .container.
     let unit = host.ok(&["systemctl", "cat", "ipc_server.service"]);
@@ -170,6 +183,23 @@ fn asil_to_qm_under_real_systemd() {
     assert!(introspect.contains("method Get"), "{introspect}");
     let got = qm_ipc_get(&host, "vehicle.speed").unwrap_or_else(|e| panic!("{e}"));
     assert!(!got.trim().is_empty());
+
+    // The ASIL side's socket, a unit of its own named provider, reaches the
+    // same gateway: Stats (which only the ASIL side may call) answers there
+    // and is denied on the QM socket.
+    assert_provider_socket_serves(&host);
+    let denied = host.sh(&format!(
+        "varlinkctl call {SOCKET} io.qmipc.Gateway.Stats '{{}}' 2>&1; echo exit=$?"
+    ));
+    assert!(
+        denied.contains("AccessDenied") && !denied.contains("exit=0"),
+        "{denied}"
+    );
+    let info_lines = host.sh("journalctl -q --no-pager -o cat -p info -u ipc_server.service");
+    assert!(
+        info_lines.contains("listening on provider (socket-activated)"),
+        "{info_lines}"
+    );
 
     // The gateway's log reaches the journal with syslog priorities and no
     // timestamp of its own.
@@ -332,7 +362,7 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
     host.load_images();
     host.ok(&["mkdir", "-p", "/var/lib/qm/images"]);
     host.ok(&["cp", "/root/images.tar", "/var/lib/qm/images/images.tar"]);
-    host.generate(&["asil-to-qm"]);
+    host.generate(&["asil-to-qm", "--demo"]);
     let qm = host.work.path().join("qm-root");
     std::fs::create_dir_all(qm.join("etc/containers/systemd")).unwrap();
     std::fs::write(qm.join("etc/containers/systemd/qm.container"), QM_CONTAINER).unwrap();
@@ -421,6 +451,7 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
     // directory, run by QM's own systemd, sharing a runtime directory.
     host.generate(&[
         "qm-to-qm",
+        "--demo",
         "--server-name",
         "qm_server",
         "--client-name",
@@ -493,7 +524,7 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     let host = SystemdHost::boot("hostrt", &[]);
     // Installs /usr/bin/qm-ipc, the binary the host service runs.
     host.load_images();
-    host.generate(&["asil-to-qm", "--runtime", "host"]);
+    host.generate(&["asil-to-qm", "--demo", "--runtime", "host"]);
     let verify =
         host.sh("systemd-analyze verify /etc/systemd/system/ipc_server.service 2>&1; echo exit=$?");
     assert!(verify.contains("exit=0"), "{verify}");
@@ -533,6 +564,15 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     wait_for_refused_reload(&host);
     assert_qm_denied(&host, "still the tightened policy");
     assert_eq!(host.property("ipc_server.service", "MainPID"), pid);
+
+    // Regression: the host unit's RuntimeDirectory=qm-ipc took the ASIL
+    // side's socket file with it when the gateway stopped. After a restart
+    // the provider socket is still there and served.
+    write_file(&host, "/etc/qm-ipc/policy.toml", &tightened);
+    host.ok(&["chmod", "0644", "/etc/qm-ipc/policy.toml"]);
+    host.ok(&["systemctl", "restart", "ipc_server.service"]);
+    host.ok(&["test", "-S", "/run/qm-ipc/provider.socket"]);
+    assert_provider_socket_serves(&host);
 
     host.ok(&[
         "systemctl",

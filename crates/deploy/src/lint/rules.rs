@@ -42,6 +42,8 @@ pub const NETWORK: Rule = rule("QM011", "network-not-none", Severity::Warning,
     "IPC containers talk over the Unix socket only; a network namespace with connectivity is attack surface and, for QM, a path around the partition's isolation");
 pub const FD_NAME: Rule = rule("QM012", "socket-fd-name", Severity::Error,
     "the gateway tells its sockets apart by the fd names systemd passes (FileDescriptorName=, else the socket unit's name for every fd of the unit); a name it does not know could only be denied, so it refuses to start, and two fds with one name cannot be told apart");
+pub const ASIL_SOCKET_EXPOSED: Rule = rule("QM013", "asil-socket-exposed", Severity::Error,
+    "the socket named provider is the ASIL side's: whoever reaches it publishes and calls as the ASIL partition, so it must lie outside /run/ipc and every directory QM mounts");
 
 pub const CATALOGUE: &[Rule] = &[
     SYNTAX,
@@ -57,6 +59,7 @@ pub const CATALOGUE: &[Rule] = &[
     DEPENDENCY,
     NETWORK,
     FD_NAME,
+    ASIL_SOCKET_EXPOSED,
 ];
 
 /// The fd names the gateway knows without a policy that declares more.
@@ -204,9 +207,6 @@ pub fn check(d: &Deployment) -> Vec<Finding> {
         check_notify(unit, &mut findings);
         check_network(unit, &mut findings);
     }
-    for socket in &sockets {
-        check_host_socket(d, socket, cross_checks, &mut findings);
-    }
     let mut seen: Vec<&str> = Vec::new();
     for socket in &sockets {
         if !seen.contains(&socket.unit.name.as_str()) {
@@ -214,8 +214,55 @@ pub fn check(d: &Deployment) -> Vec<Finding> {
             check_fd_name(socket.unit, &mut findings);
         }
     }
-    check_qm_side(d, &sockets, &mut findings);
+    // The ASIL side's socket is checked for one thing: that QM cannot
+    // reach it. Every other rule is about the QM-facing sockets.
+    let (asil, qm_facing): (Vec<_>, Vec<_>) =
+        sockets.into_iter().partition(|s| is_asil_side(s.unit));
+    for socket in &asil {
+        check_asil_socket(d, socket, &mut findings);
+    }
+    for socket in &qm_facing {
+        check_host_socket(d, socket, cross_checks, &mut findings);
+    }
+    check_qm_side(d, &qm_facing, &mut findings);
     findings
+}
+
+/// Is this the gateway's ASIL-side socket (`FileDescriptorName=provider`)?
+fn is_asil_side(unit: &Unit) -> bool {
+    unit.value("Socket", "FileDescriptorName")
+        .is_some_and(|n| n.entry.value == "provider")
+}
+
+fn check_asil_socket(d: &Deployment, socket: &HostSocket<'_>, findings: &mut Vec<Finding>) {
+    let mounted_by_qm = d
+        .qm_partition
+        .iter()
+        .chain(&d.qm_containers)
+        .flat_map(volumes)
+        .find(|v| carries(&v.source, &socket.path));
+    let exposed = match (is_within(&socket.path, ASIL_IPC_DIR), mounted_by_qm) {
+        (true, _) => Some(format!(
+            "{} is under {ASIL_IPC_DIR}, the directory QM mounts",
+            socket.path
+        )),
+        (false, Some(v)) => Some(format!(
+            "{} is in {}, which QM mounts",
+            socket.path, v.source
+        )),
+        (false, None) => None,
+    };
+    if let Some(why) = exposed {
+        findings.push(Finding::new(
+            &ASIL_SOCKET_EXPOSED,
+            at(&socket.located),
+            format!(
+                "{}: the ASIL-side socket is within QM's reach: {why}",
+                socket.unit.name
+            ),
+            "listen on a path of the ASIL side only, e.g. ListenStream=%t/qm-ipc/provider.socket",
+        ));
+    }
 }
 
 fn check_fd_name(unit: &Unit, findings: &mut Vec<Finding>) {
