@@ -199,6 +199,75 @@ impl ErrorReply {
 
 #[cfg(test)]
 mod tests {
+    /// One source of truth: every error the gateway can send is declared,
+    /// with exactly these parameters, in the interface it is sent as (our
+    /// IDL or `org.varlink.service`), and every error our IDL declares is
+    /// one the code can send.
+    #[test]
+    fn every_error_matches_its_declaration_in_the_idl() {
+        use crate::idl::Interface;
+        use crate::interface::{GATEWAY_IDL, SERVICE_IDL};
+        let gateway = Interface::parse(GATEWAY_IDL).expect("our IDL parses");
+        let service = Interface::parse(SERVICE_IDL).expect("the service IDL parses");
+        let all = [
+            ErrorReply::NoSuchTopic { topic: "t".into() },
+            ErrorReply::ServiceUnavailable {
+                service: "s".into(),
+            },
+            ErrorReply::Timeout {
+                service: "s".into(),
+                timeout_ms: 5,
+            },
+            ErrorReply::invalid("p", "why"),
+            ErrorReply::AlreadyRegistered {
+                service: "s".into(),
+            },
+            ErrorReply::NoSuchRequest { id: 3 },
+            ErrorReply::ServiceError {
+                service: "s".into(),
+                method: "M".into(),
+                error: "e".into(),
+                parameters: json!({"k": 1}),
+            },
+            ErrorReply::LimitExceeded {
+                limit: "l".into(),
+                max: 1,
+            },
+            ErrorReply::AccessDenied {
+                action: "call".into(),
+                object: "o".into(),
+            },
+            ErrorReply::InterfaceNotFound {
+                interface: "i".into(),
+            },
+            ErrorReply::MethodNotFound { method: "m".into() },
+            ErrorReply::MethodNotImplemented { method: "m".into() },
+            ErrorReply::VarlinkInvalidParameter {
+                parameter: "p".into(),
+            },
+            ErrorReply::ExpectedMore,
+        ];
+        for error in &all {
+            let name = error.name();
+            let (interface, member) = name.rsplit_once('.').unwrap();
+            let idl = match interface {
+                GATEWAY_INTERFACE => &gateway,
+                SERVICE_INTERFACE => &service,
+                other => panic!("{name}: sent as {other}"),
+            };
+            if let Err(e) = idl.check_error(member, &error.parameters()) {
+                panic!("{name} {}: {e}", error.parameters());
+            }
+        }
+        for declared in gateway.errors.keys() {
+            assert!(
+                all.iter()
+                    .any(|e| e.name() == format!("{GATEWAY_INTERFACE}.{declared}")),
+                "{declared} is declared but never sent"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -136,6 +136,25 @@ impl Interface {
             .map_err(ParameterError::Invalid)
     }
 
+    /// Checks an error's parameters against its declaration (`name` without
+    /// the interface). `Err` names what is wrong, an undeclared error too.
+    pub fn check_error(&self, name: &str, parameters: &Value) -> Result<(), TypeMismatch> {
+        let fields = self
+            .errors
+            .get(name)
+            .ok_or_else(|| mismatch("", &format!("error {name} is not declared")))?;
+        self.check_struct(fields, parameters, "", 0)
+    }
+
+    /// Checks a method's reply parameters against its declared output.
+    pub fn check_output(&self, method: &str, parameters: &Value) -> Result<(), TypeMismatch> {
+        let sig = self
+            .methods
+            .get(method)
+            .ok_or_else(|| mismatch("", &format!("method {method} is not declared")))?;
+        self.check_struct(&sig.output, parameters, "", 0)
+    }
+
     /// Checks `value` against a named type of this interface.
     pub fn check_named(&self, type_name: &str, value: &Value) -> Result<(), TypeMismatch> {
         self.check(&Type::Named(type_name.to_owned()), value, "", 0)

@@ -280,6 +280,46 @@ fn strict(parameter: &str, value: RawJson) -> Result<RawJson, ErrorReply> {
     Ok(value)
 }
 
+/// The `org.varlink.service` interface, as the varlink specification
+/// defines it.
+pub const SERVICE_IDL: &str = "\
+# The Varlink Service Interface is provided by every varlink service. It
+# describes the service and the interfaces it implements.
+interface org.varlink.service
+
+# Get a list of all the interfaces a service provides and information
+# about the implementation.
+method GetInfo() -> (
+  vendor: string,
+  product: string,
+  version: string,
+  url: string,
+  interfaces: []string
+)
+
+# Get the description of an interface that is implemented by this service.
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+# The requested interface was not found.
+error InterfaceNotFound (interface: string)
+
+# The requested method was not found
+error MethodNotFound (method: string)
+
+# The interface defines the requested method, but the service does not
+# implement it.
+error MethodNotImplemented (method: string)
+
+# One of the passed parameters is invalid.
+error InvalidParameter (parameter: string)
+
+# Client is denied access
+error PermissionDenied ()
+
+# Method is expected to be called with 'more' set to true, but wasn't
+error ExpectedMore ()
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +393,39 @@ mod tests {
 
     fn req(method: &str, params: Value) -> Result<Request, ErrorReply> {
         Request::from_call(Call::new(method, params))
+    }
+
+    /// One source of truth: every method our IDL declares is one the
+    /// request parser knows, with the parameters the IDL gives it.
+    #[test]
+    fn every_idl_method_is_parsed_with_its_declared_parameters() {
+        let idl = crate::idl::Interface::parse(GATEWAY_IDL).expect("our IDL parses");
+        let examples = [
+            ("Publish", json!({"topic": "a.b", "value": {"k": 1}})),
+            ("Get", json!({"topic": "a.b"})),
+            ("Subscribe", json!({"topics": ["a.*"]})),
+            ("Register", json!({"services": ["demo.echo"]})),
+            ("Reply", json!({"id": 1, "result": {"ok": true}})),
+            (
+                "Call",
+                json!({"service": "demo.echo", "method": "Echo", "parameters": {}, "timeout_ms": 100}),
+            ),
+            ("Stats", json!({})),
+        ];
+        let mut declared: Vec<&String> = idl.methods.keys().collect();
+        declared.sort();
+        let mut exampled: Vec<&str> = examples.iter().map(|(m, _)| *m).collect();
+        exampled.sort();
+        assert_eq!(declared, exampled, "a method was added to one side only");
+        for (method, parameters) in examples {
+            assert_eq!(
+                idl.check_parameters(method, Some(&parameters)),
+                Ok(()),
+                "{method}"
+            );
+            let request = req(&format!("{GATEWAY_INTERFACE}.{method}"), parameters);
+            assert!(request.is_ok(), "{method}: {request:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
+use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_IDL, SERVICE_INTERFACE};
 use qm_ipc_proto::message::{encode_error, encode_reply};
 use qm_ipc_proto::raw::{RawCall, RawJson};
 use qm_ipc_proto::types::{encode_result_reply, EncodedSample};
@@ -634,13 +634,7 @@ impl Session<'_> {
                         .filter(|i| self.may_use_service(i))
                         .map(str::to_owned),
                 );
-                Ok(Some(Answer::Json(json!({
-                    "vendor": "qm-ipc",
-                    "product": "qm-ipc gateway",
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "url": "https://github.com/qm-ipc/qm-ipc",
-                    "interfaces": interfaces,
-                }))))
+                Ok(Some(Answer::Json(info_reply(&interfaces))))
             }
             Request::GetInterfaceDescription { interface } => match interface.as_str() {
                 GATEWAY_INTERFACE => Ok(Some(Answer::Json(json!({ "description": GATEWAY_IDL })))),
@@ -782,6 +776,17 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// The `GetInfo` reply, listing `interfaces`.
+fn info_reply(interfaces: &[String]) -> Value {
+    json!({
+        "vendor": "qm-ipc",
+        "product": "qm-ipc gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "url": "https://github.com/qm-ipc/qm-ipc",
+        "interfaces": interfaces,
+    })
+}
+
 fn stats_reply(s: &Snapshot) -> Value {
     json!({
         "connections": s.connections,
@@ -815,42 +820,52 @@ fn stats_reply(s: &Snapshot) -> Value {
     })
 }
 
-/// The `org.varlink.service` interface, as the varlink specification
-/// defines it.
-pub const SERVICE_IDL: &str = "\
-# The Varlink Service Interface is provided by every varlink service. It
-# describes the service and the interfaces it implements.
-interface org.varlink.service
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{AccountSnapshot, ConnectionSnapshot};
+    use qm_ipc_proto::idl::Interface;
 
-# Get a list of all the interfaces a service provides and information
-# about the implementation.
-method GetInfo() -> (
-  vendor: string,
-  product: string,
-  version: string,
-  url: string,
-  interfaces: []string
-)
-
-# Get the description of an interface that is implemented by this service.
-method GetInterfaceDescription(interface: string) -> (description: string)
-
-# The requested interface was not found.
-error InterfaceNotFound (interface: string)
-
-# The requested method was not found
-error MethodNotFound (method: string)
-
-# The interface defines the requested method, but the service does not
-# implement it.
-error MethodNotImplemented (method: string)
-
-# One of the passed parameters is invalid.
-error InvalidParameter (parameter: string)
-
-# Client is denied access
-error PermissionDenied ()
-
-# Method is expected to be called with 'more' set to true, but wasn't
-error ExpectedMore ()
-";
+    /// One source of truth: the Stats and GetInfo replies are what the
+    /// IDL says they are (a field added to one and not the other fails).
+    #[test]
+    fn replies_match_the_idl() {
+        let idl = Interface::parse(GATEWAY_IDL).unwrap();
+        let snapshot = Snapshot {
+            connections: 1,
+            topics: 1,
+            retained_bytes: 3,
+            services: vec!["demo.echo".into()],
+            subscriptions: 1,
+            calls_in_flight: 0,
+            published: 4,
+            delivered: 5,
+            dropped: 1,
+            limit_hits: [("rate", 2)].into_iter().collect(),
+            disconnects: [("peer_closed", 1)].into_iter().collect(),
+            denials: [("consumer uid=1".to_owned(), 1)].into_iter().collect(),
+            accounts: vec![AccountSnapshot {
+                account: "consumer cgroup#7".into(),
+                connections: 1,
+                subscriptions: 1,
+                calls: 0,
+                topics: 0,
+                retained_bytes: 0,
+            }],
+            per_connection: vec![ConnectionSnapshot {
+                id: 1,
+                peer: "consumer pid=1".into(),
+                state: "streaming",
+                queue: Default::default(),
+            }],
+        };
+        if let Err(e) = idl.check_output("Stats", &stats_reply(&snapshot)) {
+            panic!("Stats reply: {e}");
+        }
+        let service = Interface::parse(SERVICE_IDL).unwrap();
+        let info = info_reply(&["com.example.Climate".to_owned()]);
+        if let Err(e) = service.check_output("GetInfo", &info) {
+            panic!("GetInfo reply: {e}");
+        }
+    }
+}
