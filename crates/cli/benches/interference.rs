@@ -110,7 +110,8 @@ impl Bounds {
     /// connection (QM and provider) one frame plus a 16 KiB read chunk, the
     /// reply and the sample queue, the batch being written (a reply queue
     /// plus 64 KiB), and a 64-byte current-value entry per topic; plus the
-    /// retained values. Threads and the runtime come on top.
+    /// retained values, and the service names and accounts (0.3 MiB at the
+    /// defaults). Threads and the runtime come on top.
     fn memory_bound(&self) -> u64 {
         let per_connection = self.max_frame
             + 16 * 1024
@@ -118,7 +119,8 @@ impl Bounds {
             + (self.max_queued_bytes + 64 * 1024)
             + self.max_topics * 64;
         let connections = self.max_connections + self.max_provider_connections;
-        (connections * per_connection + self.max_retained_bytes) as u64
+        let registries = 300 * 1024;
+        (connections * per_connection + self.max_retained_bytes + registries) as u64
     }
 }
 

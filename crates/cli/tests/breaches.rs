@@ -188,6 +188,30 @@ fn another_container_is_served_while_one_holds_its_quota_and_storms() {
     );
 }
 
+/// A caller that left while its call waited held its call slot, its
+/// account's charges and its connection slot until the call's deadline (up
+/// to 60 s): eight such callers per container could hold a slow service's
+/// every slot against the ASIL side. Now the gateway notices the hangup.
+#[test]
+fn a_caller_that_hangs_up_mid_call_frees_its_slot_at_once() {
+    let gw = Gateway::start(&[]);
+    let mut provider = Raw::connect(&gw.provider);
+    provider.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["slow.svc"]}, "more": true}));
+    assert_eq!(provider.recv().unwrap()["continues"], true);
+    for _ in 0..3 {
+        let mut caller = Raw::connect(&gw.consumer);
+        caller.call(json!({"method": "io.qmipc.Gateway.Call",
+            "parameters": {"service": "slow.svc", "method": "Wait", "parameters": {}, "timeout_ms": 60000}}));
+        // The request reached the provider (which never answers).
+        assert!(provider.recv().is_some());
+        drop(caller);
+    }
+    common::wait_until("the hung-up callers' calls to be given up", || {
+        let s = stats(&gw);
+        s["calls_in_flight"] == 0 && s["connections"] == 2
+    });
+}
+
 /// Breach 8 (last part): provider-socket connections counted against the
 /// uid's quota of consumer connections.
 #[test]

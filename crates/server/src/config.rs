@@ -16,12 +16,23 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// The part of each gateway-wide bound (topics, retained bytes, services)
+/// that QM peers may hold together: the rest is the ASIL side's, so QM
+/// containers filling their quotas never lock the ASIL side out.
+pub const QM_SHARE_PERCENT: usize = 75;
+
+/// QM's share of a gateway-wide bound.
+pub fn qm_share(bound: usize) -> usize {
+    bound * QM_SHARE_PERCENT / 100
+}
+
 /// Every resource bound of the gateway. With the defaults, the memory the
 /// gateway can be made to hold is bounded by roughly
 /// `(max_connections + max_provider_connections) * (2 * max_queued_bytes +
 /// max_queued_bytes + 64 KiB write batch + max_frame + 16 KiB read chunk +
-/// max_topics * 64 B of current-value entries) + max_retained_bytes`,
-/// about 54 MiB (see docs/design.md).
+/// max_topics * 64 B of current-value entries) + max_retained_bytes` plus
+/// the service names and accounts (under 0.3 MiB), about 55 MiB (see
+/// docs/design.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest frame a peer may send, NUL included.
@@ -43,6 +54,10 @@ pub struct Limits {
     /// Calls one QM peer may have in flight at once, so one container
     /// cannot take every call slot of a service.
     pub max_calls_per_peer: usize,
+    /// Service names registered at once, by everyone.
+    pub max_services: usize,
+    /// Service names one QM peer may register.
+    pub max_services_per_peer: usize,
     /// Topic patterns one subscription may name.
     pub max_subscription_patterns: usize,
     /// Samples queued per subscription before conflation (newest value per
@@ -93,6 +108,8 @@ impl Default for Limits {
             max_topics_per_peer: 256,
             max_retained_bytes_per_peer: 2 * 1024 * 1024,
             max_calls_per_peer: 8,
+            max_services: 256,
+            max_services_per_peer: 16,
             max_subscription_patterns: 64,
             subscription_queue: 64,
             max_queued_bytes: 128 * 1024,

@@ -500,6 +500,11 @@ impl Session<'_> {
                     service: service.interface().to_owned(),
                 });
             }
+            _ = hangup(self.write.as_ref()) => {
+                return Err(ErrorReply::ServiceUnavailable {
+                    service: service.interface().to_owned(),
+                });
+            }
         };
         Ok(relayed.map(Answer::Relayed))
     }
@@ -719,6 +724,12 @@ impl Session<'_> {
                     _ = shutdown.wait_for(|stop| *stop) => {
                         return Err(ErrorReply::ServiceUnavailable { service });
                     }
+                    // A caller that leaves gives its call up at once, not
+                    // at the deadline: its slot, its charges and its
+                    // connection are free again.
+                    _ = hangup(self.write.as_ref()) => {
+                        return Err(ErrorReply::ServiceUnavailable { service });
+                    }
                 };
                 match outcome {
                     Ok(Ok(Ok(result))) => Ok(Some(Answer::CallResult(result))),
@@ -769,6 +780,41 @@ impl Drop for AbandonOnDrop<'_> {
     }
 }
 
+/// Resolves once the peer has closed its end with nothing left unread, so
+/// a caller that leaves while its call waits is noticed at once. A peer
+/// that has sent more (pipelined calls) is not gone: then this never
+/// resolves, and the call's own deadline applies.
+async fn hangup(stream: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = 0u8;
+            // SAFETY: a one-byte peek into a local buffer.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    (&mut byte as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                n if n < 0 => Err(std::io::Error::last_os_error()),
+                n => Ok(n as usize),
+            }
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -793,6 +839,7 @@ fn stats_reply(s: &Snapshot) -> Value {
         "topics": s.topics,
         "retained_bytes": s.retained_bytes,
         "services": s.services,
+        "services_total": s.services_total,
         "subscriptions": s.subscriptions,
         "calls_in_flight": s.calls_in_flight,
         "published": s.published,
@@ -801,6 +848,7 @@ fn stats_reply(s: &Snapshot) -> Value {
         "limit_hits": s.limit_hits,
         "disconnects": s.disconnects,
         "denials": s.denials,
+        "accounts_total": s.accounts_total,
         "accounts": s.accounts.iter().map(|a| json!({
             "account": a.account,
             "connections": a.connections,
@@ -836,6 +884,7 @@ mod tests {
             topics: 1,
             retained_bytes: 3,
             services: vec!["demo.echo".into()],
+            services_total: 1,
             subscriptions: 1,
             calls_in_flight: 0,
             published: 4,
@@ -844,6 +893,7 @@ mod tests {
             limit_hits: [("rate", 2)].into_iter().collect(),
             disconnects: [("peer_closed", 1)].into_iter().collect(),
             denials: [("consumer uid=1".to_owned(), 1)].into_iter().collect(),
+            accounts_total: 1,
             accounts: vec![AccountSnapshot {
                 account: "consumer cgroup#7".into(),
                 connections: 1,
@@ -862,6 +912,54 @@ mod tests {
         if let Err(e) = idl.check_output("Stats", &stats_reply(&snapshot)) {
             panic!("Stats reply: {e}");
         }
+        // Regression: QM registrations made the Stats reply larger than the
+        // reply queue, and the ASIL side's Stats connection was closed.
+        // The largest reply the bounds allow still fits.
+        let limits = Limits::default();
+        let name = |i: usize| format!("{i:0>255}");
+        let worst = Snapshot {
+            services: (0..crate::broker::LISTED_SERVICES).map(name).collect(),
+            services_total: limits.max_services,
+            denials: (0..65).map(|i| (name(i), u64::MAX)).collect(),
+            accounts: (0..crate::broker::LISTED_ACCOUNTS)
+                .map(|i| AccountSnapshot {
+                    account: format!("consumer label={}", name(i)),
+                    connections: usize::MAX,
+                    subscriptions: usize::MAX,
+                    calls: usize::MAX,
+                    topics: usize::MAX,
+                    retained_bytes: usize::MAX,
+                })
+                .collect(),
+            per_connection: (0..limits.max_connections + limits.max_provider_connections)
+                .map(|i| ConnectionSnapshot {
+                    id: u64::MAX,
+                    peer: format!("consumer pid=2147483647 uid=4294967295 gid=4294967295 cgroup#18446744073709551615 label={}", name(i)),
+                    state: "providing",
+                    queue: Default::default(),
+                })
+                .collect(),
+            limit_hits: [
+                "max_connections_per_peer", "connection_rate", "rate", "max_topics", "qm_topics",
+                "max_retained_bytes", "qm_retained_bytes", "max_topics_per_peer",
+                "max_retained_bytes_per_peer", "max_calls_per_peer", "max_calls_per_service",
+                "max_services", "qm_services", "max_services_per_peer", "max_queued_bytes",
+                "max_subscription_patterns",
+            ]
+            .into_iter()
+            .map(|l| (l, u64::MAX))
+            .collect(),
+            ..snapshot.clone()
+        };
+        let mut frame = Vec::new();
+        encode_reply(&mut frame, &stats_reply(&worst), false);
+        assert!(
+            frame.len() < limits.max_queued_bytes,
+            "the largest Stats reply is {} bytes, the queue {}",
+            frame.len(),
+            limits.max_queued_bytes
+        );
+
         let service = Interface::parse(SERVICE_IDL).unwrap();
         let info = info_reply(&["com.example.Climate".to_owned()]);
         if let Err(e) = service.check_output("GetInfo", &info) {

@@ -26,6 +26,10 @@ pub struct Peer {
     /// The id of the peer process's cgroup (v2): its container. `None`
     /// where the kernel cannot say (before Linux 6.13, or no pidfd).
     pub cgroup: Option<u64>,
+    /// The process that connected had exited when the gateway read its
+    /// identity: its connection was handed on (SCM_RIGHTS) or orphaned,
+    /// and it cannot be charged to the container it came from.
+    pub gone: bool,
     pidfd: Option<Arc<OwnedFd>>,
 }
 
@@ -77,6 +81,7 @@ impl Peer {
             gid: cred.map(|c| c.gid()),
             label: None,
             cgroup: None,
+            gone: false,
             pidfd: None,
         }
     }
@@ -86,10 +91,24 @@ impl Peer {
         self.label = peer_label(stream.as_raw_fd()).and_then(|raw| Label::parse(&raw));
         // SO_PEERPIDFD first: it works across PID namespaces, where a
         // gateway in its own container sees its peers with pid 0.
-        self.pidfd = peer_pidfd(stream.as_raw_fd())
-            .or_else(|| self.pid.and_then(pidfd_open))
-            .map(Arc::new);
-        self.cgroup = self.pidfd.as_deref().and_then(pidfd_cgroup_id);
+        let exited = |e: &std::io::Error| e.raw_os_error() == Some(libc::ESRCH);
+        self.pidfd = match peer_pidfd(stream.as_raw_fd()) {
+            Ok(fd) => Some(fd),
+            Err(e) if exited(&e) => {
+                self.gone = true;
+                None
+            }
+            Err(_) => self.pid.and_then(pidfd_open),
+        }
+        .map(Arc::new);
+        self.cgroup = match self.pidfd.as_deref().map(pidfd_cgroup_id) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) if exited(&e) => {
+                self.gone = true;
+                None
+            }
+            _ => None,
+        };
         self
     }
 
@@ -120,6 +139,7 @@ impl Peer {
             gid: Some(uid),
             label: None,
             cgroup,
+            gone: false,
             pidfd: None,
         }
     }
@@ -238,13 +258,13 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// A pidfd for the process at the other end of `fd`, from the kernel
 /// (no pid involved, so it also works when the peer lives in another PID
 /// namespace and `SO_PEERCRED` says pid 0).
-fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
-    let pidfd = crate::listen::socket_int_option(fd, SO_PEERPIDFD).ok()?;
+fn peer_pidfd(fd: RawFd) -> std::io::Result<OwnedFd> {
+    let pidfd = crate::listen::socket_int_option(fd, SO_PEERPIDFD)?;
     if pidfd < 0 {
-        return None;
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
     }
     // SAFETY: the kernel just created this fd for us.
-    Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
 /// `struct pidfd_info` of `PIDFD_GET_INFO` (Linux 6.13), its first
@@ -276,7 +296,7 @@ const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
 /// The cgroup id of the process behind a pidfd. Works across PID and
 /// cgroup namespaces: the gateway in its own container still tells QM's
 /// containers apart.
-fn pidfd_cgroup_id(pidfd: &OwnedFd) -> Option<u64> {
+fn pidfd_cgroup_id(pidfd: &OwnedFd) -> std::io::Result<u64> {
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_CGROUPID,
         ..PidfdInfo::default()
@@ -284,7 +304,13 @@ fn pidfd_cgroup_id(pidfd: &OwnedFd) -> Option<u64> {
     // SAFETY: info is a valid, writable pidfd_info of the size the request
     // number encodes.
     let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
-    (rc == 0 && info.mask & PIDFD_INFO_CGROUPID != 0).then_some(info.cgroupid)
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match info.mask & PIDFD_INFO_CGROUPID {
+        0 => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+        _ => Ok(info.cgroupid),
+    }
 }
 
 /// A pidfd for `pid`, where the kernel offers pidfd_open (5.3+).
@@ -362,6 +388,48 @@ mod tests {
             bare.account_key().container,
             Container::Uid(bare.uid.unwrap())
         );
+    }
+
+    /// Regression: a process that connected and exited (handing its
+    /// connection on with SCM_RIGHTS) had its connection charged to its
+    /// uid, a fresh account with fresh quotas each time.
+    #[test]
+    fn a_peer_that_exited_before_accept_is_marked_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: the child only makes async-signal-safe calls (socket,
+        // connect, _exit) before it exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                for (i, b) in c_path.as_bytes().iter().enumerate() {
+                    addr.sun_path[i] = *b as libc::c_char;
+                }
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child we just forked.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let peer = rt.block_on(async {
+            let stream = UnixStream::from_std(stream).unwrap();
+            Peer::of(&stream, Arc::from("consumer"))
+        });
+        assert!(peer.gone, "{peer:?}");
+        assert_eq!(peer.cgroup, None);
     }
 
     fn cgroup2_mount() -> Option<String> {

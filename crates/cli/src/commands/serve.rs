@@ -71,10 +71,11 @@ pub struct LimitArgs {
     /// else uid) may hold; more are refused with LimitExceeded.
     #[arg(long, default_value_t = Limits::default().max_connections_per_peer, value_name = "N")]
     max_connections_per_peer: usize,
-    /// Distinct topics kept.
+    /// Distinct topics kept (QM's topics together: 75% of it; the rest is
+    /// the ASIL side's).
     #[arg(long, default_value_t = Limits::default().max_topics, value_name = "N")]
     max_topics: usize,
-    /// Total bytes of all topics' last values.
+    /// Total bytes of all topics' last values (QM's together: 75%).
     #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES")]
     max_retained_bytes: usize,
     /// Topics one QM peer may create.
@@ -86,6 +87,12 @@ pub struct LimitArgs {
     /// Calls one QM peer may have in flight at once.
     #[arg(long, default_value_t = Limits::default().max_calls_per_peer, value_name = "N")]
     max_calls_per_peer: usize,
+    /// Service names registered at once, by everyone (QM together: 75%).
+    #[arg(long, default_value_t = Limits::default().max_services, value_name = "N")]
+    max_services: usize,
+    /// Service names one QM peer may register.
+    #[arg(long, default_value_t = Limits::default().max_services_per_peer, value_name = "N")]
+    max_services_per_peer: usize,
     /// Topic patterns one subscription may name.
     #[arg(long, default_value_t = Limits::default().max_subscription_patterns, value_name = "N")]
     max_subscription_patterns: usize,
@@ -141,6 +148,8 @@ impl LimitArgs {
             max_topics_per_peer: self.max_topics_per_peer,
             max_retained_bytes_per_peer: self.max_retained_bytes_per_peer,
             max_calls_per_peer: self.max_calls_per_peer.max(1),
+            max_services: self.max_services,
+            max_services_per_peer: self.max_services_per_peer,
             max_subscription_patterns: self.max_subscription_patterns,
             subscription_queue: self.subscription_queue,
             max_queued_bytes: self.max_queued_bytes,

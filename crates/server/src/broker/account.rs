@@ -23,9 +23,14 @@ pub enum Resource {
     Calls,
     Topics,
     RetainedBytes,
+    Services,
 }
 
-const RESOURCES: usize = 5;
+const RESOURCES: usize = 6;
+
+/// What all the accounts of one side (QM, or the ASIL side's provider
+/// socket) hold together.
+type SideTotals = [AtomicUsize; RESOURCES];
 
 impl Resource {
     fn index(self) -> usize {
@@ -39,6 +44,7 @@ impl Resource {
             Self::Calls => "calls",
             Self::Topics => "topics",
             Self::RetainedBytes => "retained_bytes",
+            Self::Services => "services",
         }
     }
 }
@@ -48,6 +54,8 @@ impl Resource {
 pub struct Account {
     key: AccountKey,
     held: [AtomicUsize; RESOURCES],
+    /// The totals of this account's side, which its charges count in too.
+    side: Arc<SideTotals>,
     /// The account's request bucket, shared by all its connections and
     /// taken by their readers outside the broker, with the policy
     /// generation whose limits built it.
@@ -82,10 +90,23 @@ impl Charge {
     }
 }
 
+impl Charge {
+    /// Is this charge on a QM account (not the provider socket's)?
+    pub fn is_qm(&self) -> bool {
+        is_qm(&self.account.key)
+    }
+}
+
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.account.held[self.resource.index()].fetch_sub(self.amount, Ordering::Relaxed);
+        let i = self.resource.index();
+        self.account.held[i].fetch_sub(self.amount, Ordering::Relaxed);
+        self.account.side[i].fetch_sub(self.amount, Ordering::Relaxed);
     }
+}
+
+fn is_qm(key: &AccountKey) -> bool {
+    &*key.listener != crate::config::PROVIDER
 }
 
 /// Refused: the account already holds its quota of this resource.
@@ -100,6 +121,8 @@ pub struct QuotaExceeded {
 #[derive(Debug, Default)]
 pub struct Accounting {
     accounts: HashMap<AccountKey, Weak<Account>>,
+    qm: Arc<SideTotals>,
+    asil: Arc<SideTotals>,
 }
 
 impl Accounting {
@@ -144,8 +167,15 @@ impl Accounting {
         Self::take(account, resource, amount)
     }
 
+    /// What every QM account holds together: QM's share of a gateway-wide
+    /// bound is checked against this, so the ASIL side keeps the rest.
+    pub fn qm_held(&self, resource: Resource) -> usize {
+        self.qm[resource.index()].load(Ordering::Relaxed)
+    }
+
     fn take(account: Arc<Account>, resource: Resource, amount: usize) -> Charge {
         account.held[resource.index()].fetch_add(amount, Ordering::Relaxed);
+        account.side[resource.index()].fetch_add(amount, Ordering::Relaxed);
         Charge {
             account,
             resource,
@@ -162,9 +192,14 @@ impl Accounting {
         if self.accounts.len() >= 2 * self.live().max(8) {
             self.accounts.retain(|_, a| a.strong_count() > 0);
         }
+        let side = match is_qm(key) {
+            true => self.qm.clone(),
+            false => self.asil.clone(),
+        };
         let account = Arc::new(Account {
             key: key.clone(),
             held: Default::default(),
+            side,
             requests: Mutex::new(None),
         });
         self.accounts.insert(key.clone(), Arc::downgrade(&account));

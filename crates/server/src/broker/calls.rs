@@ -172,6 +172,10 @@ impl Calls {
         }
     }
 
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
     pub fn services(&self) -> Vec<String> {
         let mut services: Vec<String> = self.services.keys().cloned().collect();
         services.sort();

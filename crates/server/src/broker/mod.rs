@@ -33,7 +33,7 @@ use qm_ipc_proto::ErrorReply;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::config::Limits;
+use crate::config::{qm_share, Limits};
 use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
 use crate::peer::{AccountKey, Peer};
 use crate::policy::{Action, Policy};
@@ -108,6 +108,7 @@ pub struct Subscription {
 #[derive(Debug)]
 pub struct Provider {
     services: Vec<String>,
+    _charge: Charge,
 }
 
 struct Connection {
@@ -140,13 +141,21 @@ pub struct ConnectionSnapshot {
     pub queue: QueueDepth,
 }
 
+/// Service names a snapshot lists (the rest are counted in
+/// `services_total`), so `Stats` fits the reply queue whatever QM does.
+pub const LISTED_SERVICES: usize = 128;
+/// Accounts a snapshot lists (the rest are counted in `accounts_total`).
+pub const LISTED_ACCOUNTS: usize = 64;
+
 /// A snapshot of the counters, for `Stats` and `STATUS=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub connections: usize,
     pub topics: usize,
     pub retained_bytes: usize,
+    /// The first [`LISTED_SERVICES`] service names, sorted.
     pub services: Vec<String>,
+    pub services_total: usize,
     pub subscriptions: usize,
     pub calls_in_flight: usize,
     pub published: u64,
@@ -155,7 +164,9 @@ pub struct Snapshot {
     pub limit_hits: BTreeMap<&'static str, u64>,
     pub disconnects: BTreeMap<&'static str, u64>,
     pub denials: BTreeMap<String, u64>,
+    /// The first [`LISTED_ACCOUNTS`] accounts, by key.
     pub accounts: Vec<AccountSnapshot>,
+    pub accounts_total: usize,
     pub per_connection: Vec<ConnectionSnapshot>,
 }
 
@@ -211,6 +222,7 @@ impl Broker {
             Resource::Topics => "max_topics_per_peer",
             Resource::RetainedBytes => "max_retained_bytes_per_peer",
             Resource::Subscriptions => "max_subscriptions_per_peer",
+            Resource::Services => "max_services_per_peer",
         };
         self.counters.limit(limit, exceeded.quota)
     }
@@ -233,6 +245,16 @@ impl Broker {
     /// Admits a new connection of `peer` under its account's connection
     /// rate (not on the provider socket).
     pub fn admit(&mut self, peer: &Peer, now: Now) -> Result<(), ErrorReply> {
+        // A connection whose process had exited cannot be charged to the
+        // container it came from (it was handed on, or orphaned): charging
+        // it to the uid would give the container a fresh account each time.
+        if peer.gone && !peer.is_provider() {
+            self.counters.disconnect("peer_gone");
+            return Err(ErrorReply::AccessDenied {
+                action: "connect".into(),
+                object: "a connection whose process has exited".into(),
+            });
+        }
         let Some(rate) = self.limits.connection_rate.filter(|_| !peer.is_provider()) else {
             return Ok(());
         };
@@ -339,6 +361,24 @@ impl Broker {
             return Err(self
                 .counters
                 .limit("max_retained_bytes", self.limits.max_retained_bytes));
+        }
+        if !is_provider {
+            // QM's share of the gateway-wide bounds: the rest stays the
+            // ASIL side's, however many QM containers fill their quotas.
+            let credit = self
+                .topics
+                .retained_charge(topic)
+                .filter(|c| c.is_qm())
+                .map_or(0, Charge::amount);
+            let share = qm_share(self.limits.max_retained_bytes);
+            if self.accounting.qm_held(Resource::RetainedBytes) - credit + value_json.len() > share
+            {
+                return Err(self.counters.limit("qm_retained_bytes", share));
+            }
+            let share = qm_share(self.limits.max_topics);
+            if !self.topics.contains(topic) && self.accounting.qm_held(Resource::Topics) >= share {
+                return Err(self.counters.limit("qm_topics", share));
+            }
         }
         // The bytes are charged to this publisher; the old value's charge
         // (credited when it is this publisher's own) goes with the old
@@ -462,9 +502,35 @@ impl Broker {
             "services",
             "this connection already provides services or streams",
         )?;
+        let Some(connection) = self.connections.get(&conn) else {
+            return Ok(());
+        };
+        let (key, is_provider) = (connection.account.clone(), connection.peer.is_provider());
+        let n = services.len();
+        if self.calls.service_count() + n > self.limits.max_services {
+            return Err(self
+                .counters
+                .limit("max_services", self.limits.max_services));
+        }
+        let share = qm_share(self.limits.max_services);
+        if !is_provider && self.accounting.qm_held(Resource::Services) + n > share {
+            return Err(self.counters.limit("qm_services", share));
+        }
+        let charge = self
+            .accounting
+            .charge(
+                &key,
+                Resource::Services,
+                n,
+                Self::quota(is_provider, self.limits.max_services_per_peer),
+            )
+            .map_err(|e| self.refuse(e))?;
         self.calls.register(conn, &services)?;
         if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.state = ConnectionState::Providing(Provider { services });
+            connection.state = ConnectionState::Providing(Provider {
+                services,
+                _charge: charge,
+            });
         }
         Ok(())
     }
@@ -611,7 +677,13 @@ impl Broker {
             connections: self.connections.len(),
             topics: self.topics.len(),
             retained_bytes: self.topics.retained_bytes(),
-            services: self.calls.services(),
+            services: self
+                .calls
+                .services()
+                .into_iter()
+                .take(LISTED_SERVICES)
+                .collect(),
+            services_total: self.calls.service_count(),
             subscriptions: self
                 .connections
                 .values()
@@ -630,10 +702,12 @@ impl Broker {
             limit_hits: self.counters.limit_hits.clone(),
             disconnects: self.counters.disconnects.clone(),
             denials: self.counters.denials.clone(),
+            accounts_total: self.accounting.live(),
             accounts: self
                 .accounting
                 .snapshot()
                 .iter()
+                .take(LISTED_ACCOUNTS)
                 .map(|a| AccountSnapshot {
                     account: a.key().to_string(),
                     connections: a.held(Resource::Connections),

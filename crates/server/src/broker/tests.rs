@@ -300,6 +300,106 @@ fn one_container_cannot_take_every_topic_from_the_asil_side() {
         .expect("the ASIL side still creates topics");
 }
 
+/// Regression: QM containers at their quotas filled the gateway-wide
+/// topic and byte bounds, and the ASIL provider's next new topic (or a
+/// value one byte larger) was refused.
+#[test]
+fn qm_together_never_takes_the_asil_sides_share_of_topics_and_bytes() {
+    let limits = Limits {
+        max_topics: 8,
+        max_topics_per_peer: 8,
+        max_retained_bytes: 400,
+        max_retained_bytes_per_peer: 400,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let (asil_publisher, _) = connect(&mut broker, &asil());
+    broker
+        .publish(
+            asil_publisher,
+            "vehicle.speed",
+            json("{\"kmh\":9.8}"),
+            now(),
+        )
+        .unwrap();
+    for container in 0..4u64 {
+        let (conn, _) = connect(&mut broker, &qm(100 + container));
+        for i in 0..8 {
+            let _ = broker.publish(
+                conn,
+                &format!("qm.{container}.{i}"),
+                json("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\""),
+                now(),
+            );
+        }
+    }
+    let snapshot = broker.snapshot();
+    let share_hits = ["qm_topics", "qm_retained_bytes"]
+        .iter()
+        .filter_map(|l| snapshot.limit_hits.get(l))
+        .sum::<u64>();
+    assert!(share_hits > 0, "{:?}", snapshot.limit_hits);
+    let qm_topics: usize = snapshot
+        .accounts
+        .iter()
+        .filter(|a| a.account.starts_with("consumer"))
+        .map(|a| a.topics)
+        .sum();
+    assert!(qm_topics <= 6, "QM holds {qm_topics} of 8 topics");
+    broker
+        .publish(asil_publisher, "vehicle.rpm", json("{\"rpm\":800}"), now())
+        .expect("the ASIL side still creates a topic");
+    broker
+        .publish(
+            asil_publisher,
+            "vehicle.speed",
+            json("{\"kmh\":10.25}"),
+            now(),
+        )
+        .expect("and its value may grow");
+}
+
+/// Regression: registrations had no quota (4096 names per Register, one
+/// Register per connection): 64 QM connections registered 260 000 names,
+/// the gateway's memory passed its bound, and copying the names for
+/// `STATUS=` and Stats stalled the ASIL thread behind the broker lock.
+#[test]
+fn service_registrations_are_bounded_per_container_and_in_total() {
+    let limits = Limits {
+        max_services: 8,
+        max_services_per_peer: 3,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let names = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("qm.{prefix}{i}")).collect()
+    };
+    let (a, _) = connect(&mut broker, &qm(10));
+    let refused = broker.register(a, names("a", 4)).unwrap_err();
+    assert_eq!(limit_of(refused), "max_services_per_peer");
+    broker.register(a, names("a", 3)).unwrap();
+    let (b, _) = connect(&mut broker, &qm(11));
+    broker.register(b, names("b", 3)).unwrap();
+    let (c, _) = connect(&mut broker, &qm(12));
+    let refused = broker.register(c, names("c", 1)).unwrap_err();
+    assert_eq!(
+        limit_of(refused),
+        "qm_services",
+        "QM holds 6 of 8: its share"
+    );
+    let (provider, _) = connect(&mut broker, &asil());
+    broker
+        .register(provider, vec!["vehicle.diag".into(), "vehicle.seat".into()])
+        .expect("the ASIL side registers in its share");
+    let (more, _) = connect(&mut broker, &asil());
+    let refused = broker.register(more, vec!["vehicle.x".into()]).unwrap_err();
+    assert_eq!(limit_of(refused), "max_services");
+    broker.disconnect(a, "peer_closed");
+    broker
+        .register(c, names("c", 1))
+        .expect("a's names were given back");
+}
+
 #[test]
 fn retained_bytes_are_charged_to_the_last_publisher() {
     let limits = Limits {
@@ -468,6 +568,20 @@ async fn the_connection_rate_is_per_container() {
         "one token back after 100 ms"
     );
     assert_eq!(broker.snapshot().limit_hits["connection_rate"], 17);
+}
+
+#[test]
+fn a_connection_whose_process_has_exited_is_refused_not_charged_to_its_uid() {
+    let mut broker = broker(Limits::default());
+    let mut handed_on = qm(10);
+    handed_on.gone = true;
+    handed_on.cgroup = None;
+    let refused = broker.admit(&handed_on, now()).unwrap_err();
+    assert!(
+        matches!(refused, ErrorReply::AccessDenied { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(broker.snapshot().disconnects["peer_gone"], 1);
 }
 
 #[test]
