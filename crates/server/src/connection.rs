@@ -148,7 +148,7 @@ pub async fn serve(
             // non-blocking write: a refused peer costs no waiting.
             let mut frame = Vec::new();
             encode_error(&mut frame, &error);
-            let _ = stream.try_write(&frame);
+            write_refusal(stream, &frame);
             tracing::debug!(%peer, %error, "connection refused");
             hub.record_refused("refused");
             return Ended::Refused(error);
@@ -746,6 +746,16 @@ impl Session<'_> {
                 Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
         }
+    }
+}
+
+/// Writes a refusal in one non-blocking write and closes the connection.
+/// A plain write on the socket, not tokio's `try_write`, which skips the
+/// write on a socket the reactor has not yet seen writable, as a just
+/// accepted one is, and so sent nothing.
+pub(crate) fn write_refusal(stream: UnixStream, frame: &[u8]) {
+    if let Ok(mut std_stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut std_stream, frame);
     }
 }
 

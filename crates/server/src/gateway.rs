@@ -458,9 +458,9 @@ pub(crate) async fn accept_loop(
                         // backlog are not held up.
                         let mut frame = Vec::new();
                         encode_error(&mut frame, &error);
-                        let _ = stream.try_write(&frame);
+                        crate::connection::write_refusal(stream, &frame);
                         hub.record_refused("refused");
-                        drop((stream, permit));
+                        drop(permit);
                         // One refusal per turn: the connections already
                         // served take their turns between a storm's
                         // refusals instead of waiting for a batch of them.
