@@ -29,3 +29,8 @@ command -v dbus-daemon >/dev/null || apt_install dbus-daemon
 if ! python3 -c 'import varlink' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check varlink
 fi
+# asyncvarlink, a second independent implementation (typed classes rather
+# than a parsed interface), for the services interoperability test.
+if ! python3 -c 'import asyncvarlink' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check asyncvarlink
+fi

@@ -111,6 +111,73 @@ fn a_python_service_behind_the_gateway_serves_a_python_qm_client() {
     assert!(client.output.iter().any(|l| l == "interop ok"));
 }
 
+/// A second independent implementation in both roles: an asyncvarlink
+/// service (its interface description generated from typed Python, not
+/// parsed) behind the gateway, called through the QM socket by an
+/// asyncvarlink client.
+#[test]
+fn an_asyncvarlink_service_behind_the_gateway_serves_an_asyncvarlink_client() {
+    if !common::tier_enabled("python", "the Python varlink and asyncvarlink packages") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let service_socket = dir.path().join("asil/com.example.Seat.socket");
+    std::fs::create_dir_all(service_socket.parent().unwrap()).unwrap();
+    let mut service = Proc::spawn({
+        let mut c = Command::new("python3");
+        c.arg(format!("{INTEROP}/seat_async.py"))
+            .arg("serve")
+            .arg(&service_socket);
+        c
+    });
+    service.wait_line("listening");
+    let services = dir.path().join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\ninterface = \"com.example.Seat\"\nsocket = \"{}\"\n",
+            service_socket.display()
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"qm\"\nsocket = \"consumer\"\nallow = { call = [\"com.example.Seat.Move\"] }\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            "--services",
+            services.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let mut client = Proc::spawn({
+        let mut c = Command::new("python3");
+        c.arg(format!("{INTEROP}/seat_async.py"))
+            .arg("call")
+            .arg(&gw.consumer);
+        c
+    });
+    let status = client.wait_exit();
+    assert!(status.success(), "{}", client.output.join("\n"));
+    assert!(client.output.iter().any(|l| l == "interop ok"));
+    // The gateway checked the call against the generated description.
+    let refused = call(
+        &gw.consumer,
+        "com.example.Seat.Move",
+        json!({"seat": "driver", "millimetres": "far"}),
+    );
+    assert_eq!(
+        refused["error"], "org.varlink.service.InvalidParameter",
+        "{refused}"
+    );
+    assert_eq!(refused["parameters"]["parameter"], "millimetres");
+}
+
 #[test]
 fn bad_parameters_are_answered_at_the_gateway_and_never_reach_the_service() {
     let Some(setup) = setup(&[]) else { return };
