@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run the gateway (socket-activated, or binding the sockets itself).
     Serve(commands::serve::ServeArgs),
-    /// Run the seed's demo client: publish the time every second, print
+    /// Run the qm IPC example's demo client: publish the time every second, print
     /// vehicle.speed, reconnect whenever the gateway goes away.
     Client(demo::client::ClientArgs),
     /// Run gateway, demo provider and demo client together on temporary

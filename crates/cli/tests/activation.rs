@@ -212,7 +212,7 @@ fn stale_socket_file_is_replaced() {
 #[test]
 fn socket_path_comes_from_the_seed_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("seed/ipc.socket");
+    let path = dir.path().join("example/ipc.socket");
     let mut notify = NotifyReceiver::new(dir.path());
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--no-provider-socket"])

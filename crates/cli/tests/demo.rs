@@ -1,4 +1,4 @@
-//! The seed's demo: `qm-ipc demo`, and `qm-ipc client` surviving gateway
+//! The qm IPC example's demo: `qm-ipc demo`, and `qm-ipc client` surviving gateway
 //! restarts.
 
 mod common;
@@ -23,7 +23,7 @@ fn demo_shows_both_directions_and_stops_after_count() {
         stdout.contains("vehicle.speed = "),
         "the client receives vehicle.speed:\n{stdout}"
     );
-    // The log line has exactly the seed's format, HH:MM:SS.
+    // The log line has exactly the qm IPC example's format, HH:MM:SS.
     let line = stdout
         .lines()
         .find(|l| l.starts_with("Current time received from client is: "))

@@ -1,4 +1,4 @@
-//! The seed's topologies running for real under podman: the files
+//! The qm IPC example's topologies running for real under podman: the files
 //! `qm-ipc generate` writes, turned into podman command lines by podman's own
 //! quadlet generator, run with the images from `scripts/build-images.sh`
 //! (the README's test command builds them), the server under
@@ -519,7 +519,7 @@ fn ready_comes_from_the_gateway_not_from_conmon() {
         "no readiness for a gateway that never became ready: {:?}",
         notify.seen
     );
-    // The seed's setting (Type=notify without Notify=true, so conmon
+    // The qm IPC example's setting (Type=notify without Notify=true, so conmon
     // notifies): READY=1 for the same broken gateway. Lint rule QM001.
     broken("--sdnotify=conmon");
     notify.wait_for("READY=1");

@@ -1,9 +1,9 @@
-//! The seed's file sets, generated: ASIL-to-QM (a host socket unit, the
+//! The qm IPC example's file sets, generated: ASIL-to-QM (a host socket unit, the
 //! server quadlet, the QM client quadlet and the drop-in that mounts the
 //! socket directory into the QM partition) and QM-to-QM (a server and a
 //! client quadlet inside QM, sharing a socket directory and an MCS level).
 //!
-//! Differences from the seed's hand-written files, each fixing a real
+//! Differences from the qm IPC example's hand-written files, each fixing a real
 //! problem: the server has `Notify=true` (without it conmon, not the
 //! gateway, reports readiness), runs the gateway directly (PID 1, as socket
 //! activation under podman requires), and QM-to-QM shares a directory
@@ -77,7 +77,7 @@ impl fmt::Display for Topology {
     }
 }
 
-/// What a user can choose; defaults follow the seed.
+/// What a user can choose; defaults follow the qm IPC example.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub server_image: String,
@@ -290,7 +290,7 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
     }
 }
 
-/// The directory mount that carries `socket`, in the seed's `dir/:dir/` form.
+/// The directory mount that carries `socket`, in the qm IPC example's `dir/:dir/` form.
 fn socket_dir_volume(socket: &str) -> String {
     let dir = Path::new(socket)
         .parent()

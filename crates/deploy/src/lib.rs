@@ -3,10 +3,10 @@
 //!
 //! - [`unit`]: a lossless model of systemd unit files (parse, query, edit,
 //!   print back byte for byte), drop-in resolution and specifiers.
-//! - [`generate`]: the seed's file sets for ASIL-to-QM and QM-to-QM.
+//! - [`generate`]: the qm IPC example's file sets for ASIL-to-QM and QM-to-QM.
 //! - [`quadlet`]: podman's quadlet generator, run on generated files.
 //! - [`lint`]: checks a set of files (or a whole root) against the rules the
-//!   seed, the qm SELinux policy and podman's semantics imply.
+//!   qm IPC example, the qm SELinux policy and podman's semantics imply.
 
 pub mod generate;
 pub mod lint;

@@ -1,5 +1,5 @@
 //! One failing fixture per lint rule (a generated, clean tree with one
-//! mistake put in), the clean trees, and the seed's own files.
+//! mistake put in), the clean trees, and the qm IPC example's own files.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -75,15 +75,15 @@ fn generated_trees_are_clean() {
     }
 }
 
-fn seed(name: &str) -> PathBuf {
+fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
 
 #[test]
-fn seed_files_give_the_notify_finding_and_nothing_else() {
-    let report = lint(&seed("seed-asil-to-qm"));
+fn example_files_give_the_notify_finding_and_nothing_else() {
+    let report = lint(&example("example-asil-to-qm"));
     assert_eq!(
         rules(&report),
         BTreeSet::from(["QM001"]),
@@ -95,7 +95,7 @@ fn seed_files_give_the_notify_finding_and_nothing_else() {
     assert_eq!(report.findings[0].line, 13, "the Type=notify line");
     assert_eq!(report.exit_code(false), 2);
 
-    let report = lint(&seed("seed-qm-to-qm"));
+    let report = lint(&example("example-qm-to-qm"));
     assert_eq!(
         rules(&report),
         BTreeSet::from(["QM001"]),
@@ -396,7 +396,7 @@ fn unrelated_socket_units_of_the_system_are_left_alone() {
 #[test]
 fn drop_ins_of_a_quadlet_are_applied() {
     // A drop-in that sets the missing Notify=true fixes the QM001 finding.
-    let root = seed("seed-asil-to-qm");
+    let root = example("example-asil-to-qm");
     let staging = tempfile::tempdir().unwrap();
     copy_tree(&root, staging.path());
     let dir = staging

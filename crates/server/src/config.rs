@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Name of the QM-facing listener (the seed's `/run/ipc/ipc.socket`).
+/// Name of the QM-facing listener (the qm IPC example's `/run/ipc/ipc.socket`).
 pub const CONSUMER: &str = "consumer";
 /// Name of the ASIL-side listener for providers; never mounted into QM.
 pub const PROVIDER: &str = "provider";
@@ -143,7 +143,7 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// The seed's consumer socket path for this user: `/run/ipc/ipc.socket` for
+/// The qm IPC example's consumer socket path for this user: `/run/ipc/ipc.socket` for
 /// root, `$XDG_RUNTIME_DIR/ipc/ipc.socket` otherwise.
 pub fn default_consumer_path() -> PathBuf {
     runtime_dir().join("ipc/ipc.socket")

@@ -1,4 +1,4 @@
-//! The seed's demo client (`qm-ipc client`), the QM side: once a second it
+//! The qm IPC example's demo client (`qm-ipc client`), the QM side: once a second it
 //! publishes the current time to `demo.time` and prints the latest
 //! `vehicle.speed`. When the gateway goes away it reconnects with capped
 //! exponential backoff and jitter, and subscribes again; it never exits

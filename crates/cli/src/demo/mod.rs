@@ -1,4 +1,4 @@
-//! The seed's demo: an ASIL-side provider inside the gateway, a QM-side
+//! The qm IPC example's demo: an ASIL-side provider inside the gateway, a QM-side
 //! client, and `qm-ipc demo`, which runs both with a gateway on temporary
 //! sockets.
 
@@ -31,7 +31,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     ];
     let gateway = Gateway::new(listeners, Limits::default(), Notifier::disabled());
     println!(
-        "qm-ipc demo: the seed's ASIL-to-QM system on temporary sockets in {}",
+        "qm-ipc demo: the qm IPC example's ASIL-to-QM system on temporary sockets in {}",
         dir.path().display()
     );
     println!(

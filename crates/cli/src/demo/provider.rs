@@ -1,7 +1,7 @@
 //! The built-in demo provider (`qm-ipc serve --demo`): the ASIL side of the
-//! seed's demo. It publishes `vehicle.speed` at 10 Hz, serves `demo.echo`,
+//! qm IPC example's demo. It publishes `vehicle.speed` at 10 Hz, serves `demo.echo`,
 //! and logs every time value the QM client publishes, with the exact line
-//! the seed's server prints.
+//! the qm IPC example's server prints.
 
 use std::time::Duration;
 

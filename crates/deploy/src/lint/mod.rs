@@ -1,4 +1,4 @@
-//! `qm-ipc lint`: checks deployment files against the rules the seed, the qm
+//! `qm-ipc lint`: checks deployment files against the rules the qm IPC example, the qm
 //! SELinux policy and podman's semantics imply.
 //!
 //! Every rule has a stable id (`QM001`...), a severity, and for every

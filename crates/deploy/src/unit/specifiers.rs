@@ -1,4 +1,4 @@
-//! systemd specifiers, as they expand for system units (the seed's units are
+//! systemd specifiers, as they expand for system units (the qm IPC example's units are
 //! system units: `%t` is `/run`).
 
 /// Expands the specifiers that name fixed directories and the unit's name.
