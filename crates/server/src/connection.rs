@@ -159,9 +159,11 @@ pub async fn serve(
     let writer = write_loop(&write, outbox.clone(), limits.write_timeout);
     tokio::pin!(writer);
     let policy_generation = hub.policy_generation();
-    let (rate, max_patterns) = peer_limits(&limits, &hub.policy(), &peer);
+    let policy = hub.policy();
+    let (rate, max_patterns) = peer_limits(&limits, &policy, &peer);
     let mut session = Session {
         policy_generation,
+        policy,
         hub: &hub,
         conn,
         peer: &peer,
@@ -260,8 +262,11 @@ async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: 
 }
 
 struct Session<'a> {
-    /// The policy change whose limits `rate` and `max_patterns` follow.
+    /// The policy change whose rules (`policy`) and limits (`rate`,
+    /// `max_patterns`) this session follows: read once per policy change,
+    /// not once per request.
     policy_generation: u64,
+    policy: Arc<Policy>,
     hub: &'a Hub,
     conn: ConnId,
     peer: &'a Peer,
@@ -514,8 +519,7 @@ impl Session<'_> {
         let Ok(pattern) = TopicPattern::parse(&format!("{interface}.*")) else {
             return false;
         };
-        self.hub
-            .policy()
+        self.policy
             .rule_for(&self.peer.identity())
             .is_some_and(|r| r.grants.overlaps(Action::Call, &pattern))
     }
@@ -527,8 +531,9 @@ impl Session<'_> {
         let generation = self.hub.policy_generation();
         if generation != self.policy_generation {
             self.policy_generation = generation;
+            self.policy = self.hub.policy();
             (self.rate, self.max_patterns) =
-                peer_limits(self.hub.limits(), &self.hub.policy(), self.peer);
+                peer_limits(self.hub.limits(), &self.policy, self.peer);
         }
         let Some(rate) = self.rate else {
             return Ok(());
@@ -570,8 +575,7 @@ impl Session<'_> {
     /// Checks one action against the policy in force now (so a reloaded
     /// policy applies from the next request on).
     fn authorize(&mut self, action: Action, object: &str) -> Result<(), ErrorReply> {
-        let policy = self.hub.policy();
-        let decision = policy.check(&self.peer.identity(), action, object);
+        let decision = self.policy.check(&self.peer.identity(), action, object);
         if decision.allowed() {
             return Ok(());
         }
@@ -605,8 +609,7 @@ impl Session<'_> {
                     // The same test a reload applies to running
                     // subscriptions: the rule must grant reading something
                     // under the pattern.
-                    let policy = self.hub.policy();
-                    if !policy.may_subscribe(&self.peer.identity(), pattern) {
+                    if !self.policy.may_subscribe(&self.peer.identity(), pattern) {
                         self.deny(
                             Action::Subscribe,
                             &pattern.to_string(),
