@@ -45,6 +45,12 @@ fn start_service(socket: &Path) -> Proc {
 }
 
 fn setup(extra: &[&str]) -> Option<Setup> {
+    setup_with(extra, POLICY, "")
+}
+
+/// `setup` with its own policy and lines added to the service's
+/// declaration.
+fn setup_with(extra: &[&str], policy_text: &str, declaration: &str) -> Option<Setup> {
     if !common::tier_enabled("python", "the Python varlink package (pip install varlink)") {
         return None;
     }
@@ -56,13 +62,13 @@ fn setup(extra: &[&str]) -> Option<Setup> {
     std::fs::write(
         &services,
         format!(
-            "[[service]]\ninterface = \"com.example.Climate\"\nsocket = \"{}\"\n",
+            "[[service]]\ninterface = \"com.example.Climate\"\nsocket = \"{}\"\n{declaration}",
             service_socket.display()
         ),
     )
     .unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, policy_text).unwrap();
     let mut args = vec![
         "--services",
         services.to_str().unwrap(),
@@ -307,4 +313,42 @@ fn a_slow_or_gone_service_gives_a_named_error_and_holds_up_nothing_else() {
     setup.service = start_service(&setup.service_socket);
     let back = call(&setup.gw.consumer, "com.example.Climate.Zones", json!({}));
     assert_eq!(back["parameters"]["zones"][0]["name"], "front", "{back}");
+}
+
+/// One QM container cannot take a service from the others or from the
+/// ASIL side: with three connections to the service, QM's calls together
+/// hold two (the third is the ASIL side's) and one container one of those.
+#[test]
+fn one_container_gets_a_share_of_a_service_and_the_asil_side_keeps_one() {
+    let policy = POLICY.replace(
+        "\"com.example.Climate.Zones\"]",
+        "\"com.example.Climate.Zones\", \"com.example.Climate.Slow\"]",
+    );
+    let Some(setup) = setup_with(&[], &policy, "connections = 3\n") else {
+        return;
+    };
+    let slow = json!({"method": "com.example.Climate.Slow", "parameters": {"ms": 3000}});
+    let mut first = Raw::connect(&setup.gw.consumer);
+    first.call(slow.clone());
+    common::wait_until("the first slow call to reach the service", || {
+        served(&setup) == 1
+    });
+    // The same container's second call: past its share, refused at once.
+    let second = call(
+        &setup.gw.consumer,
+        "com.example.Climate.Slow",
+        json!({"ms": 3000}),
+    );
+    assert_eq!(
+        second["error"], "io.qmipc.Gateway.LimitExceeded",
+        "{second}"
+    );
+    assert_eq!(
+        second["parameters"]["limit"], "service_calls_per_peer",
+        "{second}"
+    );
+    // The ASIL side is served meanwhile.
+    let zones = call(&setup.gw.provider, "com.example.Climate.Zones", json!({}));
+    assert_eq!(zones["parameters"]["zones"][0]["name"], "front", "{zones}");
+    assert!(first.recv().is_some_and(|r| r.get("error").is_none()));
 }

@@ -498,8 +498,9 @@ impl Session<'_> {
         }
         self.authorize(Action::Call, method)?;
         let timeout = self.hub.limits().default_call_timeout;
+        let qm_caller = (!self.peer.is_provider()).then(|| self.peer.account_key());
         let relayed = tokio::select! {
-            r = service.call(method, parameters.as_deref(), oneway, timeout) => r?,
+            r = service.call(method, parameters.as_deref(), oneway, timeout, qm_caller.as_ref()) => r?,
             _ = shutdown.wait_for(|stop| *stop) => {
                 return Err(ErrorReply::ServiceUnavailable {
                     service: service.interface().to_owned(),

@@ -8,6 +8,11 @@
 //! gone costs its own callers a named error (`ServiceUnavailable`,
 //! `Timeout`, `LimitExceeded`) and nothing else: other services and
 //! topics never wait for it.
+//!
+//! The pool is shared fairly: QM's calls together use all connections but
+//! one (kept for the ASIL side's callers, when the service has two or
+//! more), and one QM container at most half of QM's (rounded up), so a
+//! container with slow calls cannot take a service from the others.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,6 +21,8 @@ use std::time::Duration;
 use qm_ipc_proto::idl::{Interface, ParameterError};
 use qm_ipc_proto::validate::{check_value, ValueLimits};
 use qm_ipc_proto::{ErrorReply, FrameDecoder};
+
+use crate::peer::AccountKey;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -30,6 +37,11 @@ pub struct ServiceProxy {
     /// One permit per connection the service may be given; a call holds
     /// one from before it connects until its reply is read.
     slots: Semaphore,
+    /// The part of `slots` QM's calls may hold together.
+    qm_slots: Semaphore,
+    /// Calls in flight by QM account, each at most `per_account`.
+    qm_calls: Mutex<std::collections::HashMap<AccountKey, usize>>,
+    per_account: usize,
     connections: usize,
     /// Connections with no call on them, ready for the next.
     idle: Mutex<Vec<UnixStream>>,
@@ -47,6 +59,9 @@ impl ServiceProxy {
             socket,
             max_frame,
             slots: Semaphore::new(connections),
+            qm_slots: Semaphore::new(qm_share_of_pool(connections)),
+            qm_calls: Mutex::new(std::collections::HashMap::new()),
+            per_account: qm_share_of_pool(connections).div_ceil(2),
             connections,
             idle: Mutex::new(Vec::new()),
             description: Mutex::new(None),
@@ -133,14 +148,29 @@ impl ServiceProxy {
     /// Forwards `method` (`interface.Method`) with its parameters (JSON
     /// text, `None` for none) once they pass the service's description.
     /// `Ok(None)` for a oneway call, which is written and not waited for.
+    /// `qm_caller` is the caller's account when it is a QM peer.
     pub async fn call(
         &self,
         method: &str,
         parameters: Option<&str>,
         oneway: bool,
         timeout: Duration,
+        qm_caller: Option<&AccountKey>,
     ) -> Result<Option<Relayed>, ErrorReply> {
         let deadline = Instant::now() + timeout;
+        // QM's share of the pool, and one container's share of QM's.
+        let _share = match qm_caller {
+            Some(account) => {
+                let turn = self.take_account_turn(account)?;
+                let permit = match timeout_at(deadline, self.qm_slots.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_closed)) => return Err(self.unavailable()),
+                    Err(_) => return Err(self.timed_out(timeout)),
+                };
+                Some((turn, permit))
+            }
+            None => None,
+        };
         let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
         let described = self.describe(timeout).await?;
         let parameters = parameters.filter(|p| p.trim() != "null");
@@ -263,6 +293,26 @@ impl ServiceProxy {
         Ok(Some(reply))
     }
 
+    /// Counts a call of a QM account, unless it has its share in flight.
+    fn take_account_turn(&self, account: &AccountKey) -> Result<AccountTurn<'_>, ErrorReply> {
+        let mut calls = self.qm_calls.lock().unwrap_or_else(|p| p.into_inner());
+        let held = calls.entry(account.clone()).or_default();
+        if *held >= self.per_account {
+            if *held == 0 {
+                calls.remove(account);
+            }
+            return Err(ErrorReply::LimitExceeded {
+                limit: "service_calls_per_peer".into(),
+                max: self.per_account as u64,
+            });
+        }
+        *held += 1;
+        Ok(AccountTurn {
+            proxy: self,
+            account: account.clone(),
+        })
+    }
+
     /// An idle connection the service has not closed in the meantime.
     fn pooled(&self) -> Option<UnixStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -282,6 +332,37 @@ impl ServiceProxy {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.connections {
             idle.push(stream);
+        }
+    }
+}
+
+/// QM's calls together: every connection but one when there are two or
+/// more (that one is the ASIL side's).
+fn qm_share_of_pool(connections: usize) -> usize {
+    match connections {
+        0 | 1 => 1,
+        n => n - 1,
+    }
+}
+
+/// A QM account's call in flight to one service; counted down on drop.
+struct AccountTurn<'a> {
+    proxy: &'a ServiceProxy,
+    account: AccountKey,
+}
+
+impl Drop for AccountTurn<'_> {
+    fn drop(&mut self) {
+        let mut calls = self
+            .proxy
+            .qm_calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = calls.get_mut(&self.account) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                calls.remove(&self.account);
+            }
         }
     }
 }
