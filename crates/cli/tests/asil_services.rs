@@ -352,3 +352,27 @@ fn one_container_gets_a_share_of_a_service_and_the_asil_side_keeps_one() {
     assert_eq!(zones["parameters"]["zones"][0]["name"], "front", "{zones}");
     assert!(first.recv().is_some_and(|r| r.get("error").is_none()));
 }
+
+/// A service declared while the gateway runs is served after a reload
+/// (SIGHUP, as `systemctl reload` sends it); a broken services file keeps
+/// the services in force.
+#[test]
+fn services_are_reloaded_with_the_policy() {
+    let Some(mut setup) = setup(&[]) else { return };
+    let services = setup.gw.dir.path().join("services.toml");
+    let declared = std::fs::read_to_string(&services).unwrap();
+    std::fs::write(&services, "").unwrap();
+    setup.gw.proc.signal(libc::SIGHUP);
+    setup.gw.proc.wait_line("services reloaded");
+    let gone = call(&setup.gw.consumer, "com.example.Climate.Zones", json!({}));
+    assert!(gone.get("error").is_some(), "no longer declared: {gone}");
+    std::fs::write(&services, "[[service]]\nbroken").unwrap();
+    setup.gw.proc.signal(libc::SIGHUP);
+    setup.gw.proc.wait_line("services reload failed");
+    std::fs::write(&services, declared).unwrap();
+    setup.gw.proc.signal(libc::SIGHUP);
+    let from = setup.gw.proc.wait_line("services reload failed");
+    setup.gw.proc.wait_line_after(from + 1, "services reloaded");
+    let back = call(&setup.gw.consumer, "com.example.Climate.Zones", json!({}));
+    assert_eq!(back["parameters"]["zones"][0]["name"], "front", "{back}");
+}

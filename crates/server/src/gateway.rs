@@ -137,6 +137,8 @@ pub struct Gateway {
     hub: Arc<Hub>,
     /// The policy file, reloaded on SIGHUP; `None` for the built-in policy.
     policy_path: Option<PathBuf>,
+    /// The services file, reloaded on SIGHUP too.
+    services_path: Option<PathBuf>,
     listeners: Vec<Listener>,
     notifier: Notifier,
     shutdown_tx: watch::Sender<bool>,
@@ -173,6 +175,7 @@ impl Gateway {
         Self {
             hub: Arc::new(Hub::new(limits, Policy::builtin())),
             policy_path: None,
+            services_path: None,
             listeners,
             notifier,
             shutdown_tx,
@@ -197,6 +200,7 @@ impl Gateway {
     }
 
     /// Serves the ASIL services declared in `path` behind the gateway.
+    /// Reloaded from there on SIGHUP.
     pub fn load_services(&mut self, path: &Path) -> Result<(), StartError> {
         let services = crate::services::Services::load(path, self.hub.limits().max_frame)?;
         for service in services.iter() {
@@ -207,7 +211,29 @@ impl Gateway {
             );
         }
         self.hub.set_services(services);
+        self.services_path = Some(path.to_owned());
         Ok(())
+    }
+
+    /// Reloads the services file; a bad file keeps the services in force.
+    /// Calls in flight finish on the service they started with.
+    fn reload_services(&self) {
+        let Some(path) = &self.services_path else {
+            return;
+        };
+        match crate::services::Services::load(path, self.hub.limits().max_frame) {
+            Ok(services) => {
+                let count = services.iter().count();
+                self.hub.set_services(services);
+                tracing::info!(
+                    "services reloaded from {} ({count} services)",
+                    path.display()
+                );
+            }
+            Err(e) => {
+                tracing::error!("services reload failed, keeping the previous services: {e}")
+            }
+        }
     }
 
     fn listener_names(&self) -> Vec<&str> {
@@ -329,6 +355,7 @@ impl Gateway {
                 Some(()) = recv_hangup(&mut hangups) => {
                     self.notifier.reloading();
                     self.reload_policy();
+                    self.reload_services();
                     self.notifier.notify(&[NotifyState::Ready]);
                 }
             }
