@@ -160,3 +160,28 @@ fn publish_rejects_bad_topic_names_and_the_topic_limit() {
         assert_eq!(c.publish("a", json!(2)).await.unwrap(), 2);
     });
 }
+
+/// A restarted gateway is a new instance: its Get replies and the current
+/// values a subscription starts with say so, so a client can tell that
+/// retained values were lost and seq began again.
+#[test]
+fn each_gateway_start_is_a_new_instance() {
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let gw = Gateway::start(&[]);
+        let mut provider = Raw::connect(&gw.provider);
+        provider.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "t", "value": {"v": 1}}}));
+        assert!(provider.recv().is_some());
+        let mut get = Raw::connect(&gw.consumer);
+        get.call(json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "t"}}));
+        let got = get.recv().unwrap()["parameters"]["sample"]["instance"].clone();
+        let mut sub = Raw::connect(&gw.consumer);
+        sub.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["t"]}, "more": true}));
+        let first = sub.recv().unwrap()["parameters"]["sample"]["instance"].clone();
+        assert_eq!(got, first, "one instance per gateway");
+        let id = got.as_str().expect("an instance id").to_owned();
+        assert_eq!(id.len(), 32, "{id}");
+        instances.push(id);
+    }
+    assert_ne!(instances[0], instances[1], "a new instance at each start");
+}

@@ -11,6 +11,11 @@ pub struct Sample {
     pub value: Value,
     pub timestamp_us: u64,
     pub dropped: u64,
+    /// The gateway instance that holds the value, new at every gateway
+    /// start: on `Get` replies and on the current values a subscription
+    /// starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A request forwarded to a provider (see `type ServiceRequest` in the IDL).
@@ -34,6 +39,9 @@ pub struct EncodedSample<'a> {
     pub value_json: &'a str,
     pub timestamp_us: u64,
     pub dropped: u64,
+    /// The gateway instance as a JSON string literal, quotes included;
+    /// `None` leaves it out.
+    pub instance_json: Option<&'a str>,
 }
 
 impl EncodedSample<'_> {
@@ -47,9 +55,14 @@ impl EncodedSample<'_> {
         out.extend_from_slice(self.value_json.as_bytes());
         let _ = write!(
             out,
-            ",\"timestamp_us\":{},\"dropped\":{}}}}}",
+            ",\"timestamp_us\":{},\"dropped\":{}",
             self.timestamp_us, self.dropped
         );
+        if let Some(instance) = self.instance_json {
+            out.extend_from_slice(b",\"instance\":");
+            out.extend_from_slice(instance.as_bytes());
+        }
+        out.extend_from_slice(b"}}");
         if continues {
             out.extend_from_slice(b",\"continues\":true");
         }
@@ -136,6 +149,7 @@ mod tests {
             value_json: &value_json,
             timestamp_us: 11,
             dropped: 2,
+            instance_json: Some("\"4f1c\""),
         }
         .encode_reply(&mut out, true);
         assert_eq!(out.pop(), Some(0));
@@ -149,7 +163,8 @@ mod tests {
                 seq: 7,
                 value,
                 timestamp_us: 11,
-                dropped: 2
+                dropped: 2,
+                instance: Some("4f1c".into()),
             }
         );
     }

@@ -164,6 +164,7 @@ pub async fn serve(
     let mut session = Session {
         policy_generation,
         policy,
+        instance_json: hub.instance_json(),
         hub: &hub,
         conn,
         peer: &peer,
@@ -267,6 +268,8 @@ struct Session<'a> {
     /// not once per request.
     policy_generation: u64,
     policy: Arc<Policy>,
+    /// The gateway instance, for `Get` replies.
+    instance_json: Arc<str>,
     hub: &'a Hub,
     conn: ConnId,
     peer: &'a Peer,
@@ -439,6 +442,7 @@ impl Session<'_> {
                     value_json: &value.value_json,
                     timestamp_us: value.timestamp_us,
                     dropped: 0,
+                    instance_json: Some(&self.instance_json),
                 }
                 .encode_reply(out, false)
             }),
@@ -849,6 +853,7 @@ fn info_reply(interfaces: &[String]) -> Value {
 
 fn stats_reply(s: &Snapshot) -> Value {
     json!({
+        "instance": s.instance,
         "connections": s.connections,
         "topics": s.topics,
         "retained_bytes": s.retained_bytes,
@@ -894,6 +899,7 @@ mod tests {
     fn replies_match_the_idl() {
         let idl = Interface::parse(GATEWAY_IDL).unwrap();
         let snapshot = Snapshot {
+            instance: "0123456789abcdef0123456789abcdef".into(),
             connections: 1,
             topics: 1,
             retained_bytes: 3,

@@ -24,6 +24,23 @@ use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::services::Services;
 
+/// A new gateway instance id: 128 random bits from the kernel, in hex.
+/// Clients tell a restarted gateway (values lost, seq begun again) by it.
+fn new_instance_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom fills at most the 16 bytes it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Without the kernel's randomness, time and pid still differ from
+        // one start to the next.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (now ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub struct Hub {
     broker: Mutex<Broker>,
     /// The ASIL services behind the gateway (set at start).
@@ -36,7 +53,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(limits: Limits, policy: Policy) -> Self {
         Self {
-            broker: Mutex::new(Broker::new(limits.clone(), policy)),
+            broker: Mutex::new(Broker::new(limits.clone(), policy, &new_instance_id())),
             services: Default::default(),
             limits,
             policy_generation: AtomicU64::new(0),
@@ -58,6 +75,11 @@ impl Hub {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// This gateway instance, as a JSON string literal.
+    pub fn instance_json(&self) -> Arc<str> {
+        self.lock().instance_json().clone()
     }
 
     pub fn limits(&self) -> &Limits {

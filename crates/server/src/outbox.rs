@@ -50,6 +50,9 @@ struct QueuedSample {
     topic: Arc<TopicName>,
     value: Arc<PublishedValue>,
     dropped: u64,
+    /// A current value the subscription started with (or what replaced it
+    /// in the queue): it carries the gateway instance.
+    first: bool,
 }
 
 impl QueuedSample {
@@ -110,6 +113,8 @@ pub struct Outbox {
     sample_capacity: usize,
     max_queued_bytes: usize,
     stats: Arc<DeliveryStats>,
+    /// The gateway instance as a JSON string literal ("" for none).
+    instance_json: Arc<str>,
 }
 
 impl Outbox {
@@ -120,7 +125,15 @@ impl Outbox {
             sample_capacity: sample_capacity.max(1),
             max_queued_bytes,
             stats,
+            instance_json: Arc::from(""),
         }
+    }
+
+    /// The gateway instance (a JSON string literal) that each topic's first
+    /// sample carries.
+    pub fn with_instance(mut self, instance_json: Arc<str>) -> Self {
+        self.instance_json = instance_json;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -235,6 +248,7 @@ impl Outbox {
             topic: topic.clone(),
             value: value.clone(),
             dropped: carried,
+            first: current,
         });
         inner.sample_bytes += size;
         drop(inner);
@@ -316,6 +330,8 @@ impl Outbox {
                 value_json: &sample.value.value_json,
                 timestamp_us: sample.value.timestamp_us,
                 dropped: sample.dropped,
+                instance_json: (sample.first && !self.instance_json.is_empty())
+                    .then_some(&*self.instance_json),
             }
             .encode_reply(out, true);
             delivered += 1;

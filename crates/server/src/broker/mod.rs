@@ -150,6 +150,7 @@ pub const LISTED_ACCOUNTS: usize = 64;
 /// A snapshot of the counters, for `Stats` and `STATUS=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    pub instance: String,
     pub connections: usize,
     pub topics: usize,
     pub retained_bytes: usize,
@@ -171,6 +172,8 @@ pub struct Snapshot {
 }
 
 pub struct Broker {
+    /// This gateway instance, as a JSON string literal.
+    instance_json: Arc<str>,
     limits: Limits,
     policy: Arc<Policy>,
     accounting: Accounting,
@@ -185,8 +188,11 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(limits: Limits, policy: Policy) -> Self {
+    /// A broker for the gateway instance `instance` (new at every start:
+    /// clients tell restarts by it).
+    pub fn new(limits: Limits, policy: Policy, instance: &str) -> Self {
         Self {
+            instance_json: Arc::from(serde_json::Value::from(instance).to_string()),
             limits,
             policy: Arc::new(policy),
             accounting: Accounting::default(),
@@ -203,6 +209,11 @@ impl Broker {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// This gateway instance, as a JSON string literal.
+    pub fn instance_json(&self) -> &Arc<str> {
+        &self.instance_json
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
@@ -290,11 +301,14 @@ impl Broker {
             .map_err(|e| self.refuse(e))?;
         let id = self.next_conn;
         self.next_conn += 1;
-        let outbox = Arc::new(Outbox::new(
-            self.limits.subscription_queue,
-            self.limits.max_queued_bytes,
-            self.delivery.clone(),
-        ));
+        let outbox = Arc::new(
+            Outbox::new(
+                self.limits.subscription_queue,
+                self.limits.max_queued_bytes,
+                self.delivery.clone(),
+            )
+            .with_instance(self.instance_json.clone()),
+        );
         let account = charge.account().clone();
         self.connections.insert(
             id,
@@ -674,6 +688,7 @@ impl Broker {
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
+            instance: serde_json::from_str(&self.instance_json).unwrap_or_default(),
             connections: self.connections.len(),
             topics: self.topics.len(),
             retained_bytes: self.topics.retained_bytes(),

@@ -31,7 +31,7 @@ fn policy(text: &str) -> Policy {
 }
 
 fn broker(limits: Limits) -> Broker {
-    Broker::new(limits, policy(ASIL_AND_QM))
+    Broker::new(limits, policy(ASIL_AND_QM), "test-instance")
 }
 
 fn now() -> Now {
@@ -601,6 +601,7 @@ socket = "consumer"
 allow = { subscribe = ["vehicle.*"] }
 "#,
         ),
+        "test-instance",
     );
     let (provider, _) = connect(&mut broker, &asil());
     broker
@@ -642,4 +643,37 @@ fn retained_values_are_bounded_in_total() {
         1,
         "a refused publish creates nothing"
     );
+}
+
+#[test]
+fn the_first_sample_of_each_topic_names_the_gateway_instance() {
+    let mut broker = broker(Limits::default());
+    let (provider, _) = connect(&mut broker, &asil());
+    broker.publish(provider, "a", json("1"), now()).unwrap();
+    let (subscriber, outbox) = connect(&mut broker, &qm(10));
+    broker
+        .subscribe(subscriber, vec![TopicPattern::parse("*").unwrap()], 8)
+        .unwrap();
+    broker.publish(provider, "a", json("2"), now()).unwrap();
+    broker.publish(provider, "b", json("3"), now()).unwrap();
+    broker.publish(provider, "b", json("4"), now()).unwrap();
+    let samples: Vec<Value> = drain(&outbox)
+        .into_iter()
+        .map(|f| f["parameters"]["sample"].clone())
+        .collect();
+    let instances: Vec<(&str, Option<&str>)> = samples
+        .iter()
+        .map(|s| (s["topic"].as_str().unwrap(), s["instance"].as_str()))
+        .collect();
+    assert_eq!(
+        instances,
+        vec![
+            ("a", Some("test-instance")),
+            ("a", None),
+            ("b", None),
+            ("b", None)
+        ],
+        "the current value carries it; updates do not"
+    );
+    assert_eq!(broker.snapshot().instance, "test-instance");
 }
