@@ -215,6 +215,7 @@ impl Accounting {
     }
 
     /// Entries in the registry, dead ones included (for the bound test).
+    #[cfg(test)]
     pub fn entries(&self) -> usize {
         self.accounts.len()
     }

@@ -144,10 +144,6 @@ impl Services {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<ServiceProxy>> {
         self.by_interface.values()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_interface.is_empty()
-    }
 }
 
 /// `com.example.Climate`: at least two dot-separated parts of letters,

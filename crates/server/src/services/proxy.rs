@@ -76,11 +76,6 @@ impl ServiceProxy {
         &self.socket
     }
 
-    /// Connections with a call on them now.
-    pub fn busy(&self) -> usize {
-        self.connections - self.slots.available_permits()
-    }
-
     fn unavailable(&self) -> ErrorReply {
         ErrorReply::ServiceUnavailable {
             service: self.interface.clone(),
