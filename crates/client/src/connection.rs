@@ -30,6 +30,25 @@ pub enum ClientError {
     /// The gateway (or a provider behind it) answered with an error.
     #[error("{name}: {error}", name = .0.name(), error = .0)]
     Remote(ErrorReply),
+    /// No answer within the call's timeout. The connection the call went
+    /// out on is dropped (a late answer must not be taken for the next
+    /// call's); the next call connects again.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// A value did not decode into the type the application asked for.
+    /// Only this value is lost: a subscription goes on with the next.
+    #[error("{what}: the value does not fit the requested type: {error}")]
+    Decode { what: String, error: String },
+    /// A value of the application's could not be turned into JSON.
+    #[error("{what}: the value cannot be sent as JSON: {error}")]
+    Encode { what: String, error: String },
+    /// The gateway restarted: the values it held were lost and each
+    /// topic's seq began again at 1. A subscription reports this once
+    /// after it reconnected to the new instance, then goes on.
+    #[error(
+        "the gateway restarted (instance {previous} is now {current}); seq numbers began again"
+    )]
+    Restarted { previous: String, current: String },
 }
 
 impl ClientError {
@@ -43,7 +62,10 @@ impl ClientError {
 
     /// True when the connection is gone and reconnecting may help.
     pub fn is_disconnect(&self) -> bool {
-        !matches!(self, Self::Remote(_))
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Io(_) | Self::Closed | Self::Frame(_)
+        )
     }
 }
 

@@ -8,18 +8,10 @@ use serde_json::{json, Map, Value};
 use tokio::net::UnixStream;
 
 use crate::connection::{ClientError, Connection};
+use crate::session::field;
 
 fn method(name: &str) -> String {
     format!("{GATEWAY_INTERFACE}.{name}")
-}
-
-fn field<T: serde::de::DeserializeOwned>(
-    mut params: Map<String, Value>,
-    name: &str,
-) -> Result<T, ClientError> {
-    let value = params.remove(name).unwrap_or(Value::Null);
-    serde_json::from_value(value)
-        .map_err(|e| ClientError::UnexpectedReply(format!("field {name:?}: {e}")))
 }
 
 /// A connection speaking `io.qmipc.Gateway`.

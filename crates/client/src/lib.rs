@@ -1,25 +1,50 @@
 //! Client library for the qm-ipc gateway.
 //!
-//! - [`Connection`]: one varlink connection (calls, replies, oneway).
-//! - [`GatewayClient`]: the typed `io.qmipc.Gateway` API on a connection;
-//!   [`Subscription`] and [`Provider`] are what its streaming calls turn
-//!   the connection into.
-//! - [`Backoff`]: capped exponential backoff with jitter, for reconnecting.
+//! - [`Session`]: what an application uses. Cheap to clone, `&self`
+//!   methods; connects on first use and again after the gateway went
+//!   away; typed [`get`](Session::get), [`publish`](Session::publish),
+//!   [`call`](Session::call) (ASIL services behind the gateway) with a
+//!   timeout on each; [`subscribe`](Session::subscribe) returns a
+//!   [`Subscription`], an `impl Stream` of typed samples that resubscribes
+//!   by itself and reports restarts and gaps.
+//! - [`GatewayClient`] and [`Connection`]: the protocol itself on one
+//!   connection, for tools and tests that want every message as it is.
+//! - [`Backoff`]: capped exponential backoff with jitter.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), qm_ipc_client::ClientError> {
-//! use qm_ipc_client::GatewayClient;
-//! let mut gw = GatewayClient::connect("/run/ipc/ipc.socket").await?;
-//! let sample = gw.get("vehicle.speed").await?;
-//! println!("{} = {}", sample.topic, sample.value);
+//! use futures_util::StreamExt;
+//! use qm_ipc_client::Session;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Speed {
+//!     kmh: f64,
+//! }
+//!
+//! let session = Session::from_env();
+//! let mut speeds = session.subscribe::<Speed>(["vehicle.speed"])?;
+//! while let Some(item) = speeds.next().await {
+//!     match item {
+//!         Ok(sample) => println!("{} km/h", sample.value.kmh),
+//!         Err(event) => eprintln!("{event}"),
+//!     }
+//! }
 //! # Ok(()) }
 //! ```
+//!
+//! Every example in these docs is compiled, and run against a real
+//! gateway by `crates/cli/tests/client_library.rs`.
 
 mod backoff;
 mod connection;
 mod gateway;
+mod session;
+mod subscription;
 
 pub use backoff::Backoff;
 pub use connection::{ClientError, Connection, DEFAULT_CLIENT_MAX_FRAME};
-pub use gateway::{GatewayClient, Provider, Subscription};
-pub use qm_ipc_proto::{ErrorReply, Sample, ServiceRequest};
+pub use gateway::{GatewayClient, Provider, Subscription as RawSubscription};
+pub use qm_ipc_proto::paths;
+pub use qm_ipc_proto::{ErrorReply, Info, Sample, ServiceRequest, Stats, TopicDescription};
+pub use session::{Session, SessionBuilder, DEFAULT_STREAM_QUEUE, DEFAULT_TIMEOUT};
+pub use subscription::{Subscription, MAX_TRACKED_TOPICS};

@@ -47,6 +47,10 @@ pub enum Request {
         timeout_ms: Option<u64>,
     },
     Stats,
+    Instance,
+    Describe {
+        topic: String,
+    },
 }
 
 /// A provider's answer to one request.
@@ -250,6 +254,12 @@ impl Request {
                 }
             }
             (GATEWAY_INTERFACE, "Stats") => Self::Stats,
+            (GATEWAY_INTERFACE, "Instance") => Self::Instance,
+            (GATEWAY_INTERFACE, "Describe") => {
+                let topic = p.string("topic")?;
+                check_name("topic", &topic)?;
+                Self::Describe { topic }
+            }
             (SERVICE_INTERFACE | GATEWAY_INTERFACE, _) => {
                 return Err(ErrorReply::MethodNotFound {
                     method: call.method.to_string(),
@@ -370,7 +380,7 @@ mod tests {
         fn any_parameters_to_any_method_never_panic(
             member in prop_oneof![
                 Just("Publish"), Just("Get"), Just("Subscribe"), Just("Register"), Just("Reply"),
-                Just("Call"), Just("Stats"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
+                Just("Call"), Just("Stats"), Just("Instance"), Just("Describe"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
             ],
             service_interface in any::<bool>(),
             params in json_value(),
@@ -411,6 +421,8 @@ mod tests {
                 json!({"service": "demo.echo", "method": "Echo", "parameters": {}, "timeout_ms": 100}),
             ),
             ("Stats", json!({})),
+            ("Instance", json!({})),
+            ("Describe", json!({"topic": "a.b"})),
         ];
         let mut declared: Vec<&String> = idl.methods.keys().collect();
         declared.sort();

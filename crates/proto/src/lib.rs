@@ -10,6 +10,7 @@
 //! - [`interface`]: the `io.qmipc.Gateway` IDL and its requests.
 //! - [`raw`]: zero-copy parsing of calls; payloads stay JSON text.
 //! - [`errors`]: every error reply the gateway sends, with its varlink name.
+//! - [`paths`]: the well-known socket paths, shared by gateway and clients.
 //! - [`types`]: the structured values in replies (samples, service requests).
 //! - [`validate`]: strict checking of peer-supplied JSON values, so nothing
 //!   the gateway stores or forwards fails a conforming parser.
@@ -20,6 +21,7 @@ pub mod idl;
 pub mod interface;
 pub mod message;
 pub mod params;
+pub mod paths;
 pub mod raw;
 pub mod types;
 pub mod validate;
@@ -28,7 +30,7 @@ pub use errors::ErrorReply;
 pub use framing::{FrameDecoder, FrameError};
 pub use interface::{Request, GATEWAY_IDL, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 pub use message::{Call, MessageError, Reply};
-pub use types::{Sample, ServiceRequest};
+pub use types::{Info, Sample, ServiceRequest, Stats, TopicDescription};
 pub use validate::{check_value, ValueError, ValueLimits};
 
 /// Default upper bound of one frame (request or reply), in bytes, NUL included.

@@ -3,12 +3,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One value of a topic (see `type Sample` in the IDL).
+/// One value of a topic (see `type Sample` in the IDL), its value as JSON
+/// or decoded into the application's own type `V`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
+pub struct Sample<V = Value> {
     pub topic: String,
     pub seq: u64,
-    pub value: Value,
+    pub value: V,
     pub timestamp_us: u64,
     pub dropped: u64,
     /// The gateway instance that holds the value, new at every gateway
@@ -16,6 +17,85 @@ pub struct Sample {
     /// starts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+}
+
+impl Sample<Value> {
+    /// Decodes the value into `V`, keeping the rest of the sample.
+    pub fn decode<V: serde::de::DeserializeOwned>(self) -> Result<Sample<V>, serde_json::Error> {
+        Ok(Sample {
+            value: serde_json::from_value(self.value)?,
+            topic: self.topic,
+            seq: self.seq,
+            timestamp_us: self.timestamp_us,
+            dropped: self.dropped,
+            instance: self.instance,
+        })
+    }
+}
+
+/// `org.varlink.service.GetInfo`'s reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub vendor: String,
+    pub product: String,
+    pub version: String,
+    pub url: String,
+    pub interfaces: Vec<String>,
+}
+
+/// The type a topic is declared with (`Describe`'s reply): the varlink
+/// type's full name and the text of the interface that defines it; both
+/// `None` for an undeclared topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDescription {
+    #[serde(default, rename = "type")]
+    pub type_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One connection in [`Stats`] (`type ConnectionStats` in the IDL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    pub id: u64,
+    pub peer: String,
+    pub state: String,
+    pub queued_bytes: u64,
+    pub queued_samples: u64,
+    pub dropped: u64,
+}
+
+/// One account in [`Stats`] (`type AccountStats` in the IDL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountStats {
+    pub account: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub calls: u64,
+    pub topics: u64,
+    pub retained_bytes: u64,
+}
+
+/// `Stats`' reply: the counters of the running gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub instance: String,
+    pub connections: u64,
+    pub topics: u64,
+    pub retained_bytes: u64,
+    pub services: Vec<String>,
+    pub services_total: u64,
+    pub subscriptions: u64,
+    pub calls_in_flight: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub limit_hits: std::collections::BTreeMap<String, u64>,
+    pub disconnects: std::collections::BTreeMap<String, u64>,
+    pub denials: std::collections::BTreeMap<String, u64>,
+    pub accounts: Vec<AccountStats>,
+    pub accounts_total: u64,
+    pub per_connection: Vec<ConnectionStats>,
 }
 
 /// A request forwarded to a provider (see `type ServiceRequest` in the IDL).

@@ -143,23 +143,12 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// The qm IPC example's consumer socket path for this user: `/run/ipc/ipc.socket` for
-/// root, `$XDG_RUNTIME_DIR/ipc/ipc.socket` otherwise.
+/// The consumer socket for this user (see [`qm_ipc_proto::paths`]).
 pub fn default_consumer_path() -> PathBuf {
-    runtime_dir().join("ipc/ipc.socket")
+    qm_ipc_proto::paths::consumer_socket()
 }
 
 /// The provider socket, outside the directory that is mounted into QM.
 pub fn default_provider_path() -> PathBuf {
-    runtime_dir().join("qm-ipc/provider.socket")
-}
-
-fn runtime_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !root && !dir.is_empty() => PathBuf::from(dir),
-        _ if root => PathBuf::from("/run"),
-        _ => std::env::temp_dir(),
-    }
+    qm_ipc_proto::paths::provider_socket()
 }

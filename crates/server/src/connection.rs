@@ -668,6 +668,9 @@ impl Session<'_> {
             },
             Request::Publish { topic, value } => {
                 self.authorize(Action::Publish, &topic)?;
+                if let Some(declared) = hub.topic_types().get(&topic) {
+                    declared.check(value.get())?;
+                }
                 let seq = hub.publish(self.conn, &topic, value)?;
                 Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
@@ -748,6 +751,27 @@ impl Session<'_> {
                         timeout_ms: timeout.as_millis() as u64,
                     }),
                 }
+            }
+            Request::Instance => Ok(Some(Answer::Json(json!({
+                "instance": serde_json::from_str::<Value>(&hub.instance_json())
+                    .unwrap_or(Value::Null)
+            })))),
+            Request::Describe { topic } => {
+                // Readers and writers of a topic may learn its type.
+                let id = self.peer.identity();
+                if !self.policy.check(&id, Action::Subscribe, &topic).allowed()
+                    && !self.policy.check(&id, Action::Publish, &topic).allowed()
+                {
+                    self.authorize(Action::Subscribe, &topic)?;
+                }
+                let types = hub.topic_types();
+                Ok(Some(Answer::Json(match types.get(&topic) {
+                    Some(t) => json!({
+                        "type": t.full_name,
+                        "description": t.interface.description,
+                    }),
+                    None => json!({}),
+                })))
             }
             Request::Stats => {
                 self.authorize(Action::Stats, "gateway")?;
@@ -932,6 +956,10 @@ mod tests {
         if let Err(e) = idl.check_output("Stats", &stats_reply(&snapshot)) {
             panic!("Stats reply: {e}");
         }
+        // ... and the client library's typed Stats reads it.
+        let typed: qm_ipc_proto::Stats =
+            serde_json::from_value(stats_reply(&snapshot)).expect("typed Stats reads the reply");
+        assert_eq!(typed.per_connection[0].state, "streaming");
         // Regression: QM registrations made the Stats reply larger than the
         // reply queue, and the ASIL side's Stats connection was closed.
         // The largest reply the bounds allow still fits.

@@ -41,6 +41,8 @@ pub enum StartError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("services: {0}")]
     Services(#[from] crate::services::ServicesError),
+    #[error("topic types: {0}")]
+    TopicTypes(#[from] crate::topic_types::TopicTypesError),
     #[error("{0}")]
     ProviderThread(#[from] crate::provider_thread::PlacementError),
     #[error(
@@ -139,6 +141,8 @@ pub struct Gateway {
     policy_path: Option<PathBuf>,
     /// The services file, reloaded on SIGHUP too.
     services_path: Option<PathBuf>,
+    /// The typed-topics file, reloaded on SIGHUP too.
+    topics_path: Option<PathBuf>,
     listeners: Vec<Listener>,
     notifier: Notifier,
     shutdown_tx: watch::Sender<bool>,
@@ -176,6 +180,7 @@ impl Gateway {
             hub: Arc::new(Hub::new(limits, Policy::builtin())),
             policy_path: None,
             services_path: None,
+            topics_path: None,
             listeners,
             notifier,
             shutdown_tx,
@@ -213,6 +218,36 @@ impl Gateway {
         self.hub.set_services(services);
         self.services_path = Some(path.to_owned());
         Ok(())
+    }
+
+    /// Takes only values of their declared types on the topics declared in
+    /// `path` (see [`crate::topic_types`]). Reloaded from there on SIGHUP.
+    pub fn load_topic_types(&mut self, path: &Path) -> Result<(), StartError> {
+        let types = crate::topic_types::TopicTypes::load(path)?;
+        tracing::info!("{} typed topics from {}", types.len(), path.display());
+        self.hub.set_topic_types(types);
+        self.topics_path = Some(path.to_owned());
+        Ok(())
+    }
+
+    /// Reloads the typed-topics file; a bad file keeps the types in force.
+    fn reload_topic_types(&self) {
+        let Some(path) = &self.topics_path else {
+            return;
+        };
+        match crate::topic_types::TopicTypes::load(path) {
+            Ok(types) => {
+                let count = types.len();
+                self.hub.set_topic_types(types);
+                tracing::info!(
+                    "topic types reloaded from {} ({count} topics)",
+                    path.display()
+                );
+            }
+            Err(e) => {
+                tracing::error!("topic types reload failed, keeping the previous types: {e}")
+            }
+        }
     }
 
     /// Reloads the services file; a bad file keeps the services in force.
@@ -356,6 +391,7 @@ impl Gateway {
                     self.notifier.reloading();
                     self.reload_policy();
                     self.reload_services();
+                    self.reload_topic_types();
                     self.notifier.notify(&[NotifyState::Ready]);
                 }
             }

@@ -23,6 +23,7 @@ use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::services::Services;
+use crate::topic_types::TopicTypes;
 
 /// A new gateway instance id: 128 random bits from the kernel, in hex.
 /// Clients tell a restarted gateway (values lost, seq begun again) by it.
@@ -45,6 +46,8 @@ pub struct Hub {
     broker: Mutex<Broker>,
     /// The ASIL services behind the gateway (set at start).
     services: std::sync::RwLock<Arc<Services>>,
+    /// The topics declared with a type (set at start, replaced on reload).
+    topic_types: std::sync::RwLock<Arc<TopicTypes>>,
     limits: Limits,
     /// Bumped by every policy change, so connections re-read their limits.
     policy_generation: AtomicU64,
@@ -55,6 +58,7 @@ impl Hub {
         Self {
             broker: Mutex::new(Broker::new(limits.clone(), policy, &new_instance_id())),
             services: Default::default(),
+            topic_types: Default::default(),
             limits,
             policy_generation: AtomicU64::new(0),
         }
@@ -72,6 +76,17 @@ impl Hub {
 
     pub fn services(&self) -> Arc<Services> {
         self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_topic_types(&self, types: TopicTypes) {
+        *self.topic_types.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(types);
+    }
+
+    pub fn topic_types(&self) -> Arc<TopicTypes> {
+        self.topic_types
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

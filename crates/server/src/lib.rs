@@ -29,6 +29,7 @@ pub mod policy;
 pub mod provider_thread;
 pub mod rate;
 pub mod services;
+pub mod topic_types;
 
 pub use config::{Config, Limits};
 pub use gateway::{Gateway, GatewayHandle, StartError};

@@ -30,6 +30,11 @@ pub struct ServeArgs {
     /// [[service]] with interface and socket each). See docs/design.md.
     #[arg(long, value_name = "FILE")]
     services: Option<PathBuf>,
+    /// Typed topics (TOML: one [[topic]] with name and type each, the
+    /// type's interface in the file named after it beside this one);
+    /// reloaded on SIGHUP. See docs/design.md.
+    #[arg(long, value_name = "FILE")]
+    topics: Option<PathBuf>,
     /// Also run the built-in demo provider (vehicle.speed at 10 Hz, the
     /// demo.echo service, and the log of the client's time).
     #[arg(long)]
@@ -205,6 +210,9 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
     }
     if let Some(path) = &args.services {
         gateway.load_services(path)?;
+    }
+    if let Some(path) = &args.topics {
+        gateway.load_topic_types(path)?;
     }
     if args.demo {
         let handle = gateway.handle();

@@ -1,0 +1,483 @@
+//! The client library's `Session` against the real gateway binary: typed
+//! values, decode errors as items, per-call timeouts, many subscriptions on
+//! one session, reconnecting after the gateway was killed and started
+//! again, and the code of each documented example.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{within, Gateway};
+use futures_util::StreamExt;
+use qm_ipc_client::{ClientError, ErrorReply, Session};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Speed {
+    kmh: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Time {
+    #[allow(dead_code)]
+    time: String,
+}
+
+/// The next item of a stream, within the test deadline.
+async fn next<T>(
+    sub: &mut qm_ipc_client::Subscription<T>,
+) -> Result<qm_ipc_proto::Sample<T>, ClientError> {
+    tokio::time::timeout(common::DEADLINE, sub.next())
+        .await
+        .expect("an item within the deadline")
+        .expect("the stream goes on")
+}
+
+#[test]
+fn a_session_connects_on_first_use_and_speaks_typed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = dir.path().join("run/ipc/ipc.socket");
+    within(WATCHDOG, async {
+        // Made before the gateway exists: nothing happens until a call.
+        let session = Session::new(&consumer);
+        match session.get::<Speed>("vehicle.speed").await {
+            Err(e @ ClientError::Connect { .. }) => assert!(e.is_disconnect()),
+            other => panic!("no gateway yet: {other:?}"),
+        }
+    });
+    let gw = Gateway::start_in(dir, &[]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        let seq = session
+            .publish("vehicle.speed", &Speed { kmh: 86.4 })
+            .await
+            .unwrap();
+        assert_eq!(seq, 1);
+        let got = session.get::<Speed>("vehicle.speed").await.unwrap();
+        assert_eq!((got.value, got.seq), (Speed { kmh: 86.4 }, 1));
+        let instance = got.instance.clone().expect("Get carries the instance");
+        assert_eq!(session.instance().await.unwrap(), instance);
+        assert_eq!(session.last_instance(), Some(instance));
+        // A value that does not fit the asked type is an error naming the
+        // topic, not a panic, and the session goes on.
+        match session.get::<Time>("vehicle.speed").await {
+            Err(ClientError::Decode { what, .. }) => assert_eq!(what, "vehicle.speed seq 1"),
+            other => panic!("{other:?}"),
+        }
+        match session.get::<Value>("never.published").await {
+            Err(ClientError::Remote(ErrorReply::NoSuchTopic { topic })) => {
+                assert_eq!(topic, "never.published")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Typed replies of the gateway's own methods.
+        let info = session.info().await.unwrap();
+        assert!(info.interfaces.contains(&"io.qmipc.Gateway".to_owned()));
+        let stats = session.stats().await.unwrap();
+        assert_eq!(stats.published, 1);
+        assert!(session
+            .interface_description("io.qmipc.Gateway")
+            .await
+            .unwrap()
+            .contains("method Instance"));
+        // Any method by name, typed both ways.
+        #[derive(Deserialize)]
+        struct Described {
+            description: String,
+        }
+        let d: Described = session
+            .call(
+                "org.varlink.service.GetInterfaceDescription",
+                &json!({"interface": "org.varlink.service"}),
+            )
+            .await
+            .unwrap();
+        assert!(d.description.contains("interface org.varlink.service"));
+        match session.call::<Value>("io.qmipc.Gateway.Get", &42).await {
+            Err(ClientError::Encode { what, .. }) => assert_eq!(what, "io.qmipc.Gateway.Get"),
+            other => panic!("parameters must be an object: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn clones_share_one_session_and_calls_from_many_tasks_all_land() {
+    let gw = Gateway::start(&[]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let session = session.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..25u64 {
+                    seqs.push(
+                        session
+                            .publish("load.counter", &json!({"task": task, "i": i}))
+                            .await
+                            .unwrap(),
+                    );
+                }
+                seqs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+    });
+}
+
+#[test]
+fn a_call_that_gets_no_answer_times_out_and_the_next_call_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.socket");
+    within(WATCHDOG, async {
+        // A peer that accepts and never answers: what a hung gateway is to
+        // a client.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                if held.len() == 2 {
+                    break;
+                }
+            }
+            held
+        });
+        let session = Session::builder(&path)
+            .timeout(Duration::from_millis(300))
+            .build();
+        match session.get::<Value>("vehicle.speed").await {
+            Err(ClientError::Timeout(t)) => assert_eq!(t, Duration::from_millis(300)),
+            other => panic!("{other:?}"),
+        }
+        // The per-call timeout overrides the session's.
+        match session
+            .call_within::<Value>(
+                "io.qmipc.Gateway.Stats",
+                &json!({}),
+                Duration::from_millis(50),
+            )
+            .await
+        {
+            Err(ClientError::Timeout(t)) => assert_eq!(t, Duration::from_millis(50)),
+            other => panic!("{other:?}"),
+        }
+        // Each timed-out call's connection was dropped: the second call
+        // connected again.
+        let held = tokio::time::timeout(common::DEADLINE, accepted)
+            .await
+            .expect("two connections")
+            .unwrap();
+        assert_eq!(held.len(), 2);
+    });
+}
+
+#[test]
+fn many_subscriptions_on_one_session_each_get_their_topics() {
+    let gw = Gateway::start(&[]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        let mut subs = Vec::new();
+        for i in 0..16 {
+            subs.push(
+                session
+                    .subscribe::<Speed>([format!("fleet.car{i}")])
+                    .unwrap(),
+            );
+        }
+        let publisher = Session::new(&gw.provider);
+        for i in 0..16 {
+            publisher
+                .publish(&format!("fleet.car{i}"), &Speed { kmh: i as f64 })
+                .await
+                .unwrap();
+        }
+        for (i, sub) in subs.iter_mut().enumerate() {
+            let s = next(sub).await.unwrap();
+            assert_eq!((s.topic, s.value.kmh), (format!("fleet.car{i}"), i as f64));
+        }
+    });
+}
+
+#[test]
+fn a_value_of_the_wrong_shape_is_an_error_item_and_the_stream_goes_on() {
+    let gw = Gateway::start(&[]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        let mut speeds = session.subscribe::<Speed>(["vehicle.speed"]).unwrap();
+        let publisher = Session::new(&gw.provider);
+        // Subscribed once the first value arrived (as the current value or
+        // as an update).
+        publisher
+            .publish("vehicle.speed", &Speed { kmh: 10.0 })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut speeds).await.unwrap().seq, 1);
+        publisher
+            .publish("vehicle.speed", &json!({"mph": 50}))
+            .await
+            .unwrap();
+        publisher
+            .publish("vehicle.speed", &Speed { kmh: 80.0 })
+            .await
+            .unwrap();
+        match next(&mut speeds).await {
+            Err(ClientError::Decode { what, .. }) => assert_eq!(what, "vehicle.speed seq 2"),
+            other => panic!("{other:?}"),
+        }
+        let good = next(&mut speeds).await.unwrap();
+        assert_eq!((good.seq, good.value.kmh), (3, 80.0));
+    });
+}
+
+#[test]
+fn a_refused_subscription_says_why_and_ends() {
+    let gw = Gateway::start(&[]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        // A bad pattern is refused before anything is sent.
+        assert!(matches!(
+            session.subscribe::<Value>(["bad pattern"]),
+            Err(ClientError::Remote(ErrorReply::InvalidParameter { .. }))
+        ));
+        assert!(session.subscribe::<Value>(Vec::<String>::new()).is_err());
+    });
+    // The built-in policy does not let QM read ASIL-internal topics.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"qm\"\nsocket = \"consumer\"\nallow = { subscribe = [\"vehicle.*\"] }\n",
+    )
+    .unwrap();
+    let gw = Gateway::start(&["--policy", policy.to_str().unwrap()]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        let mut secret = session.subscribe::<Value>(["asil.internal"]).unwrap();
+        match next(&mut secret).await {
+            Err(ClientError::Remote(ErrorReply::AccessDenied { object, .. })) => {
+                assert_eq!(object, "asil.internal")
+            }
+            other => panic!("{other:?}"),
+        }
+        let end = tokio::time::timeout(common::DEADLINE, secret.next())
+            .await
+            .unwrap();
+        assert!(end.is_none(), "a refusal ends the stream: {end:?}");
+    });
+}
+
+/// The gateway killed and started again: the subscription reports the
+/// lost connection once, reconnects by itself, reports the restart, and
+/// goes on with the new instance's samples (seq from 1 again).
+#[test]
+fn a_subscription_follows_the_gateway_across_a_kill_and_restart() {
+    let mut gw = Gateway::start(&[]);
+    let consumer = gw.consumer.clone();
+    let provider = gw.provider.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = Session::builder(&consumer)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build();
+    let mut speeds = rt.block_on(async {
+        let mut speeds = session.subscribe::<Speed>(["vehicle.speed"]).unwrap();
+        let publisher = Session::new(&provider);
+        for kmh in [10.0, 20.0, 30.0] {
+            publisher
+                .publish("vehicle.speed", &Speed { kmh })
+                .await
+                .unwrap();
+        }
+        for seq in 1..=3 {
+            // The subscription may start after the first publishes: it
+            // then begins with the current value.
+            let s = next(&mut speeds).await.unwrap();
+            if s.seq == 3 {
+                break;
+            }
+            assert!(s.seq >= seq);
+        }
+        speeds
+    });
+    let old_instance = rt.block_on(session.instance()).unwrap();
+    gw.proc.signal(libc::SIGKILL);
+    gw.proc.wait_exit();
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    let gw2 = Gateway::start_in(dir, &[]);
+    rt.block_on(async {
+        tokio::time::timeout(WATCHDOG, async {
+            match next(&mut speeds).await {
+                Err(e) => assert!(e.is_disconnect(), "first the lost connection: {e}"),
+                Ok(s) => panic!("{s:?}"),
+            }
+            let publisher = Session::new(&gw2.provider);
+            // Published until the subscription is back (it reconnects with
+            // backoff, on its own time).
+            let mut restarted = false;
+            loop {
+                publisher
+                    .publish("vehicle.speed", &Speed { kmh: 99.0 })
+                    .await
+                    .unwrap();
+                match tokio::time::timeout(Duration::from_millis(100), speeds.next()).await {
+                    Err(_) => continue,
+                    Ok(None) => panic!("the stream ended"),
+                    Ok(Some(Err(ClientError::Restarted { previous, current }))) => {
+                        assert_eq!(previous, old_instance);
+                        assert_ne!(current, old_instance);
+                        restarted = true;
+                    }
+                    Ok(Some(Ok(s))) => {
+                        assert!(restarted, "the restart is reported before new samples");
+                        assert_eq!(s.value.kmh, 99.0);
+                        assert!(
+                            s.instance.is_none() || s.instance.as_deref() != Some(&old_instance)
+                        );
+                        break;
+                    }
+                    Ok(Some(Err(e))) => panic!("{e}"),
+                }
+            }
+        })
+        .await
+        .expect("the subscription came back within the watchdog")
+    });
+    drop(gw2);
+}
+
+/// The code of the crate-level and `Session` examples, run.
+#[test]
+fn the_documented_examples_run() {
+    let gw = Gateway::start(&[]);
+    std::env::set_var("SOCKET_PATH", &gw.consumer);
+    within(WATCHDOG, async {
+        let publisher = Session::new(&gw.provider);
+        publisher
+            .publish("vehicle.speed", &json!({"kmh": 42.0}))
+            .await
+            .unwrap();
+        // Session (and lib.rs): from_env, get.
+        let session = Session::from_env();
+        assert_eq!(session.path(), gw.consumer.as_path());
+        let speed = session.get::<Speed>("vehicle.speed").await.unwrap();
+        println!("{} km/h (seq {})", speed.value.kmh, speed.seq);
+        // publish
+        #[derive(serde::Serialize)]
+        struct TimeOut {
+            time: String,
+        }
+        let seq = session
+            .publish(
+                "demo.time",
+                &TimeOut {
+                    time: "12:00:00".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seq, 1);
+        let time = session.get::<Value>("demo.time").await.unwrap();
+        assert_eq!(time.value, json!({"time": "12:00:00"}));
+        // subscribe, read as a Stream (StreamExt's next, not the
+        // inherent one).
+        let mut speeds = session.subscribe::<Speed>(["vehicle.speed"]).unwrap();
+        if let Some(item) = StreamExt::next(&mut speeds).await {
+            match item {
+                Ok(s) => assert_eq!(s.value.kmh, 42.0),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        publisher
+            .publish("vehicle.speed", &json!({"kmh": 43.0}))
+            .await
+            .unwrap();
+        let more: Vec<f64> = speeds
+            .by_ref()
+            .take(1)
+            .map(|item| item.map(|s| s.value.kmh).unwrap_or(f64::NAN))
+            .collect()
+            .await;
+        assert_eq!(more, vec![43.0]);
+    });
+}
+
+/// A topic declared with a varlink type takes only values of that type;
+/// the refusal names the field and the value is neither stored nor sent.
+/// Readers learn the type with Describe.
+#[test]
+fn a_typed_topic_refuses_other_shapes_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = dir.path().join("topics.toml");
+    std::fs::write(
+        &topics,
+        "[[topic]]\nname = \"vehicle.speed\"\ntype = \"com.example.Vehicle.Speed\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("com.example.Vehicle.varlink"),
+        "# What the vehicle publishes.\ninterface com.example.Vehicle\n\ntype Speed (kmh: float)\n\nmethod Nop() -> ()\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(dir, &["--topics", topics.to_str().unwrap()]);
+    within(WATCHDOG, async {
+        let session = Session::new(&gw.consumer);
+        let mut speeds = session.subscribe::<Speed>(["vehicle.speed"]).unwrap();
+        let publisher = Session::new(&gw.provider);
+        for (bad, parameter) in [
+            (json!({"kmh": "fast"}), "value.kmh"),
+            (json!({}), "value.kmh"),
+            (json!({"kmh": 1.0, "mph": 1.0}), "value.mph"),
+            (json!(86.4), "value"),
+        ] {
+            match publisher.publish("vehicle.speed", &bad).await {
+                Err(ClientError::Remote(ErrorReply::InvalidParameter {
+                    parameter: p,
+                    reason,
+                })) => {
+                    assert_eq!(p, parameter, "{bad}");
+                    assert!(reason.contains("com.example.Vehicle.Speed"), "{reason}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            session.get::<Value>("vehicle.speed").await,
+            Err(ClientError::Remote(ErrorReply::NoSuchTopic { .. }))
+        ));
+        assert_eq!(
+            publisher
+                .publish("vehicle.speed", &Speed { kmh: 50.0 })
+                .await
+                .unwrap(),
+            1
+        );
+        // The first thing the subscriber sees is the one good value.
+        let s = next(&mut speeds).await.unwrap();
+        assert_eq!((s.seq, s.value.kmh), (1, 50.0));
+        let described = session.describe("vehicle.speed").await.unwrap();
+        assert_eq!(
+            described.type_name.as_deref(),
+            Some("com.example.Vehicle.Speed")
+        );
+        assert!(described
+            .description
+            .unwrap()
+            .contains("type Speed (kmh: float)"));
+        // Undeclared topics take any value and have no type.
+        assert_eq!(
+            session.describe("demo.time").await.unwrap(),
+            Default::default()
+        );
+    });
+}

@@ -1,0 +1,481 @@
+//! A session with the gateway: the plumbing every application would
+//! otherwise write itself. It connects on first use, reconnects after the
+//! gateway went away, learns the gateway instance at every connect (so a
+//! restart is noticed), bounds every call with a timeout, and decodes
+//! values into the application's own types.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
+use qm_ipc_proto::{Info, Sample, Stats, TopicDescription};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::connection::{ClientError, Connection};
+use crate::subscription::Subscription;
+
+/// How long a call waits for its answer unless the session or the call
+/// says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Samples a subscription holds for an application that has not read them
+/// yet. When it is full the subscription stops reading its socket, and the
+/// gateway keeps only each topic's newest value for it (counted in
+/// `dropped`), so a slow reader costs neither side memory.
+pub const DEFAULT_STREAM_QUEUE: usize = 64;
+
+/// Configures a [`Session`].
+#[derive(Debug, Clone)]
+pub struct SessionBuilder {
+    path: PathBuf,
+    timeout: Duration,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    stream_queue: usize,
+}
+
+impl SessionBuilder {
+    /// How long each call waits for its answer (default
+    /// [`DEFAULT_TIMEOUT`]); [`Session::call_within`] sets it per call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Delays between reconnection attempts of subscriptions: from `base`,
+    /// doubling up to `cap`, with full jitter (default 100 ms to 5 s).
+    pub fn reconnect_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// Samples each subscription buffers for the application (default
+    /// [`DEFAULT_STREAM_QUEUE`], at least 1).
+    pub fn stream_queue(mut self, samples: usize) -> Self {
+        self.stream_queue = samples.max(1);
+        self
+    }
+
+    pub fn build(self) -> Session {
+        Session {
+            inner: Arc::new(Inner {
+                path: self.path,
+                timeout: self.timeout,
+                backoff_base: self.backoff_base,
+                backoff_cap: self.backoff_cap,
+                stream_queue: self.stream_queue,
+                conn: tokio::sync::Mutex::new(None),
+                instance: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// A session with one gateway. Cheap to clone (clones share it); every
+/// method takes `&self`.
+///
+/// Calls on one session go out one at a time on one connection, as
+/// varlink has it; every subscription has a connection of its own.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), qm_ipc_client::ClientError> {
+/// use qm_ipc_client::Session;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Speed {
+///     kmh: f64,
+/// }
+///
+/// // $SOCKET_PATH, else /run/ipc/ipc.socket (root) or
+/// // $XDG_RUNTIME_DIR/ipc/ipc.socket.
+/// let session = Session::from_env();
+/// let speed = session.get::<Speed>("vehicle.speed").await?;
+/// println!("{} km/h (seq {})", speed.value.kmh, speed.seq);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_cap: Duration,
+    pub(crate) stream_queue: usize,
+    /// The connection calls go out on; `None` until the first call and
+    /// after a failure.
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    /// The gateway instance last seen by a call's connection.
+    instance: std::sync::Mutex<Option<String>>,
+}
+
+/// May a call be sent again after its connection failed while it waited
+/// for the answer (the gateway may have carried it out)?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads: sent again on a fresh connection.
+    Idempotent,
+    /// Publish and service calls: sent again only when the failure was in
+    /// sending, so the gateway never saw them.
+    OnlyIfUnsent,
+}
+
+pub(crate) fn field<T: DeserializeOwned>(
+    mut params: Map<String, Value>,
+    name: &str,
+) -> Result<T, ClientError> {
+    let value = params.remove(name).unwrap_or(Value::Null);
+    serde_json::from_value(value)
+        .map_err(|e| ClientError::UnexpectedReply(format!("field {name:?}: {e}")))
+}
+
+fn gateway(method: &str) -> String {
+    format!("{GATEWAY_INTERFACE}.{method}")
+}
+
+impl Session {
+    /// A session with the gateway at `path`. Connects on first use.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self::builder(path).build()
+    }
+
+    /// A session with the gateway at the default path: `$SOCKET_PATH`, else
+    /// `/run/ipc/ipc.socket` for root and `$XDG_RUNTIME_DIR/ipc/ipc.socket`
+    /// for anyone else (see [`qm_ipc_proto::paths`]).
+    pub fn from_env() -> Self {
+        Self::new(qm_ipc_proto::paths::client_socket())
+    }
+
+    pub fn builder(path: impl Into<PathBuf>) -> SessionBuilder {
+        SessionBuilder {
+            path: path.into(),
+            timeout: DEFAULT_TIMEOUT,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(5),
+            stream_queue: DEFAULT_STREAM_QUEUE,
+        }
+    }
+
+    /// The gateway socket this session talks to.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The current value of `topic`, decoded into `T` (use
+    /// `serde_json::Value` to take any value).
+    ///
+    /// ```no_run
+    /// # async fn example(session: qm_ipc_client::Session) -> Result<(), qm_ipc_client::ClientError> {
+    /// let time = session.get::<serde_json::Value>("demo.time").await?;
+    /// println!("{} (seq {})", time.value, time.seq);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, topic: &str) -> Result<Sample<T>, ClientError> {
+        let reply = self
+            .request(
+                &gateway("Get"),
+                json!({ "topic": topic }),
+                Retry::Idempotent,
+            )
+            .await?;
+        let sample: Sample = field(reply, "sample")?;
+        let seq = sample.seq;
+        sample.decode().map_err(|e| ClientError::Decode {
+            what: format!("{topic} seq {seq}"),
+            error: e.to_string(),
+        })
+    }
+
+    /// Publishes `value` to `topic`; returns its sequence number.
+    ///
+    /// ```no_run
+    /// # async fn example(session: qm_ipc_client::Session) -> Result<(), qm_ipc_client::ClientError> {
+    /// #[derive(serde::Serialize)]
+    /// struct Time {
+    ///     time: String,
+    /// }
+    /// let seq = session.publish("demo.time", &Time { time: "12:00:00".into() }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<u64, ClientError> {
+        let value = serde_json::to_value(value).map_err(|e| ClientError::Encode {
+            what: topic.to_owned(),
+            error: e.to_string(),
+        })?;
+        let reply = self
+            .request(
+                &gateway("Publish"),
+                json!({ "topic": topic, "value": value }),
+                Retry::OnlyIfUnsent,
+            )
+            .await?;
+        field(reply, "seq")
+    }
+
+    /// Calls a method of an ASIL service behind the gateway (or of the
+    /// gateway itself): `method` is `INTERFACE.METHOD`, `parameters` any
+    /// value that serialises to a JSON object, and the reply's parameters
+    /// are decoded into `R`. Waits at most the session's timeout.
+    ///
+    /// ```no_run
+    /// # async fn example(session: qm_ipc_client::Session) -> Result<(), qm_ipc_client::ClientError> {
+    /// #[derive(serde::Serialize)]
+    /// struct SetTemperature {
+    ///     zone: String,
+    ///     celsius: f64,
+    /// }
+    /// #[derive(serde::Deserialize)]
+    /// struct Applied {
+    ///     celsius: f64,
+    /// }
+    /// let applied: Applied = session
+    ///     .call(
+    ///         "com.example.Climate.SetTemperature",
+    ///         &SetTemperature { zone: "driver".into(), celsius: 21.5 },
+    ///     )
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        parameters: &(impl Serialize + ?Sized),
+    ) -> Result<R, ClientError> {
+        self.call_within(method, parameters, self.inner.timeout)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own timeout.
+    pub async fn call_within<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        parameters: &(impl Serialize + ?Sized),
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        let parameters = serde_json::to_value(parameters).map_err(|e| ClientError::Encode {
+            what: method.to_owned(),
+            error: e.to_string(),
+        })?;
+        if !parameters.is_object() {
+            return Err(ClientError::Encode {
+                what: method.to_owned(),
+                error: "the parameters must serialise to a JSON object".into(),
+            });
+        }
+        let reply = self
+            .request_within(method, parameters, Retry::OnlyIfUnsent, timeout)
+            .await?;
+        serde_json::from_value(Value::Object(reply)).map_err(|e| ClientError::Decode {
+            what: format!("the reply of {method}"),
+            error: e.to_string(),
+        })
+    }
+
+    /// Streams the samples of the topics `patterns` names (topic names,
+    /// `vehicle.*` for every topic below a prefix, `*` for all), decoded
+    /// into `T`: first each topic's current value, then every update. The
+    /// subscription reconnects by itself; see [`Subscription`] for the
+    /// items it yields. Fails at once only for a pattern that is not one.
+    ///
+    /// ```no_run
+    /// # async fn example(session: qm_ipc_client::Session) -> Result<(), qm_ipc_client::ClientError> {
+    /// use futures_util::StreamExt;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Speed {
+    ///     kmh: f64,
+    /// }
+    /// let mut speeds = session.subscribe::<Speed>(["vehicle.speed"])?;
+    /// while let Some(item) = speeds.next().await {
+    ///     match item {
+    ///         Ok(s) => println!("{} km/h (seq {}, {} missed)", s.value.kmh, s.seq, s.dropped),
+    ///         Err(e) => eprintln!("{e}"), // a restart, a lost connection, a bad value
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe<T: DeserializeOwned + Send + 'static>(
+        &self,
+        patterns: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Subscription<T>, ClientError> {
+        let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
+        if patterns.is_empty() {
+            return Err(ClientError::Remote(qm_ipc_proto::ErrorReply::invalid(
+                "topics",
+                "no topic given",
+            )));
+        }
+        for pattern in &patterns {
+            TopicPattern::parse(pattern).map_err(ClientError::Remote)?;
+        }
+        Ok(Subscription::start(self.clone(), patterns))
+    }
+
+    /// The type `topic` is declared with, if any.
+    pub async fn describe(&self, topic: &str) -> Result<TopicDescription, ClientError> {
+        let reply = self
+            .request(
+                &gateway("Describe"),
+                json!({ "topic": topic }),
+                Retry::Idempotent,
+            )
+            .await?;
+        serde_json::from_value(Value::Object(reply))
+            .map_err(|e| ClientError::UnexpectedReply(format!("Describe: {e}")))
+    }
+
+    /// `org.varlink.service.GetInfo`: the gateway and the interfaces this
+    /// client may use (the gateway's and the ASIL services it may call).
+    pub async fn info(&self) -> Result<Info, ClientError> {
+        let reply = self
+            .request(
+                &format!("{SERVICE_INTERFACE}.GetInfo"),
+                json!({}),
+                Retry::Idempotent,
+            )
+            .await?;
+        serde_json::from_value(Value::Object(reply))
+            .map_err(|e| ClientError::UnexpectedReply(format!("GetInfo: {e}")))
+    }
+
+    /// `org.varlink.service.GetInterfaceDescription`: an interface's text.
+    pub async fn interface_description(&self, interface: &str) -> Result<String, ClientError> {
+        let reply = self
+            .request(
+                &format!("{SERVICE_INTERFACE}.GetInterfaceDescription"),
+                json!({ "interface": interface }),
+                Retry::Idempotent,
+            )
+            .await?;
+        field(reply, "description")
+    }
+
+    /// The gateway's counters (needs the `stats` grant).
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let reply = self
+            .request(&gateway("Stats"), json!({}), Retry::Idempotent)
+            .await?;
+        serde_json::from_value(Value::Object(reply))
+            .map_err(|e| ClientError::UnexpectedReply(format!("Stats: {e}")))
+    }
+
+    /// The gateway instance now: new at every gateway start.
+    pub async fn instance(&self) -> Result<String, ClientError> {
+        let reply = self
+            .request(&gateway("Instance"), json!({}), Retry::Idempotent)
+            .await?;
+        let instance: String = field(reply, "instance")?;
+        self.note_instance(Some(instance.clone()));
+        Ok(instance)
+    }
+
+    /// The gateway instance this session's calls last saw, without asking.
+    pub fn last_instance(&self) -> Option<String> {
+        self.inner
+            .instance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note_instance(&self, instance: Option<String>) {
+        if instance.is_some() {
+            *self
+                .inner
+                .instance
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = instance;
+        }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        parameters: Value,
+        retry: Retry,
+    ) -> Result<Map<String, Value>, ClientError> {
+        self.request_within(method, parameters, retry, self.inner.timeout)
+            .await
+    }
+
+    /// One call on the session's connection, connecting first if there is
+    /// none, within `timeout` (waiting for the connection included).
+    async fn request_within(
+        &self,
+        method: &str,
+        parameters: Value,
+        retry: Retry,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, ClientError> {
+        let call = qm_ipc_proto::Call::new(method, parameters);
+        let work = async {
+            let mut slot = self.inner.conn.lock().await;
+            // One more try on a fresh connection when a kept one turns out
+            // to be dead (the gateway restarted since the last call).
+            let mut fresh_tries = 1;
+            loop {
+                // Taken out of the slot while in use: if this future is
+                // dropped (timeout) or the call fails, the connection goes
+                // with it and the next call connects again.
+                let (mut conn, reused) = match slot.take() {
+                    Some(conn) => (conn, true),
+                    None => (self.open().await?, false),
+                };
+                if let Err(e) = conn.send(&call).await {
+                    if reused && fresh_tries > 0 && e.is_disconnect() {
+                        fresh_tries -= 1;
+                        continue;
+                    }
+                    return Err(e);
+                }
+                match conn.recv().await {
+                    Ok(reply) => {
+                        *slot = Some(conn);
+                        return reply.into_result().map_err(ClientError::Remote);
+                    }
+                    Err(e)
+                        if reused
+                            && fresh_tries > 0
+                            && e.is_disconnect()
+                            && retry == Retry::Idempotent =>
+                    {
+                        fresh_tries -= 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// A new connection, and the instance of the gateway behind it.
+    async fn open(&self) -> Result<Connection, ClientError> {
+        let mut conn = Connection::connect(&self.inner.path).await?;
+        let instance = fetch_instance(&mut conn).await?;
+        self.note_instance(instance);
+        Ok(conn)
+    }
+}
+
+/// Asks a connection's gateway for its instance; `None` from a gateway
+/// that does not know the method (an older release).
+pub(crate) async fn fetch_instance(conn: &mut Connection) -> Result<Option<String>, ClientError> {
+    match conn.call(&gateway("Instance"), json!({})).await {
+        Ok(reply) => Ok(Some(field(reply, "instance")?)),
+        Err(ClientError::Remote(e)) if e.name().ends_with("MethodNotFound") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
