@@ -120,3 +120,81 @@ fn help_explains_the_commands() {
         assert!(out.contains(command), "--help lists {command}:\n{out}");
     }
 }
+
+/// `subscribe` follows the gateway across a restart (killed, started
+/// again on the same socket) and says so on stderr; `--once` stops at the
+/// lost connection instead; `--timeout-ms` bounds the whole wait.
+#[test]
+fn subscribe_follows_restarts_unless_once() {
+    use common::{bin, Proc};
+    use std::process::Command;
+    let mut gw = Gateway::start(&[]);
+    let publish = |gw: &Gateway, value: &str| {
+        let mut args = vec!["--socket", gw.provider.to_str().unwrap()];
+        args.extend(["publish", "cabin.temp", value]);
+        let (status, _, err) = run_cli(&args);
+        assert!(status.success(), "{err}");
+    };
+    publish(&gw, r#"{"celsius": 20}"#);
+    let spawn = |gw: &Gateway, extra: &[&str]| {
+        let mut c = Command::new(bin());
+        c.arg("--socket")
+            .arg(&gw.consumer)
+            .args(["subscribe", "cabin.temp", "--timestamps"])
+            .args(extra);
+        Proc::spawn(c)
+    };
+    let mut follower = spawn(&gw, &["--count", "2"]);
+    let mut once = spawn(&gw, &["--once"]);
+    let first = follower.wait_line("cabin.temp = {\"celsius\":20} (seq 1)");
+    assert!(
+        follower.output[first].starts_with("20") && follower.output[first].contains("Z cabin.temp"),
+        "a timestamp first: {}",
+        follower.output[first]
+    );
+    once.wait_line("cabin.temp = ");
+
+    gw.proc.signal(libc::SIGKILL);
+    gw.proc.wait_exit();
+    assert!(
+        !once.wait_exit().success(),
+        "--once stops at the lost connection"
+    );
+    follower.wait_line("reconnecting");
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    let gw2 = Gateway::start_in(dir, &[]);
+    // Published until the follower is back and has it.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while follower.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            follower.output.join("\n")
+        );
+        publish(&gw2, r#"{"celsius": 22}"#);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        follower.wait_exit().success(),
+        "{}",
+        follower.output.join("\n")
+    );
+    let out = follower.output.join("\n");
+    assert!(out.contains("the gateway restarted"), "{out}");
+    assert!(
+        out.contains("cabin.temp = {\"celsius\":22} (seq 1)"),
+        "{out}"
+    );
+
+    let (status, _, err) = run_cli(&[
+        "--socket",
+        gw2.consumer.to_str().unwrap(),
+        "subscribe",
+        "never.published",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "200",
+    ]);
+    assert!(!status.success() && err.contains("200 ms"), "{err}");
+}

@@ -42,7 +42,7 @@ impl CommandError {
 
 /// The consumer socket to use: the flag or `SOCKET_PATH`, else the default.
 pub fn socket_or_default(socket: Option<PathBuf>) -> PathBuf {
-    socket.unwrap_or_else(qm_ipc_server::config::default_consumer_path)
+    socket.unwrap_or_else(qm_ipc_client::paths::consumer_socket)
 }
 
 /// Resolves on SIGTERM or SIGINT.

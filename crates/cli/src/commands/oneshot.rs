@@ -1,12 +1,11 @@
 //! One-shot commands for people and scripts: get, subscribe, publish, call,
 //! info, stats. Each failure exits non-zero and names the varlink error.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use qm_ipc_client::{ClientError, GatewayClient, Sample};
+use qm_ipc_client::{ClientError, Sample, Session};
 use qm_ipc_proto::GATEWAY_INTERFACE;
 use serde_json::Value;
 
@@ -40,8 +39,19 @@ pub struct SubscribeArgs {
     /// Stop after this many samples (default: run until interrupted).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
-    #[command(flatten)]
-    common: Common,
+    /// Stop when the connection is lost, instead of following the gateway
+    /// across restarts (reconnecting with backoff, which is the default).
+    #[arg(long)]
+    once: bool,
+    /// Start each line with the sample's publish time (UTC, RFC 3339).
+    #[arg(long)]
+    timestamps: bool,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many milliseconds in all (default: no limit).
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -86,25 +96,11 @@ pub struct StatsArgs {
     common: Common,
 }
 
-/// Runs `f` on a fresh connection, bounded by `--timeout-ms`.
-async fn with_gateway<T, F, Fut>(
-    socket: Option<PathBuf>,
-    common: &Common,
-    f: F,
-) -> Result<T, CommandError>
-where
-    F: FnOnce(GatewayClient) -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    let path = socket_or_default(socket);
-    let work = async move {
-        let gw = GatewayClient::connect(&path).await?;
-        f(gw).await
-    };
-    match tokio::time::timeout(Duration::from_millis(common.timeout_ms), work).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(CommandError::Timeout(common.timeout_ms)),
-    }
+/// A session bounded by `--timeout-ms` for each call.
+fn session(socket: Option<PathBuf>, common: &Common) -> Session {
+    Session::builder(socket_or_default(socket))
+        .timeout(Duration::from_millis(common.timeout_ms))
+        .build()
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Value, CommandError> {
@@ -115,57 +111,99 @@ fn parse_json(what: &str, text: &str) -> Result<Value, CommandError> {
     })
 }
 
-fn print_sample(sample: &Sample, json: bool) {
+fn print_sample(sample: &Sample, json: bool, timestamps: bool) {
     if json {
         println!("{}", serde_json::to_string(sample).unwrap_or_default());
-    } else if sample.dropped > 0 {
+        return;
+    }
+    let at = match timestamps {
+        true => format!("{} ", utc_time(sample.timestamp_us)),
+        false => String::new(),
+    };
+    if sample.dropped > 0 {
         println!(
-            "{} = {} (seq {}, {} dropped)",
+            "{at}{} = {} (seq {}, {} dropped)",
             sample.topic, sample.value, sample.seq, sample.dropped
         );
     } else {
-        println!("{} = {} (seq {})", sample.topic, sample.value, sample.seq);
+        println!(
+            "{at}{} = {} (seq {})",
+            sample.topic, sample.value, sample.seq
+        );
     }
 }
 
+/// Microseconds since the epoch as RFC 3339 UTC with microseconds,
+/// `2026-11-29T03:01:50.123456Z`.
+fn utc_time(timestamp_us: u64) -> String {
+    let secs = (timestamp_us / 1_000_000) as i64;
+    let micros = timestamp_us % 1_000_000;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 pub async fn get(socket: Option<PathBuf>, args: GetArgs) -> Result<(), CommandError> {
-    let topic = args.topic.clone();
-    let sample = with_gateway(socket, &args.common, |mut gw| async move {
-        gw.get(&topic).await
-    })
-    .await?;
-    print_sample(&sample, args.common.json);
+    let sample = session(socket, &args.common)
+        .get::<Value>(&args.topic)
+        .await?;
+    print_sample(&sample, args.common.json, false);
     Ok(())
 }
 
 pub async fn subscribe(socket: Option<PathBuf>, args: SubscribeArgs) -> Result<(), CommandError> {
-    let path = socket_or_default(socket);
-    let connect = async {
-        GatewayClient::connect(&path)
-            .await?
-            .subscribe(&args.topics)
-            .await
+    let session = Session::new(socket_or_default(socket));
+    let mut samples = session.subscribe::<Value>(args.topics.iter().cloned())?;
+    let json = args.json;
+    let follow = async {
+        let mut seen = 0u64;
+        while args.count.is_none_or(|count| seen < count) {
+            match samples.next().await {
+                Some(Ok(sample)) => {
+                    print_sample(&sample, json, args.timestamps);
+                    seen += 1;
+                }
+                // Events go to stderr, so stdout stays one sample a line.
+                Some(Err(e)) if e.is_disconnect() => {
+                    if args.once {
+                        return Err(e.into());
+                    }
+                    eprintln!("qm-ipc: {e}; reconnecting");
+                }
+                Some(Err(e @ ClientError::Remote(_))) => return Err(e.into()),
+                Some(Err(e)) => eprintln!("qm-ipc: {e}"),
+                None => return Ok(()),
+            }
+        }
+        Ok(())
     };
-    let timeout = Duration::from_millis(args.common.timeout_ms);
-    let mut subscription = tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| CommandError::Timeout(args.common.timeout_ms))??;
-    let mut seen = 0u64;
-    while args.count.is_none_or(|count| seen < count) {
-        let sample = subscription.next().await?;
-        print_sample(&sample, args.common.json);
-        seen += 1;
+    match args.timeout_ms {
+        None => follow.await,
+        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), follow)
+            .await
+            .map_err(|_| CommandError::Timeout(ms))?,
     }
-    Ok(())
 }
 
 pub async fn publish(socket: Option<PathBuf>, args: PublishArgs) -> Result<(), CommandError> {
     let value = parse_json("the value", &args.value)?;
-    let topic = args.topic.clone();
-    let seq = with_gateway(socket, &args.common, |mut gw| async move {
-        gw.publish(&topic, value).await
-    })
-    .await?;
+    let seq = session(socket, &args.common)
+        .publish(&args.topic, &value)
+        .await?;
     if args.common.json {
         println!("{}", serde_json::json!({ "seq": seq }));
     } else {
@@ -191,18 +229,25 @@ pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), Command
             "the parameters must be a JSON object, e.g. '{\"text\": \"hi\"}'".into(),
         ));
     }
-    let (service, call_timeout) = (args.service.clone(), args.call_timeout_ms);
-    let result = with_gateway(socket, &args.common, |mut gw| async move {
-        match method {
-            Some(method) => gw.call(&service, &method, parameters, call_timeout).await,
-            None => gw
-                .connection()
-                .call(&service, parameters)
-                .await
-                .map(Value::Object),
+    let session = session(socket, &args.common);
+    let result: Value = match method {
+        // A registered provider's service, through the gateway's Call.
+        Some(method) => {
+            let mut reply: serde_json::Map<String, Value> = session
+                .call(
+                    &format!("{GATEWAY_INTERFACE}.Call"),
+                    &serde_json::json!({
+                        "service": args.service,
+                        "method": method,
+                        "parameters": parameters,
+                        "timeout_ms": args.call_timeout_ms,
+                    }),
+                )
+                .await?;
+            reply.remove("result").unwrap_or(Value::Null)
         }
-    })
-    .await?;
+        None => session.call(&args.service, &parameters).await?,
+    };
     if args.common.json {
         println!("{result}");
     } else {
@@ -215,34 +260,27 @@ pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), Command
 }
 
 pub async fn info(socket: Option<PathBuf>, args: InfoArgs) -> Result<(), CommandError> {
-    let describe = args.describe;
-    let (info, idl) = with_gateway(socket, &args.common, |mut gw| async move {
-        let info = gw.info().await?;
-        let idl = match describe {
-            true => Some(gw.describe(GATEWAY_INTERFACE).await?),
-            false => None,
-        };
-        Ok((info, idl))
-    })
-    .await?;
+    let session = session(socket, &args.common);
+    let info = session.info().await?;
+    let idl = match args.describe {
+        true => Some(session.interface_description(GATEWAY_INTERFACE).await?),
+        false => None,
+    };
     if args.common.json {
-        let mut out = Value::Object(info);
+        let mut out = serde_json::to_value(&info).unwrap_or_default();
         if let Some(idl) = idl {
             out["description"] = Value::String(idl);
         }
         println!("{out}");
         return Ok(());
     }
-    for key in ["vendor", "product", "version", "url"] {
-        if let Some(v) = info.get(key).and_then(Value::as_str) {
-            println!("{key}: {v}");
-        }
-    }
-    if let Some(Value::Array(interfaces)) = info.get("interfaces") {
-        println!("interfaces:");
-        for i in interfaces.iter().filter_map(Value::as_str) {
-            println!("  {i}");
-        }
+    println!("vendor: {}", info.vendor);
+    println!("product: {}", info.product);
+    println!("version: {}", info.version);
+    println!("url: {}", info.url);
+    println!("interfaces:");
+    for i in &info.interfaces {
+        println!("  {i}");
     }
     if let Some(idl) = idl {
         println!();
@@ -252,18 +290,29 @@ pub async fn info(socket: Option<PathBuf>, args: InfoArgs) -> Result<(), Command
 }
 
 pub async fn stats(socket: Option<PathBuf>, args: StatsArgs) -> Result<(), CommandError> {
-    let stats = with_gateway(
-        socket,
-        &args.common,
-        |mut gw| async move { gw.stats().await },
-    )
-    .await?;
+    let stats = session(socket, &args.common).stats().await?;
+    let stats = serde_json::to_value(&stats).unwrap_or_default();
     if args.common.json {
-        println!("{}", Value::Object(stats));
-    } else {
+        println!("{stats}");
+    } else if let Value::Object(stats) = stats {
         for (key, value) in &stats {
             println!("{key}: {value}");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_time;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(utc_time(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            utc_time(1_795_921_192_882_939),
+            "2026-11-29T02:59:52.882939Z"
+        );
+    }
 }

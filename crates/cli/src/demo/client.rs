@@ -1,17 +1,17 @@
 //! The qm IPC example's demo client (`qm-ipc client`), the QM side: once a second it
 //! publishes the current time to `demo.time` and prints the latest
-//! `vehicle.speed`. When the gateway goes away it reconnects with capped
-//! exponential backoff and jitter, and subscribes again; it never exits
-//! because of a lost connection.
+//! `vehicle.speed`. Written with the client library's `Session`, which
+//! reconnects with capped exponential backoff and jitter and subscribes
+//! again; it never exits because of a lost connection.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use qm_ipc_client::{Backoff, ClientError, GatewayClient, Sample};
-use serde_json::json;
+use qm_ipc_client::{Backoff, ClientError, Sample, Session};
 
 use super::provider::{SPEED_TOPIC, TIME_TOPIC};
+use super::{Speed, Time};
 use crate::commands::{socket_or_default, termination, CommandError};
 
 /// Longest wait for the gateway to acknowledge one publish.
@@ -56,74 +56,81 @@ pub async fn run_command(socket: Option<PathBuf>, args: ClientArgs) -> Result<()
     }
 }
 
-/// Runs until `count` round trips are done (forever for 0).
+/// Runs until `count` round trips are done (forever for 0). The session
+/// reconnects by itself; this loop only says what happened.
 pub async fn run(path: &Path, args: &ClientArgs) -> Result<(), CommandError> {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_millis(args.max_backoff_ms.max(100)),
-    );
-    let mut done = 0u64;
-    loop {
-        match session(path, args, &mut done, &mut backoff).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                let delay = backoff.next_delay();
-                println!(
-                    "client: connection to {} lost ({e}); reconnecting in {} ms",
-                    path.display(),
-                    delay.as_millis()
-                );
-                tokio::time::sleep(delay).await;
-            }
+    let max_backoff = Duration::from_millis(args.max_backoff_ms.max(100));
+    let session = Session::builder(path)
+        .timeout(ACK_TIMEOUT)
+        .reconnect_backoff(Duration::from_millis(100), max_backoff)
+        .build();
+    let mut speeds = session.subscribe::<Speed>([SPEED_TOPIC])?;
+    let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
+    let mut connected = false;
+    let announce = |connected: &mut bool| {
+        if !*connected {
+            *connected = true;
+            println!(
+                "client: connected to {}, subscribed to {SPEED_TOPIC}",
+                path.display()
+            );
         }
-    }
-}
-
-/// One connected period: returns Ok when the round trips are done, Err when
-/// the connection is lost.
-async fn session(
-    path: &Path,
-    args: &ClientArgs,
-    done: &mut u64,
-    backoff: &mut Backoff,
-) -> Result<(), ClientError> {
-    let mut publisher = GatewayClient::connect(path).await?;
-    let mut speeds = GatewayClient::connect(path)
-        .await?
-        .subscribe(&[SPEED_TOPIC])
-        .await?;
-    println!(
-        "client: connected to {}, subscribed to {SPEED_TOPIC}",
-        path.display()
-    );
-    backoff.reset();
-    let mut latest: Option<Sample> = None;
-    // The first publish comes one interval after connecting, by when the
+    };
+    let mut latest: Option<Sample<Speed>> = None;
+    let mut done = 0u64;
+    // The first publish comes one interval after starting, by when the
     // subscription has delivered the current speed.
     let period = Duration::from_millis(args.interval_ms.max(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            sample = speeds.next() => latest = Some(sample?),
+            item = speeds.next() => match item {
+                Some(Ok(sample)) => {
+                    announce(&mut connected);
+                    latest = Some(sample);
+                }
+                Some(Err(e)) if e.is_disconnect() => {
+                    latest = None;
+                    if std::mem::take(&mut connected) {
+                        println!("client: connection to {} lost ({e}); reconnecting", path.display());
+                    }
+                }
+                Some(Err(e)) => println!("client: {e}"),
+                None => return Err(CommandError::Usage(format!(
+                    "the gateway ended the subscription to {SPEED_TOPIC}"
+                ))),
+            },
             _ = ticker.tick() => {
                 let time = clock_time();
-                let seq = tokio::time::timeout(ACK_TIMEOUT, publisher.publish(TIME_TOPIC, json!(time)))
-                    .await
-                    .map_err(|_| ClientError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no acknowledgement from the gateway",
-                    )))??;
-                *done += 1;
-                match &latest {
-                    Some(s) => println!(
-                        "client: sent time {time} (seq {seq}); {SPEED_TOPIC} = {} km/h (seq {})",
-                        s.value, s.seq
-                    ),
-                    None => println!("client: sent time {time} (seq {seq}); no {SPEED_TOPIC} yet"),
-                }
-                if args.count != 0 && *done >= args.count {
-                    return Ok(());
+                match session.publish(TIME_TOPIC, &Time { time: time.clone() }).await {
+                    Ok(seq) => {
+                        announce(&mut connected);
+                        backoff.reset();
+                        done += 1;
+                        match &latest {
+                            Some(s) => println!(
+                                "client: sent time {time} (seq {seq}); {SPEED_TOPIC} = {} km/h (seq {})",
+                                s.value.kmh, s.seq
+                            ),
+                            None => println!("client: sent time {time} (seq {seq}); no {SPEED_TOPIC} yet"),
+                        }
+                        if args.count != 0 && done >= args.count {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if e.is_disconnect() || matches!(e, ClientError::Timeout(_)) => {
+                        connected = false;
+                        latest = None;
+                        let delay = backoff.next_delay();
+                        println!(
+                            "client: connection to {} lost ({e}); reconnecting in {} ms",
+                            path.display(),
+                            delay.as_millis()
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

@@ -8,8 +8,21 @@ pub mod provider;
 use clap::Args;
 use qm_ipc_server::config::{CONSUMER, PROVIDER};
 use qm_ipc_server::{Gateway, Limits, Listener, Notifier};
+use serde::{Deserialize, Serialize};
 
 use crate::commands::{termination, CommandError};
+
+/// A `vehicle.speed` value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    pub kmh: f64,
+}
+
+/// A `demo.time` value: the client's wall-clock time, HH:MM:SS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Time {
+    pub time: String,
+}
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -37,7 +37,7 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                publisher.publish(SPEED_TOPIC, json!(speed_at(tick))).await?;
+                publisher.publish(SPEED_TOPIC, json!({ "kmh": speed_at(tick) })).await?;
                 tick += 1;
             }
             sample = times.next() => {
@@ -95,9 +95,10 @@ impl TimeLog {
             return None;
         }
         self.printed += 1;
-        let text = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+        // `{"time": "12:00:00"}`; anything else is shown as it came.
+        let text = match value.get("time") {
+            Some(Value::String(s)) => s.clone(),
+            _ => value.to_string(),
         };
         let mut shown: String = text
             .chars()
@@ -125,13 +126,13 @@ mod tests {
     fn the_time_line_is_escaped_cut_and_rate_limited() {
         let mut log = TimeLog::default();
         assert_eq!(
-            log.line(&json!("12:00:00")).unwrap(),
+            log.line(&json!({"time": "12:00:00"})).unwrap(),
             "Current time received from client is: 12:00:00"
         );
         let hostile = log
-            .line(&json!(
-                "12:00\n<0>EMERG\u{1b}[31m".to_owned() + &"x".repeat(70_000)
-            ))
+            .line(&json!({
+                "time": "12:00\n<0>EMERG\u{1b}[31m".to_owned() + &"x".repeat(70_000)
+            }))
             .unwrap();
         assert!(
             !hostile.contains('\n') && !hostile.contains('\u{1b}'),
