@@ -23,6 +23,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # Smoke runs of the benchmarks: they must run; they judge no times.
 cargo bench --locked -p qm-ipc --bench compare -- --quick
 cargo bench --locked -p qm-ipc --bench interference -- --quick
+cargo bench --locked -p qm-ipc --bench library -- --quick
 QM_IPC_TEST_TIERS=all cargo test --locked --workspace
 # Every fuzz target (frame decoder, request parser, value validator) for a
 # bounded time; a crash fails the run and leaves its input in fuzz/artifacts.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use qm_ipc_proto::message::MessageError;
 use qm_ipc_proto::{Call, ErrorReply, FrameDecoder, FrameError, Reply};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -69,6 +71,23 @@ impl ClientError {
     }
 }
 
+/// A good reply whose parameters do not fit the type asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Misfit {
+    /// Why they do not fit.
+    pub error: String,
+    /// The parameters as they came.
+    pub parameters: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct TypedReply<R> {
+    #[serde(default = "Option::default")]
+    parameters: Option<R>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
 /// How long [`Connection::connect`] waits for room in a full listen
 /// backlog.
 pub const BACKLOG_PATIENCE: Duration = Duration::from_secs(2);
@@ -125,6 +144,22 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads what the socket has into the frame decoder. Cancel-safe.
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        let n = match self.stream.read(self.decoder.spare()).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.decoder.commit(0);
+                return Err(e.into());
+            }
+        };
+        self.decoder.commit(n);
+        match n {
+            0 => Err(ClientError::Closed),
+            _ => Ok(()),
+        }
+    }
+
     /// Receives the next reply. Cancel-safe: bytes already read stay
     /// buffered for the next call.
     pub async fn recv(&mut self) -> Result<Reply, ClientError> {
@@ -132,18 +167,87 @@ impl Connection {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(Reply::parse(frame)?);
             }
-            let n = self.stream.read(self.decoder.spare()).await;
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    self.decoder.commit(0);
-                    return Err(e.into());
+            self.fill().await?;
+        }
+    }
+
+    /// Sends a call whose parameters are serialised straight from
+    /// `parameters`, with no intermediate JSON tree.
+    pub async fn send_typed<P: Serialize + ?Sized>(
+        &mut self,
+        method: &str,
+        parameters: &P,
+        more: bool,
+    ) -> Result<(), ClientError> {
+        let encode_error = |error: String| ClientError::Encode {
+            what: method.to_owned(),
+            error,
+        };
+        self.out.clear();
+        self.out.extend_from_slice(b"{\"method\":");
+        serde_json::to_writer(&mut self.out, method).map_err(|e| encode_error(e.to_string()))?;
+        self.out.extend_from_slice(b",\"parameters\":");
+        let at = self.out.len();
+        serde_json::to_writer(&mut self.out, parameters)
+            .map_err(|e| encode_error(e.to_string()))?;
+        // Varlink's parameters are an object; anything else is refused
+        // here, before it is sent.
+        if self.out.get(at) != Some(&b'{') {
+            return Err(encode_error(
+                "the parameters must serialise to a JSON object".into(),
+            ));
+        }
+        if more {
+            self.out.extend_from_slice(b",\"more\":true");
+        }
+        // serde_json escapes NUL inside strings, so the frame has none.
+        self.out.extend_from_slice(b"}\0");
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// One call, its reply's parameters decoded straight into `R`.
+    /// `Ok(Err(misfit))`: a good reply that does not fit `R`, given as the
+    /// decoding error and the parameters as JSON, so the caller can say
+    /// what did not fit.
+    pub async fn call_typed<P: Serialize + ?Sized, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: &P,
+    ) -> Result<Result<R, Misfit>, ClientError> {
+        self.send_typed(method, parameters, false).await?;
+        self.recv_typed().await
+    }
+
+    /// Reads the next reply and decodes its parameters straight into `R`
+    /// (see [`call_typed`](Self::call_typed)). Cancel-safe.
+    pub async fn recv_typed<R: DeserializeOwned>(
+        &mut self,
+    ) -> Result<Result<R, Misfit>, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                // The common case in one pass; anything else (an error
+                // reply, a value that does not fit) read again generically.
+                if let Ok(TypedReply {
+                    parameters: Some(parameters),
+                    error: None,
+                    ..
+                }) = serde_json::from_slice::<TypedReply<R>>(frame)
+                {
+                    return Ok(Ok(parameters));
                 }
-            };
-            self.decoder.commit(n);
-            if n == 0 {
-                return Err(ClientError::Closed);
+                let typed_error = serde_json::from_slice::<TypedReply<R>>(frame)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "no parameters".to_owned());
+                let reply = Reply::parse(frame)?;
+                let parameters = reply.into_result().map_err(ClientError::Remote)?;
+                return Ok(Err(Misfit {
+                    error: typed_error,
+                    parameters,
+                }));
             }
+            self.fill().await?;
         }
     }
 

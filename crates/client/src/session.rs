@@ -11,10 +11,10 @@ use std::time::Duration;
 use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 use qm_ipc_proto::{Info, Sample, Stats, TopicDescription};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::connection::{ClientError, Connection};
+use crate::connection::{ClientError, Connection, Misfit};
 use crate::subscription::Subscription;
 
 /// How long a call waits for its answer unless the session or the call
@@ -178,19 +178,25 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, topic: &str) -> Result<Sample<T>, ClientError> {
+        #[derive(Serialize)]
+        struct Get<'a> {
+            topic: &'a str,
+        }
+        #[derive(Deserialize)]
+        struct Got<T> {
+            sample: Sample<T>,
+        }
         let reply = self
-            .request(
+            .request_within::<_, Got<T>>(
                 &gateway("Get"),
-                json!({ "topic": topic }),
+                &Get { topic },
                 Retry::Idempotent,
+                self.inner.timeout,
             )
             .await?;
-        let sample: Sample = field(reply, "sample")?;
-        let seq = sample.seq;
-        sample.decode().map_err(|e| ClientError::Decode {
-            what: format!("{topic} seq {seq}"),
-            error: e.to_string(),
-        })
+        reply
+            .map(|got| got.sample)
+            .map_err(|misfit| misfit_of_sample(topic, misfit))
     }
 
     /// Publishes `value` to `topic`; returns its sequence number.
@@ -209,18 +215,26 @@ impl Session {
         topic: &str,
         value: &T,
     ) -> Result<u64, ClientError> {
-        let value = serde_json::to_value(value).map_err(|e| ClientError::Encode {
-            what: topic.to_owned(),
-            error: e.to_string(),
-        })?;
+        #[derive(Serialize)]
+        struct Publish<'a, T: ?Sized> {
+            topic: &'a str,
+            value: &'a T,
+        }
+        #[derive(Deserialize)]
+        struct Published {
+            seq: u64,
+        }
         let reply = self
-            .request(
+            .request_within::<_, Published>(
                 &gateway("Publish"),
-                json!({ "topic": topic, "value": value }),
+                &Publish { topic, value },
                 Retry::OnlyIfUnsent,
+                self.inner.timeout,
             )
             .await?;
-        field(reply, "seq")
+        reply
+            .map(|p| p.seq)
+            .map_err(|misfit| ClientError::UnexpectedReply(format!("Publish: {}", misfit.error)))
     }
 
     /// Calls a method of an ASIL service behind the gateway (or of the
@@ -263,22 +277,12 @@ impl Session {
         parameters: &(impl Serialize + ?Sized),
         timeout: Duration,
     ) -> Result<R, ClientError> {
-        let parameters = serde_json::to_value(parameters).map_err(|e| ClientError::Encode {
-            what: method.to_owned(),
-            error: e.to_string(),
-        })?;
-        if !parameters.is_object() {
-            return Err(ClientError::Encode {
-                what: method.to_owned(),
-                error: "the parameters must serialise to a JSON object".into(),
-            });
-        }
         let reply = self
-            .request_within(method, parameters, Retry::OnlyIfUnsent, timeout)
+            .request_within::<_, R>(method, parameters, Retry::OnlyIfUnsent, timeout)
             .await?;
-        serde_json::from_value(Value::Object(reply)).map_err(|e| ClientError::Decode {
+        reply.map_err(|misfit| ClientError::Decode {
             what: format!("the reply of {method}"),
-            error: e.to_string(),
+            error: misfit.error,
         })
     }
 
@@ -405,20 +409,21 @@ impl Session {
         parameters: Value,
         retry: Retry,
     ) -> Result<Map<String, Value>, ClientError> {
-        self.request_within(method, parameters, retry, self.inner.timeout)
-            .await
+        self.request_within(method, &parameters, retry, self.inner.timeout)
+            .await?
+            .map_err(|misfit| ClientError::UnexpectedReply(misfit.error))
     }
 
     /// One call on the session's connection, connecting first if there is
-    /// none, within `timeout` (waiting for the connection included).
-    async fn request_within(
+    /// none, within `timeout` (waiting for the connection included); its
+    /// reply's parameters decoded into `R`.
+    async fn request_within<P: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         method: &str,
-        parameters: Value,
+        parameters: &P,
         retry: Retry,
         timeout: Duration,
-    ) -> Result<Map<String, Value>, ClientError> {
-        let call = qm_ipc_proto::Call::new(method, parameters);
+    ) -> Result<Result<R, Misfit>, ClientError> {
         let work = async {
             let mut slot = self.inner.conn.lock().await;
             // One more try on a fresh connection when a kept one turns out
@@ -432,17 +437,22 @@ impl Session {
                     Some(conn) => (conn, true),
                     None => (self.open().await?, false),
                 };
-                if let Err(e) = conn.send(&call).await {
+                if let Err(e) = conn.send_typed(method, parameters, false).await {
                     if reused && fresh_tries > 0 && e.is_disconnect() {
                         fresh_tries -= 1;
                         continue;
                     }
                     return Err(e);
                 }
-                match conn.recv().await {
+                match conn.recv_typed::<R>().await {
                     Ok(reply) => {
                         *slot = Some(conn);
-                        return reply.into_result().map_err(ClientError::Remote);
+                        return Ok(reply);
+                    }
+                    // An error reply leaves the connection as good as it was.
+                    Err(e @ ClientError::Remote(_)) => {
+                        *slot = Some(conn);
+                        return Err(e);
                     }
                     Err(e)
                         if reused
@@ -467,6 +477,18 @@ impl Session {
         let instance = fetch_instance(&mut conn).await?;
         self.note_instance(instance);
         Ok(conn)
+    }
+}
+
+/// A `Get` or subscription reply whose value does not fit the asked type:
+/// named by topic and seq when the sample itself is readable.
+pub(crate) fn misfit_of_sample(topic: &str, misfit: Misfit) -> ClientError {
+    match field::<Sample>(misfit.parameters, "sample") {
+        Ok(sample) => ClientError::Decode {
+            what: format!("{} seq {}", sample.topic, sample.seq),
+            error: misfit.error,
+        },
+        Err(_) => ClientError::UnexpectedReply(format!("{topic}: {}", misfit.error)),
     }
 }
 

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use qm_ipc_proto::interface::GATEWAY_INTERFACE;
 use qm_ipc_proto::Sample;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -105,7 +105,7 @@ impl Continuity {
     /// Fills in a sample's gap since the previous sample of its topic;
     /// `false` for one already delivered (a current value sent again after
     /// a reconnect).
-    fn admit(&mut self, sample: &mut Sample) -> bool {
+    fn admit<V>(&mut self, sample: &mut Sample<V>) -> bool {
         // Seq numbers compare only within one gateway instance: without
         // knowing the instance nothing is dropped as a repeat.
         if self.instance.is_none() {
@@ -125,6 +125,21 @@ impl Continuity {
                 true
             }
         }
+    }
+}
+
+impl Continuity {
+    /// Takes a sample in: the restart it shows, if any (a current value
+    /// from a new instance; reported before the sample), and whether to
+    /// deliver it (`false` for a repeat).
+    fn take<V>(&mut self, sample: &mut Sample<V>) -> (Option<ClientError>, bool) {
+        let restart = match &sample.instance {
+            Some(instance) if self.instance.as_ref() != Some(instance) => {
+                self.connected(Some(instance.clone()))
+            }
+            _ => None,
+        };
+        (restart, self.admit(sample))
     }
 }
 
@@ -185,12 +200,23 @@ async fn open(
 ) -> Result<(Connection, Option<String>), ClientError> {
     let mut conn = Connection::connect(&session.inner.path).await?;
     let instance = fetch_instance(&mut conn).await?;
-    conn.call_more(
+    #[derive(serde::Serialize)]
+    struct Subscribe<'a> {
+        topics: &'a [String],
+    }
+    conn.send_typed(
         &format!("{GATEWAY_INTERFACE}.Subscribe"),
-        json!({ "topics": patterns }),
+        &Subscribe { topics: patterns },
+        true,
     )
     .await?;
     Ok((conn, instance))
+}
+
+/// A subscription reply's parameters.
+#[derive(Deserialize)]
+struct SampleReply<T> {
+    sample: Sample<T>,
 }
 
 /// Reads one connection's samples until it ends.
@@ -203,15 +229,27 @@ async fn stream<T: DeserializeOwned>(
     let mut first = true;
     loop {
         let reply = tokio::select! {
-            r = conn.recv() => r,
+            r = conn.recv_typed::<SampleReply<T>>() => r,
             _ = tx.closed() => return Ended::Unwanted,
         };
-        let item = match reply {
-            Ok(reply) if reply.error.is_some() => {
-                let refused = reply.into_result().err();
-                let Some(refusal) = refused else {
-                    continue;
-                };
+        let (restart, item) = match reply {
+            Ok(Ok(SampleReply { mut sample })) => {
+                let (restart, deliver) = continuity.take(&mut sample);
+                (restart, deliver.then_some(Ok(sample)))
+            }
+            // Readable as a sample but not as a `T`: taken in, reported.
+            Ok(Err(misfit)) => match field::<Sample>(misfit.parameters, "sample") {
+                Ok(mut sample) => {
+                    let (restart, deliver) = continuity.take(&mut sample);
+                    let error = ClientError::Decode {
+                        what: format!("{} seq {}", sample.topic, sample.seq),
+                        error: misfit.error,
+                    };
+                    (restart, deliver.then_some(Err(error)))
+                }
+                Err(e) => (None, Some(Err(e))),
+            },
+            Err(ClientError::Remote(refusal)) => {
                 let deferred = refusal.name().ends_with(".LimitExceeded");
                 // Unwanted or not, the stream ends here.
                 let _ = tx.send(Err(ClientError::Remote(refusal))).await;
@@ -220,14 +258,8 @@ async fn stream<T: DeserializeOwned>(
                     false => Ended::Refused,
                 };
             }
-            Ok(reply) if !reply.continues => {
-                return Ended::Lost(ClientError::UnexpectedReply(
-                    "the gateway ended the subscription".into(),
-                ))
-            }
-            Ok(reply) => sample(reply.parameters, continuity),
             Err(e) if e.is_disconnect() => return Ended::Lost(e),
-            Err(e) => Some(Err(e)),
+            Err(e) => (None, Some(Err(e))),
         };
         if first {
             // Subscribed (the gateway answers a refusal first): from here
@@ -235,7 +267,7 @@ async fn stream<T: DeserializeOwned>(
             first = false;
             backoff.reset();
         }
-        if let Some(item) = item {
+        for item in [restart.map(Err), item].into_iter().flatten() {
             if tx.send(item).await.is_err() {
                 return Ended::Unwanted;
             }
@@ -243,37 +275,10 @@ async fn stream<T: DeserializeOwned>(
     }
 }
 
-/// One reply's sample, decoded; `None` for a repeat.
-fn sample<T: DeserializeOwned>(
-    parameters: serde_json::Map<String, Value>,
-    continuity: &mut Continuity,
-) -> Option<Result<Sample<T>, ClientError>> {
-    let mut sample: Sample = match field(parameters, "sample") {
-        Ok(s) => s,
-        Err(e) => return Some(Err(e)),
-    };
-    // A current value from a new instance tells of a restart too.
-    if let Some(instance) = &sample.instance {
-        if continuity.instance.as_ref() != Some(instance) {
-            if let Some(restart) = continuity.connected(Some(instance.clone())) {
-                continuity.admit(&mut sample);
-                return Some(Err(restart));
-            }
-        }
-    }
-    if !continuity.admit(&mut sample) {
-        return None;
-    }
-    let (topic, seq) = (sample.topic.clone(), sample.seq);
-    Some(sample.decode().map_err(|e| ClientError::Decode {
-        what: format!("{topic} seq {seq}"),
-        error: e.to_string(),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn s(topic: &str, seq: u64, dropped: u64) -> Sample {
         Sample {

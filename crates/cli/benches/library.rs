@@ -1,0 +1,263 @@
+//! What the client library costs: a typed `Get` and a typed subscription
+//! through `Session`, against the raw protocol path (hand-written frames
+//! on a blocking socket, values left as JSON text) to the same gateway in
+//! the same run. Rounds alternate the two paths, so drift on a noisy
+//! machine hits both; the ratio of each round is reported, and their
+//! spread.
+//!
+//!     cargo bench -p qm-ipc --bench library                # full run, writes docs/benchmarks.md
+//!     cargo bench -p qm-ipc --bench library -- --quick     # smoke run (CI), judges nothing
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use qm_ipc_client::Session;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use support::*;
+
+/// The typed value: what an application reads.
+#[derive(Debug, Serialize, Deserialize)]
+struct Speed {
+    kmh: f64,
+    at: u64,
+}
+
+/// The library target: at most this p50 ratio to the raw path on split
+/// CPUs.
+const TARGET: f64 = 1.10;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn raw_get(gw: &GatewayProcess, iterations: usize) -> Histogram<u64> {
+    let mut conn = Blocking::connect(&gw.consumer);
+    let get =
+        frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "vehicle.speed"}}));
+    let mut hist = new_histogram();
+    for i in 0..(iterations + iterations / 10) {
+        let t = Instant::now();
+        conn.send_raw(&get).expect("send");
+        let reply = conn.recv_raw().expect("reply");
+        assert!(!is_error(&reply), "{}", String::from_utf8_lossy(&reply));
+        if i >= iterations / 10 {
+            record(&mut hist, t.elapsed());
+        }
+    }
+    hist
+}
+
+fn library_get(
+    rt: &tokio::runtime::Runtime,
+    gw: &GatewayProcess,
+    iterations: usize,
+) -> Histogram<u64> {
+    let session = Session::new(&gw.consumer);
+    rt.block_on(async {
+        let mut hist = new_histogram();
+        for i in 0..(iterations + iterations / 10) {
+            let t = Instant::now();
+            let sample = session.get::<Speed>("vehicle.speed").await.expect("get");
+            std::hint::black_box(sample.value.kmh);
+            if i >= iterations / 10 {
+                record(&mut hist, t.elapsed());
+            }
+        }
+        hist
+    })
+}
+
+/// Publisher thread: on each signal, one oneway publish stamped with the
+/// time since `base`.
+fn publisher(
+    gw: &GatewayProcess,
+    cpu: Option<usize>,
+    base: Instant,
+) -> (mpsc::Sender<bool>, thread::JoinHandle<()>) {
+    let (go_tx, go_rx) = mpsc::channel::<bool>();
+    let provider = gw.provider.clone();
+    let handle = thread::spawn(move || {
+        pin_to(cpu);
+        let mut conn = Blocking::connect(&provider);
+        while let Ok(true) = go_rx.recv() {
+            let t = base.elapsed().as_nanos() as u64;
+            conn.send(&json!({"method": "io.qmipc.Gateway.Publish",
+                "parameters": {"topic": "latency", "value": {"kmh": 50.0, "at": t}}, "oneway": true}));
+        }
+    });
+    (go_tx, handle)
+}
+
+fn raw_subscribe(gw: &GatewayProcess, server: Option<usize>, iterations: usize) -> Histogram<u64> {
+    let base = Instant::now();
+    let mut sub = Blocking::connect(&gw.consumer);
+    sub.send(&json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["latency"]}, "more": true}));
+    let (go, publishing) = publisher(gw, server, base);
+    // The first sample may be the current value of an earlier round.
+    go.send(true).expect("publisher");
+    let mut hist = new_histogram();
+    let mut i = 0;
+    while i < iterations + iterations / 10 {
+        let sample = sub.recv().expect("sample");
+        let now = base.elapsed().as_nanos() as u64;
+        let sent = sample["parameters"]["sample"]["value"]["at"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        if sent == u64::MAX || sent > now {
+            continue; // a value stamped against another round's clock
+        }
+        if i >= iterations / 10 {
+            let _ = hist.record(now.saturating_sub(sent).max(1));
+        }
+        i += 1;
+        go.send(true).expect("publisher");
+    }
+    let _ = go.send(false);
+    let _ = publishing.join();
+    hist
+}
+
+fn library_subscribe(
+    rt: &tokio::runtime::Runtime,
+    gw: &GatewayProcess,
+    server: Option<usize>,
+    iterations: usize,
+) -> Histogram<u64> {
+    let base = Instant::now();
+    let session = Session::new(&gw.consumer);
+    let (go, publishing) = publisher(gw, server, base);
+    let hist = rt.block_on(async {
+        let mut speeds = session.subscribe::<Speed>(["latency"]).expect("subscribe");
+        go.send(true).expect("publisher");
+        let mut hist = new_histogram();
+        let mut i = 0;
+        while i < iterations + iterations / 10 {
+            let sample = speeds.next().await.expect("stream").expect("sample");
+            let now = base.elapsed().as_nanos() as u64;
+            if sample.value.at > now {
+                continue;
+            }
+            if i >= iterations / 10 {
+                let _ = hist.record(now.saturating_sub(sample.value.at).max(1));
+            }
+            i += 1;
+            go.send(true).expect("publisher");
+        }
+        hist
+    });
+    let _ = go.send(false);
+    let _ = publishing.join();
+    hist
+}
+
+struct Round {
+    raw: Histogram<u64>,
+    library: Histogram<u64>,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn table(name: &str, rounds: &[Round], split: bool) -> String {
+    let mut out = format!(
+        "| {name} | raw p50 / p99 (µs) | library p50 / p99 (µs) | p50 ratio |\n|---|---|---|---|\n"
+    );
+    let mut ratios = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        let ratio =
+            r.library.value_at_quantile(0.5) as f64 / r.raw.value_at_quantile(0.5).max(1) as f64;
+        ratios.push(ratio);
+        out.push_str(&format!(
+            "| round {} | {:.1} / {:.1} | {:.1} / {:.1} | {ratio:.2} |\n",
+            i + 1,
+            us(r.raw.value_at_quantile(0.5)),
+            us(r.raw.value_at_quantile(0.99)),
+            us(r.library.value_at_quantile(0.5)),
+            us(r.library.value_at_quantile(0.99)),
+        ));
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let verdict = match (split, median <= TARGET) {
+        (false, _) => "not judged (one CPU)".to_owned(),
+        (true, true) => format!("met (≤ {TARGET:.2})"),
+        (true, false) => format!("missed (target ≤ {TARGET:.2})"),
+    };
+    out.push_str(&format!(
+        "\np50 ratio, median of {} rounds: **{median:.2}** (spread {:.2} to {:.2}); {verdict}\n\n",
+        ratios.len(),
+        ratios[0],
+        ratios[ratios.len() - 1]
+    ));
+    out
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (iterations, rounds) = if quick { (300, 1) } else { (10_000, 5) };
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut placements: Vec<(&'static str, Option<usize>, Option<usize>)> = Vec::new();
+    if cpus >= 2 {
+        placements.push(("split", Some(0), Some(1)));
+    }
+    placements.push(("one CPU", Some(0), Some(0)));
+    let rt = runtime();
+    let mut report = format!(
+        "## The client library against the raw protocol\n\n\
+         `cargo bench -p qm-ipc --bench library` — {}, commit {}{}.\n\n\
+         The same gateway, the same topic, in one run: a typed `Session::get::<Speed>` \
+         against a hand-written `Get` frame on a blocking socket whose reply is left as \
+         bytes; and a typed `Session::subscribe::<Speed>` stream against a raw `Subscribe` \
+         connection, publish-to-reader latency with one sample in flight. The two paths \
+         alternate in rounds of {iterations} calls; each round's p50 ratio is listed. \
+         Target: the library costs at most 10% p50 on split CPUs (client on CPU 0, \
+         gateway and publisher on CPU 1).\n\n",
+        machine(),
+        commit(),
+        if quick {
+            " (quick smoke run, judges nothing)"
+        } else {
+            ""
+        }
+    );
+    for (placement, client, server) in placements {
+        let gw = GatewayProcess::start_on(server, &["--rate", "0", "--connection-rate", "0"]);
+        pin_to(client);
+        let mut setup = Blocking::connect(&gw.provider);
+        setup.call(&json!({"method": "io.qmipc.Gateway.Publish",
+            "parameters": {"topic": "vehicle.speed", "value": {"kmh": 86.4, "at": 1}}}));
+        let mut gets = Vec::new();
+        let mut subs = Vec::new();
+        for round in 0..rounds {
+            eprintln!("[{placement}] round {}/{rounds}: Get", round + 1);
+            let raw = raw_get(&gw, iterations);
+            let library = library_get(&rt, &gw, iterations);
+            gets.push(Round { raw, library });
+            eprintln!("[{placement}] round {}/{rounds}: subscribe", round + 1);
+            let raw = raw_subscribe(&gw, server, iterations);
+            let library = library_subscribe(&rt, &gw, server, iterations);
+            subs.push(Round { raw, library });
+        }
+        let split = placement == "split" && !quick;
+        report.push_str(&format!("### {placement}\n\n"));
+        report.push_str(&table("typed Get", &gets, split));
+        report.push_str(&table("typed subscription", &subs, split));
+    }
+    println!("{report}");
+    if !quick {
+        let path = write_report_section("library", report.trim_end());
+        eprintln!("written to {}", path.display());
+    }
+}
