@@ -13,7 +13,6 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), qm_ipc_client::ClientError> {
-//! use futures_util::StreamExt;
 //! use qm_ipc_client::Session;
 //!
 //! #[derive(serde::Deserialize)]

@@ -294,8 +294,6 @@ impl Session {
     ///
     /// ```no_run
     /// # async fn example(session: qm_ipc_client::Session) -> Result<(), qm_ipc_client::ClientError> {
-    /// use futures_util::StreamExt;
-    ///
     /// #[derive(serde::Deserialize)]
     /// struct Speed {
     ///     kmh: f64,
