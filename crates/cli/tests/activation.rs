@@ -3,35 +3,9 @@
 
 mod common;
 
-use common::{bin, wait_until, Gateway, NotifyReceiver, Proc, Raw};
+use common::{bin, socket_activated, wait_until, Gateway, NotifyReceiver, Proc, Raw};
 use serde_json::json;
 use std::process::Command;
-
-/// `qm-ipc serve` under systemd-socket-activate, listening on `sockets`.
-fn socket_activated(
-    sockets: &[&std::path::Path],
-    fdnames: Option<&str>,
-    notify: &NotifyReceiver,
-    policy: Option<&std::path::Path>,
-) -> Proc {
-    let mut cmd = Command::new("systemd-socket-activate");
-    for socket in sockets {
-        cmd.arg("-l").arg(socket);
-    }
-    if let Some(names) = fdnames {
-        cmd.arg(format!("--fdname={names}"));
-    }
-    cmd.arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
-        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
-        .arg("--")
-        .arg(bin())
-        .arg("serve");
-    if let Some(policy) = policy {
-        cmd.arg("--policy").arg(policy);
-    }
-    Proc::spawn(cmd)
-}
 
 fn get_info(path: &std::path::Path) -> serde_json::Value {
     let mut raw = Raw::connect_when_listening(path);

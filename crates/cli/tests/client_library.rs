@@ -283,10 +283,7 @@ fn a_subscription_follows_the_gateway_across_a_kill_and_restart() {
     let mut gw = Gateway::start(&[]);
     let consumer = gw.consumer.clone();
     let provider = gw.provider.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let session = Session::builder(&consumer)
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .build();
@@ -479,5 +476,75 @@ fn a_typed_topic_refuses_other_shapes_naming_the_field() {
             session.describe("demo.time").await.unwrap(),
             Default::default()
         );
+    });
+}
+
+/// As systemd runs it: the gateway socket-activated (named fds), killed,
+/// and activated again on the same sockets. The subscription made through
+/// the library resumes by itself and reports the restart before the new
+/// instance's samples.
+#[test]
+fn a_subscription_resumes_when_a_socket_activated_gateway_is_activated_again() {
+    use common::{socket_activated, NotifyReceiver};
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = dir.path().join("ipc.socket");
+    let provider = dir.path().join("provider.socket");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, common::ALLOW_ALL_POLICY).unwrap();
+    let notify = NotifyReceiver::new(dir.path());
+    // systemd-socket-activate starts the gateway at the first connection,
+    // as systemd does.
+    let activate = || {
+        socket_activated(
+            &[&consumer, &provider],
+            Some("consumer:provider"),
+            &notify,
+            Some(&policy),
+        )
+    };
+    let mut first = activate();
+    common::wait_until("the sockets", || consumer.exists() && provider.exists());
+    let rt = common::runtime();
+    let session = Session::builder(&consumer)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build();
+    let publisher = Session::new(&provider);
+    let mut speeds = rt.block_on(async {
+        let mut speeds = session.subscribe::<Speed>(["vehicle.speed"]).unwrap();
+        publisher
+            .publish("vehicle.speed", &Speed { kmh: 10.0 })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut speeds).await.unwrap().value.kmh, 10.0);
+        speeds
+    });
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    let _second = activate();
+    rt.block_on(async {
+        tokio::time::timeout(WATCHDOG, async {
+            let mut events = Vec::new();
+            loop {
+                // Refused until the activator has bound the sockets again.
+                let _ = publisher
+                    .publish("vehicle.speed", &Speed { kmh: 20.0 })
+                    .await;
+                match tokio::time::timeout(Duration::from_millis(100), speeds.next()).await {
+                    Err(_) => continue,
+                    Ok(None) => panic!("the stream ended"),
+                    Ok(Some(Ok(s))) => {
+                        assert_eq!(s.value.kmh, 20.0);
+                        break;
+                    }
+                    Ok(Some(Err(e))) => events.push(e),
+                }
+            }
+            assert!(
+                matches!(events.as_slice(), [lost, ClientError::Restarted { .. }] if lost.is_disconnect()),
+                "first the lost connection, then the restart: {events:?}"
+            );
+        })
+        .await
+        .expect("the subscription resumed within the watchdog")
     });
 }

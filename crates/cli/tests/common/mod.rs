@@ -25,15 +25,20 @@ pub fn bin() -> &'static str {
 /// Runs an async test body on a fresh runtime, failing it if it takes longer
 /// than `limit` (a hang fails instead of blocking CI).
 pub fn within<F: std::future::Future<Output = ()>>(limit: Duration, body: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("test runtime");
-    rt.block_on(async {
+    runtime().block_on(async {
         tokio::time::timeout(limit, body)
             .await
             .expect("test exceeded its watchdog")
     });
+}
+
+/// A single-threaded runtime with timers and I/O, for tests that keep
+/// state across several `block_on`s.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
 }
 
 /// Polls `condition` until it holds; panics with `what` at the deadline.
@@ -298,6 +303,32 @@ impl Gateway {
         self.proc.signal(libc::SIGTERM);
         self.proc.wait_exit()
     }
+}
+
+/// `qm-ipc serve` under systemd-socket-activate, listening on `sockets`.
+pub fn socket_activated(
+    sockets: &[&std::path::Path],
+    fdnames: Option<&str>,
+    notify: &NotifyReceiver,
+    policy: Option<&std::path::Path>,
+) -> Proc {
+    let mut cmd = Command::new("systemd-socket-activate");
+    for socket in sockets {
+        cmd.arg("-l").arg(socket);
+    }
+    if let Some(names) = fdnames {
+        cmd.arg(format!("--fdname={names}"));
+    }
+    cmd.arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
+        .args(["-E", "QM_IPC_LOG=info", "-E", "NO_COLOR=1"])
+        .arg("--")
+        .arg(bin())
+        .arg("serve");
+    if let Some(policy) = policy {
+        cmd.arg("--policy").arg(policy);
+    }
+    Proc::spawn(cmd)
 }
 
 /// A blocking raw varlink connection, for sending exactly the bytes a test
