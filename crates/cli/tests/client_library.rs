@@ -548,3 +548,177 @@ fn a_subscription_resumes_when_a_socket_activated_gateway_is_activated_again() {
         .expect("the subscription resumed within the watchdog")
     });
 }
+
+const CLIMATE_IDL: &str = "# The cabin climate.
+interface com.example.Climate
+
+method SetTemperature(zone: string, celsius: float) -> (celsius: float)
+method Reset() -> ()
+
+error ZoneUnknown (zone: string)
+";
+
+/// An ASIL service written with the library's `Service`, behind the real
+/// gateway: a QM client calls it with a typed `Session::call`; the
+/// service's own errors come through by name; parameters that do not fit
+/// the interface are refused at the gateway and never reach the service;
+/// a method the service does not implement says so.
+#[test]
+fn a_rust_service_serves_qm_clients_through_the_gateway() {
+    use qm_ipc_client::service::{MethodError, Service};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Deserialize)]
+    struct SetTemperature {
+        zone: String,
+        celsius: f64,
+    }
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Applied {
+        celsius: f64,
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("asil/climate.socket");
+    let services = dir.path().join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\ninterface = \"com.example.Climate\"\nsocket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_in(dir, &["--services", services.to_str().unwrap()]);
+    within(WATCHDOG, async {
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = calls.clone();
+        let service = Service::new(CLIMATE_IDL).unwrap().method(
+            "SetTemperature",
+            move |p: SetTemperature| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match p.zone.as_str() {
+                        "driver" => Ok(Applied {
+                            celsius: p.celsius.clamp(16.0, 28.0),
+                        }),
+                        _ => Err(MethodError::new("ZoneUnknown", json!({"zone": p.zone}))),
+                    }
+                }
+            },
+        );
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let serving = tokio::spawn(service.serve(listener));
+
+        let qm = Session::new(&gw.consumer);
+        let applied: Applied = qm
+            .call(
+                "com.example.Climate.SetTemperature",
+                &json!({"zone": "driver", "celsius": 35.0}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, Applied { celsius: 28.0 });
+        match qm
+            .call::<Applied>(
+                "com.example.Climate.SetTemperature",
+                &json!({"zone": "roof", "celsius": 20.0}),
+            )
+            .await
+        {
+            Err(ClientError::Remote(e)) => {
+                assert_eq!(e.name(), "com.example.Climate.ZoneUnknown");
+                assert_eq!(e.parameters(), json!({"zone": "roof"}));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Refused at the gateway, against the service's own description.
+        for bad in [
+            json!({"zone": "driver", "celsius": "warm"}),
+            json!({"zone": "driver"}),
+            json!({"zone": "driver", "celsius": 20.0, "fan": 3}),
+        ] {
+            match qm
+                .call::<Value>("com.example.Climate.SetTemperature", &bad)
+                .await
+            {
+                Err(ClientError::Remote(ErrorReply::VarlinkInvalidParameter { .. })) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the service never saw them"
+        );
+        match qm
+            .call::<Value>("com.example.Climate.Reset", &json!({}))
+            .await
+        {
+            Err(ClientError::Remote(ErrorReply::MethodNotImplemented { method })) => {
+                assert_eq!(method, "com.example.Climate.Reset")
+            }
+            other => panic!("{other:?}"),
+        }
+        // GetInfo on the gateway lists the service for this client.
+        let info = qm.info().await.unwrap();
+        assert!(info.interfaces.contains(&"com.example.Climate".to_owned()));
+        serving.abort();
+    });
+}
+
+/// The service's own answers, without the gateway: what any varlink
+/// client (and the gateway's description fetch) sees.
+#[test]
+fn a_rust_service_answers_the_varlink_service_interface() {
+    use qm_ipc_client::service::Service;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("climate.socket");
+    within(WATCHDOG, async {
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let serving = tokio::spawn(Service::new(CLIMATE_IDL).unwrap().serve(listener));
+        let direct = Session::new(&socket);
+        let info = direct.info().await.unwrap();
+        assert_eq!(
+            info.interfaces,
+            vec!["org.varlink.service", "com.example.Climate"]
+        );
+        assert_eq!(
+            direct
+                .interface_description("com.example.Climate")
+                .await
+                .unwrap(),
+            CLIMATE_IDL
+        );
+        match direct
+            .call::<Value>("com.example.Climate.Nope", &json!({}))
+            .await
+        {
+            Err(ClientError::Remote(ErrorReply::MethodNotFound { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        match direct
+            .call::<Value>("com.example.Other.X", &json!({}))
+            .await
+        {
+            Err(ClientError::Remote(ErrorReply::InterfaceNotFound { interface })) => {
+                assert_eq!(interface, "com.example.Other")
+            }
+            other => panic!("{other:?}"),
+        }
+        serving.abort();
+        // A method the interface does not declare is refused at start.
+        let undeclared = Service::new(CLIMATE_IDL)
+            .unwrap()
+            .method("Nope", |_: Value| async { Ok(json!({})) })
+            .serve_at(dir.path().join("other.socket"))
+            .await;
+        assert!(
+            matches!(&undeclared, Err(qm_ipc_client::service::ServiceError::UndeclaredMethod(m)) if m == "Nope"),
+            "{undeclared:?}"
+        );
+    });
+}

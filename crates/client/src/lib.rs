@@ -7,6 +7,9 @@
 //!   timeout on each; [`subscribe`](Session::subscribe) returns a
 //!   [`Subscription`], an `impl Stream` of typed samples that resubscribes
 //!   by itself and reports restarts and gaps.
+//! - [`service::Service`]: an ASIL service written in Rust, an ordinary
+//!   varlink server on its own socket that the gateway serves behind its
+//!   policy.
 //! - [`GatewayClient`] and [`Connection`]: the protocol itself on one
 //!   connection, for tools and tests that want every message as it is.
 //! - [`Backoff`]: capped exponential backoff with jitter.
@@ -37,6 +40,7 @@
 mod backoff;
 mod connection;
 mod gateway;
+pub mod service;
 mod session;
 mod subscription;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
-use qm_ipc_proto::{Info, Sample, Stats, TopicDescription};
+use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -491,11 +491,14 @@ pub(crate) fn misfit_of_sample(topic: &str, misfit: Misfit) -> ClientError {
 }
 
 /// Asks a connection's gateway for its instance; `None` from a gateway
-/// that does not know the method (an older release).
+/// that does not know the method (an older release), or from a varlink
+/// service that is no gateway (a session can call any varlink service).
 pub(crate) async fn fetch_instance(conn: &mut Connection) -> Result<Option<String>, ClientError> {
     match conn.call(&gateway("Instance"), json!({})).await {
         Ok(reply) => Ok(Some(field(reply, "instance")?)),
-        Err(ClientError::Remote(e)) if e.name().ends_with("MethodNotFound") => Ok(None),
+        Err(ClientError::Remote(
+            ErrorReply::MethodNotFound { .. } | ErrorReply::InterfaceNotFound { .. },
+        )) => Ok(None),
         Err(e) => Err(e),
     }
 }
