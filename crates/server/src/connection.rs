@@ -35,6 +35,7 @@ use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision, Policy};
 use crate::rate::TokenBucket;
+use crate::services::proxy::{ServiceStream, StreamReply};
 use crate::services::ServiceProxy;
 
 /// Bytes the writer gathers into one write.
@@ -493,16 +494,21 @@ impl Session<'_> {
         streaming: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Answer>, ErrorReply> {
-        if streaming {
-            // Replies of a service's stream would need their own bounded,
-            // conflated queue; until then such calls are refused by name.
-            return Err(ErrorReply::VarlinkInvalidParameter {
-                parameter: "more".into(),
-            });
-        }
         self.authorize(Action::Call, method)?;
         let timeout = self.hub.limits().default_call_timeout;
         let qm_caller = (!self.peer.is_provider()).then(|| self.peer.account_key());
+        let unavailable = || ErrorReply::ServiceUnavailable {
+            service: service.interface().to_owned(),
+        };
+        if streaming {
+            let stream = tokio::select! {
+                r = service.open_stream(method, parameters.as_deref(), timeout, qm_caller.as_ref()) => r?,
+                _ = shutdown.wait_for(|stop| *stop) => return Err(unavailable()),
+                _ = hangup(self.write.as_ref()) => return Err(unavailable()),
+            };
+            self.relay(stream, timeout, shutdown).await?;
+            return Ok(None);
+        }
         let relayed = tokio::select! {
             r = service.call(method, parameters.as_deref(), oneway, timeout, qm_caller.as_ref()) => r?,
             _ = shutdown.wait_for(|stop| *stop) => {
@@ -517,6 +523,79 @@ impl Session<'_> {
             }
         };
         Ok(relayed.map(Answer::Relayed))
+    }
+
+    /// Relays a service's stream to this connection. The service is read
+    /// as fast as it sends, whatever the reader does: the reader gets a
+    /// reply when it has taken the one before, and replies it had no time
+    /// for are replaced by newer ones (counted in Stats' `dropped`); the
+    /// last reply is never replaced. At most one reply waits in the
+    /// outbox, so a slow QM reader holds no more of the gateway than that,
+    /// and never slows the service. The first reply must come within the
+    /// call's deadline; after it the stream runs as long as both ends do.
+    async fn relay(
+        &mut self,
+        mut stream: ServiceStream<'_>,
+        timeout: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ErrorReply> {
+        let mut first_deadline = Some(Instant::now() + timeout);
+        let mut pending: Option<StreamReply> = None;
+        let mut service_done = false;
+        loop {
+            if service_done && pending.is_none() {
+                return Ok(());
+            }
+            tokio::select! {
+                next = stream.next(), if !service_done => match next {
+                    Ok(Some(reply)) => {
+                        first_deadline = None;
+                        service_done = reply.last;
+                        // Counted at once, so Stats is exact whenever it asks.
+                        if pending.replace(reply).is_some() {
+                            self.outbox.count_conflated(1);
+                        }
+                    }
+                    Ok(None) => service_done = true,
+                    // The service failed mid-stream: its error is the last
+                    // reply, in place of anything still pending.
+                    Err(e) => {
+                        if pending.take().is_some() {
+                            self.outbox.count_conflated(1);
+                        }
+                        return Err(e);
+                    }
+                },
+                _ = self.outbox.drained(), if pending.is_some() => {
+                    if let Some(reply) = pending.take() {
+                        let pushed = self.outbox.push_frame(|out| {
+                            qm_ipc_proto::framing::encode_frame(out, &reply.frame)
+                        });
+                        if pushed.is_err() {
+                            return Err(ErrorReply::ServiceUnavailable {
+                                service: stream.interface().to_owned(),
+                            });
+                        }
+                    }
+                }
+                _ = sleep_until_opt(first_deadline) => {
+                    return Err(ErrorReply::Timeout {
+                        service: stream.interface().to_owned(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    });
+                }
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    return Err(ErrorReply::ServiceUnavailable {
+                        service: stream.interface().to_owned(),
+                    });
+                }
+                _ = hangup(self.write.as_ref()) => {
+                    return Err(ErrorReply::ServiceUnavailable {
+                        service: stream.interface().to_owned(),
+                    });
+                }
+            }
+        }
     }
 
     /// Does the peer's rule grant calling something of `interface`?

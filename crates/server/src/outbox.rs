@@ -110,6 +110,8 @@ pub struct QueueDepth {
 pub struct Outbox {
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Notified when the writer took the queued replies.
+    drained: Notify,
     sample_capacity: usize,
     max_queued_bytes: usize,
     stats: Arc<DeliveryStats>,
@@ -122,6 +124,7 @@ impl Outbox {
         Self {
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
+            drained: Notify::new(),
             sample_capacity: sample_capacity.max(1),
             max_queued_bytes,
             stats,
@@ -318,6 +321,7 @@ impl Outbox {
         } else {
             out.append(&mut inner.frames);
         }
+        self.drained.notify_waiters();
         let mut delivered = 0;
         while out.len() < budget {
             let Some(sample) = inner.samples.pop_front() else {
@@ -363,10 +367,38 @@ impl Outbox {
             }
         }
         inner.frames.drain(..written);
-        if !inner.frames.is_empty() {
+        if inner.frames.is_empty() {
+            self.drained.notify_waiters();
+        } else {
             drop(inner);
             self.wake.notify_one();
         }
+    }
+
+    /// Waits until no reply is queued (the writer took them all, or the
+    /// outbox closed or overflowed). A relayed stream queues its next reply
+    /// only then, so a slow reader holds at most one of them queued.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = self.lock();
+                if inner.frames.is_empty() || inner.closing || inner.overflowed {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts replies of a relayed stream that were replaced by newer ones
+    /// before the reader took them.
+    pub fn count_conflated(&self, replies: u64) {
+        let mut inner = self.lock();
+        inner.dropped += replies;
+        self.stats.dropped.fetch_add(replies, Ordering::Relaxed);
     }
 
     /// Waits until data may be available.

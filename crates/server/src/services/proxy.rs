@@ -153,19 +153,89 @@ impl ServiceProxy {
         qm_caller: Option<&AccountKey>,
     ) -> Result<Option<Relayed>, ErrorReply> {
         let deadline = Instant::now() + timeout;
-        // QM's share of the pool, and one container's share of QM's.
-        let _share = match qm_caller {
-            Some(account) => {
-                let turn = self.take_account_turn(account)?;
-                let permit = match timeout_at(deadline, self.qm_slots.acquire()).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_closed)) => return Err(self.unavailable()),
-                    Err(_) => return Err(self.timed_out(timeout)),
-                };
-                Some((turn, permit))
-            }
-            None => None,
+        let _share = self.take_share(qm_caller, deadline, timeout).await?;
+        let request = self
+            .checked_request(method, parameters, Flag::Oneway(oneway), timeout)
+            .await?;
+        self.exchange(&request, oneway, deadline, timeout).await
+    }
+
+    /// Starts a streaming call (`"more": true`) on a connection of its own,
+    /// held with the call's share of the pool for as long as the stream
+    /// runs. Read its replies with [`ServiceStream::next`].
+    pub async fn open_stream(
+        &self,
+        method: &str,
+        parameters: Option<&str>,
+        timeout: Duration,
+        qm_caller: Option<&AccountKey>,
+    ) -> Result<ServiceStream<'_>, ErrorReply> {
+        let deadline = Instant::now() + timeout;
+        let share = self.take_share(qm_caller, deadline, timeout).await?;
+        let mut request = self
+            .checked_request(method, parameters, Flag::More, timeout)
+            .await?;
+        let slot = match timeout_at(deadline, self.slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(self.unavailable()),
+            Err(_) => return Err(self.timed_out(timeout)),
         };
+        let mut stream = match timeout_at(deadline, UnixStream::connect(&self.socket)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(_)) => {
+                self.forget();
+                return Err(self.unavailable());
+            }
+            Err(_) => return Err(self.timed_out(timeout)),
+        };
+        request.push(0);
+        match timeout_at(deadline, stream.write_all(&request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                self.forget();
+                return Err(self.unavailable());
+            }
+            Err(_) => return Err(self.timed_out(timeout)),
+        }
+        Ok(ServiceStream {
+            proxy: self,
+            stream,
+            decoder: FrameDecoder::new(self.max_frame),
+            _slot: slot,
+            _share: share,
+            ended: false,
+        })
+    }
+
+    /// QM's share of the pool, and one container's share of QM's, for a
+    /// QM caller; nothing for an ASIL one.
+    async fn take_share(
+        &self,
+        qm_caller: Option<&AccountKey>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Option<Share<'_>>, ErrorReply> {
+        let Some(account) = qm_caller else {
+            return Ok(None);
+        };
+        let turn = self.take_account_turn(account)?;
+        let permit = match timeout_at(deadline, self.qm_slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(self.unavailable()),
+            Err(_) => return Err(self.timed_out(timeout)),
+        };
+        Ok(Some((turn, permit)))
+    }
+
+    /// The call as it goes to the service, once its parameters passed the
+    /// service's description.
+    async fn checked_request(
+        &self,
+        method: &str,
+        parameters: Option<&str>,
+        flag: Flag,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ErrorReply> {
         let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
         let described = self.describe(timeout).await?;
         let parameters = parameters.filter(|p| p.trim() != "null");
@@ -205,11 +275,13 @@ impl ServiceProxy {
             request.extend_from_slice(b",\"parameters\":");
             request.extend_from_slice(text.as_bytes());
         }
-        if oneway {
-            request.extend_from_slice(b",\"oneway\":true");
+        match flag {
+            Flag::Oneway(true) => request.extend_from_slice(b",\"oneway\":true"),
+            Flag::More => request.extend_from_slice(b",\"more\":true"),
+            Flag::Oneway(false) => {}
         }
         request.push(b'}');
-        self.exchange(&request, oneway, deadline, timeout).await
+        Ok(request)
     }
 
     /// Sends one call on a pooled connection and reads its reply, all
@@ -280,7 +352,7 @@ impl ServiceProxy {
             tracing::warn!(service = %self.interface, "sent more than one reply to a call");
             return Err(self.unavailable());
         }
-        if let Err(e) = check_relayable(&reply) {
+        if let Err(e) = check_relayable(&reply, false) {
             tracing::warn!(service = %self.interface, "reply not relayed: {e}");
             return Err(self.unavailable());
         }
@@ -331,6 +403,85 @@ impl ServiceProxy {
     }
 }
 
+/// How a forwarded call is flagged.
+#[derive(Debug, Clone, Copy)]
+enum Flag {
+    Oneway(bool),
+    More,
+}
+
+/// A QM caller's hold on a service: its account's turn and a permit of
+/// QM's part of the pool.
+type Share<'a> = (AccountTurn<'a>, tokio::sync::SemaphorePermit<'a>);
+
+/// One reply of a service's stream, relayed as the service sent it.
+#[derive(Debug)]
+pub struct StreamReply {
+    pub frame: Relayed,
+    /// The stream's last reply (no `continues`, or an error).
+    pub last: bool,
+}
+
+/// A streaming call in progress on its own connection to the service.
+#[derive(Debug)]
+pub struct ServiceStream<'a> {
+    proxy: &'a ServiceProxy,
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _share: Option<Share<'a>>,
+    ended: bool,
+}
+
+impl ServiceStream<'_> {
+    /// The service's interface name.
+    pub fn interface(&self) -> &str {
+        &self.proxy.interface
+    }
+
+    /// The stream's next reply; `Ok(None)` after its last. A service that
+    /// closes or fails mid-stream, or sends a reply that cannot go to QM,
+    /// ends it with `ServiceUnavailable`. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<StreamReply>, ErrorReply> {
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let last = match check_relayable(frame, true) {
+                        Ok(continues) => !continues,
+                        Err(e) => {
+                            tracing::warn!(service = %self.proxy.interface, "stream reply not relayed: {e}");
+                            self.ended = true;
+                            return Err(self.proxy.unavailable());
+                        }
+                    };
+                    self.ended = last;
+                    return Ok(Some(StreamReply {
+                        frame: frame.to_vec(),
+                        last,
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(service = %self.proxy.interface, "unusable stream reply: {e}");
+                    self.ended = true;
+                    return Err(self.proxy.unavailable());
+                }
+            }
+            match self.stream.read(self.decoder.spare()).await {
+                Ok(0) | Err(_) => {
+                    self.decoder.commit(0);
+                    self.ended = true;
+                    return Err(self.proxy.unavailable());
+                }
+                Ok(n) => self.decoder.commit(n),
+            }
+        }
+    }
+}
+
 /// QM's calls together: every connection but one when there are two or
 /// more (that one is the ASIL side's).
 fn qm_share_of_pool(connections: usize) -> usize {
@@ -341,6 +492,7 @@ fn qm_share_of_pool(connections: usize) -> usize {
 }
 
 /// A QM account's call in flight to one service; counted down on drop.
+#[derive(Debug)]
 struct AccountTurn<'a> {
     proxy: &'a ServiceProxy,
     account: AccountKey,
@@ -363,8 +515,9 @@ impl Drop for AccountTurn<'_> {
 }
 
 /// A service's reply may go to QM only if it is one strict JSON object of
-/// the varlink reply shape and asks for nothing more.
-fn check_relayable(reply: &[u8]) -> Result<(), String> {
+/// the varlink reply shape, and asks for nothing more unless the call was a
+/// stream (`stream`). Returns whether the reply says more follow.
+fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
     let text = std::str::from_utf8(reply).map_err(|_| "not UTF-8".to_owned())?;
     check_value(text, &ValueLimits::default()).map_err(|e| e.to_string())?;
     let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -377,15 +530,22 @@ fn check_relayable(reply: &[u8]) -> Result<(), String> {
     {
         return Err(format!("unknown member {unknown:?}"));
     }
-    if members.get("continues").and_then(Value::as_bool) == Some(true) {
-        return Err("a stream reply to a call that did not ask for one".into());
-    }
+    let continues = match members.get("continues") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) if stream => true,
+        Some(Value::Bool(true)) => {
+            return Err("a stream reply to a call that did not ask for one".into())
+        }
+        Some(_) => return Err("continues is not a boolean".into()),
+    };
     match members.get("error") {
-        None | Some(Value::String(_)) => {}
+        None | Some(Value::Null) => {}
+        // An error ends a stream, whatever else it says.
+        Some(Value::String(_)) => return Ok(false),
         Some(_) => return Err("error is not a string".into()),
     }
     match members.get("parameters") {
-        None | Some(Value::Object(_)) | Some(Value::Null) => Ok(()),
+        None | Some(Value::Object(_)) | Some(Value::Null) => Ok(continues),
         Some(_) => Err("parameters is not an object".into()),
     }
 }

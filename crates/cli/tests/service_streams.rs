@@ -1,0 +1,233 @@
+//! `more` streams from an ASIL service to QM through the gateway: relayed
+//! in order with the last reply always delivered, bounded and conflated
+//! for a slow QM reader without ever slowing the service, refused at the
+//! gateway when their parameters do not fit, and ended with a named error
+//! when the service dies mid-stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+use common::{Gateway, Raw, DEADLINE};
+use serde_json::{json, Value};
+
+const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n";
+
+/// A varlink service written by hand on a plain socket, so the test sees
+/// exactly what it sends: it answers GetInterfaceDescription, and streams
+/// Follow's replies as fast as the socket takes them. Reports each
+/// finished stream (how many replies it wrote) on `done`.
+struct FeedService {
+    socket: PathBuf,
+    calls: Arc<AtomicU64>,
+    done: mpsc::Receiver<u64>,
+}
+
+impl FeedService {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("feed.socket");
+        let listener = UnixListener::bind(&socket).expect("bind the service");
+        let calls = Arc::new(AtomicU64::new(0));
+        let (tx, done) = mpsc::channel();
+        let counter = calls.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (counter, tx) = (counter.clone(), tx.clone());
+                thread::spawn(move || serve(stream, &counter, &tx));
+            }
+        });
+        Self {
+            socket,
+            calls,
+            done,
+        }
+    }
+}
+
+fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc::Sender<u64>) {
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let mut frame = Vec::new();
+    loop {
+        frame.clear();
+        match reader.read_until(0, &mut frame) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        frame.pop();
+        let call: Value = serde_json::from_slice(&frame).expect("the gateway sends JSON");
+        let reply = |writer: &mut std::os::unix::net::UnixStream, v: Value| {
+            let mut bytes = v.to_string().into_bytes();
+            bytes.push(0);
+            writer.write_all(&bytes)
+        };
+        match call["method"].as_str() {
+            Some("org.varlink.service.GetInterfaceDescription") => {
+                let _ = reply(
+                    &mut writer,
+                    json!({"parameters": {"description": FEED_IDL}}),
+                );
+            }
+            Some("com.example.Feed.Follow") => {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let count = call["parameters"]["count"].as_u64().unwrap_or(0);
+                let die = call["parameters"]["die"].as_bool() == Some(true);
+                let mut written = 0;
+                for n in 1..=count {
+                    let last = n == count && !die;
+                    let v = match last {
+                        true => json!({"parameters": {"n": n}}),
+                        false => {
+                            json!({"parameters": {"n": n, "pad": "x".repeat(64)}, "continues": true})
+                        }
+                    };
+                    if reply(&mut writer, v).is_err() {
+                        break;
+                    }
+                    written += 1;
+                }
+                let _ = done.send(written);
+                if die {
+                    return; // closes mid-stream
+                }
+            }
+            _ => {
+                let _ = reply(
+                    &mut writer,
+                    json!({"error": "org.varlink.service.MethodNotFound", "parameters": {"method": call["method"]}}),
+                );
+            }
+        }
+    }
+}
+
+fn gateway_with_feed() -> (Gateway, FeedService) {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = FeedService::start(dir.path());
+    let services = dir.path().join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\ninterface = \"com.example.Feed\"\nsocket = \"{}\"\n",
+            feed.socket.display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_in(dir, &["--services", services.to_str().unwrap()]);
+    (gw, feed)
+}
+
+fn follow(client: &mut Raw, count: u64, die: bool) {
+    client.call(json!({"method": "com.example.Feed.Follow", "parameters": {"count": count, "die": die}, "more": true}));
+}
+
+/// Reads a stream to its end: the values of n, and the last reply.
+fn read_to_end(client: &mut Raw) -> (Vec<u64>, Value) {
+    let mut seen = Vec::new();
+    loop {
+        let reply = client.recv().expect("a reply");
+        if reply["continues"] == true {
+            seen.push(reply["parameters"]["n"].as_u64().expect("n"));
+        } else {
+            return (seen, reply);
+        }
+    }
+}
+
+#[test]
+fn a_service_stream_reaches_qm_in_order_with_its_last_reply() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    follow(&mut client, 50, false);
+    let (seen, last) = read_to_end(&mut client);
+    assert_eq!(last["parameters"]["n"], 50, "{last}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in order, never repeated: {seen:?}"
+    );
+    // The connection takes ordinary calls again after the stream.
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert_eq!(client.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
+}
+
+/// A QM reader that does not read: the service still writes its whole
+/// stream at its own pace, the gateway holds at most one reply for the
+/// reader, and the reader later gets the newest and the last.
+#[test]
+fn a_slow_qm_reader_costs_the_service_nothing_and_the_gateway_one_reply() {
+    let (gw, feed) = gateway_with_feed();
+    // 1.4 MB, many times what the socket buffers hold; small enough to
+    // stream well within the gateway's write timeout for a stalled reader.
+    let count = 20_000u64;
+    let mut client = Raw::connect(&gw.consumer);
+    follow(&mut client, count, false);
+    // Nothing read yet, and the service finished all its replies.
+    let written = feed
+        .done
+        .recv_timeout(DEADLINE)
+        .expect("the service was never slowed by the reader");
+    assert_eq!(written, count);
+    // What the gateway holds for this reader: one reply at most, beyond
+    // what the socket buffers took.
+    let mut asil = Raw::connect(&gw.provider);
+    asil.call(json!({"method": "io.qmipc.Gateway.Stats"}));
+    let stats = asil.recv().unwrap();
+    let queued: u64 = stats["parameters"]["per_connection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["queued_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(queued <= 1024, "queued {queued} bytes for the slow reader");
+    let (seen, last) = read_to_end(&mut client);
+    assert_eq!(last["parameters"]["n"], count);
+    assert!(
+        (seen.len() as u64) < count / 2,
+        "most replies were conflated away: {} delivered",
+        seen.len()
+    );
+    asil.call(json!({"method": "io.qmipc.Gateway.Stats"}));
+    let dropped = asil.recv().unwrap()["parameters"]["dropped"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        dropped + seen.len() as u64 + 1,
+        count,
+        "every reply is delivered or counted"
+    );
+}
+
+#[test]
+fn a_stream_with_parameters_that_do_not_fit_never_reaches_the_service() {
+    let (gw, feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(
+        json!({"method": "com.example.Feed.Follow", "parameters": {"count": "many"}, "more": true}),
+    );
+    let reply = client.recv().unwrap();
+    assert_eq!(reply["error"], "org.varlink.service.InvalidParameter");
+    assert_eq!(reply["parameters"]["parameter"], "count");
+    assert_eq!(feed.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_service_that_dies_mid_stream_ends_it_with_a_named_error() {
+    let (gw, feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    follow(&mut client, 10, true);
+    let (seen, last) = read_to_end(&mut client);
+    assert_eq!(feed.done.recv_timeout(DEADLINE).unwrap(), 10);
+    assert!(seen.iter().all(|n| *n <= 10), "{seen:?}");
+    assert_eq!(
+        last["error"], "io.qmipc.Gateway.ServiceUnavailable",
+        "{last}"
+    );
+    assert_eq!(last["parameters"]["service"], "com.example.Feed");
+}
