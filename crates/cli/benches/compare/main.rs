@@ -258,6 +258,36 @@ fn fan_out(
     )
 }
 
+/// The ASIL service of the proxied-call scenarios: written with the
+/// client library's `Service`, echoing its parameter.
+const BENCH_IDL: &str = "interface io.qmipc.Bench\nmethod Echo(p: string) -> (p: string)\n";
+
+/// Serves `io.qmipc.Bench` on `socket` from a thread pinned to `cpu`.
+fn spawn_bench_service(cpu: Option<usize>, socket: &std::path::Path) {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Echo {
+        p: String,
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind the bench service");
+    listener.set_nonblocking(true).expect("nonblocking");
+    thread::spawn(move || {
+        pin_to(cpu);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+            let service = qm_ipc_client::service::Service::new(BENCH_IDL)
+                .expect("bench IDL")
+                .method("Echo", |e: Echo| async move {
+                    Ok::<_, qm_ipc_client::service::MethodError>(e)
+                });
+            let _ = service.serve(listener).await;
+        });
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -275,7 +305,7 @@ fn main() {
     if let Err(why) = &dbus {
         eprintln!("D-Bus comparison skipped: {why}");
     }
-    let per_placement = 3 + 1 + 3 + 3 + 1 + 3 + if dbus.is_ok() { 4 } else { 0 };
+    let per_placement = 3 + 1 + 3 + 3 + 3 + 3 + 1 + 3 + if dbus.is_ok() { 4 } else { 0 };
     let mut progress = Progress {
         step: 0,
         total: per_placement * placements.len(),
@@ -310,10 +340,24 @@ fn main() {
             stream_rate,
         ));
 
-        // qm-ipc.
+        // qm-ipc, with an ASIL service behind it.
+        let service_dir = tempfile::tempdir().expect("tempdir");
+        let service_socket = service_dir.path().join("bench.socket");
+        spawn_bench_service(server, &service_socket);
+        let services = service_dir.path().join("services.toml");
+        std::fs::write(
+            &services,
+            format!(
+                "[[service]]\ninterface = \"io.qmipc.Bench\"\nsocket = \"{}\"\n",
+                service_socket.display()
+            ),
+        )
+        .expect("services file");
         let gw = GatewayProcess::start_on(
             server,
             &[
+                "--services",
+                services.to_str().expect("utf-8 path"),
                 "--rate",
                 "0",
                 "--connection-rate",
@@ -355,6 +399,36 @@ fn main() {
             figures.push(Figure::latency(
                 placement,
                 "qm-ipc Call (two hops)",
+                payload,
+                &h,
+                raw_p50[&payload],
+            ));
+        }
+        // The same service called directly, then through the gateway.
+        let mut direct = Blocking::connect(&service_socket);
+        for payload in PAYLOADS {
+            progress.next(&format!("varlink call, direct, {payload} B ({placement})"));
+            let call = frame(
+                &json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}}),
+            );
+            let h = gateway_round_trips(&mut direct, &call, iterations);
+            figures.push(Figure::latency(
+                placement,
+                "varlink call, direct to the service",
+                payload,
+                &h,
+                raw_p50[&payload],
+            ));
+        }
+        for payload in PAYLOADS {
+            progress.next(&format!("qm-ipc proxied call, {payload} B ({placement})"));
+            let call = frame(
+                &json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}}),
+            );
+            let h = gateway_round_trips(&mut client_conn, &call, iterations);
+            figures.push(Figure::latency(
+                placement,
+                "qm-ipc proxied call",
                 payload,
                 &h,
                 raw_p50[&payload],

@@ -108,6 +108,21 @@ pub fn markdown(figures: &[Figure], quick: bool, dbus_skipped: Option<&str>) -> 
             call.zip(dbus).map(|(c, d)| c as f64 / d.max(1) as f64),
             |v| v <= 0.8,
         );
+        let proxied_limit = if placement == "split" { 1.3 } else { 2.0 };
+        let proxied = find(figures, placement, "qm-ipc proxied call", 64).and_then(|f| f.p50);
+        let direct = find(
+            figures,
+            placement,
+            "varlink call, direct to the service",
+            64,
+        )
+        .and_then(|f| f.p50);
+        target(
+            &mut rows,
+            &format!("proxied call p50 / direct call p50 ≤ {proxied_limit}"),
+            proxied.zip(direct).map(|(p, d)| p as f64 / d.max(1) as f64),
+            |v| v <= proxied_limit,
+        );
         target(
             &mut rows,
             "publish-to-subscriber p50 / raw round trip ≤ 1.3",
