@@ -389,51 +389,28 @@ fn main() {
                 raw_p50[&payload],
             ));
         }
-        for payload in PAYLOADS {
-            progress.next(&format!(
-                "qm-ipc Call via provider, {payload} B ({placement})"
-            ));
-            let call = frame(&json!({"method": "io.qmipc.Gateway.Call",
-                "parameters": {"service": "bench.echo", "method": "Echo", "parameters": {"p": "c".repeat(payload)}}}));
-            let h = gateway_round_trips(&mut client_conn, &call, iterations);
-            figures.push(Figure::latency(
-                placement,
-                "qm-ipc Call (two hops)",
-                payload,
-                &h,
-                raw_p50[&payload],
-            ));
-        }
-        // The same service called directly, then through the gateway.
+        let mut calls = |scenario: &str, conn: &mut Blocking, call: &dyn Fn(usize) -> Value| {
+            for payload in PAYLOADS {
+                progress.next(&format!("{scenario}, {payload} B ({placement})"));
+                let h = gateway_round_trips(conn, &frame(&call(payload)), iterations);
+                figures.push(Figure::latency(
+                    placement,
+                    scenario,
+                    payload,
+                    &h,
+                    raw_p50[&payload],
+                ));
+            }
+        };
+        calls("qm-ipc Call (two hops)", &mut client_conn, &|payload| {
+            json!({"method": "io.qmipc.Gateway.Call",
+                "parameters": {"service": "bench.echo", "method": "Echo", "parameters": {"p": "c".repeat(payload)}}})
+        });
+        // The same ASIL service called directly, then through the gateway.
+        let echo = |payload: usize| json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}});
         let mut direct = Blocking::connect(&service_socket);
-        for payload in PAYLOADS {
-            progress.next(&format!("varlink call, direct, {payload} B ({placement})"));
-            let call = frame(
-                &json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}}),
-            );
-            let h = gateway_round_trips(&mut direct, &call, iterations);
-            figures.push(Figure::latency(
-                placement,
-                "varlink call, direct to the service",
-                payload,
-                &h,
-                raw_p50[&payload],
-            ));
-        }
-        for payload in PAYLOADS {
-            progress.next(&format!("qm-ipc proxied call, {payload} B ({placement})"));
-            let call = frame(
-                &json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}}),
-            );
-            let h = gateway_round_trips(&mut client_conn, &call, iterations);
-            figures.push(Figure::latency(
-                placement,
-                "qm-ipc proxied call",
-                payload,
-                &h,
-                raw_p50[&payload],
-            ));
-        }
+        calls("varlink call, direct to the service", &mut direct, &echo);
+        calls("qm-ipc proxied call", &mut client_conn, &echo);
         progress.next(&format!("qm-ipc publish to subscriber ({placement})"));
         let h = publish_to_subscriber(&gw, client, server, iterations);
         figures.push(Figure::latency(
