@@ -81,18 +81,48 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The qm IPC example's files: its server reports readiness through conmon
+/// (QM001), and its drop-in's `Requires=ipc_server` names no unit (systemd
+/// needs the suffix) and it has no `After=` (QM010, twice).
 #[test]
-fn example_files_give_the_notify_finding_and_nothing_else() {
+fn example_files_give_the_notify_and_dependency_findings() {
     let report = lint(&example("example-asil-to-qm"));
+    let got: Vec<(&str, String, usize)> = report
+        .findings
+        .iter()
+        .map(|f| {
+            let file = f.file.rsplit("etc/").next().unwrap_or("").to_owned();
+            (f.rule, file, f.line)
+        })
+        .collect();
     assert_eq!(
-        rules(&report),
-        BTreeSet::from(["QM001"]),
+        got,
+        vec![
+            (
+                "QM001",
+                "containers/systemd/ipc_server.container".into(),
+                13
+            ),
+            (
+                "QM010",
+                "containers/systemd/qm.container.d/10-extra-volume.conf".into(),
+                1
+            ),
+            (
+                "QM010",
+                "containers/systemd/qm.container.d/10-extra-volume.conf".into(),
+                2
+            ),
+        ],
         "{}",
         report.to_text()
     );
-    assert_eq!(report.findings.len(), 1);
-    assert!(report.findings[0].file.ends_with(SERVER));
-    assert_eq!(report.findings[0].line, 13, "the Type=notify line");
+    assert!(report.findings[1]
+        .message
+        .contains("After=ipc_server.socket"));
+    assert!(report.findings[2]
+        .message
+        .contains("Requires=ipc_server names no unit"));
     assert_eq!(report.exit_code(false), 2);
 
     let report = lint(&example("example-qm-to-qm"));
@@ -117,7 +147,11 @@ fn qm000_syntax_error_with_file_and_line() {
         .expect("a syntax finding");
     assert!(finding.file.ends_with(CLIENT));
     assert_eq!(finding.line, 9, "the Network line");
-    assert!(finding.message.contains("missing '='"));
+    assert!(
+        finding.message.contains("not a key=value pair"),
+        "{finding}"
+    );
+    assert!(finding.message.contains("quadlet rejects"), "{finding}");
 }
 
 #[test]
@@ -404,6 +438,20 @@ fn drop_ins_of_a_quadlet_are_applied() {
         .join("etc/containers/systemd/ipc_server.container.d");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("50-notify.conf"), "[Container]\nNotify=true\n").unwrap();
+    let report = lint(staging.path());
+    assert!(
+        report.findings.iter().all(|f| f.rule == "QM010"),
+        "{}",
+        report.to_text()
+    );
+    // And one for the QM partition that names its dependency right.
+    std::fs::write(
+        staging
+            .path()
+            .join("etc/containers/systemd/qm.container.d/10-extra-volume.conf"),
+        "[Unit]\nRequires=ipc_server.socket\nAfter=ipc_server.socket\n\n[Container]\nVolume=/run/ipc/:/run/ipc/\n",
+    )
+    .unwrap();
     let report = lint(staging.path());
     assert!(report.findings.is_empty(), "{}", report.to_text());
 }

@@ -7,6 +7,7 @@
 //! QM partition's drop-in to the socket) run when the linted set contains
 //! both sides; a single file gets only the checks that concern it alone.
 
+mod model;
 mod rules;
 mod tree;
 
@@ -39,7 +40,13 @@ pub struct Rule {
     pub id: &'static str,
     pub name: &'static str,
     pub severity: Severity,
+    /// What the rule finds.
+    pub what: &'static str,
     pub why: &'static str,
+    /// The fix in general (each finding says it for its file).
+    pub fix: &'static str,
+    /// The right form, as it looks in the file.
+    pub example: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,6 +96,39 @@ impl fmt::Display for Finding {
 /// The catalogue, in id order.
 pub fn catalogue() -> &'static [Rule] {
     rules::CATALOGUE
+}
+
+/// The catalogue as `docs/lint-rules.md` has it.
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from(
+        "# qm-ipc lint rules\n\n\
+         Generated from the code (`qm_ipc_deploy::lint::catalogue_markdown`); a test fails when this file\n\
+         differs, so edit the rules in `crates/deploy/src/lint/rules/mod.rs`, then run\n\
+         `UPDATE_SNAPSHOTS=1 cargo test -p qm-ipc-deploy --test lint_rules catalogue`.\n\n\
+         Lint looks only at the IPC deployment it can identify: the sockets the QM partition's\n\
+         `qm.container.d` drop-in mounts (or that lie in `/run/ipc`, or carry the gateway's fd names\n\
+         `consumer`/`provider`), the containers that serve or mount them, QM containers that share a\n\
+         socket with each other, and the units that name them. Files are found as systemd and quadlet\n\
+         find them (`/etc` masks `/run` masks `/usr`; quadlet reads sub-directories and\n\
+         `/run/containers/systemd`), and read as they read them.\n\n\
+         | id | name | severity |\n|---|---|---|\n",
+    );
+    for r in catalogue() {
+        out.push_str(&format!(
+            "| [{0}](#{1}) | {2} | {3} |\n",
+            r.id,
+            r.id.to_lowercase(),
+            r.name,
+            r.severity
+        ));
+    }
+    for r in catalogue() {
+        out.push_str(&format!(
+            "\n## {}\n\n**{}**, {}.\n\n- What: {}\n- Why: {}.\n- Fix: {}.\n\nExample of the right form:\n\n```ini\n{}\n```\n",
+            r.id, r.name, r.severity, r.what, r.why, r.fix, r.example
+        ));
+    }
+    out
 }
 
 /// The outcome of a lint run.
