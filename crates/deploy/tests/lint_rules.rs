@@ -1,66 +1,13 @@
 //! One failing fixture per lint rule (a generated, clean tree with one
 //! mistake put in), the clean trees, and the qm IPC example's own files.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
-use qm_ipc_deploy::generate::{generate, write_root, Options, Topology};
-use qm_ipc_deploy::lint::{catalogue, lint_paths, Report, Severity};
-
-const SERVER: &str = "etc/containers/systemd/ipc_server.container";
-const CLIENT: &str = "etc/qm/containers/systemd/ipc_client.container";
-const SOCKET: &str = "etc/systemd/system/ipc_server.socket";
-const DROPIN: &str = "etc/containers/systemd/qm.container.d/10-extra-volume.conf";
-const QM_SERVER: &str = "etc/qm/containers/systemd/ipc_server.container";
-
-fn tree(topology: Topology) -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    write_root(
-        root.path(),
-        &generate(topology, &Options::default()).unwrap(),
-        false,
-    )
-    .unwrap();
-    root
-}
-
-/// Replaces `from` by `to` in one file of the tree (which must contain it).
-fn edit(root: &Path, file: &str, from: &str, to: &str) {
-    let path = root.join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{file} does not contain {from:?}");
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-}
-
-fn rules(report: &Report) -> BTreeSet<&'static str> {
-    report.findings.iter().map(|f| f.rule).collect()
-}
-
-fn lint(root: &Path) -> Report {
-    lint_paths(&[root.to_owned()]).unwrap()
-}
-
-/// Lints the tree and asserts that exactly `expected` fires, at `file`.
-fn assert_only(root: &Path, expected: &str, file: &str) -> Report {
-    let report = lint(root);
-    assert_eq!(
-        rules(&report),
-        BTreeSet::from([expected]),
-        "{}",
-        report.to_text()
-    );
-    for finding in &report.findings {
-        assert!(
-            finding.file.ends_with(file),
-            "{expected} reported at {}: {}",
-            finding.file,
-            report.to_text()
-        );
-        assert!(finding.line >= 1);
-        assert!(!finding.why.is_empty() && !finding.fix.is_empty());
-    }
-    report
-}
+use common::*;
+use qm_ipc_deploy::generate::Topology;
+use qm_ipc_deploy::lint::{catalogue, Severity};
 
 #[test]
 fn generated_trees_are_clean() {
@@ -73,12 +20,6 @@ fn generated_trees_are_clean() {
         );
         assert_eq!(report.exit_code(true), 0);
     }
-}
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 /// The qm IPC example's files: its server reports readiness through conmon
@@ -464,17 +405,4 @@ fn every_rule_has_a_stable_id_and_a_reason() {
     assert!(catalogue()
         .iter()
         .all(|r| !r.why.is_empty() && !r.name.is_empty()));
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
