@@ -459,5 +459,10 @@ impl<'a> Ipc<'a> {
                 .chain(&d.host_pods)
                 .chain(&d.host_kubes)
                 .any(|u| quadlet_service(u) == name || u.name == name)
+            // A file that exists but does not parse is QM000's.
+            || d.broken.iter().any(|b| {
+                let file = b.error.file.rsplit('/').next().unwrap_or("");
+                file == name || format!("{}.service", stem(file)) == name
+            })
     }
 }

@@ -190,7 +190,11 @@ pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
             findings.push(Finding::new(
                 &SYNTAX,
                 (file.clone(), broken.error.line),
-                format!("{} ({reader})", broken.error.message),
+                if broken.error.message.contains(reader) {
+                    broken.error.message.clone()
+                } else {
+                    format!("{} ({reader})", broken.error.message)
+                },
                 "correct the line as the message says",
             ));
         }
