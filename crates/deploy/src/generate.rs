@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::unit::UnitFile;
+use crate::unit::{split_words_checked, SplitError, UnitFile};
 
 /// The host's systemd units.
 pub const HOST_UNIT_DIR: &str = "/etc/systemd/system";
@@ -52,6 +52,19 @@ pub const DEFAULT_SERVICES: &str = r#"# ASIL services the qm-ipc gateway serves 
 /// The gateway's built-in policy, written out as the starting point of a
 /// deployment's own (`qm-ipc policy default` prints the same text).
 pub const DEFAULT_POLICY: &str = include_str!("../../server/default-policy.toml");
+
+/// The mode of the QM-facing socket file. Not the file mode but SELinux
+/// (only `qm_container_ipc_t` in QM may connect to `ipc_var_run_t`) and the
+/// gateway's policy (the consumer socket carries QM's rights, whoever
+/// connects) decide who may use it; a mode of 0660 would shut out every QM
+/// client that runs as a non-root user, whose uid is neither root's nor in
+/// root's group on the host.
+pub const CONSUMER_SOCKET_MODE: &str = "0666";
+const CONSUMER_MODE_REASON: &str = "0666: SELinux (only qm_container_ipc_t may connect to /run/ipc) and the gateway's policy decide; 0660 would shut out QM clients running as non-root users.";
+/// The mode of the ASIL-side socket file: root and its group only, so that
+/// no other user of the host acts as the ASIL partition.
+pub const PROVIDER_SOCKET_MODE: &str = "0660";
+const PROVIDER_MODE_REASON: &str = "0660: whoever connects acts as the ASIL partition; root and its group only (SocketGroup= admits another group).";
 
 /// Where the gateway runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +193,100 @@ fn bad(option: &'static str, value: &str, reason: impl Into<String>) -> Generate
     }
 }
 
+/// Splits a command-line value (`--server-exec`, `--client-exec`) into
+/// words as quadlet's `Exec=` does: blanks separate, single and double
+/// quotes group, a backslash takes the next character as it is. Refuses what cannot be
+/// an argument in a unit file: control characters (a newline would start a
+/// line of its own and could open a new section), unbalanced quotes, a word
+/// that is a lone `;` (systemd's command separator).
+pub fn exec_words(option: &'static str, value: &str) -> Result<Vec<String>, GenerateError> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(bad(
+            option,
+            value,
+            format!("contains the control character {c:?}; a unit file line cannot carry it"),
+        ));
+    }
+    let words = split_words_checked(value).map_err(|e| {
+        bad(
+            option,
+            value,
+            match e {
+                SplitError::LoneBackslash => "ends in a lone backslash",
+                SplitError::UnbalancedQuote => "has an unbalanced quote",
+            },
+        )
+    })?;
+    if words.is_empty() {
+        return Err(bad(option, value, "names no command arguments"));
+    }
+    if words.iter().any(|w| w == ";") {
+        return Err(bad(
+            option,
+            value,
+            "a lone ';' separates commands in systemd's ExecStart=; quote it inside a word",
+        ));
+    }
+    Ok(words)
+}
+
+/// One argument written so that quadlet's `Exec=` and systemd's
+/// `ExecStart=` give it back as it is: plain words as they are, others in
+/// double quotes with `\` and `"` escaped; `%` and `$` doubled, so that
+/// systemd expands no specifier or variable in them.
+pub fn escape_exec_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=,@+-".contains(c));
+    if plain {
+        return word.to_owned();
+    }
+    let mut out = String::from("\"");
+    for c in word.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn escape_exec(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| escape_exec_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A value that goes into a unit file as a path or a reference: only
+/// characters that no reader of the file treats specially.
+fn plain_value(
+    option: &'static str,
+    value: &str,
+    extra: &str,
+    what: &str,
+) -> Result<(), GenerateError> {
+    let ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c) || extra.contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            option,
+            value,
+            format!("{what} of letters, digits and _./-{extra} is required"),
+        ))
+    }
+}
+
 fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), GenerateError> {
     for (option, name) in [
         ("server-name", &o.server_name),
@@ -208,13 +315,7 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
         ("server-image", &o.server_image),
         ("client-image", &o.client_image),
     ] {
-        if image.is_empty() || image.contains(char::is_whitespace) {
-            return Err(bad(
-                option,
-                image,
-                "an image reference without spaces is required",
-            ));
-        }
+        plain_value(option, image, ":@+", "an image reference")?;
     }
     for (option, label) in [
         ("server-label", &o.server_label),
@@ -246,20 +347,25 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
             "QM-to-QM servers run in the QM partition's podman; --runtime host is for asil-to-qm",
         ));
     }
-    if !o.binary.starts_with('/') || o.binary.contains(char::is_whitespace) {
-        return Err(bad(
-            "binary",
-            &o.binary,
-            "an absolute path without spaces is required",
-        ));
+    plain_value("binary", &o.binary, "", "an absolute path")?;
+    if !o.binary.starts_with('/') {
+        return Err(bad("binary", &o.binary, "an absolute path is required"));
     }
-    if !socket.starts_with('/') || socket.ends_with('/') || socket.contains(char::is_whitespace) {
+    plain_value(
+        "socket-path",
+        socket,
+        "@",
+        "an absolute path to a socket file",
+    )?;
+    if !socket.starts_with('/') || socket.ends_with('/') {
         return Err(bad(
             "socket-path",
             socket,
             "an absolute path to a socket file is required",
         ));
     }
+    exec_words("server-exec", &o.server_exec)?;
+    exec_words("client-exec", &o.client_exec)?;
     let parent = Path::new(socket)
         .parent()
         .map(|p| p.to_string_lossy().into_owned());
@@ -422,10 +528,12 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
     if o.services.is_some() && topology == Topology::AsilToQm {
         policy_args.push_str(&format!(" --services {SERVICES_PATH}"));
     }
-    let server_exec = match o.demo {
-        true => format!("{} --demo", o.server_exec),
-        false => o.server_exec.clone(),
-    };
+    let mut server_words = exec_words("server-exec", &o.server_exec)?;
+    if o.demo {
+        server_words.push("--demo".into());
+    }
+    let server_exec = escape_exec(&server_words);
+    let client_exec = escape_exec(&exec_words("client-exec", &o.client_exec)?);
     let provider_socket_unit = format!("{server_name}-provider.socket");
     // Both sockets' fds go to the gateway: the QM one named consumer, the
     // ASIL one named provider.
@@ -466,7 +574,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 // the refusals queued ahead of it (systemd's default is
                 // 4096).
                 .push_entry("Backlog", "256")
-                .push_entry("SocketMode", "0660")
+                .push_comment(CONSUMER_MODE_REASON)
+                .push_entry("SocketMode", CONSUMER_SOCKET_MODE)
                 .push_entry("SELinuxContextFromNet", "yes");
             s.push_section("Install")
                 .push_entry("WantedBy", "sockets.target");
@@ -484,7 +593,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .push_entry("ListenStream", PROVIDER_SOCKET)
                 .push_entry("FileDescriptorName", PROVIDER_FD_NAME)
                 .push_entry("Service", &format!("{server_name}.service"))
-                .push_entry("SocketMode", "0660");
+                .push_comment(PROVIDER_MODE_REASON)
+                .push_entry("SocketMode", PROVIDER_SOCKET_MODE);
             p.push_section("Install")
                 .push_entry("WantedBy", "sockets.target");
             files.push(file(HOST_UNIT_DIR, provider_socket_unit.clone(), p));
@@ -596,7 +706,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     description: "qm-ipc client (asil-to-qm)",
                     depends_on: vec![],
                     image: &o.client_image,
-                    exec: o.client_exec.clone(),
+                    exec: client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelType", &o.client_label),
@@ -634,7 +744,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     description: "qm-ipc client (qm-to-qm)",
                     depends_on: vec![format!("{server_name}.service")],
                     image: &o.client_image,
-                    exec: o.client_exec.clone(),
+                    exec: client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelLevel", &o.level),
@@ -817,6 +927,101 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn exec_values_cannot_rewrite_the_file() {
+        for (value, why) in [
+            (
+                "serve\n[Service]\nExecStartPre=/bin/evil",
+                "control character",
+            ),
+            ("serve\r", "control character"),
+            ("serve \\", "lone backslash"),
+            ("serve \"--policy", "unbalanced quote"),
+            ("serve ; rm", "lone ';'"),
+            ("   ", "no command arguments"),
+        ] {
+            let o = Options {
+                server_exec: value.into(),
+                ..Options::default()
+            };
+            let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
+            assert!(e.starts_with("--server-exec"), "{value:?}: {e}");
+            assert!(e.contains(why), "{value:?}: {e}");
+            let o = Options {
+                client_exec: value.into(),
+                ..Options::default()
+            };
+            let e = generate(Topology::QmToQm, &o).unwrap_err().to_string();
+            assert!(e.starts_with("--client-exec"), "{value:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn exec_words_are_escaped_for_quadlet_and_systemd() {
+        let o = Options {
+            server_exec: r#"serve --name "a b" 100% $HOME 'q"x' back\\slash"#.into(),
+            client_exec: "client --topic 'vehicle speed'".into(),
+            ..Options::default()
+        };
+        let files = generate(Topology::AsilToQm, &o).unwrap();
+        let server = &files[4].content;
+        assert!(
+            server.contains(
+                "Exec=serve --name \"a b\" \"100%%\" \"$$HOME\" \"q\\\"x\" \"back\\\\slash\" --policy"
+            ),
+            "{server}"
+        );
+        let client = &files[5].content;
+        assert!(
+            client.contains("Exec=client --topic \"vehicle speed\"\n"),
+            "{client}"
+        );
+        // The sections are the generated ones, nothing more.
+        let parsed = UnitFile::parse("ipc_server.container", server).unwrap();
+        assert_eq!(
+            parsed.sections(),
+            vec!["Unit", "Container", "Service", "Install"]
+        );
+    }
+
+    #[test]
+    fn paths_and_images_are_plain() {
+        for (o, option) in [
+            (
+                Options {
+                    socket_path: Some("/run/ipc/ipc.socket\\".into()),
+                    ..Options::default()
+                },
+                "socket-path",
+            ),
+            (
+                Options {
+                    server_image: "img%t".into(),
+                    ..Options::default()
+                },
+                "server-image",
+            ),
+            (
+                Options {
+                    binary: "/usr/bin/qm-ipc\n".into(),
+                    ..Options::default()
+                },
+                "binary",
+            ),
+        ] {
+            let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--{option}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn socket_modes_and_their_reasons() {
+        let files = generate(Topology::AsilToQm, &Options::default()).unwrap();
+        assert!(files[0].content.contains("SocketMode=0666\n"));
+        assert!(files[0].content.contains("# 0666: SELinux"));
+        assert!(files[1].content.contains("SocketMode=0660\n"));
     }
 
     #[test]

@@ -406,3 +406,25 @@ fn every_rule_has_a_stable_id_and_a_reason() {
         .iter()
         .all(|r| !r.why.is_empty() && !r.name.is_empty()));
 }
+
+/// docs/lint-rules.md is what the code generates; after changing a rule,
+/// `UPDATE_SNAPSHOTS=1 cargo test -p qm-ipc-deploy --test lint_rules catalogue`
+/// writes it.
+#[test]
+fn catalogue_doc_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/lint-rules.md");
+    let generated = qm_ipc_deploy::lint::catalogue_markdown();
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    assert_eq!(
+        committed, generated,
+        "docs/lint-rules.md differs from the rules in the code; UPDATE_SNAPSHOTS=1 rewrites it"
+    );
+    for rule in catalogue() {
+        assert!(committed.contains(&format!("## {}", rule.id)));
+        assert!(!rule.what.is_empty() && !rule.fix.is_empty() && !rule.example.is_empty());
+    }
+}

@@ -210,3 +210,58 @@ fn systemd_analyze_catches_what_a_broken_socket_would_be() {
         .expect("run systemd-analyze");
     assert!(!output.status.success());
 }
+
+/// `--server-exec` and `--client-exec` words reach podman as written:
+/// quoted words stay one argument, and `%` and `$` are not expanded by
+/// systemd (quadlet copies Exec= into ExecStart= as it is).
+#[test]
+fn exec_words_reach_podman_as_written() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    let options = Options {
+        server_exec: r#"serve --label "a b" 100% $HOME 'q"x' back\\slash"#.into(),
+        client_exec: "client --topic 'vehicle speed' %t".into(),
+        ..Options::default()
+    };
+    let root = tempfile::tempdir().unwrap();
+    write_root(
+        root.path(),
+        &generate(Topology::AsilToQm, &options).unwrap(),
+        false,
+    )
+    .unwrap();
+    let words = |dir: &str, service: &str| -> Vec<String> {
+        let services = quadlet::dryrun(&root.path().join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        quadlet::podman_command(&services[service])
+            .unwrap()
+            .into_iter()
+            // systemd's own unescaping of `$$` (our split does `%%`).
+            .map(|w| w.replace("$$", "$"))
+            .collect()
+    };
+    let server = words("etc/containers/systemd", "ipc_server.service");
+    let at = server.iter().position(|w| w == "serve").expect("serve");
+    assert_eq!(
+        &server[at..at + 7],
+        [
+            "serve",
+            "--label",
+            "a b",
+            "100%",
+            "$HOME",
+            "q\"x",
+            "back\\slash"
+        ],
+        "{server:?}"
+    );
+    let client = words("etc/qm/containers/systemd", "ipc_client.service");
+    assert_eq!(
+        &client[client.len() - 4..],
+        ["client", "--topic", "vehicle speed", "%t"],
+        "{client:?}"
+    );
+}

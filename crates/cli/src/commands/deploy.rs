@@ -85,7 +85,22 @@ pub struct GenerateArgs {
     force: bool,
 }
 
-pub fn generate(args: GenerateArgs) -> Result<(), CommandError> {
+/// The global `--socket` names the gateway's socket for the client
+/// commands; generate and lint would silently ignore it.
+fn refuse_socket(socket_flag: bool, hint: &str) -> Result<(), CommandError> {
+    if socket_flag {
+        return Err(CommandError::Usage(format!(
+            "--socket is for the commands that connect to the gateway; {hint}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn generate(socket_flag: bool, args: GenerateArgs) -> Result<(), CommandError> {
+    refuse_socket(
+        socket_flag,
+        "generate takes the deployment's socket as --socket-path",
+    )?;
     let topology = match args.topology {
         TopologyArg::AsilToQm => Topology::AsilToQm,
         TopologyArg::QmToQm => Topology::QmToQm,
@@ -143,7 +158,11 @@ pub struct LintArgs {
     strict: bool,
 }
 
-pub fn lint(args: LintArgs) -> Result<(), CommandError> {
+pub fn lint(socket_flag: bool, args: LintArgs) -> Result<(), CommandError> {
+    refuse_socket(
+        socket_flag,
+        "lint reads the socket paths from the files it checks",
+    )?;
     let report = lint::lint_paths(&args.paths)?;
     match args.format {
         Format::Text => print!("{}", report.to_text()),

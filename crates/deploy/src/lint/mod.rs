@@ -109,8 +109,9 @@ pub fn catalogue_markdown() -> String {
          `qm.container.d` drop-in mounts (or that lie in `/run/ipc`, or carry the gateway's fd names\n\
          `consumer`/`provider`), the containers that serve or mount them, QM containers that share a\n\
          socket with each other, and the units that name them. Files are found as systemd and quadlet\n\
-         find them (`/etc` masks `/run` masks `/usr`; quadlet reads sub-directories and\n\
-         `/run/containers/systemd`), and read as they read them.\n\n\
+         find them (a name in an earlier directory, `/etc` before `/usr`, masks the same name in\n\
+         later ones; quadlet reads sub-directories and `/run/containers/systemd`), and read as they\n\
+         read them. See [deploy.md](deploy.md#lint) for how.\n\n\
          | id | name | severity |\n|---|---|---|\n",
     );
     for r in catalogue() {

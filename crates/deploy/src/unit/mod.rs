@@ -28,7 +28,7 @@ mod words;
 
 pub use dropins::{dropin_dirs, resolve_dropins};
 pub use specifiers::expand_system_specifiers;
-pub use words::split_words;
+pub use words::{split_words, split_words_checked, SplitError};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
