@@ -265,3 +265,39 @@ fn exec_words_reach_podman_as_written() {
         "{client:?}"
     );
 }
+
+/// The parser reads quadlet files as podman's quadlet does: for each
+/// container of the ordinary-host fixture that quadlet converts (written the
+/// ways podman's own quadlet tests write them: continuations with trailing
+/// blanks, blank and comment lines inside, quotes), the Exec= words lint
+/// reads are the last words of the podman command quadlet generates.
+#[test]
+fn the_parser_reads_quadlet_files_as_quadlet_does() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::unit::{split_words, Unit, UnitFile};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/unrelated-host/etc/containers/systemd");
+    let staging = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for name in ["continued.container", "blank-in-continuation.container"] {
+        std::fs::copy(dir.join(name), staging.path().join(name)).unwrap();
+        let services = quadlet::dryrun(staging.path()).unwrap_or_else(|e| panic!("{e}"));
+        let service = format!("{}.service", name.trim_end_matches(".container"));
+        let generated = quadlet::podman_command(&services[&service]).unwrap();
+        let ours = Unit::new(name, UnitFile::load(&dir.join(name)).unwrap(), vec![]);
+        let exec = ours.value("Container", "Exec").expect("an Exec=");
+        let words = split_words(&exec.entry.value);
+        assert!(
+            generated.ends_with(&words),
+            "{name}: lint reads Exec= as {words:?}, quadlet runs {generated:?}"
+        );
+        checked += 1;
+        std::fs::remove_file(staging.path().join(name)).unwrap();
+    }
+    assert_eq!(checked, 2);
+}
