@@ -160,3 +160,26 @@ fn generate_refuses_an_exec_value_that_would_rewrite_the_file() {
     assert!(err.contains("--server-exec"), "{err}");
     assert!(err.contains("control character"), "{err}");
 }
+
+/// `lint --deep` where quadlet is not installed says so and lints the rest.
+#[test]
+fn lint_deep_without_quadlet_says_what_it_skipped() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let (status, _, err) = run_cli(&["generate", "asil-to-qm", "--root", r]);
+    assert!(status.success(), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qm-ipc"))
+        .args(["lint", "--deep", r])
+        .env("QUADLET", "/nonexistent/quadlet")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if std::path::Path::new("/usr/libexec/podman/quadlet").exists() {
+        return; // podman's own generator is found instead
+    }
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("note: --deep: podman's quadlet generator is not installed"),
+        "{text}"
+    );
+}

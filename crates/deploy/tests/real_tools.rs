@@ -301,3 +301,69 @@ fn the_parser_reads_quadlet_files_as_quadlet_does() {
     }
     assert_eq!(checked, 2);
 }
+
+/// `lint --deep`: the generated deployment passes the real tools; what
+/// they refuse is reported at its line under QM020 (quadlet) and QM021
+/// (systemd-analyze).
+#[test]
+fn lint_deep_reports_what_the_real_tools_say() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::lint::lint_paths_deep;
+    let root = generated_root(Topology::AsilToQm);
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+
+    let server = root
+        .path()
+        .join("etc/containers/systemd/ipc_server.container");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        text.replace("Restart=always\n", "Restart=always\nType=simple\n"),
+    )
+    .unwrap();
+    let socket = root.path().join("etc/systemd/system/ipc_server.socket");
+    let text = std::fs::read_to_string(&socket).unwrap();
+    std::fs::write(
+        &socket,
+        text.replace("Backlog=256\n", "Backlog=256\nListenStreem=x\n"),
+    )
+    .unwrap();
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    let quadlet_finding = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "QM020")
+        .unwrap_or_else(|| panic!("{}", report.to_text()));
+    assert!(quadlet_finding.file.ends_with("ipc_server.container"));
+    assert!(quadlet_finding
+        .message
+        .contains("invalid service Type 'simple'"));
+    let type_line = std::fs::read_to_string(&server)
+        .unwrap()
+        .lines()
+        .position(|l| l == "Type=simple")
+        .unwrap()
+        + 1;
+    assert_eq!(quadlet_finding.line, type_line);
+    let analyze = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "QM021" && f.message.contains("ListenStreem"))
+        .unwrap_or_else(|| panic!("{}", report.to_text()));
+    assert!(analyze.file.ends_with("ipc_server.socket"));
+    assert_eq!(analyze.line, 10);
+
+    // Without --deep, neither runs.
+    let report = lint_paths_deep(&[root.path().to_owned()], false).unwrap();
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.rule != "QM020" && f.rule != "QM021"));
+}

@@ -156,6 +156,10 @@ pub struct LintArgs {
     /// Exit 1 on warnings too (errors always exit 2).
     #[arg(long)]
     strict: bool,
+    /// Also run the deployment's files through podman's quadlet generator
+    /// and systemd-analyze verify, where they are installed (QM020, QM021).
+    #[arg(long)]
+    deep: bool,
 }
 
 pub fn lint(socket_flag: bool, args: LintArgs) -> Result<(), CommandError> {
@@ -163,7 +167,7 @@ pub fn lint(socket_flag: bool, args: LintArgs) -> Result<(), CommandError> {
         socket_flag,
         "lint reads the socket paths from the files it checks",
     )?;
-    let report = lint::lint_paths(&args.paths)?;
+    let report = lint::lint_paths_deep(&args.paths, args.deep)?;
     match args.format {
         Format::Text => print!("{}", report.to_text()),
         Format::Json => println!("{}", report.to_json()),

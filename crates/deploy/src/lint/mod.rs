@@ -7,6 +7,7 @@
 //! QM partition's drop-in to the socket) run when the linted set contains
 //! both sides; a single file gets only the checks that concern it alone.
 
+mod deep;
 mod model;
 mod rules;
 mod tree;
@@ -137,6 +138,8 @@ pub fn catalogue_markdown() -> String {
 pub struct Report {
     pub findings: Vec<Finding>,
     pub files: Vec<PathBuf>,
+    /// What could not be checked, and why (`--deep` without its tools).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -171,6 +174,9 @@ impl Report {
             out.push_str(&finding.to_string());
             out.push('\n');
         }
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
         out.push_str(&format!(
             "{} files checked: {} errors, {} warnings\n",
             self.files.len(),
@@ -184,6 +190,7 @@ impl Report {
         serde_json::json!({
             "findings": self.findings,
             "files": self.files,
+            "notes": self.notes,
             "errors": self.errors(),
             "warnings": self.warnings(),
         })
@@ -207,13 +214,31 @@ pub fn lint_paths(paths: &[PathBuf]) -> Result<Report, LintError> {
     Ok(lint(&deployment))
 }
 
+/// Lints files and roots, and with `deep` runs the deployment's files
+/// through podman's quadlet and `systemd-analyze verify` where they are
+/// installed (a note says which was not).
+pub fn lint_paths_deep(paths: &[PathBuf], deep: bool) -> Result<Report, LintError> {
+    let deployment = Deployment::load(paths)?;
+    let mut report = lint(&deployment);
+    if deep {
+        deep::check(&model::Ipc::identify(&deployment), &mut report);
+        sort(&mut report.findings);
+    }
+    Ok(report)
+}
+
+fn sort(findings: &mut Vec<Finding>) {
+    findings.sort_by(|a, b| (&a.file, a.line, a.rule).cmp(&(&b.file, b.line, b.rule)));
+    findings.dedup();
+}
+
 /// Lints a loaded deployment.
 pub fn lint(deployment: &Deployment) -> Report {
     let mut findings = rules::check(deployment);
-    findings.sort_by(|a, b| (&a.file, a.line, a.rule).cmp(&(&b.file, b.line, b.rule)));
-    findings.dedup();
+    sort(&mut findings);
     Report {
         findings,
         files: deployment.files.clone(),
+        notes: Vec::new(),
     }
 }

@@ -214,6 +214,25 @@ pub const QUADLET_REJECTS: Rule = rule(
     "[Container]\nImage=localhost/qm-ipc-server:latest",
 );
 
+pub const DEEP_QUADLET: Rule = rule(
+    "QM020",
+    "deep-quadlet",
+    Severity::Error,
+    "With --deep: what podman's own quadlet generator (-dryrun) says of the deployment's quadlets and their drop-ins.",
+    "quadlet is what turns the files into services; whatever it refuses, the system will not run",
+    "correct the file as quadlet's message says",
+    "qm-ipc lint --deep /",
+);
+pub const DEEP_SYSTEMD: Rule = rule(
+    "QM021",
+    "deep-systemd-analyze",
+    Severity::Warning,
+    "With --deep: what systemd-analyze verify says of the deployment's socket units and the services quadlet generates for its servers.",
+    "systemd ignores keys and settings it does not understand, and a socket whose service does not load cannot start; systemd-analyze says so before a boot does",
+    "correct the unit as systemd-analyze's message says",
+    "qm-ipc lint --deep /",
+);
+
 pub const CATALOGUE: &[Rule] = &[
     SYNTAX,
     NOTIFY,
@@ -235,6 +254,8 @@ pub const CATALOGUE: &[Rule] = &[
     UNIT_MISSING,
     RELABEL,
     QUADLET_REJECTS,
+    DEEP_QUADLET,
+    DEEP_SYSTEMD,
 ];
 
 pub fn check(d: &Deployment) -> Vec<Finding> {
