@@ -125,6 +125,21 @@ pub struct Options {
     /// Run the built-in demo provider in the gateway (`serve --demo`): for
     /// trying a deployment out, never for a vehicle.
     pub demo: bool,
+    /// How the QM-to-QM pair is laid out.
+    pub form: Form,
+    /// The pod quadlet of [`Form::Pod`]: `NAME.pod`, `NAME-pod.service`.
+    pub pod_name: String,
+}
+
+/// How a QM-to-QM server and client are laid out (the qm IPC example names
+/// each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Two `.container` quadlets, each with `Network=none`.
+    Containers,
+    /// Two `.container` quadlets, members of one `.pod` quadlet that has
+    /// the network (none) and creates the socket directory.
+    Pod,
 }
 
 impl Default for Options {
@@ -146,6 +161,8 @@ impl Default for Options {
             policy: Some(DEFAULT_POLICY.into()),
             services: Some(DEFAULT_SERVICES.into()),
             demo: false,
+            form: Form::Containers,
+            pod_name: "ipc".into(),
         }
     }
 }
@@ -304,6 +321,24 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
             ));
         }
     }
+    if o.form != Form::Containers && topology != Topology::QmToQm {
+        return Err(bad(
+            "form",
+            "pod",
+            "a pod is for the QM-to-QM pair; asil-to-qm's server and client run in different partitions",
+        ));
+    }
+    let pod_ok = !o.pod_name.is_empty()
+        && o.pod_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+    if !pod_ok {
+        return Err(bad(
+            "pod-name",
+            &o.pod_name,
+            "use letters, digits, '_' and '-'",
+        ));
+    }
     if o.server_name == o.client_name {
         return Err(bad(
             "client-name",
@@ -424,6 +459,9 @@ struct ContainerSpec<'a> {
     label: (&'static str, &'a str),
     /// The application reports readiness itself (`Notify=true`).
     notify: bool,
+    /// The pod quadlet it is a member of (`Pod=`); its network is the
+    /// pod's, so it has no `Network=` of its own.
+    pod: Option<String>,
     service_extra: Vec<(&'static str, String)>,
 }
 
@@ -438,8 +476,12 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     }
     c.push_section("Container")
         .push_entry("Image", spec.image)
-        .push_entry("Exec", &spec.exec)
-        .push_entry("Network", "none");
+        .push_entry("Exec", &spec.exec);
+    match &spec.pod {
+        // podman refuses --network on a pod's member.
+        Some(pod) => c.push_entry("Pod", pod),
+        None => c.push_entry("Network", "none"),
+    };
     for env in &spec.env {
         c.push_entry("Environment", env);
     }
@@ -658,6 +700,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                             volumes,
                             label: ("SecurityLabelType", &o.server_label),
                             notify: true,
+                            pod: None,
                             service_extra,
                         },
                     );
@@ -711,6 +754,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelType", &o.client_label),
                     notify: false,
+                    pod: None,
                     service_extra: vec![],
                 },
             );
@@ -738,6 +782,35 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .and_then(|dir| dir.strip_prefix("/run").ok())
                 .map(|rel| rel.display().to_string())
                 .unwrap_or_default();
+            // systemd creates the shared directory before the server (or
+            // the pod, which mounts it first) starts and keeps it across
+            // restarts, so the client's mount stays valid.
+            let runtime = vec![
+                ("RuntimeDirectory", runtime_dir),
+                ("RuntimeDirectoryPreserve", "yes".into()),
+            ];
+            let pod_file = format!("{}.pod", o.pod_name);
+            let pod = match o.form {
+                Form::Containers => None,
+                Form::Pod => {
+                    let mut p = UnitFile::new(pod_file.clone());
+                    header(&mut p, topology);
+                    p.push_section("Unit")
+                        .push_entry("Description", "qm-ipc pod (qm-to-qm)");
+                    // The members share the pod's network namespace: none.
+                    p.push_section("Pod")
+                        .push_entry("Network", "none")
+                        .push_entry("Volume", &volume);
+                    p.push_section("Service");
+                    for (key, value) in &runtime {
+                        p.push_entry(key, value);
+                    }
+                    p.push_section("Install")
+                        .push_entry("WantedBy", "multi-user.target");
+                    files.push(file(QM_QUADLET_DIR, pod_file.clone(), p));
+                    Some(pod_file)
+                }
+            };
             let client = container_quadlet(
                 topology,
                 ContainerSpec {
@@ -749,6 +822,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelLevel", &o.level),
                     notify: false,
+                    pod: pod.clone(),
                     service_extra: vec![],
                 },
             );
@@ -758,13 +832,10 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 client,
             ));
 
-            // systemd creates the shared directory before the server
-            // starts and keeps it across restarts, so the client's mount
-            // stays valid.
-            let mut service_extra = vec![
-                ("RuntimeDirectory", runtime_dir),
-                ("RuntimeDirectoryPreserve", "yes".into()),
-            ];
+            let mut service_extra = match o.form {
+                Form::Containers => runtime,
+                Form::Pod => vec![],
+            };
             service_extra.extend(watchdog.clone());
             let server = container_quadlet(
                 topology,
@@ -777,6 +848,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelLevel", &o.level),
                     notify: true,
+                    pod,
                     service_extra,
                 },
             );
@@ -1014,6 +1086,36 @@ mod tests {
             let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--{option}")), "{e}");
         }
+    }
+
+    #[test]
+    fn the_pod_form_is_qm_to_qm_only() {
+        let o = Options {
+            form: Form::Pod,
+            ..Options::default()
+        };
+        let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
+        assert!(e.starts_with("--form"), "{e}");
+        let files = generate(Topology::QmToQm, &o).unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "/etc/qm/containers/systemd/ipc.pod",
+                "/etc/qm/containers/systemd/ipc_client.container",
+                "/etc/qm/containers/systemd/ipc_server.container",
+            ]
+        );
+        for member in &files[1..] {
+            assert!(member.content.contains("Pod=ipc.pod\n"));
+            assert!(!member.content.contains("Network="));
+        }
+        let o = Options {
+            form: Form::Pod,
+            pod_name: "a b".into(),
+            ..Options::default()
+        };
+        assert!(generate(Topology::QmToQm, &o).is_err());
     }
 
     #[test]

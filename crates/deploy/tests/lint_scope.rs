@@ -270,3 +270,64 @@ fn systemd_warnings_in_a_socket_unit_are_warnings() {
     assert_eq!(report.exit_code(false), 0);
     assert!(report.findings[0].message.contains("missing '='"));
 }
+
+fn pod_tree() -> tempfile::TempDir {
+    use qm_ipc_deploy::generate::{generate, write_root, Form, Options};
+    let root = tempfile::tempdir().unwrap();
+    let options = Options {
+        form: Form::Pod,
+        ..Options::default()
+    };
+    write_root(
+        root.path(),
+        &generate(Topology::QmToQm, &options).unwrap(),
+        false,
+    )
+    .unwrap();
+    root
+}
+
+const POD: &str = "etc/qm/containers/systemd/ipc.pod";
+
+/// QM-to-QM as a pod's members: clean as generated; the pod's network is
+/// the members'; the pod's mounts are theirs too.
+#[test]
+fn qm_to_qm_in_a_pod() {
+    let root = pod_tree();
+    let report = lint(root.path());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    edit(root.path(), POD, "Network=none", "Network=host");
+    let report = assert_only(root.path(), "QM011", POD);
+    assert!(report.findings[0].fix.contains("Network=none"));
+
+    let root = pod_tree();
+    edit(
+        root.path(),
+        CLIENT,
+        "Volume=/run/ipc-qm/:/run/ipc-qm/\n",
+        "",
+    );
+    let report = lint(root.path());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    let root = pod_tree();
+    std::fs::remove_file(root.path().join(POD)).unwrap();
+    let report = lint(root.path());
+    assert!(
+        report.findings.iter().all(|f| f.rule == "QM017"),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(report.findings.len(), 2, "{}", report.to_text());
+
+    // The pair's rules hold in a pod as elsewhere.
+    let root = pod_tree();
+    edit(
+        root.path(),
+        CLIENT,
+        "SecurityLabelLevel=s0:c1,c2",
+        "SecurityLabelLevel=s0:c3,c4",
+    );
+    assert_only(root.path(), "QM008", CLIENT);
+}

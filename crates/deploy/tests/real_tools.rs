@@ -367,3 +367,59 @@ fn lint_deep_reports_what_the_real_tools_say() {
         .iter()
         .all(|f| f.rule != "QM020" && f.rule != "QM021"));
 }
+
+/// The QM-to-QM pod form as quadlet makes it: the pod has the network
+/// (none) and the socket directory; the members join it, the server
+/// reports its own readiness, the client follows the server.
+#[test]
+fn qm_to_qm_pod_form_through_quadlet() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::generate::Form;
+    let options = Options {
+        form: Form::Pod,
+        ..Options::default()
+    };
+    let root = tempfile::tempdir().unwrap();
+    write_root(
+        root.path(),
+        &generate(Topology::QmToQm, &options).unwrap(),
+        false,
+    )
+    .unwrap();
+    let services = quadlet_dryrun(&root.path().join("etc/qm/containers/systemd"));
+    let pod = &services["ipc-pod.service"];
+    assert!(pod.contains("RuntimeDirectory=ipc-qm"), "{pod}");
+    let create = pod
+        .lines()
+        .find(|l| l.starts_with("ExecStartPre="))
+        .expect("the pod create command");
+    for arg in [
+        "pod create",
+        "--network none",
+        "-v /run/ipc-qm/:/run/ipc-qm/",
+    ] {
+        assert!(create.contains(arg), "{create}");
+    }
+    let server = &services["ipc_server.service"];
+    let client = &services["ipc_client.service"];
+    for unit in [server, client] {
+        let exec = exec_start(unit);
+        assert!(exec.contains("--pod-id-file %t/ipc-pod.pod-id"), "{exec}");
+        assert!(!exec.contains("--network"), "{exec}");
+        assert!(
+            exec.contains("--security-opt label=level:s0:c1,c2"),
+            "{exec}"
+        );
+        assert!(unit.contains("BindsTo=ipc-pod.service"), "{unit}");
+    }
+    assert!(exec_start(server).contains("--sdnotify=container"));
+    assert!(
+        client.contains("Requires=ipc_server.service")
+            && client.contains("After=ipc_server.service")
+    );
+}

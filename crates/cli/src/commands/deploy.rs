@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use qm_ipc_deploy::generate::{self, Options, Runtime, Topology};
+use qm_ipc_deploy::generate::{self, Form, Options, Runtime, Topology};
 use qm_ipc_deploy::lint;
 
 use super::CommandError;
@@ -25,6 +25,14 @@ pub enum RuntimeArg {
     /// The server as a hardened systemd service running qm-ipc on the host
     /// (asil-to-qm only).
     Host,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormArg {
+    /// Two container quadlets, each with Network=none.
+    Containers,
+    /// The two containers as members of one pod quadlet (qm-to-qm).
+    Pod,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +74,12 @@ pub struct GenerateArgs {
     /// Arguments for the client image's entrypoint.
     #[arg(long, default_value_t = Options::default().client_exec)]
     client_exec: String,
+    /// How the qm-to-qm pair is laid out.
+    #[arg(long, value_enum, default_value_t = FormArg::Containers)]
+    form: FormArg,
+    /// The pod's name with --form pod: NAME.pod, NAME-pod.service.
+    #[arg(long, default_value_t = Options::default().pod_name, value_name = "NAME")]
+    pod_name: String,
     /// Where the server runs.
     #[arg(long, value_enum, default_value_t = RuntimeArg::Container)]
     runtime: RuntimeArg,
@@ -123,6 +137,11 @@ pub fn generate(socket_flag: bool, args: GenerateArgs) -> Result<(), CommandErro
         binary: args.binary,
         watchdog_sec: args.watchdog_sec,
         demo: args.demo,
+        form: match args.form {
+            FormArg::Containers => Form::Containers,
+            FormArg::Pod => Form::Pod,
+        },
+        pod_name: args.pod_name,
         ..Options::default()
     };
     let files = generate::generate(topology, &options)?;

@@ -444,6 +444,26 @@ impl<'a> Ipc<'a> {
             .unwrap_or_else(|| qm_path.to_owned())
     }
 
+    /// The pod quadlet a container is a member of (`Pod=NAME.pod`), on its
+    /// side.
+    pub fn pod_of(&self, unit: &Unit) -> Option<&'a Unit> {
+        let name = unit.value("Container", "Pod")?;
+        let name = name.single();
+        let d = self.d;
+        let qm = d.qm_containers.iter().any(|c| std::ptr::eq(c, unit));
+        let pods = if qm { &d.qm_pods } else { &d.host_pods };
+        pods.iter().find(|p| p.name == name)
+    }
+
+    /// A container's bind mounts and, for a pod's member, the pod's.
+    pub fn volumes_of(&self, unit: &'a Unit) -> Vec<Volume<'a>> {
+        let mut out = volumes(unit);
+        if let Some(pod) = self.pod_of(unit) {
+            out.extend(volumes(pod));
+        }
+        out
+    }
+
     pub fn in_dirs(&self, path: &str) -> bool {
         self.dirs.iter().any(|dir| within(path, dir))
     }

@@ -20,15 +20,22 @@ pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
         seen.push(unit);
         // A pod's members share the pod's network namespace: podman
         // refuses --network on them, so the pod's Network= is what counts.
-        if unit.value("Container", "Pod").is_some() {
-            continue;
-        }
-        match unit.value("Container", "Network") {
+        let (unit, group) = match unit.value("Container", "Pod") {
+            Some(_) => match ipc.pod_of(unit) {
+                Some(pod) if !seen.contains(&(pod as *const Unit)) => {
+                    seen.push(pod);
+                    (pod, "Pod")
+                }
+                _ => continue,
+            },
+            None => (unit, "Container"),
+        };
+        match unit.value(group, "Network") {
             Some(net) if net.single() != "none" => findings.push(Finding::new(
                 &NETWORK,
                 at(&net),
                 format!("Network={} gives an IPC container a network", net.single()),
-                "set Network=none",
+                "set Network=none".to_owned(),
             )),
             Some(_) => {}
             None => findings.push(Finding::new(
@@ -38,7 +45,7 @@ pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
                     "{} has no Network= and gets podman's default network",
                     unit.name
                 ),
-                "add Network=none to [Container]",
+                format!("add Network=none to [{group}]"),
             )),
         }
     }

@@ -99,6 +99,26 @@ pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
         }
     }
 
+    // A pod member's pod must exist: quadlet refuses the member otherwise.
+    if d.complete {
+        for unit in ipc.units() {
+            if let Some(pod) = unit.value("Container", "Pod") {
+                if ipc.pod_of(unit).is_none() {
+                    findings.push(Finding::new(
+                        &UNIT_MISSING,
+                        at(&pod),
+                        format!(
+                            "Pod={} names a pod quadlet that is not in {}'s directory",
+                            pod.single(),
+                            unit.name
+                        ),
+                        format!("add {} next to {}, or remove Pod=", pod.single(), unit.name),
+                    ));
+                }
+            }
+        }
+    }
+
     // The server follows its sockets.
     for server in &ipc.servers {
         let service = quadlet_service(server);
@@ -151,7 +171,7 @@ pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
                 format!("add Requires={target} and After={target} to [Unit]"),
             ));
         }
-        check_qm_pair_path(client, server, findings);
+        check_qm_pair_path(ipc, client, server, findings);
     }
 }
 
@@ -326,16 +346,16 @@ fn mismatch(located: &Located<'_>, used: &str, provider: &str, real: &str) -> Fi
     )
 }
 
-fn check_client_path(
-    ipc: &Ipc<'_>,
-    client: &Unit,
+fn check_client_path<'a>(
+    ipc: &Ipc<'a>,
+    client: &'a Unit,
     sockets: &[&HostSocket<'_>],
     findings: &mut Vec<Finding>,
 ) {
     let Some((path, located)) = socket_env(client) else {
         return;
     };
-    let vols = volumes(client);
+    let vols = ipc.volumes_of(client);
     let Some((qm_path, volume)) = through(&vols, &path) else {
         findings.push(not_mounted(client, &path, &located));
         return;
@@ -394,11 +414,16 @@ fn check_client_path(
     }
 }
 
-fn check_qm_pair_path(client: &Unit, server: &Unit, findings: &mut Vec<Finding>) {
+fn check_qm_pair_path<'a>(
+    ipc: &Ipc<'a>,
+    client: &'a Unit,
+    server: &'a Unit,
+    findings: &mut Vec<Finding>,
+) {
     let Some((path, located)) = socket_env(client) else {
         return;
     };
-    let vols = volumes(client);
+    let vols = ipc.volumes_of(client);
     let Some((qm_path, _)) = through(&vols, &path) else {
         findings.push(not_mounted(client, &path, &located));
         return;
@@ -406,7 +431,7 @@ fn check_qm_pair_path(client: &Unit, server: &Unit, findings: &mut Vec<Finding>)
     let Some((server_path, _)) = socket_env(server) else {
         return;
     };
-    let server_vols = volumes(server);
+    let server_vols = ipc.volumes_of(server);
     let Some((server_qm, _)) = through(&server_vols, &server_path) else {
         return;
     };
