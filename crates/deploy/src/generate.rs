@@ -811,6 +811,12 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     Some(pod_file)
                 }
             };
+            // A pod's members share the pod's volumes (podman 4 and
+            // later); saying the mount again would name it twice.
+            let member_volumes = match pod {
+                None => vec![volume.clone()],
+                Some(_) => vec![],
+            };
             let client = container_quadlet(
                 topology,
                 ContainerSpec {
@@ -819,7 +825,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     image: &o.client_image,
                     exec: client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
-                    volumes: vec![volume.clone()],
+                    volumes: member_volumes.clone(),
                     label: ("SecurityLabelLevel", &o.level),
                     notify: false,
                     pod: pod.clone(),
@@ -845,7 +851,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     image: &o.server_image,
                     exec: format!("{server_exec} --no-provider-socket"),
                     env: server_env.clone(),
-                    volumes: vec![volume.clone()],
+                    volumes: member_volumes,
                     label: ("SecurityLabelLevel", &o.level),
                     notify: true,
                     pod,
@@ -1109,6 +1115,10 @@ mod tests {
         for member in &files[1..] {
             assert!(member.content.contains("Pod=ipc.pod\n"));
             assert!(!member.content.contains("Network="));
+            assert!(
+                !member.content.contains("Volume="),
+                "the pod's mount is theirs"
+            );
         }
         let o = Options {
             form: Form::Pod,

@@ -301,25 +301,36 @@ fn qm_to_qm_in_a_pod() {
     let report = assert_only(root.path(), "QM011", POD);
     assert!(report.findings[0].fix.contains("Network=none"));
 
+    // Without the pod's mount the members' socket path is their own.
     let root = pod_tree();
-    edit(
-        root.path(),
-        CLIENT,
-        "Volume=/run/ipc-qm/:/run/ipc-qm/\n",
-        "",
-    );
+    edit(root.path(), POD, "Volume=/run/ipc-qm/:/run/ipc-qm/\n", "");
     let report = lint(root.path());
-    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert_eq!(
+        rules(&report),
+        std::collections::BTreeSet::from(["QM009"]),
+        "{}",
+        report.to_text()
+    );
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.message.contains("not inside any Volume=")));
 
     let root = pod_tree();
     std::fs::remove_file(root.path().join(POD)).unwrap();
     let report = lint(root.path());
+    // Each member names a pod that is not there (and without it, no mount
+    // carries their socket path).
+    let missing = report.findings.iter().filter(|f| f.rule == "QM017").count();
+    assert_eq!(missing, 2, "{}", report.to_text());
     assert!(
-        report.findings.iter().all(|f| f.rule == "QM017"),
+        report
+            .findings
+            .iter()
+            .all(|f| f.rule == "QM017" || f.rule == "QM009"),
         "{}",
         report.to_text()
     );
-    assert_eq!(report.findings.len(), 2, "{}", report.to_text());
 
     // The pair's rules hold in a pod as elsewhere.
     let root = pod_tree();

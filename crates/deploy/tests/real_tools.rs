@@ -415,6 +415,10 @@ fn qm_to_qm_pod_form_through_quadlet() {
             exec.contains("--security-opt label=level:s0:c1,c2"),
             "{exec}"
         );
+        assert!(
+            !exec.contains(" -v "),
+            "the pod's mount is the members': {exec}"
+        );
         assert!(unit.contains("BindsTo=ipc-pod.service"), "{unit}");
     }
     assert!(exec_start(server).contains("--sdnotify=container"));
