@@ -68,16 +68,23 @@ const PROVIDER_MODE_REASON: &str = "0660: whoever connects acts as the ASIL part
 
 /// Where the gateway runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Runtime {
     /// In a container from a quadlet, as in the qm IPC example.
     Container,
-    /// Directly on the host, as a hardened systemd service.
+    /// Directly on the host as a hardened systemd service (asil-to-qm only).
     Host,
 }
 
+/// Which of the qm IPC example's file sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Topology {
+    /// A host socket unit, the ASIL server quadlet, the QM client quadlet
+    /// and the drop-in that mounts /run/ipc into the QM partition.
     AsilToQm,
+    /// A server and a client quadlet inside QM sharing a socket directory
+    /// and an MCS level.
     QmToQm,
 }
 
@@ -90,55 +97,93 @@ impl fmt::Display for Topology {
     }
 }
 
-/// What a user can choose; defaults follow the qm IPC example.
+/// What a user can choose; defaults follow the qm IPC example. With the
+/// `cli` feature these are `qm-ipc generate`'s flags too (one declaration
+/// for both, so that they cannot drift apart).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Options {
+    /// Image of the server container (runs `qm-ipc` as its entrypoint).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_image))]
     pub server_image: String,
+    /// Image of the client container.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_image))]
     pub client_image: String,
-    /// Name of the server: the quadlet `NAME.container`, its `NAME.service`
-    /// and, for ASIL-to-QM, the `NAME.socket`.
+    /// Server name: NAME.container, NAME.service and (asil-to-qm)
+    /// NAME.socket.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_name))]
     pub server_name: String,
+    /// Client name: NAME.container.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_name))]
     pub client_name: String,
-    /// Socket path as seen by the containers; `None` for the topology's
-    /// default.
+    /// The socket path as the containers see it [default: /run/ipc/ipc.socket
+    /// for asil-to-qm, /run/ipc-qm/ipc.socket for qm-to-qm].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
     pub socket_path: Option<String>,
+    /// SELinux type of the ASIL server.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_label))]
     pub server_label: String,
+    /// SELinux type of the QM client (asil-to-qm).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_label))]
     pub client_label: String,
     /// MCS level both QM-to-QM containers share.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().level))]
     pub level: String,
-    /// Arguments to the image's entrypoint (`qm-ipc`).
+    /// Arguments for the server image's entrypoint (`qm-ipc`), split into
+    /// words as quadlet splits Exec=.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_exec))]
     pub server_exec: String,
+    /// Arguments for the client image's entrypoint.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_exec))]
     pub client_exec: String,
-    /// Container (quadlet) or host (a plain service) for the server.
+    /// Where the server runs.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Runtime::Container))]
     pub runtime: Runtime,
-    /// The `qm-ipc` binary on the host, for `Runtime::Host`.
+    /// The qm-ipc binary on the host (--runtime host).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().binary, value_name = "PATH")
+    )]
     pub binary: String,
-    /// `WatchdogSec=` of the server (0 for none): systemd restarts a
-    /// gateway that stops sending `WATCHDOG=1` for this long.
+    /// WatchdogSec= of the server: systemd restarts a gateway that stops
+    /// sending WATCHDOG=1 for this long. 0: no watchdog.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS")
+    )]
     pub watchdog_sec: u32,
     /// The access policy written to [`POLICY_PATH`] and loaded by the
     /// ASIL-to-QM server; `None` for the gateway's built-in one.
+    #[cfg_attr(feature = "cli", arg(skip = Options::default().policy))]
     pub policy: Option<String>,
     /// The services file written to [`SERVICES_PATH`] and loaded by the
     /// ASIL-to-QM server; `None` for none.
+    #[cfg_attr(feature = "cli", arg(skip = Options::default().services))]
     pub services: Option<String>,
-    /// Run the built-in demo provider in the gateway (`serve --demo`): for
-    /// trying a deployment out, never for a vehicle.
+    /// Run the built-in demo provider in the gateway (serve --demo), to try
+    /// the deployment out with the demo client; never for a vehicle.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub demo: bool,
-    /// How the QM-to-QM pair is laid out.
+    /// How the qm-to-qm pair is laid out.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Form::Containers))]
     pub form: Form,
-    /// The pod quadlet of [`Form::Pod`]: `NAME.pod`, `NAME-pod.service`.
+    /// The pod's name with --form pod: NAME.pod, NAME-pod.service.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().pod_name, value_name = "NAME")
+    )]
     pub pod_name: String,
 }
 
 /// How a QM-to-QM server and client are laid out (the qm IPC example names
 /// each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Form {
-    /// Two `.container` quadlets, each with `Network=none`.
+    /// Two container quadlets, each with Network=none.
     Containers,
-    /// Two `.container` quadlets, members of one `.pod` quadlet that has
-    /// the network (none) and creates the socket directory.
+    /// Two container quadlets, members of one pod quadlet that has the
+    /// network (none) and the socket directory.
     Pod,
 }
 
