@@ -272,19 +272,12 @@ fn systemd_warnings_in_a_socket_unit_are_warnings() {
 }
 
 fn pod_tree() -> tempfile::TempDir {
-    use qm_ipc_deploy::generate::{generate, write_root, Form, Options};
-    let root = tempfile::tempdir().unwrap();
+    use qm_ipc_deploy::generate::{Form, Options};
     let options = Options {
         form: Form::Pod,
         ..Options::default()
     };
-    write_root(
-        root.path(),
-        &generate(Topology::QmToQm, &options).unwrap(),
-        false,
-    )
-    .unwrap();
-    root
+    tree_with(Topology::QmToQm, &options)
 }
 
 const POD: &str = "etc/qm/containers/systemd/ipc.pod";
@@ -341,4 +334,42 @@ fn qm_to_qm_in_a_pod() {
         "SecurityLabelLevel=s0:c3,c4",
     );
     assert_only(root.path(), "QM008", CLIENT);
+}
+
+const KUBE: &str = "etc/qm/containers/systemd/ipc.kube";
+
+/// QM-to-QM as a Kubernetes pod played by a kube quadlet: clean as
+/// generated; the kube's network and keys are checked (its YAML is not).
+#[test]
+fn qm_to_qm_as_kube() {
+    use qm_ipc_deploy::generate::{Form, Options};
+    let options = Options {
+        form: Form::Kube,
+        ..Options::default()
+    };
+    let kube_tree = || tree_with(Topology::QmToQm, &options);
+    let root = kube_tree();
+    let report = lint(root.path());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    edit(root.path(), KUBE, "Network=none", "Network=host");
+    assert_only(root.path(), "QM011", KUBE);
+
+    let root = kube_tree();
+    edit(
+        root.path(),
+        KUBE,
+        "Network=none",
+        "Network=none\nNotify=true",
+    );
+    let report = assert_only(root.path(), "QM019", KUBE);
+    assert!(report.findings[0].message.contains("Notify="));
+
+    // A kube quadlet whose YAML has nothing of IPC is none of lint's business.
+    let root = kube_tree();
+    edit(root.path(), KUBE, "Network=none", "Network=host");
+    let yaml = root.path().join("etc/qm/containers/systemd/ipc.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, text.replace("SOCKET_PATH", "OTHER_PATH")).unwrap();
+    assert!(lint(root.path()).findings.is_empty());
 }

@@ -44,8 +44,21 @@ fn exec_start(service: &str) -> &str {
 }
 
 fn generated_root(topology: Topology) -> tempfile::TempDir {
+    generated_root_with(topology, &Options::default())
+}
+
+/// The QM-to-QM pair generated in another form.
+fn qm_to_qm_in(form: qm_ipc_deploy::generate::Form) -> tempfile::TempDir {
+    let options = Options {
+        form,
+        ..Options::default()
+    };
+    generated_root_with(Topology::QmToQm, &options)
+}
+
+fn generated_root_with(topology: Topology, options: &Options) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    let files = generate(topology, &Options::default()).unwrap();
+    let files = generate(topology, options).unwrap();
     write_root(root.path(), &files, false).unwrap();
     root
 }
@@ -227,13 +240,7 @@ fn exec_words_reach_podman_as_written() {
         client_exec: "client --topic 'vehicle speed' %t".into(),
         ..Options::default()
     };
-    let root = tempfile::tempdir().unwrap();
-    write_root(
-        root.path(),
-        &generate(Topology::AsilToQm, &options).unwrap(),
-        false,
-    )
-    .unwrap();
+    let root = generated_root_with(Topology::AsilToQm, &options);
     let words = |dir: &str, service: &str| -> Vec<String> {
         let services = quadlet::dryrun(&root.path().join(dir)).unwrap_or_else(|e| panic!("{e}"));
         quadlet::podman_command(&services[service])
@@ -380,17 +387,7 @@ fn qm_to_qm_pod_form_through_quadlet() {
         return;
     }
     use qm_ipc_deploy::generate::Form;
-    let options = Options {
-        form: Form::Pod,
-        ..Options::default()
-    };
-    let root = tempfile::tempdir().unwrap();
-    write_root(
-        root.path(),
-        &generate(Topology::QmToQm, &options).unwrap(),
-        false,
-    )
-    .unwrap();
+    let root = qm_to_qm_in(Form::Pod);
     let services = quadlet_dryrun(&root.path().join("etc/qm/containers/systemd"));
     let pod = &services["ipc-pod.service"];
     assert!(pod.contains("RuntimeDirectory=ipc-qm"), "{pod}");
@@ -426,4 +423,33 @@ fn qm_to_qm_pod_form_through_quadlet() {
         client.contains("Requires=ipc_server.service")
             && client.contains("After=ipc_server.service")
     );
+}
+
+/// The QM-to-QM kube form as quadlet makes it: the pod played from the
+/// generated YAML with no network, the service waiting for READY=1.
+#[test]
+fn qm_to_qm_kube_form_through_quadlet() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::generate::Form;
+    use qm_ipc_deploy::lint::lint_paths_deep;
+    let root = qm_to_qm_in(Form::Kube);
+    let dir = root.path().join("etc/qm/containers/systemd");
+    let services = quadlet_dryrun(&dir);
+    let kube = &services["ipc.service"];
+    let exec = exec_start(kube);
+    assert!(exec.contains("kube play"), "{exec}");
+    assert!(exec.contains("--network none"), "{exec}");
+    assert!(
+        exec.ends_with(&dir.join("ipc.yaml").display().to_string()),
+        "{exec}"
+    );
+    assert!(kube.contains("Type=notify"), "{kube}");
+    assert!(kube.contains("RuntimeDirectory=ipc-qm"), "{kube}");
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
 }

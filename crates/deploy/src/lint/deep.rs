@@ -127,6 +127,7 @@ pub fn check(ipc: &Ipc<'_>, report: &mut Report) {
     let host: Vec<&Unit> = ipc.servers.clone();
     let mut qm: Vec<&Unit> = ipc.misplaced.clone();
     qm.extend(&ipc.clients);
+    qm.extend(&ipc.kubes);
     for (c, s) in &ipc.qm_clients {
         for u in [*c, *s] {
             if !qm.iter().any(|x| std::ptr::eq(*x, u)) {

@@ -239,6 +239,21 @@ pub struct Ipc<'a> {
     /// QM containers that share a socket with another QM container.
     pub qm_servers: Vec<&'a Unit>,
     pub qm_clients: Vec<(&'a Unit, &'a Unit)>,
+    /// Kube quadlets whose Kubernetes YAML gives a container a
+    /// SOCKET_PATH (the YAML itself is not linted).
+    pub kubes: Vec<&'a Unit>,
+}
+
+/// The text of a kube quadlet's `Yaml=` file (relative to the quadlet's
+/// directory, as quadlet resolves it).
+pub fn kube_yaml_text(unit: &Unit) -> Option<String> {
+    let yaml = unit.value("Kube", "Yaml")?;
+    let path = Path::new(yaml.single());
+    let path = match path.is_absolute() {
+        true => path.to_owned(),
+        false => unit.base().path.parent()?.join(path),
+    };
+    std::fs::read_to_string(path).ok()
 }
 
 impl<'a> Ipc<'a> {
@@ -386,7 +401,13 @@ impl<'a> Ipc<'a> {
                 clients.push(c);
             }
         }
+        let kubes: Vec<&Unit> = d
+            .qm_kubes
+            .iter()
+            .filter(|k| kube_yaml_text(k).is_some_and(|t| t.contains("SOCKET_PATH")))
+            .collect();
         Self {
+            kubes,
             d,
             dirs,
             sockets,
@@ -419,6 +440,7 @@ impl<'a> Ipc<'a> {
             out.push(c);
             out.push(s);
         }
+        out.extend(&self.kubes);
         if let Some(p) = &self.d.qm_partition {
             out.push(p);
         }

@@ -15,13 +15,13 @@ pub const DROPIN: &str = "etc/containers/systemd/qm.container.d/10-extra-volume.
 pub const QM_SERVER: &str = "etc/qm/containers/systemd/ipc_server.container";
 
 pub fn tree(topology: Topology) -> tempfile::TempDir {
+    tree_with(topology, &Options::default())
+}
+
+/// A generated tree with other options (a form, a name).
+pub fn tree_with(topology: Topology, options: &Options) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    write_root(
-        root.path(),
-        &generate(topology, &Options::default()).unwrap(),
-        false,
-    )
-    .unwrap();
+    write_root(root.path(), &generate(topology, options).unwrap(), false).unwrap();
     root
 }
 

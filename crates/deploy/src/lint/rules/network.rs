@@ -6,6 +6,26 @@ use super::NETWORK;
 use crate::unit::Unit;
 
 pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
+    for kube in &ipc.kubes {
+        match kube.value("Kube", "Network") {
+            Some(net) if net.single() == "none" => {}
+            Some(net) => findings.push(Finding::new(
+                &NETWORK,
+                at(&net),
+                format!("Network={} gives the IPC pod a network", net.single()),
+                "set Network=none",
+            )),
+            None => findings.push(Finding::new(
+                &NETWORK,
+                unit_at(kube),
+                format!(
+                    "{} has no Network= and its pod gets podman's default network",
+                    kube.name
+                ),
+                "add Network=none to [Kube]",
+            )),
+        }
+    }
     let mut containers: Vec<&Unit> = ipc.servers.clone();
     containers.extend(&ipc.clients);
     for (c, s) in &ipc.qm_clients {
