@@ -7,7 +7,7 @@ mod logging;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// qm-ipc: IPC between the ASIL (safety) and QM partitions over varlink.
 ///
@@ -59,7 +59,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // generate and lint refuse a --socket given on their command line
+    // (SOCKET_PATH in the environment is a client's, and not for them).
+    let socket_flag =
+        matches.value_source("socket") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,8 +88,8 @@ fn main() -> ExitCode {
             Command::Call(args) => commands::oneshot::call(socket, args).await,
             Command::Info(args) => commands::oneshot::info(socket, args).await,
             Command::Stats(args) => commands::oneshot::stats(socket, args).await,
-            Command::Generate(args) => commands::deploy::generate(args),
-            Command::Lint(args) => commands::deploy::lint(args),
+            Command::Generate(args) => commands::deploy::generate(socket_flag, args),
+            Command::Lint(args) => commands::deploy::lint(socket_flag, args),
             Command::Policy(args) => commands::policy::run(args),
         }
     });

@@ -117,3 +117,69 @@ fn lint_exit_codes_and_json() {
         "{err}"
     );
 }
+
+/// The global --socket is the client commands' (they connect to it);
+/// generate and lint refuse it rather than ignore it, and SOCKET_PATH in
+/// the environment (a client container's) does not disturb them.
+#[test]
+fn generate_and_lint_refuse_the_global_socket_flag() {
+    for args in [
+        &["--socket", "/run/x.socket", "generate", "asil-to-qm"][..],
+        &["generate", "asil-to-qm", "--socket=/run/x.socket"][..],
+        &["lint", "--socket", "/run/x.socket", "/"][..],
+    ] {
+        let (status, _, err) = run_cli(args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("--socket is for the commands that connect"),
+            "{err}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qm-ipc"))
+        .args(["generate", "asil-to-qm"])
+        .env("SOCKET_PATH", "/run/x.socket")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A newline in --server-exec cannot open a section of its own.
+#[test]
+fn generate_refuses_an_exec_value_that_would_rewrite_the_file() {
+    let (status, _, err) = run_cli(&[
+        "generate",
+        "asil-to-qm",
+        "--server-exec",
+        "serve\n[Service]\nExecStartPre=/bin/sh -c evil",
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("--server-exec"), "{err}");
+    assert!(err.contains("control character"), "{err}");
+}
+
+/// `lint --deep` where quadlet is not installed says so and lints the rest.
+#[test]
+fn lint_deep_without_quadlet_says_what_it_skipped() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let (status, _, err) = run_cli(&["generate", "asil-to-qm", "--root", r]);
+    assert!(status.success(), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qm-ipc"))
+        .args(["lint", "--deep", r])
+        .env("QUADLET", "/nonexistent/quadlet")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if std::path::Path::new("/usr/libexec/podman/quadlet").exists() {
+        return; // podman's own generator is found instead
+    }
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("note: --deep: podman's quadlet generator is not installed"),
+        "{text}"
+    );
+}

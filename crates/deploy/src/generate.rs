@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::unit::UnitFile;
+use crate::unit::{split_words_checked, SplitError, UnitFile};
 
 /// The host's systemd units.
 pub const HOST_UNIT_DIR: &str = "/etc/systemd/system";
@@ -53,18 +53,38 @@ pub const DEFAULT_SERVICES: &str = r#"# ASIL services the qm-ipc gateway serves 
 /// deployment's own (`qm-ipc policy default` prints the same text).
 pub const DEFAULT_POLICY: &str = include_str!("../../server/default-policy.toml");
 
+/// The mode of the QM-facing socket file. Not the file mode but SELinux
+/// (only `qm_container_ipc_t` in QM may connect to `ipc_var_run_t`) and the
+/// gateway's policy (the consumer socket carries QM's rights, whoever
+/// connects) decide who may use it; a mode of 0660 would shut out every QM
+/// client that runs as a non-root user, whose uid is neither root's nor in
+/// root's group on the host.
+pub const CONSUMER_SOCKET_MODE: &str = "0666";
+const CONSUMER_MODE_REASON: &str = "0666: SELinux (only qm_container_ipc_t may connect to /run/ipc) and the gateway's policy decide; 0660 would shut out QM clients running as non-root users.";
+/// The mode of the ASIL-side socket file: root and its group only, so that
+/// no other user of the host acts as the ASIL partition.
+pub const PROVIDER_SOCKET_MODE: &str = "0660";
+const PROVIDER_MODE_REASON: &str = "0660: whoever connects acts as the ASIL partition; root and its group only (SocketGroup= admits another group).";
+
 /// Where the gateway runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Runtime {
     /// In a container from a quadlet, as in the qm IPC example.
     Container,
-    /// Directly on the host, as a hardened systemd service.
+    /// Directly on the host as a hardened systemd service (asil-to-qm only).
     Host,
 }
 
+/// Which of the qm IPC example's file sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Topology {
+    /// A host socket unit, the ASIL server quadlet, the QM client quadlet
+    /// and the drop-in that mounts /run/ipc into the QM partition.
     AsilToQm,
+    /// A server and a client quadlet inside QM sharing a socket directory
+    /// and an MCS level.
     QmToQm,
 }
 
@@ -77,41 +97,140 @@ impl fmt::Display for Topology {
     }
 }
 
-/// What a user can choose; defaults follow the qm IPC example.
+/// What a user can choose; defaults follow the qm IPC example. With the
+/// `cli` feature these are `qm-ipc generate`'s flags too (one declaration
+/// for both, so that they cannot drift apart).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Options {
+    /// Image of the server container (runs `qm-ipc` as its entrypoint).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_image))]
     pub server_image: String,
+    /// Image of the client container.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_image))]
     pub client_image: String,
-    /// Name of the server: the quadlet `NAME.container`, its `NAME.service`
-    /// and, for ASIL-to-QM, the `NAME.socket`.
+    /// Server name: NAME.container, NAME.service and (asil-to-qm)
+    /// NAME.socket.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_name))]
     pub server_name: String,
+    /// Client name: NAME.container.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_name))]
     pub client_name: String,
-    /// Socket path as seen by the containers; `None` for the topology's
-    /// default.
+    /// The socket path as the containers see it [default: /run/ipc/ipc.socket
+    /// for asil-to-qm, /run/ipc-qm/ipc.socket for qm-to-qm].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
     pub socket_path: Option<String>,
+    /// SELinux type of the ASIL server.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_label))]
     pub server_label: String,
+    /// SELinux type of the QM client (asil-to-qm).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_label))]
     pub client_label: String,
     /// MCS level both QM-to-QM containers share.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().level))]
     pub level: String,
-    /// Arguments to the image's entrypoint (`qm-ipc`).
+    /// Arguments for the server image's entrypoint (`qm-ipc`), split into
+    /// words as quadlet splits Exec=.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().server_exec))]
     pub server_exec: String,
+    /// Arguments for the client image's entrypoint.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Options::default().client_exec))]
     pub client_exec: String,
-    /// Container (quadlet) or host (a plain service) for the server.
+    /// Where the server runs.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Runtime::Container))]
     pub runtime: Runtime,
-    /// The `qm-ipc` binary on the host, for `Runtime::Host`.
+    /// The qm-ipc binary on the host (--runtime host).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().binary, value_name = "PATH")
+    )]
     pub binary: String,
-    /// `WatchdogSec=` of the server (0 for none): systemd restarts a
-    /// gateway that stops sending `WATCHDOG=1` for this long.
+    /// WatchdogSec= of the server: systemd restarts a gateway that stops
+    /// sending WATCHDOG=1 for this long. 0: no watchdog.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS")
+    )]
     pub watchdog_sec: u32,
     /// The access policy written to [`POLICY_PATH`] and loaded by the
     /// ASIL-to-QM server; `None` for the gateway's built-in one.
+    #[cfg_attr(feature = "cli", arg(skip = Options::default().policy))]
     pub policy: Option<String>,
     /// The services file written to [`SERVICES_PATH`] and loaded by the
     /// ASIL-to-QM server; `None` for none.
+    #[cfg_attr(feature = "cli", arg(skip = Options::default().services))]
     pub services: Option<String>,
-    /// Run the built-in demo provider in the gateway (`serve --demo`): for
-    /// trying a deployment out, never for a vehicle.
+    /// Run the built-in demo provider in the gateway (serve --demo), to try
+    /// the deployment out with the demo client; never for a vehicle.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub demo: bool,
+    /// How the qm-to-qm pair is laid out.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Form::Containers))]
+    pub form: Form,
+    /// The pod's name with --form pod: NAME.pod, NAME-pod.service.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().pod_name, value_name = "NAME")
+    )]
+    pub pod_name: String,
+}
+
+/// How a QM-to-QM server and client are laid out (the qm IPC example names
+/// each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Form {
+    /// Two container quadlets, each with Network=none.
+    Containers,
+    /// Two container quadlets, members of one pod quadlet that has the
+    /// network (none) and the socket directory.
+    Pod,
+    /// One kube quadlet playing a Kubernetes pod of the two containers,
+    /// sharing the socket directory as a hostPath volume.
+    Kube,
+}
+
+/// A name as Kubernetes wants it (lower case, `-` for `_`).
+fn kube_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// The Kubernetes pod of [`Form::Kube`]: server and client sharing the
+/// socket directory, one MCS level, the server's own READY=1 awaited
+/// (podman's sdnotify annotation). Strings are written as JSON strings,
+/// which YAML reads as they are.
+fn kube_yaml(o: &Options, socket: &str, server_args: &[String], client_args: &[String]) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let dir = Path::new(socket)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let server = kube_name(&o.server_name);
+    let client = kube_name(&o.client_name);
+    let container = |name: &str, image: &str, args: &[String]| {
+        let args: Vec<String> = args.iter().map(|a| q(a)).collect();
+        format!(
+            "  - name: {name}\n    image: {image}\n    args: [{args}]\n    env:\n    - name: SOCKET_PATH\n      value: {socket}\n    - name: QM_IPC_LOG_FORMAT\n      value: journal\n    securityContext:\n      seLinuxOptions:\n        level: {level}\n    volumeMounts:\n    - name: socket-dir\n      mountPath: {dir}\n",
+            name = q(name),
+            image = q(image),
+            args = args.join(", "),
+            socket = q(socket),
+            level = q(&o.level),
+            dir = q(&dir),
+        )
+    };
+    format!(
+        "# Generated by `qm-ipc generate qm-to-qm --form kube`; check changes with `qm-ipc lint`.\n\
+         apiVersion: v1\n\
+         kind: Pod\n\
+         metadata:\n  name: {pod}\n  annotations:\n    io.containers.sdnotify/{server}: container\n\
+         spec:\n  restartPolicy: Always\n  containers:\n{server_c}{client_c}\
+         \x20 volumes:\n  - name: socket-dir\n    hostPath:\n      path: {dir}\n      type: Directory\n",
+        pod = q(&kube_name(&o.pod_name)),
+        server_c = container(&server, &o.server_image, server_args),
+        client_c = container(&client, &o.client_image, client_args),
+        dir = q(&dir),
+    )
 }
 
 impl Default for Options {
@@ -133,6 +252,8 @@ impl Default for Options {
             policy: Some(DEFAULT_POLICY.into()),
             services: Some(DEFAULT_SERVICES.into()),
             demo: false,
+            form: Form::Containers,
+            pod_name: "ipc".into(),
         }
     }
 }
@@ -180,6 +301,100 @@ fn bad(option: &'static str, value: &str, reason: impl Into<String>) -> Generate
     }
 }
 
+/// Splits a command-line value (`--server-exec`, `--client-exec`) into
+/// words as quadlet's `Exec=` does: blanks separate, single and double
+/// quotes group, a backslash takes the next character as it is. Refuses what cannot be
+/// an argument in a unit file: control characters (a newline would start a
+/// line of its own and could open a new section), unbalanced quotes, a word
+/// that is a lone `;` (systemd's command separator).
+pub fn exec_words(option: &'static str, value: &str) -> Result<Vec<String>, GenerateError> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(bad(
+            option,
+            value,
+            format!("contains the control character {c:?}; a unit file line cannot carry it"),
+        ));
+    }
+    let words = split_words_checked(value).map_err(|e| {
+        bad(
+            option,
+            value,
+            match e {
+                SplitError::LoneBackslash => "ends in a lone backslash",
+                SplitError::UnbalancedQuote => "has an unbalanced quote",
+            },
+        )
+    })?;
+    if words.is_empty() {
+        return Err(bad(option, value, "names no command arguments"));
+    }
+    if words.iter().any(|w| w == ";") {
+        return Err(bad(
+            option,
+            value,
+            "a lone ';' separates commands in systemd's ExecStart=; quote it inside a word",
+        ));
+    }
+    Ok(words)
+}
+
+/// One argument written so that quadlet's `Exec=` and systemd's
+/// `ExecStart=` give it back as it is: plain words as they are, others in
+/// double quotes with `\` and `"` escaped; `%` and `$` doubled, so that
+/// systemd expands no specifier or variable in them.
+pub fn escape_exec_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=,@+-".contains(c));
+    if plain {
+        return word.to_owned();
+    }
+    let mut out = String::from("\"");
+    for c in word.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn escape_exec(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| escape_exec_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A value that goes into a unit file as a path or a reference: only
+/// characters that no reader of the file treats specially.
+fn plain_value(
+    option: &'static str,
+    value: &str,
+    extra: &str,
+    what: &str,
+) -> Result<(), GenerateError> {
+    let ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c) || extra.contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            option,
+            value,
+            format!("{what} of letters, digits and _./-{extra} is required"),
+        ))
+    }
+}
+
 fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), GenerateError> {
     for (option, name) in [
         ("server-name", &o.server_name),
@@ -197,6 +412,24 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
             ));
         }
     }
+    if o.form != Form::Containers && topology != Topology::QmToQm {
+        return Err(bad(
+            "form",
+            if o.form == Form::Pod { "pod" } else { "kube" },
+            "a pod is for the QM-to-QM pair; asil-to-qm's server and client run in different partitions",
+        ));
+    }
+    let pod_ok = !o.pod_name.is_empty()
+        && o.pod_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+    if !pod_ok {
+        return Err(bad(
+            "pod-name",
+            &o.pod_name,
+            "use letters, digits, '_' and '-'",
+        ));
+    }
     if o.server_name == o.client_name {
         return Err(bad(
             "client-name",
@@ -208,13 +441,7 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
         ("server-image", &o.server_image),
         ("client-image", &o.client_image),
     ] {
-        if image.is_empty() || image.contains(char::is_whitespace) {
-            return Err(bad(
-                option,
-                image,
-                "an image reference without spaces is required",
-            ));
-        }
+        plain_value(option, image, ":@+", "an image reference")?;
     }
     for (option, label) in [
         ("server-label", &o.server_label),
@@ -246,20 +473,25 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
             "QM-to-QM servers run in the QM partition's podman; --runtime host is for asil-to-qm",
         ));
     }
-    if !o.binary.starts_with('/') || o.binary.contains(char::is_whitespace) {
-        return Err(bad(
-            "binary",
-            &o.binary,
-            "an absolute path without spaces is required",
-        ));
+    plain_value("binary", &o.binary, "", "an absolute path")?;
+    if !o.binary.starts_with('/') {
+        return Err(bad("binary", &o.binary, "an absolute path is required"));
     }
-    if !socket.starts_with('/') || socket.ends_with('/') || socket.contains(char::is_whitespace) {
+    plain_value(
+        "socket-path",
+        socket,
+        "@",
+        "an absolute path to a socket file",
+    )?;
+    if !socket.starts_with('/') || socket.ends_with('/') {
         return Err(bad(
             "socket-path",
             socket,
             "an absolute path to a socket file is required",
         ));
     }
+    exec_words("server-exec", &o.server_exec)?;
+    exec_words("client-exec", &o.client_exec)?;
     let parent = Path::new(socket)
         .parent()
         .map(|p| p.to_string_lossy().into_owned());
@@ -318,6 +550,9 @@ struct ContainerSpec<'a> {
     label: (&'static str, &'a str),
     /// The application reports readiness itself (`Notify=true`).
     notify: bool,
+    /// The pod quadlet it is a member of (`Pod=`); its network is the
+    /// pod's, so it has no `Network=` of its own.
+    pod: Option<String>,
     service_extra: Vec<(&'static str, String)>,
 }
 
@@ -332,8 +567,12 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     }
     c.push_section("Container")
         .push_entry("Image", spec.image)
-        .push_entry("Exec", &spec.exec)
-        .push_entry("Network", "none");
+        .push_entry("Exec", &spec.exec);
+    match &spec.pod {
+        // podman refuses --network on a pod's member.
+        Some(pod) => c.push_entry("Pod", pod),
+        None => c.push_entry("Network", "none"),
+    };
     for env in &spec.env {
         c.push_entry("Environment", env);
     }
@@ -422,10 +661,12 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
     if o.services.is_some() && topology == Topology::AsilToQm {
         policy_args.push_str(&format!(" --services {SERVICES_PATH}"));
     }
-    let server_exec = match o.demo {
-        true => format!("{} --demo", o.server_exec),
-        false => o.server_exec.clone(),
-    };
+    let mut server_words = exec_words("server-exec", &o.server_exec)?;
+    if o.demo {
+        server_words.push("--demo".into());
+    }
+    let server_exec = escape_exec(&server_words);
+    let client_exec = escape_exec(&exec_words("client-exec", &o.client_exec)?);
     let provider_socket_unit = format!("{server_name}-provider.socket");
     // Both sockets' fds go to the gateway: the QM one named consumer, the
     // ASIL one named provider.
@@ -466,7 +707,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 // the refusals queued ahead of it (systemd's default is
                 // 4096).
                 .push_entry("Backlog", "256")
-                .push_entry("SocketMode", "0660")
+                .push_comment(CONSUMER_MODE_REASON)
+                .push_entry("SocketMode", CONSUMER_SOCKET_MODE)
                 .push_entry("SELinuxContextFromNet", "yes");
             s.push_section("Install")
                 .push_entry("WantedBy", "sockets.target");
@@ -484,7 +726,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .push_entry("ListenStream", PROVIDER_SOCKET)
                 .push_entry("FileDescriptorName", PROVIDER_FD_NAME)
                 .push_entry("Service", &format!("{server_name}.service"))
-                .push_entry("SocketMode", "0660");
+                .push_comment(PROVIDER_MODE_REASON)
+                .push_entry("SocketMode", PROVIDER_SOCKET_MODE);
             p.push_section("Install")
                 .push_entry("WantedBy", "sockets.target");
             files.push(file(HOST_UNIT_DIR, provider_socket_unit.clone(), p));
@@ -548,6 +791,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                             volumes,
                             label: ("SecurityLabelType", &o.server_label),
                             notify: true,
+                            pod: None,
                             service_extra,
                         },
                     );
@@ -596,11 +840,12 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     description: "qm-ipc client (asil-to-qm)",
                     depends_on: vec![],
                     image: &o.client_image,
-                    exec: o.client_exec.clone(),
+                    exec: client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
                     volumes: vec![volume.clone()],
                     label: ("SecurityLabelType", &o.client_label),
                     notify: false,
+                    pod: None,
                     service_extra: vec![],
                 },
             );
@@ -628,17 +873,80 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 .and_then(|dir| dir.strip_prefix("/run").ok())
                 .map(|rel| rel.display().to_string())
                 .unwrap_or_default();
+            // systemd creates the shared directory before the server (or
+            // the pod, which mounts it first) starts and keeps it across
+            // restarts, so the client's mount stays valid.
+            let runtime = vec![
+                ("RuntimeDirectory", runtime_dir),
+                ("RuntimeDirectoryPreserve", "yes".into()),
+            ];
+            if o.form == Form::Kube {
+                let kube_file = format!("{}.kube", o.pod_name);
+                let yaml_file = format!("{}.yaml", o.pod_name);
+                let mut k = UnitFile::new(kube_file.clone());
+                header(&mut k, topology);
+                k.push_section("Unit")
+                    .push_entry("Description", "qm-ipc pod from Kubernetes YAML (qm-to-qm)");
+                k.push_section("Kube")
+                    .push_entry("Yaml", &yaml_file)
+                    .push_entry("Network", "none");
+                // The socket directory exists before the pod mounts it.
+                k.push_section("Service");
+                for (key, value) in &runtime {
+                    k.push_entry(key, value);
+                }
+                k.push_section("Install")
+                    .push_entry("WantedBy", "multi-user.target");
+                files.push(file(QM_QUADLET_DIR, kube_file, k));
+                let mut server_args = server_words.clone();
+                server_args.push("--no-provider-socket".into());
+                let client_args = exec_words("client-exec", &o.client_exec)?;
+                files.push(GeneratedFile {
+                    path: Path::new(QM_QUADLET_DIR).join(yaml_file),
+                    content: kube_yaml(o, &socket, &server_args, &client_args),
+                });
+                return Ok(files);
+            }
+            let pod_file = format!("{}.pod", o.pod_name);
+            let pod = match o.form {
+                Form::Containers | Form::Kube => None,
+                Form::Pod => {
+                    let mut p = UnitFile::new(pod_file.clone());
+                    header(&mut p, topology);
+                    p.push_section("Unit")
+                        .push_entry("Description", "qm-ipc pod (qm-to-qm)");
+                    // The members share the pod's network namespace: none.
+                    p.push_section("Pod")
+                        .push_entry("Network", "none")
+                        .push_entry("Volume", &volume);
+                    p.push_section("Service");
+                    for (key, value) in &runtime {
+                        p.push_entry(key, value);
+                    }
+                    p.push_section("Install")
+                        .push_entry("WantedBy", "multi-user.target");
+                    files.push(file(QM_QUADLET_DIR, pod_file.clone(), p));
+                    Some(pod_file)
+                }
+            };
+            // A pod's members share the pod's volumes (podman 4 and
+            // later); saying the mount again would name it twice.
+            let member_volumes = match pod {
+                None => vec![volume.clone()],
+                Some(_) => vec![],
+            };
             let client = container_quadlet(
                 topology,
                 ContainerSpec {
                     description: "qm-ipc client (qm-to-qm)",
                     depends_on: vec![format!("{server_name}.service")],
                     image: &o.client_image,
-                    exec: o.client_exec.clone(),
+                    exec: client_exec.clone(),
                     env: vec![socket_env.clone(), journal_env.clone()],
-                    volumes: vec![volume.clone()],
+                    volumes: member_volumes.clone(),
                     label: ("SecurityLabelLevel", &o.level),
                     notify: false,
+                    pod: pod.clone(),
                     service_extra: vec![],
                 },
             );
@@ -648,13 +956,10 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 client,
             ));
 
-            // systemd creates the shared directory before the server
-            // starts and keeps it across restarts, so the client's mount
-            // stays valid.
-            let mut service_extra = vec![
-                ("RuntimeDirectory", runtime_dir),
-                ("RuntimeDirectoryPreserve", "yes".into()),
-            ];
+            let mut service_extra = match o.form {
+                Form::Containers | Form::Kube => runtime,
+                Form::Pod => vec![],
+            };
             service_extra.extend(watchdog.clone());
             let server = container_quadlet(
                 topology,
@@ -664,9 +969,10 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     image: &o.server_image,
                     exec: format!("{server_exec} --no-provider-socket"),
                     env: server_env.clone(),
-                    volumes: vec![volume.clone()],
+                    volumes: member_volumes,
                     label: ("SecurityLabelLevel", &o.level),
                     notify: true,
+                    pod,
                     service_extra,
                 },
             );
@@ -817,6 +1123,163 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn exec_values_cannot_rewrite_the_file() {
+        for (value, why) in [
+            (
+                "serve\n[Service]\nExecStartPre=/bin/evil",
+                "control character",
+            ),
+            ("serve\r", "control character"),
+            ("serve \\", "lone backslash"),
+            ("serve \"--policy", "unbalanced quote"),
+            ("serve ; rm", "lone ';'"),
+            ("   ", "no command arguments"),
+        ] {
+            let o = Options {
+                server_exec: value.into(),
+                ..Options::default()
+            };
+            let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
+            assert!(e.starts_with("--server-exec"), "{value:?}: {e}");
+            assert!(e.contains(why), "{value:?}: {e}");
+            let o = Options {
+                client_exec: value.into(),
+                ..Options::default()
+            };
+            let e = generate(Topology::QmToQm, &o).unwrap_err().to_string();
+            assert!(e.starts_with("--client-exec"), "{value:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn exec_words_are_escaped_for_quadlet_and_systemd() {
+        let o = Options {
+            server_exec: r#"serve --name "a b" 100% $HOME 'q"x' back\\slash"#.into(),
+            client_exec: "client --topic 'vehicle speed'".into(),
+            ..Options::default()
+        };
+        let files = generate(Topology::AsilToQm, &o).unwrap();
+        let server = &files[4].content;
+        assert!(
+            server.contains(
+                "Exec=serve --name \"a b\" \"100%%\" \"$$HOME\" \"q\\\"x\" \"back\\\\slash\" --policy"
+            ),
+            "{server}"
+        );
+        let client = &files[5].content;
+        assert!(
+            client.contains("Exec=client --topic \"vehicle speed\"\n"),
+            "{client}"
+        );
+        // The sections are the generated ones, nothing more.
+        let parsed = UnitFile::parse("ipc_server.container", server).unwrap();
+        assert_eq!(
+            parsed.sections(),
+            vec!["Unit", "Container", "Service", "Install"]
+        );
+    }
+
+    #[test]
+    fn paths_and_images_are_plain() {
+        for (o, option) in [
+            (
+                Options {
+                    socket_path: Some("/run/ipc/ipc.socket\\".into()),
+                    ..Options::default()
+                },
+                "socket-path",
+            ),
+            (
+                Options {
+                    server_image: "img%t".into(),
+                    ..Options::default()
+                },
+                "server-image",
+            ),
+            (
+                Options {
+                    binary: "/usr/bin/qm-ipc\n".into(),
+                    ..Options::default()
+                },
+                "binary",
+            ),
+        ] {
+            let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--{option}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_pod_form_is_qm_to_qm_only() {
+        let o = Options {
+            form: Form::Pod,
+            ..Options::default()
+        };
+        let e = generate(Topology::AsilToQm, &o).unwrap_err().to_string();
+        assert!(e.starts_with("--form"), "{e}");
+        let files = generate(Topology::QmToQm, &o).unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "/etc/qm/containers/systemd/ipc.pod",
+                "/etc/qm/containers/systemd/ipc_client.container",
+                "/etc/qm/containers/systemd/ipc_server.container",
+            ]
+        );
+        for member in &files[1..] {
+            assert!(member.content.contains("Pod=ipc.pod\n"));
+            assert!(!member.content.contains("Network="));
+            assert!(
+                !member.content.contains("Volume="),
+                "the pod's mount is theirs"
+            );
+        }
+        let o = Options {
+            form: Form::Pod,
+            pod_name: "a b".into(),
+            ..Options::default()
+        };
+        assert!(generate(Topology::QmToQm, &o).is_err());
+    }
+
+    #[test]
+    fn the_kube_form_writes_a_kube_quadlet_and_its_yaml() {
+        let o = Options {
+            form: Form::Kube,
+            client_exec: r#"client --note "a \"quoted\": value""#.into(),
+            ..Options::default()
+        };
+        assert!(generate(Topology::AsilToQm, &o).is_err());
+        let files = generate(Topology::QmToQm, &o).unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "/etc/qm/containers/systemd/ipc.kube",
+                "/etc/qm/containers/systemd/ipc.yaml"
+            ]
+        );
+        assert!(files[0].content.contains("Yaml=ipc.yaml\nNetwork=none\n"));
+        let yaml = &files[1].content;
+        // Arguments are JSON strings, which YAML reads as they are.
+        assert!(
+            yaml.contains(r#"args: ["client", "--note", "a \"quoted\": value"]"#),
+            "{yaml}"
+        );
+        assert!(yaml.contains("io.containers.sdnotify/ipc-server: container"));
+        assert!(yaml.contains("level: \"s0:c1,c2\""));
+    }
+
+    #[test]
+    fn socket_modes_and_their_reasons() {
+        let files = generate(Topology::AsilToQm, &Options::default()).unwrap();
+        assert!(files[0].content.contains("SocketMode=0666\n"));
+        assert!(files[0].content.contains("# 0666: SELinux"));
+        assert!(files[1].content.contains("SocketMode=0660\n"));
     }
 
     #[test]

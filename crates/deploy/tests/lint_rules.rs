@@ -1,66 +1,13 @@
 //! One failing fixture per lint rule (a generated, clean tree with one
 //! mistake put in), the clean trees, and the qm IPC example's own files.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
-use qm_ipc_deploy::generate::{generate, write_root, Options, Topology};
-use qm_ipc_deploy::lint::{catalogue, lint_paths, Report, Severity};
-
-const SERVER: &str = "etc/containers/systemd/ipc_server.container";
-const CLIENT: &str = "etc/qm/containers/systemd/ipc_client.container";
-const SOCKET: &str = "etc/systemd/system/ipc_server.socket";
-const DROPIN: &str = "etc/containers/systemd/qm.container.d/10-extra-volume.conf";
-const QM_SERVER: &str = "etc/qm/containers/systemd/ipc_server.container";
-
-fn tree(topology: Topology) -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    write_root(
-        root.path(),
-        &generate(topology, &Options::default()).unwrap(),
-        false,
-    )
-    .unwrap();
-    root
-}
-
-/// Replaces `from` by `to` in one file of the tree (which must contain it).
-fn edit(root: &Path, file: &str, from: &str, to: &str) {
-    let path = root.join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{file} does not contain {from:?}");
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-}
-
-fn rules(report: &Report) -> BTreeSet<&'static str> {
-    report.findings.iter().map(|f| f.rule).collect()
-}
-
-fn lint(root: &Path) -> Report {
-    lint_paths(&[root.to_owned()]).unwrap()
-}
-
-/// Lints the tree and asserts that exactly `expected` fires, at `file`.
-fn assert_only(root: &Path, expected: &str, file: &str) -> Report {
-    let report = lint(root);
-    assert_eq!(
-        rules(&report),
-        BTreeSet::from([expected]),
-        "{}",
-        report.to_text()
-    );
-    for finding in &report.findings {
-        assert!(
-            finding.file.ends_with(file),
-            "{expected} reported at {}: {}",
-            finding.file,
-            report.to_text()
-        );
-        assert!(finding.line >= 1);
-        assert!(!finding.why.is_empty() && !finding.fix.is_empty());
-    }
-    report
-}
+use common::*;
+use qm_ipc_deploy::generate::Topology;
+use qm_ipc_deploy::lint::{catalogue, Severity};
 
 #[test]
 fn generated_trees_are_clean() {
@@ -75,24 +22,48 @@ fn generated_trees_are_clean() {
     }
 }
 
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
+/// The qm IPC example's files: its server reports readiness through conmon
+/// (QM001), and its drop-in's `Requires=ipc_server` names no unit (systemd
+/// needs the suffix) and it has no `After=` (QM010, twice).
 #[test]
-fn example_files_give_the_notify_finding_and_nothing_else() {
+fn example_files_give_the_notify_and_dependency_findings() {
     let report = lint(&example("example-asil-to-qm"));
+    let got: Vec<(&str, String, usize)> = report
+        .findings
+        .iter()
+        .map(|f| {
+            let file = f.file.rsplit("etc/").next().unwrap_or("").to_owned();
+            (f.rule, file, f.line)
+        })
+        .collect();
     assert_eq!(
-        rules(&report),
-        BTreeSet::from(["QM001"]),
+        got,
+        vec![
+            (
+                "QM001",
+                "containers/systemd/ipc_server.container".into(),
+                13
+            ),
+            (
+                "QM010",
+                "containers/systemd/qm.container.d/10-extra-volume.conf".into(),
+                1
+            ),
+            (
+                "QM010",
+                "containers/systemd/qm.container.d/10-extra-volume.conf".into(),
+                2
+            ),
+        ],
         "{}",
         report.to_text()
     );
-    assert_eq!(report.findings.len(), 1);
-    assert!(report.findings[0].file.ends_with(SERVER));
-    assert_eq!(report.findings[0].line, 13, "the Type=notify line");
+    assert!(report.findings[1]
+        .message
+        .contains("After=ipc_server.socket"));
+    assert!(report.findings[2]
+        .message
+        .contains("Requires=ipc_server names no unit"));
     assert_eq!(report.exit_code(false), 2);
 
     let report = lint(&example("example-qm-to-qm"));
@@ -117,7 +88,11 @@ fn qm000_syntax_error_with_file_and_line() {
         .expect("a syntax finding");
     assert!(finding.file.ends_with(CLIENT));
     assert_eq!(finding.line, 9, "the Network line");
-    assert!(finding.message.contains("missing '='"));
+    assert!(
+        finding.message.contains("not a key=value pair"),
+        "{finding}"
+    );
+    assert!(finding.message.contains("quadlet rejects"), "{finding}");
 }
 
 #[test]
@@ -405,6 +380,20 @@ fn drop_ins_of_a_quadlet_are_applied() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("50-notify.conf"), "[Container]\nNotify=true\n").unwrap();
     let report = lint(staging.path());
+    assert!(
+        report.findings.iter().all(|f| f.rule == "QM010"),
+        "{}",
+        report.to_text()
+    );
+    // And one for the QM partition that names its dependency right.
+    std::fs::write(
+        staging
+            .path()
+            .join("etc/containers/systemd/qm.container.d/10-extra-volume.conf"),
+        "[Unit]\nRequires=ipc_server.socket\nAfter=ipc_server.socket\n\n[Container]\nVolume=/run/ipc/:/run/ipc/\n",
+    )
+    .unwrap();
+    let report = lint(staging.path());
     assert!(report.findings.is_empty(), "{}", report.to_text());
 }
 
@@ -418,15 +407,24 @@ fn every_rule_has_a_stable_id_and_a_reason() {
         .all(|r| !r.why.is_empty() && !r.name.is_empty()));
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
+/// docs/lint-rules.md is what the code generates; after changing a rule,
+/// `UPDATE_SNAPSHOTS=1 cargo test -p qm-ipc-deploy --test lint_rules catalogue`
+/// writes it.
+#[test]
+fn catalogue_doc_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/lint-rules.md");
+    let generated = qm_ipc_deploy::lint::catalogue_markdown();
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    assert_eq!(
+        committed, generated,
+        "docs/lint-rules.md differs from the rules in the code; UPDATE_SNAPSHOTS=1 rewrites it"
+    );
+    for rule in catalogue() {
+        assert!(committed.contains(&format!("## {}", rule.id)));
+        assert!(!rule.what.is_empty() && !rule.fix.is_empty() && !rule.example.is_empty());
     }
 }

@@ -44,8 +44,21 @@ fn exec_start(service: &str) -> &str {
 }
 
 fn generated_root(topology: Topology) -> tempfile::TempDir {
+    generated_root_with(topology, &Options::default())
+}
+
+/// The QM-to-QM pair generated in another form.
+fn qm_to_qm_in(form: qm_ipc_deploy::generate::Form) -> tempfile::TempDir {
+    let options = Options {
+        form,
+        ..Options::default()
+    };
+    generated_root_with(Topology::QmToQm, &options)
+}
+
+fn generated_root_with(topology: Topology, options: &Options) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    let files = generate(topology, &Options::default()).unwrap();
+    let files = generate(topology, options).unwrap();
     write_root(root.path(), &files, false).unwrap();
     root
 }
@@ -209,4 +222,234 @@ fn systemd_analyze_catches_what_a_broken_socket_would_be() {
         .output()
         .expect("run systemd-analyze");
     assert!(!output.status.success());
+}
+
+/// `--server-exec` and `--client-exec` words reach podman as written:
+/// quoted words stay one argument, and `%` and `$` are not expanded by
+/// systemd (quadlet copies Exec= into ExecStart= as it is).
+#[test]
+fn exec_words_reach_podman_as_written() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    let options = Options {
+        server_exec: r#"serve --label "a b" 100% $HOME 'q"x' back\\slash"#.into(),
+        client_exec: "client --topic 'vehicle speed' %t".into(),
+        ..Options::default()
+    };
+    let root = generated_root_with(Topology::AsilToQm, &options);
+    let words = |dir: &str, service: &str| -> Vec<String> {
+        let services = quadlet::dryrun(&root.path().join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        quadlet::podman_command(&services[service])
+            .unwrap()
+            .into_iter()
+            // systemd's own unescaping of `$$` (our split does `%%`).
+            .map(|w| w.replace("$$", "$"))
+            .collect()
+    };
+    let server = words("etc/containers/systemd", "ipc_server.service");
+    let at = server.iter().position(|w| w == "serve").expect("serve");
+    assert_eq!(
+        &server[at..at + 7],
+        [
+            "serve",
+            "--label",
+            "a b",
+            "100%",
+            "$HOME",
+            "q\"x",
+            "back\\slash"
+        ],
+        "{server:?}"
+    );
+    let client = words("etc/qm/containers/systemd", "ipc_client.service");
+    assert_eq!(
+        &client[client.len() - 4..],
+        ["client", "--topic", "vehicle speed", "%t"],
+        "{client:?}"
+    );
+}
+
+/// The parser reads quadlet files as podman's quadlet does: for each
+/// container of the ordinary-host fixture that quadlet converts (written the
+/// ways podman's own quadlet tests write them: continuations with trailing
+/// blanks, blank and comment lines inside, quotes), the Exec= words lint
+/// reads are the last words of the podman command quadlet generates.
+#[test]
+fn the_parser_reads_quadlet_files_as_quadlet_does() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::unit::{split_words, Unit, UnitFile};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/unrelated-host/etc/containers/systemd");
+    let staging = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for name in ["continued.container", "blank-in-continuation.container"] {
+        std::fs::copy(dir.join(name), staging.path().join(name)).unwrap();
+        let services = quadlet::dryrun(staging.path()).unwrap_or_else(|e| panic!("{e}"));
+        let service = format!("{}.service", name.trim_end_matches(".container"));
+        let generated = quadlet::podman_command(&services[&service]).unwrap();
+        let ours = Unit::new(name, UnitFile::load(&dir.join(name)).unwrap(), vec![]);
+        let exec = ours.value("Container", "Exec").expect("an Exec=");
+        let words = split_words(&exec.entry.value);
+        assert!(
+            generated.ends_with(&words),
+            "{name}: lint reads Exec= as {words:?}, quadlet runs {generated:?}"
+        );
+        checked += 1;
+        std::fs::remove_file(staging.path().join(name)).unwrap();
+    }
+    assert_eq!(checked, 2);
+}
+
+/// `lint --deep`: the generated deployment passes the real tools; what
+/// they refuse is reported at its line under QM020 (quadlet) and QM021
+/// (systemd-analyze).
+#[test]
+fn lint_deep_reports_what_the_real_tools_say() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::lint::lint_paths_deep;
+    let root = generated_root(Topology::AsilToQm);
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+
+    let server = root
+        .path()
+        .join("etc/containers/systemd/ipc_server.container");
+    let text = std::fs::read_to_string(&server).unwrap();
+    std::fs::write(
+        &server,
+        text.replace("Restart=always\n", "Restart=always\nType=simple\n"),
+    )
+    .unwrap();
+    let socket = root.path().join("etc/systemd/system/ipc_server.socket");
+    let text = std::fs::read_to_string(&socket).unwrap();
+    std::fs::write(
+        &socket,
+        text.replace("Backlog=256\n", "Backlog=256\nListenStreem=x\n"),
+    )
+    .unwrap();
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    let quadlet_finding = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "QM020")
+        .unwrap_or_else(|| panic!("{}", report.to_text()));
+    assert!(quadlet_finding.file.ends_with("ipc_server.container"));
+    assert!(quadlet_finding
+        .message
+        .contains("invalid service Type 'simple'"));
+    let type_line = std::fs::read_to_string(&server)
+        .unwrap()
+        .lines()
+        .position(|l| l == "Type=simple")
+        .unwrap()
+        + 1;
+    assert_eq!(quadlet_finding.line, type_line);
+    let analyze = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "QM021" && f.message.contains("ListenStreem"))
+        .unwrap_or_else(|| panic!("{}", report.to_text()));
+    assert!(analyze.file.ends_with("ipc_server.socket"));
+    assert_eq!(analyze.line, 10);
+
+    // Without --deep, neither runs.
+    let report = lint_paths_deep(&[root.path().to_owned()], false).unwrap();
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.rule != "QM020" && f.rule != "QM021"));
+}
+
+/// The QM-to-QM pod form as quadlet makes it: the pod has the network
+/// (none) and the socket directory; the members join it, the server
+/// reports its own readiness, the client follows the server.
+#[test]
+fn qm_to_qm_pod_form_through_quadlet() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::generate::Form;
+    let root = qm_to_qm_in(Form::Pod);
+    let services = quadlet_dryrun(&root.path().join("etc/qm/containers/systemd"));
+    let pod = &services["ipc-pod.service"];
+    assert!(pod.contains("RuntimeDirectory=ipc-qm"), "{pod}");
+    let create = pod
+        .lines()
+        .find(|l| l.starts_with("ExecStartPre="))
+        .expect("the pod create command");
+    for arg in [
+        "pod create",
+        "--network none",
+        "-v /run/ipc-qm/:/run/ipc-qm/",
+    ] {
+        assert!(create.contains(arg), "{create}");
+    }
+    let server = &services["ipc_server.service"];
+    let client = &services["ipc_client.service"];
+    for unit in [server, client] {
+        let exec = exec_start(unit);
+        assert!(exec.contains("--pod-id-file %t/ipc-pod.pod-id"), "{exec}");
+        assert!(!exec.contains("--network"), "{exec}");
+        assert!(
+            exec.contains("--security-opt label=level:s0:c1,c2"),
+            "{exec}"
+        );
+        assert!(
+            !exec.contains(" -v "),
+            "the pod's mount is the members': {exec}"
+        );
+        assert!(unit.contains("BindsTo=ipc-pod.service"), "{unit}");
+    }
+    assert!(exec_start(server).contains("--sdnotify=container"));
+    assert!(
+        client.contains("Requires=ipc_server.service")
+            && client.contains("After=ipc_server.service")
+    );
+}
+
+/// The QM-to-QM kube form as quadlet makes it: the pod played from the
+/// generated YAML with no network, the service waiting for READY=1.
+#[test]
+fn qm_to_qm_kube_form_through_quadlet() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::generate::Form;
+    use qm_ipc_deploy::lint::lint_paths_deep;
+    let root = qm_to_qm_in(Form::Kube);
+    let dir = root.path().join("etc/qm/containers/systemd");
+    let services = quadlet_dryrun(&dir);
+    let kube = &services["ipc.service"];
+    let exec = exec_start(kube);
+    assert!(exec.contains("kube play"), "{exec}");
+    assert!(exec.contains("--network none"), "{exec}");
+    assert!(
+        exec.ends_with(&dir.join("ipc.yaml").display().to_string()),
+        "{exec}"
+    );
+    assert!(kube.contains("Type=notify"), "{kube}");
+    assert!(kube.contains("RuntimeDirectory=ipc-qm"), "{kube}");
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
 }

@@ -7,6 +7,8 @@
 //! QM partition's drop-in to the socket) run when the linted set contains
 //! both sides; a single file gets only the checks that concern it alone.
 
+mod deep;
+mod model;
 mod rules;
 mod tree;
 
@@ -39,7 +41,13 @@ pub struct Rule {
     pub id: &'static str,
     pub name: &'static str,
     pub severity: Severity,
+    /// What the rule finds.
+    pub what: &'static str,
     pub why: &'static str,
+    /// The fix in general (each finding says it for its file).
+    pub fix: &'static str,
+    /// The right form, as it looks in the file.
+    pub example: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,11 +99,47 @@ pub fn catalogue() -> &'static [Rule] {
     rules::CATALOGUE
 }
 
+/// The catalogue as `docs/lint-rules.md` has it.
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from(
+        "# qm-ipc lint rules\n\n\
+         Generated from the code (`qm_ipc_deploy::lint::catalogue_markdown`); a test fails when this file\n\
+         differs, so edit the rules in `crates/deploy/src/lint/rules/mod.rs`, then run\n\
+         `UPDATE_SNAPSHOTS=1 cargo test -p qm-ipc-deploy --test lint_rules catalogue`.\n\n\
+         Lint looks only at the IPC deployment it can identify: the sockets the QM partition's\n\
+         `qm.container.d` drop-in mounts (or that lie in `/run/ipc`, or carry the gateway's fd names\n\
+         `consumer`/`provider`), the containers that serve or mount them, QM containers that share a\n\
+         socket with each other, and the units that name them. Files are found as systemd and quadlet\n\
+         find them (a name in an earlier directory, `/etc` before `/usr`, masks the same name in\n\
+         later ones; quadlet reads sub-directories and `/run/containers/systemd`), and read as they\n\
+         read them. See [deploy.md](deploy.md#lint) for how.\n\n\
+         | id | name | severity |\n|---|---|---|\n",
+    );
+    for r in catalogue() {
+        out.push_str(&format!(
+            "| [{0}](#{1}) | {2} | {3} |\n",
+            r.id,
+            r.id.to_lowercase(),
+            r.name,
+            r.severity
+        ));
+    }
+    for r in catalogue() {
+        out.push_str(&format!(
+            "\n## {}\n\n**{}**, {}.\n\n- What: {}\n- Why: {}.\n- Fix: {}.\n\nExample of the right form:\n\n```ini\n{}\n```\n",
+            r.id, r.name, r.severity, r.what, r.why, r.fix, r.example
+        ));
+    }
+    out
+}
+
 /// The outcome of a lint run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub findings: Vec<Finding>,
     pub files: Vec<PathBuf>,
+    /// What could not be checked, and why (`--deep` without its tools).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -130,6 +174,9 @@ impl Report {
             out.push_str(&finding.to_string());
             out.push('\n');
         }
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
         out.push_str(&format!(
             "{} files checked: {} errors, {} warnings\n",
             self.files.len(),
@@ -143,6 +190,7 @@ impl Report {
         serde_json::json!({
             "findings": self.findings,
             "files": self.files,
+            "notes": self.notes,
             "errors": self.errors(),
             "warnings": self.warnings(),
         })
@@ -166,13 +214,31 @@ pub fn lint_paths(paths: &[PathBuf]) -> Result<Report, LintError> {
     Ok(lint(&deployment))
 }
 
+/// Lints files and roots, and with `deep` runs the deployment's files
+/// through podman's quadlet and `systemd-analyze verify` where they are
+/// installed (a note says which was not).
+pub fn lint_paths_deep(paths: &[PathBuf], deep: bool) -> Result<Report, LintError> {
+    let deployment = Deployment::load(paths)?;
+    let mut report = lint(&deployment);
+    if deep {
+        deep::check(&model::Ipc::identify(&deployment), &mut report);
+        sort(&mut report.findings);
+    }
+    Ok(report)
+}
+
+fn sort(findings: &mut Vec<Finding>) {
+    findings.sort_by(|a, b| (&a.file, a.line, a.rule).cmp(&(&b.file, b.line, b.rule)));
+    findings.dedup();
+}
+
 /// Lints a loaded deployment.
 pub fn lint(deployment: &Deployment) -> Report {
     let mut findings = rules::check(deployment);
-    findings.sort_by(|a, b| (&a.file, a.line, a.rule).cmp(&(&b.file, b.line, b.rule)));
-    findings.dedup();
+    sort(&mut findings);
     Report {
         findings,
         files: deployment.files.clone(),
+        notes: Vec::new(),
     }
 }

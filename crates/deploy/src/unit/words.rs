@@ -3,16 +3,55 @@
 //! backslash escapes the next character.
 
 pub fn split_words(value: &str) -> Vec<String> {
+    split(value).words
+}
+
+/// What a value that is to become words got wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitError {
+    /// A backslash with nothing after it.
+    LoneBackslash,
+    /// A quote that is never closed.
+    UnbalancedQuote,
+}
+
+/// [`split_words`], refusing a trailing lone backslash and an unclosed
+/// quote (which `split_words` reads leniently, as the readers of existing
+/// files do).
+pub fn split_words_checked(value: &str) -> Result<Vec<String>, SplitError> {
+    let Split {
+        words,
+        lone_backslash,
+        open_quote,
+    } = split(value);
+    if lone_backslash {
+        Err(SplitError::LoneBackslash)
+    } else if open_quote {
+        Err(SplitError::UnbalancedQuote)
+    } else {
+        Ok(words)
+    }
+}
+
+struct Split {
+    words: Vec<String>,
+    lone_backslash: bool,
+    open_quote: bool,
+}
+
+fn split(value: &str) -> Split {
     let mut words = Vec::new();
     let mut current = String::new();
     let mut in_word = false;
     let mut quote: Option<char> = None;
+    let mut lone_backslash = false;
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
         match (quote, c) {
             (_, '\\') => {
-                if let Some(next) = chars.next() {
-                    current.push(next);
+                match chars.next() {
+                    Some(next) => current.push(next),
+                    None => lone_backslash = true,
                 }
                 in_word = true;
             }
@@ -37,7 +76,11 @@ pub fn split_words(value: &str) -> Vec<String> {
     if in_word {
         words.push(current);
     }
-    words
+    Split {
+        words,
+        lone_backslash,
+        open_quote: quote.is_some(),
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +97,15 @@ mod tests {
         assert_eq!(
             split_words(r#"sh -c "exec server""#),
             vec!["sh", "-c", "exec server"]
+        );
+        assert_eq!(split_words_checked("a \\"), Err(SplitError::LoneBackslash));
+        assert_eq!(
+            split_words_checked("a 'b"),
+            Err(SplitError::UnbalancedQuote)
+        );
+        assert_eq!(
+            split_words_checked(r#"a "b c""#),
+            Ok(vec!["a".into(), "b c".into()])
         );
     }
 }
