@@ -435,7 +435,7 @@ fn a_typed_topic_refuses_other_shapes_naming_the_field() {
             (json!({"kmh": "fast"}), "value.kmh"),
             (json!({}), "value.kmh"),
             (json!({"kmh": 1.0, "mph": 1.0}), "value.mph"),
-            (json!(86.4), "value"),
+            (json!({"kmh": [1.0]}), "value.kmh"),
         ] {
             match publisher.publish("vehicle.speed", &bad).await {
                 Err(ClientError::Remote(ErrorReply::InvalidParameter {

@@ -180,10 +180,16 @@ impl Request {
             (GATEWAY_INTERFACE, "Publish") => {
                 let topic = p.string("topic")?;
                 check_name("topic", &topic)?;
-                Self::Publish {
-                    topic,
-                    value: strict("value", p.value("value")?)?,
+                let value = strict("value", p.value("value")?)?;
+                // The IDL says object, and clients generated from it
+                // expect one: a bare number or string is refused.
+                if !value.get().starts_with('{') {
+                    return Err(ErrorReply::invalid(
+                        "value",
+                        "a topic value is a JSON object, e.g. {\"kmh\": 86.4}",
+                    ));
                 }
+                Self::Publish { topic, value }
             }
             (GATEWAY_INTERFACE, "Get") => {
                 let topic = p.string("topic")?;
@@ -450,13 +456,31 @@ mod tests {
         assert_eq!(
             req(
                 "io.qmipc.Gateway.Publish",
-                json!({"topic": "a.b", "value": 1.5})
+                json!({"topic": "a.b", "value": {"kmh": 1.5}})
             ),
             Ok(Request::Publish {
                 topic: "a.b".into(),
-                value: RawJson::from_value(&json!(1.5))
+                value: RawJson::from_value(&json!({"kmh": 1.5}))
             })
         );
+        // A topic value is an object, as the IDL says.
+        for scalar in [
+            json!(1.5),
+            json!("12:00:00"),
+            json!([1]),
+            json!(null),
+            json!(true),
+        ] {
+            assert!(
+                matches!(
+                    req("io.qmipc.Gateway.Publish", json!({"topic": "a.b", "value": scalar})),
+                    Err(ErrorReply::InvalidParameter { ref parameter, .. }
+                        | ErrorReply::VarlinkInvalidParameter { ref parameter })
+                        if parameter == "value"
+                ),
+                "{scalar}"
+            );
+        }
         assert_eq!(
             req(
                 "io.qmipc.Gateway.Subscribe",

@@ -377,7 +377,7 @@ fn main() {
         for payload in PAYLOADS {
             progress.next(&format!("qm-ipc Get, {payload} B ({placement})"));
             let topic = format!("get{payload}");
-            publisher.call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": "v".repeat(payload)}}));
+            publisher.call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": {"v": "v".repeat(payload)}}}));
             let get =
                 frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": topic}}));
             let h = gateway_round_trips(&mut client_conn, &get, iterations);

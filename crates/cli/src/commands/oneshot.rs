@@ -58,7 +58,7 @@ pub struct SubscribeArgs {
 pub struct PublishArgs {
     /// Topic name
     topic: String,
-    /// The value, as JSON: 42, "text" (with the quotes), {"kmh": 50}
+    /// The value, a JSON object: {"kmh": 50}
     value: String,
     #[command(flatten)]
     common: Common,
