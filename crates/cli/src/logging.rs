@@ -19,8 +19,10 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-/// The variable holding the log filter (`info`, `qm_ipc_server=debug`, ...).
-pub const FILTER_VAR: &str = "QM_IPC_LOG";
+/// The variables holding the log filter (`info`, `qm_ipc_server=debug`,
+/// ...): the first one set wins, so `QM_IPC_LOG` can override a
+/// `RUST_LOG` meant for other programs.
+pub const FILTER_VARS: [&str; 2] = ["QM_IPC_LOG", "RUST_LOG"];
 /// The variable choosing the output form: `auto`, `journal` or `text`.
 pub const FORMAT_VAR: &str = "QM_IPC_LOG_FORMAT";
 
@@ -97,10 +99,49 @@ where
     }
 }
 
+/// The level of `-v`/`-q`: `verbosity` is the number of `-v` minus the
+/// number of `-q`.
+pub fn level(verbosity: i16) -> &'static str {
+    match verbosity {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    }
+}
+
+/// The filter: the first of [`FILTER_VARS`] that is set and not empty,
+/// else the level of `-v`/`-q`. A bad value gives the default and a
+/// warning naming the variable.
+pub fn choose_filter(
+    var: impl Fn(&str) -> Option<String>,
+    verbosity: i16,
+) -> (EnvFilter, Option<String>) {
+    let default = level(verbosity);
+    let chosen = FILTER_VARS.iter().find_map(|name| {
+        var(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (*name, v))
+    });
+    match chosen {
+        None => (EnvFilter::new(default), None),
+        Some((name, text)) => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                EnvFilter::new(default),
+                Some(format!(
+                    "{name}={text:?} is not a log filter ({e}); using {default}"
+                )),
+            ),
+        },
+    }
+}
+
 /// Installs the subscriber. Bad values of the variables are reported on
 /// stderr and replaced by the defaults (logging must never stop the
 /// gateway).
-pub fn init() {
+pub fn init(verbosity: i16) {
     let var = |key: &str| std::env::var(key).ok();
     let format = match choose_format(
         var(FORMAT_VAR).as_deref(),
@@ -113,13 +154,10 @@ pub fn init() {
             Format::Text
         }
     };
-    let filter = match var(FILTER_VAR) {
-        None => EnvFilter::new("info"),
-        Some(text) => EnvFilter::try_new(&text).unwrap_or_else(|e| {
-            eprintln!("warning: {FILTER_VAR}={text:?} is not a log filter ({e}); using info");
-            EnvFilter::new("info")
-        }),
-    };
+    let (filter, warning) = choose_filter(var, verbosity);
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

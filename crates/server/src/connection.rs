@@ -846,7 +846,9 @@ fn info_reply(interfaces: &[String]) -> Value {
         "vendor": "qm-ipc",
         "product": "qm-ipc gateway",
         "version": env!("CARGO_PKG_VERSION"),
-        "url": "https://github.com/qm-ipc/qm-ipc",
+        // The manual page the packaging installs: a URL that nothing confirmed
+        // was here before; this one is on every machine with the package.
+        "url": "man:qm-ipc(1)",
         "interfaces": interfaces,
     })
 }

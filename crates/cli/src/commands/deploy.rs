@@ -74,7 +74,7 @@ pub struct GenerateArgs {
     binary: String,
     /// WatchdogSec= of the server: systemd restarts a gateway that stops
     /// answering for this long. 0: no watchdog.
-    #[arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS")]
+    #[arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS", value_parser = super::range::<u32>(0, 86_400))]
     watchdog_sec: u32,
     /// Write the files below DIR (e.g. / or a staging tree) instead of
     /// printing them.
