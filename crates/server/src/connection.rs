@@ -191,6 +191,17 @@ pub async fn serve(
         Ended::PeerClosed | Ended::Shutdown | Ended::IdleTimeout => {
             tracing::debug!(conn, %peer, ?ended, "closed")
         }
+        // A peer that hangs up with replies still unread resets the
+        // connection: that is its way of closing, not the gateway's
+        // problem (every `qm-ipc demo` ended on a warning of it).
+        Ended::ReadFailed(e) | Ended::WriteFailed(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            tracing::debug!(conn, %peer, ?ended, "closed by the peer")
+        }
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
     ended
