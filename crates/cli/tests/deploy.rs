@@ -117,3 +117,46 @@ fn lint_exit_codes_and_json() {
         "{err}"
     );
 }
+
+#[test]
+fn lint_says_when_there_is_no_ipc_deployment_to_check() {
+    // A root with unit files, none of them about IPC: clean, but it says
+    // there was nothing to check rather than only "0 errors".
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sshd.socket"),
+        "[Socket]\nListenStream=22\nAccept=yes\n\n[Install]\nWantedBy=sockets.target\n",
+    )
+    .unwrap();
+    let r = root.path().to_str().unwrap();
+    let (status, out, _) = run_cli(&["lint", r]);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("none of them defines or uses an IPC socket"),
+        "{out}"
+    );
+    let (_, out, _) = run_cli(&["lint", r, "--format", "json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ipc_sockets"], serde_json::json!([]));
+
+    // The generated deployment names its sockets and gets no such note.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    assert!(run_cli(&["generate", "asil-to-qm", "--root", r])
+        .0
+        .success());
+    let (_, out, _) = run_cli(&["lint", r]);
+    assert!(!out.contains("none of them"), "{out}");
+    let (_, out, _) = run_cli(&["lint", r, "--format", "json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["ipc_sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/run/ipc/ipc.socket"),
+        "{report}"
+    );
+}

@@ -228,6 +228,22 @@ pub fn check(d: &Deployment) -> Vec<Finding> {
     findings
 }
 
+/// The IPC sockets the rules found to check: the host's sockets that are
+/// IPC (under /run/ipc, or served or mounted into containers) and the
+/// sockets containers are told to use. None: the files are not an IPC
+/// deployment, and a clean report would say nothing.
+pub fn ipc_sockets(d: &Deployment) -> Vec<String> {
+    let mut paths: Vec<String> = host_sockets(d).into_iter().map(|s| s.path).collect();
+    for unit in d.host_containers.iter().chain(&d.qm_containers) {
+        if let Some((path, _)) = socket_env(unit) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// Is this the gateway's ASIL-side socket (`FileDescriptorName=provider`)?
 fn is_asil_side(unit: &Unit) -> bool {
     unit.value("Socket", "FileDescriptorName")
