@@ -83,6 +83,9 @@ enum Command {
     Lint(commands::deploy::LintArgs),
     /// Check an access policy file, or explain which rule decides.
     Policy(commands::policy::PolicyArgs),
+    /// List the topics and services the policy lets you see (needs its
+    /// list grant).
+    List(WithSocket<commands::list::ListArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell) to stdout.
     Completions(commands::docs::CompletionsArgs),
@@ -106,6 +109,7 @@ impl Command {
             Self::Call(w) => s(&w.socket),
             Self::Info(w) => s(&w.socket),
             Self::Stats(w) => s(&w.socket),
+            Self::List(w) => s(&w.socket),
             _ => None,
         }
     }
@@ -181,7 +185,7 @@ fn main() -> ExitCode {
         (None, None) => None,
         (None, Some(_)) => {
             let e = commands::CommandError::CommandLine(
-                "--socket applies to serve, client, get, subscribe, publish, call, info and stats only".into(),
+                "--socket applies to serve, client, get, subscribe, publish, call, info, stats and list only".into(),
             );
             report(&e, json);
             return ExitCode::from(e.exit_code());
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => commands::deploy::generate(args),
             Command::Lint(args) => commands::deploy::lint(args),
             Command::Policy(args) => commands::policy::run(args),
+            Command::List(w) => commands::list::list(socket, w.args).await,
             Command::Completions(args) => commands::docs::completions(args),
             Command::Man(args) => commands::docs::man(args),
         }

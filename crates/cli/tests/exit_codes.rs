@@ -113,6 +113,7 @@ fn socket_is_shown_and_accepted_only_where_it_acts() {
         "call",
         "info",
         "stats",
+        "list",
     ] {
         let (_, out, _) = run(&[command, "--help"]);
         assert!(out.contains("--socket <PATH>"), "{command} --help:\n{out}");

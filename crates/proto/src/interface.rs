@@ -47,6 +47,7 @@ pub enum Request {
         timeout_ms: Option<u64>,
     },
     Stats,
+    List,
 }
 
 /// A provider's answer to one request.
@@ -250,6 +251,7 @@ impl Request {
                 }
             }
             (GATEWAY_INTERFACE, "Stats") => Self::Stats,
+            (GATEWAY_INTERFACE, "List") => Self::List,
             (SERVICE_INTERFACE | GATEWAY_INTERFACE, _) => {
                 return Err(ErrorReply::MethodNotFound {
                     method: call.method.to_string(),
@@ -370,7 +372,7 @@ mod tests {
         fn any_parameters_to_any_method_never_panic(
             member in prop_oneof![
                 Just("Publish"), Just("Get"), Just("Subscribe"), Just("Register"), Just("Reply"),
-                Just("Call"), Just("Stats"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
+                Just("Call"), Just("Stats"), Just("List"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
             ],
             service_interface in any::<bool>(),
             params in json_value(),
@@ -411,6 +413,7 @@ mod tests {
                 json!({"service": "demo.echo", "method": "Echo", "parameters": {}, "timeout_ms": 100}),
             ),
             ("Stats", json!({})),
+            ("List", json!({})),
         ];
         let mut declared: Vec<&String> = idl.methods.keys().collect();
         declared.sort();

@@ -764,6 +764,29 @@ impl Session<'_> {
                 self.authorize(Action::Stats, "gateway")?;
                 Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
+            Request::List => {
+                self.authorize(Action::List, "gateway")?;
+                let identity = self.peer.identity();
+                let (topics, registered) = hub.listing(
+                    |topic| self.policy.may_read(&identity, topic),
+                    |service| {
+                        self.policy
+                            .check(&identity, Action::Call, service)
+                            .allowed()
+                    },
+                );
+                let mut services: Vec<(String, &str)> =
+                    registered.into_iter().map(|s| (s, "registered")).collect();
+                services.extend(
+                    hub.services()
+                        .iter()
+                        .map(|s| s.interface())
+                        .filter(|i| self.may_use_service(i))
+                        .map(|i| (i.to_owned(), "interface")),
+                );
+                services.sort();
+                Ok(Some(Answer::Json(list_reply(&topics, &services))))
+            }
         }
     }
 }
@@ -849,6 +872,33 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Topics and services a `List` reply names at most (the totals count
+/// all): the largest reply, names of 255 bytes, stays well inside the
+/// default reply queue.
+pub const LISTED_TOPICS: usize = 128;
+pub const LISTED_SERVICE_INFOS: usize = 64;
+
+/// The `List` reply.
+fn list_reply(
+    topics: &[crate::broker::topics::TopicSummary],
+    services: &[(String, &str)],
+) -> Value {
+    json!({
+        "topics": topics.iter().take(LISTED_TOPICS).map(|t| json!({
+            "topic": t.topic,
+            "seq": t.seq,
+            "bytes": t.bytes,
+            "subscribers": t.subscribers,
+        })).collect::<Vec<_>>(),
+        "topics_total": topics.len(),
+        "services": services.iter().take(LISTED_SERVICE_INFOS).map(|(service, kind)| json!({
+            "service": service,
+            "kind": kind,
+        })).collect::<Vec<_>>(),
+        "services_total": services.len(),
+    })
 }
 
 /// The `GetInfo` reply, listing `interfaces`.
@@ -945,6 +995,28 @@ mod tests {
         if let Err(e) = idl.check_output("Stats", &stats_reply(&snapshot)) {
             panic!("Stats reply: {e}");
         }
+        // List: its reply matches the IDL, and its largest fits the queue.
+        let name = |i: usize| format!("{i:0>255}");
+        let topics: Vec<_> = (0..Limits::default().max_topics)
+            .map(|i| crate::broker::topics::TopicSummary {
+                topic: name(i),
+                seq: u64::MAX,
+                bytes: usize::MAX,
+                subscribers: usize::MAX,
+            })
+            .collect();
+        let services: Vec<(String, &str)> = (0..Limits::default().max_services)
+            .map(|i| (name(i), "registered"))
+            .collect();
+        let list = list_reply(&topics, &services);
+        if let Err(e) = idl.check_output("List", &list) {
+            panic!("List reply: {e}");
+        }
+        let bytes = list.to_string().len();
+        assert!(
+            bytes < Limits::default().max_queued_bytes / 2,
+            "the largest List reply is {bytes} bytes"
+        );
         // Regression: QM registrations made the Stats reply larger than the
         // reply queue, and the ASIL side's Stats connection was closed.
         // The largest reply the bounds allow still fits.

@@ -173,4 +173,12 @@ impl Hub {
     pub fn snapshot(&self) -> Snapshot {
         self.lock().snapshot()
     }
+
+    pub fn listing(
+        &self,
+        visible_topic: impl Fn(&str) -> bool,
+        visible_service: impl Fn(&str) -> bool,
+    ) -> (Vec<crate::broker::topics::TopicSummary>, Vec<String>) {
+        self.lock().listing(visible_topic, visible_service)
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod deploy;
 pub mod docs;
+pub mod list;
 pub mod oneshot;
 pub mod policy;
 pub mod serve;

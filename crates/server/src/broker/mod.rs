@@ -686,6 +686,19 @@ impl Broker {
         }
     }
 
+    /// The topics and registered services the filters admit (the caller's
+    /// policy), each sorted by name, for `List`.
+    pub fn listing(
+        &self,
+        visible_topic: impl Fn(&str) -> bool,
+        visible_service: impl Fn(&str) -> bool,
+    ) -> (Vec<topics::TopicSummary>, Vec<String>) {
+        let topics = self.topics.summaries(visible_topic);
+        let mut services = self.calls.services();
+        services.retain(|s| visible_service(s));
+        (topics, services)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             instance: serde_json::from_str(&self.instance_json).unwrap_or_default(),

@@ -30,6 +30,8 @@ pub enum Action {
     Call,
     Register,
     Stats,
+    /// See which topics and services there are (`List`).
+    List,
 }
 
 impl Action {
@@ -40,6 +42,7 @@ impl Action {
             Self::Call => "call",
             Self::Register => "register",
             Self::Stats => "stats",
+            Self::List => "list",
         }
     }
 
@@ -50,6 +53,7 @@ impl Action {
             "call" => Self::Call,
             "register" => Self::Register,
             "stats" => Self::Stats,
+            "list" => Self::List,
             _ => return None,
         })
     }
@@ -85,6 +89,10 @@ pub struct Grants {
     pub call: Vec<TopicPattern>,
     pub register: Vec<TopicPattern>,
     pub stats: bool,
+    /// `List`: which topics there are (those the peer may read) and which
+    /// services (those it may call). A grant of its own: what exists is
+    /// information too.
+    pub list: bool,
 }
 
 impl Grants {
@@ -94,13 +102,14 @@ impl Grants {
             Action::Subscribe => &self.subscribe,
             Action::Call => &self.call,
             Action::Register => &self.register,
-            Action::Stats => &[],
+            Action::Stats | Action::List => &[],
         }
     }
 
     pub fn allows(&self, action: Action, name: &str) -> bool {
         match action {
             Action::Stats => self.stats,
+            Action::List => self.list,
             _ => self.patterns(action).iter().any(|p| p.matches(name)),
         }
     }
@@ -114,6 +123,7 @@ impl Grants {
     pub fn any(&self, action: Action) -> bool {
         match action {
             Action::Stats => self.stats,
+            Action::List => self.list,
             _ => !self.patterns(action).is_empty(),
         }
     }
