@@ -76,7 +76,7 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().max_topics, value_name = "N", value_parser = range::<usize>(1, 1_000_000))]
     max_topics: usize,
     /// Total bytes of all topics' last values (QM's together: 75%).
-    #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES", value_parser = range::<usize>(1024, 1 << 32))]
+    #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES", value_parser = range::<usize>(1, 1 << 32))]
     max_retained_bytes: usize,
     /// Topics one QM peer may create.
     #[arg(long, default_value_t = Limits::default().max_topics_per_peer, value_name = "N", value_parser = range::<usize>(0, 1_000_000))]
