@@ -181,7 +181,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let socket = match (cli.command.socket(), cli.socket) {
-        (Some(after), before) => after.or(before),
+        // The flag before the command name is explicit; the one after it
+        // may come from SOCKET_PATH, which a flag overrides.
+        (Some(after), before) => before.or(after),
         (None, None) => None,
         (None, Some(_)) => {
             let e = commands::CommandError::CommandLine(

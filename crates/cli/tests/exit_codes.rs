@@ -131,9 +131,19 @@ fn socket_is_shown_and_accepted_only_where_it_acts() {
     let (code, _, err) = run(&["--socket", "/run/x.socket", "policy", "default"]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--socket applies to"), "{err}");
-    // Before the command name it still works where it acts.
-    let (code, _, err) = run(&["--socket", "/nonexistent/ipc.socket", "info"]);
-    assert_eq!(code, 69, "{err}");
+    // Before the command name it still works where it acts, and as a flag
+    // it wins over SOCKET_PATH.
+    let (status, _, err) = common::run_cli_env(
+        &["--socket", "/nonexistent/ipc.socket", "info"],
+        &[("SOCKET_PATH", "/elsewhere/ipc.socket")],
+    );
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(err.contains("/nonexistent/ipc.socket"), "{err}");
+    // SOCKET_PATH alone is used by the commands that take --socket.
+    let (status, _, err) =
+        common::run_cli_env(&["stats"], &[("SOCKET_PATH", "/elsewhere/ipc.socket")]);
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(err.contains("/elsewhere/ipc.socket"), "{err}");
 }
 
 #[test]
