@@ -23,7 +23,8 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// More log output: -v debug, -vv trace (RUST_LOG overrides).
+    /// More log output: -v debug, -vv trace (QM_IPC_LOG or RUST_LOG
+    /// overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 

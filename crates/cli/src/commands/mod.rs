@@ -92,14 +92,22 @@ pub mod exit {
             "findings",
             "lint: warnings with --strict; policy explain: the policy denies",
         ),
-        (LINT_ERRORS, "lint-errors", "lint: errors in the checked files"),
+        (
+            LINT_ERRORS,
+            "lint-errors",
+            "lint: errors in the checked files",
+        ),
         (USAGE, "usage", "the command line is wrong"),
         (
             DATAERR,
             "bad-input",
-            "malformed input: JSON on the command line, a policy file, or parameters the gateway refused as invalid",
+            "malformed input: a JSON argument, a policy file, or parameters the gateway refused",
         ),
-        (NOINPUT, "no-input", "a file named on the command line is missing or unreadable"),
+        (
+            NOINPUT,
+            "no-input",
+            "a file named on the command line is missing or unreadable",
+        ),
         (
             NOTFOUND,
             "not-found",
@@ -110,16 +118,28 @@ pub mod exit {
             "unavailable",
             "cannot connect to the gateway, or the service behind it is unavailable",
         ),
-        (OSERR, "os-error", "serve: a socket or the ASIL thread cannot be set up"),
+        (
+            OSERR,
+            "os-error",
+            "serve: a socket or the ASIL thread cannot be set up",
+        ),
         (IOERR, "io-error", "the connection broke mid-way"),
         (
             TEMPFAIL,
             "temporary",
             "no answer in time, or a limit of the gateway was reached: try again later",
         ),
-        (PROTOCOL, "protocol", "the peer does not speak the gateway's varlink"),
+        (
+            PROTOCOL,
+            "protocol",
+            "the peer does not speak the gateway's varlink",
+        ),
         (NOPERM, "denied", "the gateway's policy denied the request"),
-        (CONFIG, "config", "serve: the policy or services file is wrong"),
+        (
+            CONFIG,
+            "config",
+            "serve: the policy or services file is wrong",
+        ),
         (
             SERVICE,
             "service-error",
