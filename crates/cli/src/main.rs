@@ -87,6 +87,9 @@ enum Command {
     /// List the topics and services the policy lets you see (needs its
     /// list grant).
     List(WithSocket<commands::list::ListArgs>),
+    /// Watch every publish, call, reply and provider error the policy lets
+    /// you see, with time and peer (needs its monitor grant).
+    Monitor(WithSocket<commands::monitor::MonitorArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell) to stdout.
     Completions(commands::docs::CompletionsArgs),
@@ -111,6 +114,7 @@ impl Command {
             Self::Info(w) => s(&w.socket),
             Self::Stats(w) => s(&w.socket),
             Self::List(w) => s(&w.socket),
+            Self::Monitor(w) => s(&w.socket),
             _ => None,
         }
     }
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
         (None, None) => None,
         (None, Some(_)) => {
             let e = commands::CommandError::CommandLine(
-                "--socket applies to serve, client, get, subscribe, publish, call, info, stats and list only".into(),
+                "--socket applies to serve, client, get, subscribe, publish, call, info, stats, list and monitor only".into(),
             );
             report(&e, json);
             return ExitCode::from(e.exit_code());
@@ -220,6 +224,7 @@ fn main() -> ExitCode {
             Command::Lint(args) => commands::deploy::lint(args),
             Command::Policy(args) => commands::policy::run(args),
             Command::List(w) => commands::list::list(socket, w.args).await,
+            Command::Monitor(w) => commands::monitor::monitor(socket, w.args).await,
             Command::Completions(args) => commands::docs::completions(args),
             Command::Man(args) => commands::docs::man(args),
         }

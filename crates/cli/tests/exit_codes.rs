@@ -114,6 +114,7 @@ fn socket_is_shown_and_accepted_only_where_it_acts() {
         "info",
         "stats",
         "list",
+        "monitor",
     ] {
         let (_, out, _) = run(&[command, "--help"]);
         assert!(out.contains("--socket <PATH>"), "{command} --help:\n{out}");

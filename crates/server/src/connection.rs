@@ -764,6 +764,12 @@ impl Session<'_> {
                 self.authorize(Action::Stats, "gateway")?;
                 Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
+            Request::Monitor { patterns } => {
+                self.authorize(Action::Monitor, "gateway")?;
+                hub.monitor(self.conn, patterns, self.max_patterns)?;
+                self.mode = Mode::Streaming;
+                Ok(None)
+            }
             Request::List => {
                 self.authorize(Action::List, "gateway")?;
                 let identity = self.peer.identity();
@@ -994,6 +1000,34 @@ mod tests {
         };
         if let Err(e) = idl.check_output("Stats", &stats_reply(&snapshot)) {
             panic!("Stats reply: {e}");
+        }
+        // Monitor: every kind of event is what the IDL declares.
+        use crate::broker::monitor::Event;
+        for event in [
+            Event::Publish {
+                topic: "vehicle.speed",
+                seq: 3,
+                value_json: r#"{"kmh":50}"#,
+            },
+            Event::Call {
+                service: "demo.echo",
+                method: "Echo",
+                id: 4,
+            },
+            Event::Reply {
+                service: "demo.echo",
+                id: 4,
+            },
+            Event::Error {
+                service: "demo.echo",
+                id: 4,
+                error: "com.example.Broken",
+            },
+        ] {
+            let reply = json!({ "event": event.to_json("consumer pid=1", 1, 2) });
+            if let Err(e) = idl.check_output("Monitor", &reply) {
+                panic!("Monitor reply {event:?}: {e}");
+            }
         }
         // List: its reply matches the IDL, and its largest fits the queue.
         let name = |i: usize| format!("{i:0>255}");

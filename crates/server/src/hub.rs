@@ -146,6 +146,15 @@ impl Hub {
         self.lock().subscribe(conn, patterns, max_patterns)
     }
 
+    pub fn monitor(
+        &self,
+        conn: ConnId,
+        patterns: Vec<TopicPattern>,
+        max_patterns: usize,
+    ) -> Result<(), ErrorReply> {
+        self.lock().monitor(conn, patterns, max_patterns)
+    }
+
     pub fn register(&self, conn: ConnId, services: Vec<String>) -> Result<(), ErrorReply> {
         self.lock().register(conn, services)
     }

@@ -3,6 +3,7 @@
 pub mod deploy;
 pub mod docs;
 pub mod list;
+pub mod monitor;
 pub mod oneshot;
 pub mod policy;
 pub mod serve;

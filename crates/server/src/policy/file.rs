@@ -63,6 +63,8 @@ struct AllowFile {
     stats: bool,
     #[serde(default)]
     list: bool,
+    #[serde(default)]
+    monitor: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -181,6 +183,7 @@ impl Policy {
                     register: patterns(r.allow.register, "register")?,
                     stats: r.allow.stats,
                     list: r.allow.list,
+                    monitor: r.allow.monitor,
                 },
                 limits: RuleLimits {
                     rate,

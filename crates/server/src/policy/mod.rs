@@ -32,6 +32,8 @@ pub enum Action {
     Stats,
     /// See which topics and services there are (`List`).
     List,
+    /// Watch what happens (`Monitor`).
+    Monitor,
 }
 
 impl Action {
@@ -43,6 +45,7 @@ impl Action {
             Self::Register => "register",
             Self::Stats => "stats",
             Self::List => "list",
+            Self::Monitor => "monitor",
         }
     }
 
@@ -54,6 +57,7 @@ impl Action {
             "register" => Self::Register,
             "stats" => Self::Stats,
             "list" => Self::List,
+            "monitor" => Self::Monitor,
             _ => return None,
         })
     }
@@ -93,6 +97,9 @@ pub struct Grants {
     /// services (those it may call). A grant of its own: what exists is
     /// information too.
     pub list: bool,
+    /// `Monitor`: every publish, call, reply and error, of the topics the
+    /// peer may read and the services it may call.
+    pub monitor: bool,
 }
 
 impl Grants {
@@ -102,7 +109,7 @@ impl Grants {
             Action::Subscribe => &self.subscribe,
             Action::Call => &self.call,
             Action::Register => &self.register,
-            Action::Stats | Action::List => &[],
+            Action::Stats | Action::List | Action::Monitor => &[],
         }
     }
 
@@ -110,6 +117,7 @@ impl Grants {
         match action {
             Action::Stats => self.stats,
             Action::List => self.list,
+            Action::Monitor => self.monitor,
             _ => self.patterns(action).iter().any(|p| p.matches(name)),
         }
     }
@@ -124,6 +132,7 @@ impl Grants {
         match action {
             Action::Stats => self.stats,
             Action::List => self.list,
+            Action::Monitor => self.monitor,
             _ => !self.patterns(action).is_empty(),
         }
     }
