@@ -444,7 +444,11 @@ impl Broker {
             },
         );
         self.published += 1;
-        if let Some(value) = self.topics.current(topic).map(|(_, v)| v) {
+        if let Some(value) = self
+            .has_monitors()
+            .then(|| self.topics.current(topic).map(|(_, v)| v))
+            .flatten()
+        {
             self.emit(
                 conn,
                 monitor::Event::Publish {
@@ -625,7 +629,11 @@ impl Broker {
         if let Some(connection) = self.connections.get_mut(&caller) {
             connection.state = ConnectionState::InCall(id);
         }
-        if let Some((service, method)) = self.calls.pending_call(id) {
+        if let Some((service, method)) = self
+            .has_monitors()
+            .then(|| self.calls.pending_call(id))
+            .flatten()
+        {
             let (service, method) = (service.to_owned(), method.to_owned());
             self.emit(
                 caller,
@@ -664,7 +672,10 @@ impl Broker {
         id: CallId,
         outcome: ReplyOutcome,
     ) -> Result<(), ErrorReply> {
-        let service = self.calls.pending_call(id).map(|(s, _)| s.to_owned());
+        let service = self
+            .has_monitors()
+            .then(|| self.calls.pending_call(id).map(|(s, _)| s.to_owned()))
+            .flatten();
         let error = match &outcome {
             ReplyOutcome::Error { error, .. } => Some(error.clone()),
             ReplyOutcome::Result(_) => None,
@@ -715,18 +726,19 @@ impl Broker {
         Ok(())
     }
 
+    /// Is any connection monitoring? (Nothing is built for monitors when
+    /// none is.)
+    fn has_monitors(&self) -> bool {
+        self.connections
+            .values()
+            .any(|c| matches!(c.state, ConnectionState::Monitoring(_)))
+    }
+
     /// Hands `event`, done by `actor`, to every monitor that may see it:
     /// a pattern matches its name, and the monitor's policy lets it read
     /// the topic or call the service. Never waits: a full outbox loses the
     /// event and counts it.
     fn emit(&mut self, actor: ConnId, event: monitor::Event<'_>, timestamp_us: u64) {
-        if !self
-            .connections
-            .values()
-            .any(|c| matches!(c.state, ConnectionState::Monitoring(_)))
-        {
-            return;
-        }
         let peer = self
             .connections
             .get(&actor)
