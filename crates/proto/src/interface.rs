@@ -51,6 +51,10 @@ pub enum Request {
     Describe {
         topic: String,
     },
+    List,
+    Monitor {
+        patterns: Vec<TopicPattern>,
+    },
 }
 
 /// A provider's answer to one request.
@@ -196,17 +200,9 @@ impl Request {
                 check_name("topic", &topic)?;
                 Self::Get { topic }
             }
-            (GATEWAY_INTERFACE, "Subscribe") => {
-                let topics = p.string_array("topics")?;
-                if topics.is_empty() {
-                    return Err(ErrorReply::invalid("topics", "no topic given"));
-                }
-                let topics = topics
-                    .iter()
-                    .map(|t| TopicPattern::parse(t))
-                    .collect::<Result<_, _>>()?;
-                Self::Subscribe { topics }
-            }
+            (GATEWAY_INTERFACE, "Subscribe") => Self::Subscribe {
+                topics: patterns(&mut p, "topics", "no topic given")?,
+            },
             (GATEWAY_INTERFACE, "Register") => {
                 let services = p.string_array("services")?;
                 if services.is_empty() {
@@ -266,6 +262,10 @@ impl Request {
                 check_name("topic", &topic)?;
                 Self::Describe { topic }
             }
+            (GATEWAY_INTERFACE, "List") => Self::List,
+            (GATEWAY_INTERFACE, "Monitor") => Self::Monitor {
+                patterns: patterns(&mut p, "patterns", "no pattern given")?,
+            },
             (SERVICE_INTERFACE | GATEWAY_INTERFACE, _) => {
                 return Err(ErrorReply::MethodNotFound {
                     method: call.method.to_string(),
@@ -283,13 +283,25 @@ impl Request {
 
     /// Streaming methods must be called with `"more": true`.
     pub fn requires_more(&self) -> bool {
-        matches!(self, Self::Subscribe { .. } | Self::Register { .. })
+        matches!(
+            self,
+            Self::Subscribe { .. } | Self::Register { .. } | Self::Monitor { .. }
+        )
     }
 }
 
 /// A value the gateway will store or forward, checked strictly (finite
 /// numbers, no lone surrogates, bounded depth, members and strings, no
 /// duplicate keys): nothing it passes on may fail a conforming JSON parser.
+/// A non-empty list of topic (or service) patterns.
+fn patterns(p: &mut Params, name: &str, empty: &str) -> Result<Vec<TopicPattern>, ErrorReply> {
+    let texts = p.string_array(name)?;
+    if texts.is_empty() {
+        return Err(ErrorReply::invalid(name, empty));
+    }
+    texts.iter().map(|t| TopicPattern::parse(t)).collect()
+}
+
 fn strict(parameter: &str, value: RawJson) -> Result<RawJson, ErrorReply> {
     crate::validate::check_value(value.get(), &crate::validate::ValueLimits::default())
         .map_err(|e| ErrorReply::invalid(parameter, e.to_string()))?;
@@ -386,7 +398,8 @@ mod tests {
         fn any_parameters_to_any_method_never_panic(
             member in prop_oneof![
                 Just("Publish"), Just("Get"), Just("Subscribe"), Just("Register"), Just("Reply"),
-                Just("Call"), Just("Stats"), Just("Instance"), Just("Describe"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
+                Just("Call"), Just("Stats"), Just("Instance"), Just("Describe"), Just("List"), Just("Monitor"),
+                Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
             ],
             service_interface in any::<bool>(),
             params in json_value(),
@@ -429,6 +442,8 @@ mod tests {
             ("Stats", json!({})),
             ("Instance", json!({})),
             ("Describe", json!({"topic": "a.b"})),
+            ("List", json!({})),
+            ("Monitor", json!({"patterns": ["*"]})),
         ];
         let mut declared: Vec<&String> = idl.methods.keys().collect();
         declared.sort();

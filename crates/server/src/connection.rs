@@ -192,6 +192,17 @@ pub async fn serve(
         Ended::PeerClosed | Ended::Shutdown | Ended::IdleTimeout => {
             tracing::debug!(conn, %peer, ?ended, "closed")
         }
+        // A peer that hangs up with replies still unread resets the
+        // connection: that is its way of closing, not the gateway's
+        // problem (every `qm-ipc demo` ended on a warning of it).
+        Ended::ReadFailed(e) | Ended::WriteFailed(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            tracing::debug!(conn, %peer, ?ended, "closed by the peer")
+        }
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
     ended
@@ -856,6 +867,35 @@ impl Session<'_> {
                 self.authorize(Action::Stats, "gateway")?;
                 Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
+            Request::Monitor { patterns } => {
+                self.authorize(Action::Monitor, "gateway")?;
+                hub.monitor(self.conn, patterns, self.max_patterns)?;
+                self.mode = Mode::Streaming;
+                Ok(None)
+            }
+            Request::List => {
+                self.authorize(Action::List, "gateway")?;
+                let identity = self.peer.identity();
+                let (topics, registered) = hub.listing(
+                    |topic| self.policy.may_read(&identity, topic),
+                    |service| {
+                        self.policy
+                            .check(&identity, Action::Call, service)
+                            .allowed()
+                    },
+                );
+                let mut services: Vec<(String, &str)> =
+                    registered.into_iter().map(|s| (s, "registered")).collect();
+                services.extend(
+                    hub.services()
+                        .iter()
+                        .map(|s| s.interface())
+                        .filter(|i| self.may_use_service(i))
+                        .map(|i| (i.to_owned(), "interface")),
+                );
+                services.sort();
+                Ok(Some(Answer::Json(list_reply(&topics, &services))))
+            }
         }
     }
 }
@@ -943,13 +983,42 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Topics and services a `List` reply names at most (the totals count
+/// all): the largest reply, names of 255 bytes, stays well inside the
+/// default reply queue.
+pub const LISTED_TOPICS: usize = 128;
+pub const LISTED_SERVICE_INFOS: usize = 64;
+
+/// The `List` reply.
+fn list_reply(
+    topics: &[crate::broker::topics::TopicSummary],
+    services: &[(String, &str)],
+) -> Value {
+    json!({
+        "topics": topics.iter().take(LISTED_TOPICS).map(|t| json!({
+            "topic": t.topic,
+            "seq": t.seq,
+            "bytes": t.bytes,
+            "subscribers": t.subscribers,
+        })).collect::<Vec<_>>(),
+        "topics_total": topics.len(),
+        "services": services.iter().take(LISTED_SERVICE_INFOS).map(|(service, kind)| json!({
+            "service": service,
+            "kind": kind,
+        })).collect::<Vec<_>>(),
+        "services_total": services.len(),
+    })
+}
+
 /// The `GetInfo` reply, listing `interfaces`.
 fn info_reply(interfaces: &[String]) -> Value {
     json!({
         "vendor": "qm-ipc",
         "product": "qm-ipc gateway",
         "version": env!("CARGO_PKG_VERSION"),
-        "url": "https://github.com/qm-ipc/qm-ipc",
+        // The manual page the packaging installs: a URL that nothing confirmed
+        // was here before; this one is on every machine with the package.
+        "url": "man:qm-ipc(1)",
         "interfaces": interfaces,
     })
 }
@@ -1039,6 +1108,56 @@ mod tests {
         let typed: qm_ipc_proto::Stats =
             serde_json::from_value(stats_reply(&snapshot)).expect("typed Stats reads the reply");
         assert_eq!(typed.per_connection[0].state, "streaming");
+        // Monitor: every kind of event is what the IDL declares.
+        use crate::broker::monitor::Event;
+        for event in [
+            Event::Publish {
+                topic: "vehicle.speed",
+                seq: 3,
+                value_json: r#"{"kmh":50}"#,
+            },
+            Event::Call {
+                service: "demo.echo",
+                method: "Echo",
+                id: 4,
+            },
+            Event::Reply {
+                service: "demo.echo",
+                id: 4,
+            },
+            Event::Error {
+                service: "demo.echo",
+                id: 4,
+                error: "com.example.Broken",
+            },
+        ] {
+            let reply = json!({ "event": event.to_json("consumer pid=1", 1, 2) });
+            if let Err(e) = idl.check_output("Monitor", &reply) {
+                panic!("Monitor reply {event:?}: {e}");
+            }
+        }
+        // List: its reply matches the IDL, and its largest fits the queue.
+        let name = |i: usize| format!("{i:0>255}");
+        let topics: Vec<_> = (0..Limits::default().max_topics)
+            .map(|i| crate::broker::topics::TopicSummary {
+                topic: name(i),
+                seq: u64::MAX,
+                bytes: usize::MAX,
+                subscribers: usize::MAX,
+            })
+            .collect();
+        let services: Vec<(String, &str)> = (0..Limits::default().max_services)
+            .map(|i| (name(i), "registered"))
+            .collect();
+        let list = list_reply(&topics, &services);
+        if let Err(e) = idl.check_output("List", &list) {
+            panic!("List reply: {e}");
+        }
+        let bytes = list.to_string().len();
+        assert!(
+            bytes < Limits::default().max_queued_bytes / 2,
+            "the largest List reply is {bytes} bytes"
+        );
         // Regression: QM registrations made the Stats reply larger than the
         // reply queue, and the ASIL side's Stats connection was closed.
         // The largest reply the bounds allow still fits.

@@ -161,6 +161,15 @@ impl Hub {
         self.lock().subscribe(conn, patterns, max_patterns)
     }
 
+    pub fn monitor(
+        &self,
+        conn: ConnId,
+        patterns: Vec<TopicPattern>,
+        max_patterns: usize,
+    ) -> Result<(), ErrorReply> {
+        self.lock().monitor(conn, patterns, max_patterns)
+    }
+
     pub fn register(&self, conn: ConnId, services: Vec<String>) -> Result<(), ErrorReply> {
         self.lock().register(conn, services)
     }
@@ -187,5 +196,13 @@ impl Hub {
 
     pub fn snapshot(&self) -> Snapshot {
         self.lock().snapshot()
+    }
+
+    pub fn listing(
+        &self,
+        visible_topic: impl Fn(&str) -> bool,
+        visible_service: impl Fn(&str) -> bool,
+    ) -> (Vec<crate::broker::topics::TopicSummary>, Vec<String>) {
+        self.lock().listing(visible_topic, visible_service)
     }
 }
