@@ -86,6 +86,26 @@ fn numeric_flags_are_refused_with_their_range() {
             "from 1 to 3600000",
         ),
         (
+            &["get", "vehicle.speed", "--timeout-ms", "0"][..],
+            "--timeout-ms",
+            "from 1 to 86400000",
+        ),
+        (
+            &["subscribe", "t", "--count", "0"][..],
+            "--count",
+            "from 1 to",
+        ),
+        (
+            &["call", "a.b.C", "--call-timeout-ms", "0"][..],
+            "--call-timeout-ms",
+            "from 1 to 86400000",
+        ),
+        (
+            &["client", "--max-backoff-ms", "5"][..],
+            "--max-backoff-ms",
+            "from 100 to 3600000",
+        ),
+        (
             &["generate", "asil-to-qm", "--watchdog-sec", "100000"][..],
             "--watchdog-sec",
             "from 0 to 86400",
