@@ -506,6 +506,38 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Answer>, ErrorReply> {
         self.authorize(Action::Call, method)?;
+        // Monitors see the call and how it ended.
+        let (hub, conn) = (self.hub, self.conn);
+        let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
+        let id = hub.next_proxied_id();
+        hub.observe_proxied_call(conn, service.interface(), member, id, None);
+        let outcome = self
+            .forward_authorized(service, method, parameters, oneway, streaming, shutdown)
+            .await;
+        let error = match &outcome {
+            Err(e) => Some(e.name()),
+            Ok(Some(Answer::Relayed(frame))) => relayed_error(frame),
+            Ok(_) => None,
+        };
+        hub.observe_proxied_call(
+            conn,
+            service.interface(),
+            member,
+            id,
+            Some(error.as_deref()),
+        );
+        outcome
+    }
+
+    async fn forward_authorized(
+        &mut self,
+        service: &ServiceProxy,
+        method: &str,
+        parameters: Option<String>,
+        oneway: bool,
+        streaming: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Answer>, ErrorReply> {
         let timeout = self.hub.limits().default_call_timeout;
         let qm_caller = (!self.peer.is_provider()).then(|| self.peer.account_key());
         let unavailable = || ErrorReply::ServiceUnavailable {
@@ -974,6 +1006,15 @@ async fn hangup(stream: &UnixStream) {
             Err(_) => return,
         }
     }
+}
+
+/// The error name of a relayed reply, if it is an error.
+fn relayed_error(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorName {
+        error: Option<String>,
+    }
+    serde_json::from_slice::<ErrorName>(frame).ok()?.error
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

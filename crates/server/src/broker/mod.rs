@@ -726,6 +726,39 @@ impl Broker {
         Ok(())
     }
 
+    /// A call of `actor` to an ASIL service behind the gateway, and its
+    /// outcome (`None`: answered; `Some(error)`: the error it ended with),
+    /// for monitors; `id` pairs the two events.
+    pub fn observe_proxied_call(
+        &mut self,
+        actor: ConnId,
+        interface: &str,
+        method: &str,
+        id: u64,
+        outcome: Option<Option<&str>>,
+    ) {
+        if !self.has_monitors() {
+            return;
+        }
+        let event = match outcome {
+            None => monitor::Event::Call {
+                service: interface,
+                method,
+                id,
+            },
+            Some(None) => monitor::Event::Reply {
+                service: interface,
+                id,
+            },
+            Some(Some(error)) => monitor::Event::Error {
+                service: interface,
+                id,
+                error,
+            },
+        };
+        self.emit(actor, event, Now::read().wall_us);
+    }
+
     /// Is any connection monitoring? (Nothing is built for monitors when
     /// none is.)
     fn has_monitors(&self) -> bool {
@@ -753,9 +786,18 @@ impl Broker {
                 continue;
             };
             let name = event.name();
-            if !watch.patterns.iter().any(|p| p.matches(name))
-                || !policy.check(&c.peer.identity(), action, name).allowed()
-            {
+            let identity = c.peer.identity();
+            // A service behind the gateway is an interface whose grants
+            // name its methods (`com.example.Climate.*`): a monitor that
+            // may call one of them sees the interface's calls.
+            let may_see = policy.check(&identity, action, name).allowed()
+                || (action == Action::Call
+                    && TopicPattern::parse(&format!("{name}.*")).is_ok_and(|methods| {
+                        policy
+                            .rule_for(&identity)
+                            .is_some_and(|r| r.grants.overlaps(Action::Call, &methods))
+                    }));
+            if !watch.patterns.iter().any(|p| p.matches(name)) || !may_see {
                 continue;
             }
             let json = event.to_json(&peer, timestamp_us, watch.dropped);
