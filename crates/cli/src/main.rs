@@ -37,6 +37,10 @@ enum Command {
     /// Run gateway, demo provider and demo client together on temporary
     /// sockets and show both directions flowing.
     Demo(demo::DemoArgs),
+    /// Run the demo's ASIL service: io.qmipc.Demo on its own socket (behind
+    /// the gateway), publishing vehicle.speed and logging the client's time
+    /// through the provider socket.
+    DemoService(demo::service::DemoServiceArgs),
     /// Print the current value of a topic.
     Get(commands::oneshot::GetArgs),
     /// Print samples of topics as they arrive (patterns like `vehicle.*`).
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => commands::serve::run(socket, args).await,
             Command::Client(args) => demo::client::run_command(socket, args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::DemoService(args) => demo::service::run_command(args).await,
             Command::Get(args) => commands::oneshot::get(socket, args).await,
             Command::Subscribe(args) => commands::oneshot::subscribe(socket, args).await,
             Command::Publish(args) => commands::oneshot::publish(socket, args).await,
