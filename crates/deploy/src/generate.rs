@@ -581,6 +581,8 @@ struct ContainerSpec<'a> {
     description: &'a str,
     /// Both `Requires=` and `After=` these units.
     depends_on: Vec<String>,
+    /// More of `[Unit]`, after those.
+    unit_extra: Vec<(&'static str, String)>,
     image: &'a str,
     exec: String,
     env: Vec<String>,
@@ -605,6 +607,9 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     if !spec.depends_on.is_empty() {
         let units = spec.depends_on.join(" ");
         c.push_entry("Requires", &units).push_entry("After", &units);
+    }
+    for (key, value) in &spec.unit_extra {
+        c.push_entry(key, value);
     }
     c.push_section("Container")
         .push_entry("Image", spec.image)
@@ -856,6 +861,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                             pod: None,
                             service_extra,
                             wanted_by: vec![],
+                            unit_extra: vec![],
                         },
                     );
                     files.push(file(
@@ -914,6 +920,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     pod: None,
                     service_extra: vec![],
                     wanted_by: vec![],
+                    unit_extra: vec![],
                 },
             );
             files.push(file(
@@ -1016,6 +1023,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     pod: pod.clone(),
                     service_extra: vec![],
                     wanted_by: vec![],
+                    unit_extra: vec![],
                 },
             );
             files.push(file(
@@ -1043,6 +1051,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     pod,
                     service_extra,
                     wanted_by: vec![],
+                    unit_extra: vec![],
                 },
             );
             files.push(file(
@@ -1107,6 +1116,13 @@ fn demo_service_files(
             pod: None,
             service_extra: vec![("Sockets", socket_unit.clone())],
             wanted_by: vec![format!("{}.service", o.server_name)],
+            // Stopped with the gateway, and before it: a service left
+            // running would reconnect to the provider socket and so start
+            // the gateway again mid-stop (seen under real systemd).
+            unit_extra: vec![
+                ("PartOf", format!("{}.service", o.server_name)),
+                ("After", format!("{}.service", o.server_name)),
+            ],
         },
     );
     Ok(vec![
