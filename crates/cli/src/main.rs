@@ -65,6 +65,10 @@ enum Command {
     /// Run gateway, demo provider and demo client together on temporary
     /// sockets and show both directions flowing.
     Demo(demo::DemoArgs),
+    /// Run the demo's ASIL service: io.qmipc.Demo on its own socket (behind
+    /// the gateway), publishing vehicle.speed and logging the client's time
+    /// through the provider socket.
+    DemoService(demo::service::DemoServiceArgs),
     /// Print the current value of a topic.
     Get(WithSocket<commands::oneshot::GetArgs>),
     /// Print samples of topics as they arrive (patterns like `vehicle.*`).
@@ -214,6 +218,7 @@ fn main() -> ExitCode {
             Command::Serve(w) => commands::serve::run(socket, w.args).await,
             Command::Client(w) => demo::client::run_command(socket, w.args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::DemoService(args) => demo::service::run_command(args).await,
             Command::Get(w) => commands::oneshot::get(socket, w.args).await,
             Command::Subscribe(w) => commands::oneshot::subscribe(socket, w.args).await,
             Command::Publish(w) => commands::oneshot::publish(socket, w.args).await,

@@ -19,6 +19,13 @@ fn demo_shows_both_directions_and_stops_after_count() {
         "the provider logs the client's time:\n{stdout}"
     );
     assert_eq!(stdout.matches("client: sent time").count(), 3, "{stdout}");
+    // QM reached the ASIL service through the gateway.
+    assert!(
+        stdout.contains(
+            r#"client: io.qmipc.Demo.Echo {"text":"hello from QM"} -> {"text":"hello from QM"}"#
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("vehicle.speed = "),
         "the client receives vehicle.speed:\n{stdout}"
@@ -103,4 +110,86 @@ fn client_waits_for_a_gateway_that_is_not_there_yet() {
             .count(),
         2
     );
+}
+
+/// `qm-ipc demo-service` as the generated deployment runs it: its own
+/// socket declared in the gateway's services file, the gateway's provider
+/// socket for the speed and the client's time. QM calls it with `qm-ipc
+/// call INTERFACE.METHOD`, reads the speed it publishes, and its time line
+/// is printed by the service.
+#[test]
+fn demo_service_behind_the_gateway_answers_qm_and_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let service_socket = dir.path().join("run/asil/io.qmipc.Demo.socket");
+    let services = dir.path().join("services.toml");
+    std::fs::write(
+        &services,
+        qm_ipc_deploy::generate::demo_service_entry(&service_socket.display().to_string()),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, qm_ipc_deploy::generate::DEMO_POLICY).unwrap();
+    let mut gw = Gateway::start(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--services",
+        services.to_str().unwrap(),
+    ]);
+    let mut service = Proc::spawn({
+        let mut c = Command::new(bin());
+        c.arg("demo-service")
+            .arg("--service-socket")
+            .arg(&service_socket)
+            .arg("--provider-socket")
+            .arg(&gw.provider)
+            .env_remove("LISTEN_FDS");
+        c
+    });
+    service.wait_line("publishing vehicle.speed at 10 Hz");
+
+    let consumer = gw.consumer.to_str().unwrap().to_owned();
+    let (status, stdout, stderr) = run_cli(&[
+        "--socket",
+        &consumer,
+        "call",
+        "--json",
+        "io.qmipc.Demo.Echo",
+        r#"{"text": "ping"}"#,
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), r#"{"text":"ping"}"#);
+    let (status, stdout, stderr) = run_cli(&[
+        "--socket",
+        &consumer,
+        "call",
+        "--json",
+        "io.qmipc.Demo.Speed",
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("\"kmh\":"), "{stdout}");
+    // Checked at the gateway against the service's own IDL.
+    let (status, stdout, stderr) = run_cli(&[
+        "--socket",
+        &consumer,
+        "call",
+        "io.qmipc.Demo.Echo",
+        r#"{"text": 1}"#,
+    ]);
+    assert!(!status.success(), "{stdout}");
+    assert!(stderr.contains("InvalidParameter"), "{stderr}");
+
+    let (status, stdout, stderr) = run_cli(&["--socket", &consumer, "get", "vehicle.speed"]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("kmh"), "{stdout}");
+    let (status, stdout, stderr) = run_cli(&[
+        "--socket",
+        &consumer,
+        "publish",
+        "demo.time",
+        r#"{"time": "12:34:56"}"#,
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    service.wait_line("Current time received from client is: 12:34:56");
+    gw.proc.signal(libc::SIGTERM);
+    gw.proc.wait_exit();
 }

@@ -124,24 +124,61 @@ fn podman_command(dir: &Path, service: &str) -> Vec<String> {
     unit_command(dir, service, "ExecStart")
 }
 
-/// The server's command with its configuration mount (`-v /etc/qm-ipc/:...`)
-/// taken from the generated tree instead of this machine's `/etc`, and its
-/// services' socket directory (`-v /run/asil/:...`, which systemd would
+/// A command with its configuration mount (`-v /etc/qm-ipc/:...`) taken
+/// from the generated tree instead of this machine's `/etc`, and the ASIL
+/// side's socket directories (`-v /run/asil/:...` of the services,
+/// `-v /run/qm-ipc/:...` of the provider socket, which systemd would
 /// create) from the tree too: the tests leave the machine's alone.
 fn with_staged_config(cmd: Vec<String>, root: &Path) -> Vec<String> {
-    let services = root.join("run/asil");
-    std::fs::create_dir_all(&services).expect("stage the services' socket directory");
+    for dir in ["run/asil", "run/qm-ipc"] {
+        std::fs::create_dir_all(root.join(dir)).expect("stage an ASIL socket directory");
+    }
     cmd.into_iter()
         .map(|word| {
-            if let Some(rest) = word.strip_prefix("/etc/qm-ipc/:") {
-                format!("{}/:{rest}", root.join("etc/qm-ipc").display())
-            } else if let Some(rest) = word.strip_prefix("/run/asil/:") {
-                format!("{}/:{rest}", services.display())
-            } else {
-                word
+            for dir in ["/etc/qm-ipc", "/run/asil", "/run/qm-ipc"] {
+                if let Some(rest) = word.strip_prefix(&format!("{dir}/:")) {
+                    let staged = root.join(dir.trim_start_matches('/'));
+                    return format!("{}/:{rest}", staged.display());
+                }
             }
+            word
         })
         .collect()
+}
+
+/// `systemd-socket-activate` standing in for socket units `listen` (with
+/// the fd names `names`) and a service with `Restart=always` running
+/// `cmd`, its `stop_post` after each run.
+fn activator(
+    listen: &[&Path],
+    names: &str,
+    notify: &Path,
+    cidfile: &str,
+    stop_post: &[String],
+    cmd: &[String],
+) -> Proc {
+    let mut activator = Command::new("systemd-socket-activate");
+    for path in listen {
+        activator.arg("-l").arg(path);
+    }
+    activator
+        .arg(format!("--fdname={names}"))
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.display()))
+        .arg("-E")
+        .arg(format!("CONTAINERS_CONF={}", containers_conf().display()))
+        .arg("-E")
+        .arg(format!(
+            "PATH={}",
+            std::env::var("PATH").unwrap_or_default()
+        ))
+        .arg("--")
+        .arg(repo().join("crates/cli/tests/e2e/restart-always.sh"))
+        .arg(cidfile)
+        .args(stop_post)
+        .arg("--")
+        .args(cmd);
+    Proc::spawn(activator)
 }
 
 /// The value of `--cidfile=` in a podman command.
@@ -241,31 +278,51 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
         listen, socket_path,
         "the socket unit listens where the containers look"
     );
+    // The ASIL side's sockets, staged in the tree: the provider socket
+    // (its directory mounted into the demo service) and the demo service's
+    // own (its directory mounted into the gateway).
+    let provider = root.join("run/qm-ipc/provider.socket");
+    let demo_unit = format!("{tag}_server-demo");
+    let demo_listen = listen_path(&root.join(format!("etc/systemd/system/{demo_unit}.socket")));
+    assert_eq!(demo_listen, Path::new("/run/asil/io.qmipc.Demo.socket"));
+    let demo_socket = root.join("run/asil/io.qmipc.Demo.socket");
+    let demo_cmd = with_staged_config(
+        podman_command(&host_dir, &format!("{demo_unit}.service")),
+        &root,
+    );
+    let demo_stop_post = unit_command(&host_dir, &format!("{demo_unit}.service"), "ExecStopPost");
+    let demo_name = container_name(&demo_cmd);
+    let _demo_cleanup = Cleanup {
+        containers: vec![demo_name.clone()],
+        dirs: vec![],
+        files: vec![PathBuf::from(cidfile(&demo_cmd))],
+    };
 
-    // The socket unit's stand-in, with Restart=always.
+    // The socket units' stand-ins, with Restart=always.
     std::fs::create_dir_all(&socket_dir).unwrap();
     let mut notify = NotifyReceiver::new(tmp.path());
-    let mut activator = Command::new("systemd-socket-activate");
-    activator
-        .arg("-l")
-        .arg(&listen)
-        .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
-        .arg("-E")
-        .arg(format!("CONTAINERS_CONF={}", containers_conf().display()))
-        .arg("-E")
-        .arg(format!(
-            "PATH={}",
-            std::env::var("PATH").unwrap_or_default()
-        ))
-        .arg("--")
-        .arg(repo().join("crates/cli/tests/e2e/restart-always.sh"))
-        .arg(cidfile(&server_cmd))
-        .args(&stop_post)
-        .arg("--")
-        .args(&server_cmd);
-    let _activator = Proc::spawn(activator);
-    wait_until("the socket to listen", || listen.exists());
+    let _activator = activator(
+        &[&listen, &provider],
+        "consumer:provider",
+        &notify.path,
+        &cidfile(&server_cmd),
+        &stop_post,
+        &server_cmd,
+    );
+    let demo_notify_dir = tmp.path().join("demo");
+    std::fs::create_dir_all(&demo_notify_dir).unwrap();
+    let mut demo_notify = NotifyReceiver::new(&demo_notify_dir);
+    let _demo_activator = activator(
+        &[&demo_socket],
+        "io.qmipc.Demo",
+        &demo_notify.path,
+        &cidfile(&demo_cmd),
+        &demo_stop_post,
+        &demo_cmd,
+    );
+    wait_until("the sockets to listen", || {
+        listen.exists() && provider.exists() && demo_socket.exists()
+    });
     assert!(
         notify.poll().is_empty(),
         "nothing is ready before the first connection"
@@ -282,6 +339,35 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
     drop(probe);
     let mut server_log = follow_logs(&server_name);
     server_log.wait_line("listening on consumer (socket-activated)");
+    server_log.wait_line("listening on provider (socket-activated)");
+
+    // QM calls the ASIL service through the gateway: the gateway's connect
+    // to the service's socket starts its container (socket activation),
+    // and the reply comes back through the gateway.
+    let mut echoed = String::new();
+    wait_until("io.qmipc.Demo.Echo answered through the gateway", || {
+        let out = Command::new(bin())
+            .arg("--socket")
+            .arg(&listen)
+            .args([
+                "call",
+                "--json",
+                "io.qmipc.Demo.Echo",
+                r#"{"text":"from QM"}"#,
+            ])
+            .output()
+            .expect("run qm-ipc call");
+        echoed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.status.success()
+    });
+    assert_eq!(echoed.trim(), r#"{"text":"from QM"}"#);
+    demo_notify.wait_for("READY=1");
+    let mut demo_log = follow_logs(&demo_name);
+    demo_log.wait_line("publishing vehicle.speed at 10 Hz");
 
     // The QM client, as its quadlet runs it.
     let out = run_detached(&client_cmd, None);
@@ -294,7 +380,7 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
     client_log.wait_line("km/h");
     let before_kill = client_log.wait_line("client: sent time");
     for time in acknowledged(&client_log.output[..=before_kill]) {
-        server_log.wait_line(&format!("Current time received from client is: {time}"));
+        demo_log.wait_line(&format!("Current time received from client is: {time}"));
     }
 
     // Restart: the server container dies; the socket stays; the client
@@ -308,13 +394,13 @@ fn asil_to_qm_runs_under_socket_activation_and_survives_a_server_restart() {
     let lost = client_log.wait_line_after(before_kill, "lost");
     let reconnected = client_log.wait_line_after(lost, "client: connected");
     let speed = client_log.wait_line_after(reconnected, "km/h");
-    let mut restarted_log = follow_logs(&server_name);
-    // Every publish acknowledged to the client after the restart was
-    // logged by the new server.
+    // Every publish acknowledged to the client after the restart reached
+    // the demo service through the new gateway (its session reconnected
+    // by itself too).
     let after: Vec<String> = acknowledged(&client_log.output[reconnected..=speed]);
     assert!(!after.is_empty());
     for time in after {
-        restarted_log.wait_line(&format!("Current time received from client is: {time}"));
+        demo_log.wait_line(&format!("Current time received from client is: {time}"));
     }
 }
 

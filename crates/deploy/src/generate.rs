@@ -49,6 +49,41 @@ pub const DEFAULT_SERVICES: &str = r#"# ASIL services the qm-ipc gateway serves 
 # interface = "com.example.Climate"
 # socket = "/run/asil/com.example.Climate.socket"
 "#;
+/// The demo's ASIL service (`qm-ipc demo-service`) with `--demo`.
+pub const DEMO_INTERFACE: &str = "io.qmipc.Demo";
+/// Its socket as the gateway sees it: under [`ASIL_SERVICE_DIR`], never in
+/// QM.
+pub const DEMO_SERVICE_SOCKET: &str = "/run/asil/io.qmipc.Demo.socket";
+/// The policy of a deployment with `--demo`: the built-in one, and QM may
+/// call the demo service's methods.
+pub const DEMO_POLICY: &str = r#"# The access policy of `qm-ipc generate --demo`: the gateway's built-in
+# policy, and the QM side may also call the demo's ASIL service
+# (io.qmipc.Demo, declared in /etc/qm-ipc/services.toml).
+#
+# The first rule that matches a connection decides.
+
+[[rule]]
+name = "asil-side"
+socket = "provider"
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+
+[[rule]]
+name = "qm-side"
+socket = "consumer"
+allow = { subscribe = ["*"], publish = ["demo.time"], call = ["io.qmipc.Demo.*"] }
+"#;
+
+/// The services file's entry for the demo service on `socket`.
+pub fn demo_service_entry(socket: &str) -> String {
+    format!(
+        "# The demo's ASIL service (qm-ipc demo-service), socket-activated by\n\
+         # its own socket unit; QM calls it through the gateway.\n\
+         [[service]]\n\
+         interface = \"{DEMO_INTERFACE}\"\n\
+         socket = \"{socket}\"\n"
+    )
+}
+
 /// The gateway's built-in policy, written out as the starting point of a
 /// deployment's own (`qm-ipc policy default` prints the same text).
 pub const DEFAULT_POLICY: &str = include_str!("../../server/default-policy.toml");
@@ -161,8 +196,12 @@ pub struct Options {
     /// ASIL-to-QM server; `None` for none.
     #[cfg_attr(feature = "cli", arg(skip = Options::default().services))]
     pub services: Option<String>,
-    /// Run the built-in demo provider in the gateway (serve --demo), to try
-    /// the deployment out with the demo client; never for a vehicle.
+    /// Add the demo, to try the deployment out with the demo client; never
+    /// for a vehicle. ASIL-to-QM in containers: the demo's ASIL service
+    /// (`qm-ipc demo-service`) in a socket-activated container of its own
+    /// behind the gateway, declared in the services file, and a policy that
+    /// lets QM call it. Otherwise (QM-to-QM, --runtime host): the gateway's
+    /// built-in demo provider (`serve --demo`).
     #[cfg_attr(feature = "cli", arg(long))]
     pub demo: bool,
     /// How the qm-to-qm pair is laid out.
@@ -553,6 +592,8 @@ struct ContainerSpec<'a> {
     description: &'a str,
     /// Both `Requires=` and `After=` these units.
     depends_on: Vec<String>,
+    /// More of `[Unit]`, after those.
+    unit_extra: Vec<(&'static str, String)>,
     image: &'a str,
     exec: String,
     env: Vec<String>,
@@ -565,6 +606,8 @@ struct ContainerSpec<'a> {
     /// pod's, so it has no `Network=` of its own.
     pod: Option<String>,
     service_extra: Vec<(&'static str, String)>,
+    /// Units that pull this one in besides `multi-user.target`.
+    wanted_by: Vec<String>,
 }
 
 fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
@@ -575,6 +618,9 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     if !spec.depends_on.is_empty() {
         let units = spec.depends_on.join(" ");
         c.push_entry("Requires", &units).push_entry("After", &units);
+    }
+    for (key, value) in &spec.unit_extra {
+        c.push_entry(key, value);
     }
     c.push_section("Container")
         .push_entry("Image", spec.image)
@@ -604,6 +650,9 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     }
     c.push_section("Install")
         .push_entry("WantedBy", "multi-user.target");
+    for unit in &spec.wanted_by {
+        c.push_entry("WantedBy", unit);
+    }
     c
 }
 
@@ -665,6 +714,24 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
     };
     let server_name = &o.server_name;
     let client_name = &o.client_name;
+    // The demo's ASIL service runs in a container of its own behind the
+    // gateway where there is an ASIL side with containers; elsewhere the
+    // gateway's built-in demo provider stands in for it.
+    let demo_service = o.demo && topology == Topology::AsilToQm && o.runtime == Runtime::Container;
+    let policy = match &o.policy {
+        Some(p) if demo_service && p == DEFAULT_POLICY => Some(DEMO_POLICY.to_owned()),
+        p => p.clone(),
+    };
+    let services = match (&o.services, demo_service) {
+        (Some(s), true) => Some(format!("{s}\n{}", demo_service_entry(DEMO_SERVICE_SOCKET))),
+        (None, true) => Some(demo_service_entry(DEMO_SERVICE_SOCKET)),
+        (s, false) => s.clone(),
+    };
+    let o = &Options {
+        policy,
+        services,
+        ..o.clone()
+    };
     let mut policy_args = match &o.policy {
         Some(_) if topology == Topology::AsilToQm => format!(" --policy {POLICY_PATH}"),
         _ => String::new(),
@@ -673,7 +740,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
         policy_args.push_str(&format!(" --services {SERVICES_PATH}"));
     }
     let mut server_words = exec_words("server-exec", &o.server_exec)?;
-    if o.demo {
+    if o.demo && !demo_service {
         server_words.push("--demo".into());
     }
     let server_exec = escape_exec(&server_words);
@@ -804,6 +871,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                             notify: true,
                             pod: None,
                             service_extra,
+                            wanted_by: vec![],
+                            unit_extra: vec![],
                         },
                     );
                     files.push(file(
@@ -811,6 +880,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                         format!("{server_name}.container"),
                         server,
                     ));
+                    if demo_service {
+                        files.extend(demo_service_files(topology, o, &provider_socket_unit)?);
+                    }
                 }
                 Runtime::Host => {
                     let mut u = UnitFile::new(format!("{server_name}.service"));
@@ -858,6 +930,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     notify: false,
                     pod: None,
                     service_extra: vec![],
+                    wanted_by: vec![],
+                    unit_extra: vec![],
                 },
             );
             files.push(file(
@@ -959,6 +1033,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     notify: false,
                     pod: pod.clone(),
                     service_extra: vec![],
+                    wanted_by: vec![],
+                    unit_extra: vec![],
                 },
             );
             files.push(file(
@@ -985,6 +1061,8 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     notify: true,
                     pod,
                     service_extra,
+                    wanted_by: vec![],
+                    unit_extra: vec![],
                 },
             );
             files.push(file(
@@ -996,6 +1074,82 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
     }
     Ok(files)
 }
+
+/// The demo's ASIL service, as a real service is deployed: a socket unit
+/// on its own ASIL-only path (the gateway's services file names it; QM
+/// never sees it), and a quadlet running `qm-ipc demo-service` from the
+/// server image with that socket passed in. It publishes through the
+/// gateway's provider socket (its directory mounted), so it runs whenever
+/// the gateway does (`WantedBy=` the gateway), not only once called.
+fn demo_service_files(
+    topology: Topology,
+    o: &Options,
+    provider_socket_unit: &str,
+) -> Result<Vec<GeneratedFile>, GenerateError> {
+    let name = format!("{}-demo", o.server_name);
+    let socket_unit = format!("{name}.socket");
+    let provider = PROVIDER_SOCKET.replacen("%t/", "/run/", 1);
+    let provider_dir = socket_dir_volume(&provider);
+    let mut s = UnitFile::new(socket_unit.clone());
+    header(&mut s, topology);
+    s.push_section("Unit").push_entry(
+        "Description",
+        &format!("qm-ipc demo ASIL service socket ({DEMO_INTERFACE})"),
+    );
+    s.push_section("Socket")
+        .push_entry(
+            "ListenStream",
+            &DEMO_SERVICE_SOCKET.replacen("/run/", "%t/", 1),
+        )
+        .push_comment(DEMO_MODE_REASON)
+        .push_entry("SocketMode", PROVIDER_SOCKET_MODE);
+    s.push_section("Install")
+        .push_entry("WantedBy", "sockets.target");
+    let exec = escape_exec(&[
+        "demo-service".to_owned(),
+        "--service-socket".to_owned(),
+        DEMO_SERVICE_SOCKET.to_owned(),
+        "--provider-socket".to_owned(),
+        provider,
+    ]);
+    let container = container_quadlet(
+        topology,
+        ContainerSpec {
+            description: &format!("qm-ipc demo ASIL service ({DEMO_INTERFACE})"),
+            depends_on: vec![socket_unit.clone(), provider_socket_unit.to_owned()],
+            image: &o.server_image,
+            exec,
+            env: vec!["QM_IPC_LOG_FORMAT=journal".to_owned()],
+            volumes: vec![provider_dir],
+            label: ("SecurityLabelType", &o.server_label),
+            // READY=1 once it serves its socket and publishes.
+            notify: true,
+            pod: None,
+            service_extra: vec![("Sockets", socket_unit.clone())],
+            wanted_by: vec![format!("{}.service", o.server_name)],
+            // Stopped with the gateway, and before it: a service left
+            // running would reconnect to the provider socket and so start
+            // the gateway again mid-stop (seen under real systemd).
+            unit_extra: vec![
+                ("PartOf", format!("{}.service", o.server_name)),
+                ("After", format!("{}.service", o.server_name)),
+            ],
+        },
+    );
+    Ok(vec![
+        GeneratedFile {
+            path: Path::new(HOST_UNIT_DIR).join(&socket_unit),
+            content: s.to_string(),
+        },
+        GeneratedFile {
+            path: Path::new(HOST_QUADLET_DIR).join(format!("{name}.container")),
+            content: container.to_string(),
+        },
+    ])
+}
+
+const DEMO_MODE_REASON: &str =
+    "0660: an ASIL service's socket; the gateway (root) connects, QM never sees /run/asil.";
 
 /// What [`write_root`] did with one file.
 #[derive(Debug, Clone, PartialEq, Eq)]

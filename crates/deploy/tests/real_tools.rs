@@ -158,6 +158,40 @@ fn qm_to_qm_quadlets_share_level_and_directory() {
     );
 }
 
+/// The host socket units `sockets` of a generated `root` beside the
+/// services quadlet generates from its host quadlets, checked together by
+/// `systemd-analyze verify` (`sockets` and `services`); the directory.
+fn verify_with_quadlet(root: &Path, sockets: &[&str], services: &[&str]) -> tempfile::TempDir {
+    let units = tempfile::tempdir().unwrap();
+    for socket in sockets {
+        std::fs::copy(
+            root.join("etc/systemd/system").join(socket),
+            units.path().join(socket),
+        )
+        .unwrap();
+    }
+    // The services the sockets activate, as quadlet generates them.
+    let status = Command::new(quadlet())
+        .arg(units.path())
+        .env("QUADLET_UNIT_DIRS", root.join("etc/containers/systemd"))
+        .status()
+        .expect("run quadlet");
+    assert!(status.success());
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(sockets)
+        .args(services)
+        .current_dir(units.path())
+        .output()
+        .expect("run systemd-analyze");
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    units
+}
+
 #[test]
 fn generated_socket_unit_passes_systemd_analyze_verify() {
     if !tier_enabled(
@@ -167,36 +201,10 @@ fn generated_socket_unit_passes_systemd_analyze_verify() {
         return;
     }
     let root = generated_root(Topology::AsilToQm);
-    let units = tempfile::tempdir().unwrap();
-    for socket in ["ipc_server.socket", "ipc_server-provider.socket"] {
-        std::fs::copy(
-            root.path().join("etc/systemd/system").join(socket),
-            units.path().join(socket),
-        )
-        .unwrap();
-    }
-    // The service the socket activates, as quadlet generates it.
-    let status = Command::new(quadlet())
-        .arg(units.path())
-        .env(
-            "QUADLET_UNIT_DIRS",
-            root.path().join("etc/containers/systemd"),
-        )
-        .status()
-        .expect("run quadlet");
-    assert!(status.success());
-    let output = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg("ipc_server.socket")
-        .arg("ipc_server-provider.socket")
-        .arg("ipc_server.service")
-        .current_dir(units.path())
-        .output()
-        .expect("run systemd-analyze");
-    assert!(
-        output.status.success(),
-        "systemd-analyze verify failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    verify_with_quadlet(
+        root.path(),
+        &["ipc_server.socket", "ipc_server-provider.socket"],
+        &["ipc_server.service"],
     );
 }
 
@@ -452,4 +460,69 @@ fn qm_to_qm_kube_form_through_quadlet() {
     assert!(kube.contains("RuntimeDirectory=ipc-qm"), "{kube}");
     let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
     assert!(report.findings.is_empty(), "{}", report.to_text());
+}
+
+/// `--demo`: the demo's ASIL service in a container of its own, activated
+/// by its own socket on an ASIL-only path, pulled in by the gateway and
+/// publishing through the provider socket. quadlet makes it a notify
+/// service that gets its socket, systemd-analyze verifies the whole set,
+/// and lint (with both tools) finds nothing.
+#[test]
+fn demo_service_units_pass_quadlet_and_systemd_analyze_verify() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    let options = Options {
+        demo: true,
+        ..Options::default()
+    };
+    let root = generated_root_with(Topology::AsilToQm, &options);
+    let host = quadlet_dryrun(&root.path().join("etc/containers/systemd"));
+    let demo = &host["ipc_server-demo.service"];
+    let exec = exec_start(demo);
+    for arg in [
+        "--sdnotify=container",
+        "--security-opt label=type:ipc_t",
+        "-v /run/qm-ipc/:/run/qm-ipc/",
+        "--network none",
+        "localhost/qm-ipc-server:latest demo-service --service-socket /run/asil/io.qmipc.Demo.socket --provider-socket /run/qm-ipc/provider.socket",
+    ] {
+        assert!(exec.contains(arg), "demo ExecStart lacks {arg:?}: {exec}");
+    }
+    assert!(
+        !exec.contains("/run/ipc/"),
+        "the ASIL service sees nothing of QM's: {exec}"
+    );
+    assert!(demo.contains("Type=notify"), "{demo}");
+    assert!(demo.contains("Sockets=ipc_server-demo.socket"), "{demo}");
+    // The gateway is the production one: no in-process demo provider.
+    let server = exec_start(&host["ipc_server.service"]);
+    assert!(!server.contains("--demo"), "{server}");
+
+    // quadlet turns the [Install] section into the wants links, and
+    // systemd-analyze verifies sockets and services together.
+    let units = verify_with_quadlet(
+        root.path(),
+        &[
+            "ipc_server.socket",
+            "ipc_server-provider.socket",
+            "ipc_server-demo.socket",
+        ],
+        &["ipc_server.service", "ipc_server-demo.service"],
+    );
+    assert!(
+        units
+            .path()
+            .join("ipc_server.service.wants/ipc_server-demo.service")
+            .exists(),
+        "quadlet turns [Install] into the link by which the gateway pulls in the demo service"
+    );
+
+    use qm_ipc_deploy::lint::lint_paths_deep;
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
 }

@@ -1,11 +1,15 @@
-//! The qm IPC example's demo: an ASIL-side provider inside the gateway, a QM-side
-//! client, and `qm-ipc demo`, which runs both with a gateway on temporary
-//! sockets.
+//! The qm IPC example's demo: the ASIL side's demo service
+//! (`qm-ipc demo-service`: a varlink service behind the gateway and a
+//! publisher on its provider socket), the built-in provider of `serve
+//! --demo`, a QM-side client, and `qm-ipc demo`, which runs gateway, demo
+//! service and client on temporary sockets.
 
 pub mod client;
 pub mod provider;
+pub mod service;
 
 use clap::Args;
+use qm_ipc_deploy::generate::{demo_service_entry, DEMO_POLICY};
 use qm_ipc_server::config::{CONSUMER, PROVIDER};
 use qm_ipc_server::{Gateway, Limits, Listener, Notifier};
 use serde::{Deserialize, Serialize};
@@ -37,30 +41,44 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let dir = tempfile::Builder::new().prefix("qm-ipc-demo.").tempdir()?;
     let consumer_path = dir.path().join("ipc.socket");
+    let provider_path = dir.path().join("provider.socket");
+    let service_path = dir.path().join("io.qmipc.Demo.socket");
     let listeners = vec![
         Listener::bind(CONSUMER, &consumer_path).map_err(qm_ipc_server::StartError::from)?,
-        Listener::bind(PROVIDER, &dir.path().join("provider.socket"))
-            .map_err(qm_ipc_server::StartError::from)?,
+        Listener::bind(PROVIDER, &provider_path).map_err(qm_ipc_server::StartError::from)?,
     ];
-    let gateway = Gateway::new(listeners, Limits::default(), Notifier::disabled());
+    // The deployment's own files, as `qm-ipc generate --demo` writes them,
+    // with the service's socket in the temporary directory.
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, DEMO_POLICY)?;
+    let services_path = dir.path().join("services.toml");
+    std::fs::write(
+        &services_path,
+        demo_service_entry(&service_path.display().to_string()),
+    )?;
+    let mut gateway = Gateway::new(listeners, Limits::default(), Notifier::disabled());
+    gateway.load_policy(&policy_path)?;
+    gateway.load_services(&services_path)?;
+    let service_listener = tokio::net::UnixListener::bind(&service_path)?;
     println!(
         "qm-ipc demo: the qm IPC example's ASIL-to-QM system on temporary sockets in {}",
         dir.path().display()
     );
     println!(
-        "  ASIL side: gateway + demo provider (publishes {} at 10 Hz, logs the client's time)",
+        "  ASIL side: gateway; demo service {} on its own socket behind it, which publishes {} at 10 Hz and logs the client's time",
+        service::INTERFACE,
         provider::SPEED_TOPIC
     );
     println!(
-        "  QM side:   client (publishes the time to {} every {} ms, reads {})",
+        "  QM side:   client (calls {}.Echo through the gateway, publishes the time to {} every {} ms, reads {})",
+        service::INTERFACE,
         provider::TIME_TOPIC,
         args.interval_ms,
         provider::SPEED_TOPIC
     );
-    let handle = gateway.handle();
     tokio::spawn(async move {
-        if let Err(e) = provider::run(handle, PROVIDER).await {
-            tracing::debug!("demo provider stopped: {e}");
+        if let Err(e) = service::run_on(service_listener, &provider_path).await {
+            println!("demo service stopped: {e}");
         }
     });
     let client_args = client::ClientArgs {
@@ -70,7 +88,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let client = tokio::spawn(async move {
-        let result = client::run(&consumer_path, &client_args).await;
+        let result = async {
+            echo_through_gateway(&consumer_path).await?;
+            client::run(&consumer_path, &client_args).await
+        }
+        .await;
         let _ = done_tx.send(());
         result
     });
@@ -89,5 +111,16 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     } else {
         client.abort();
     }
+    Ok(())
+}
+
+/// The QM side calls the ASIL service through the gateway, as
+/// `qm-ipc call io.qmipc.Demo.Echo '{"text": "hello from QM"}'` does.
+async fn echo_through_gateway(consumer: &std::path::Path) -> Result<(), CommandError> {
+    let session = qm_ipc_client::Session::new(consumer);
+    let method = format!("{}.Echo", service::INTERFACE);
+    let parameters = serde_json::json!({ "text": "hello from QM" });
+    let reply: serde_json::Value = session.call(&method, &parameters).await?;
+    println!("client: {method} {parameters} -> {reply}");
     Ok(())
 }

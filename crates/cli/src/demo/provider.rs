@@ -1,5 +1,8 @@
-//! The built-in demo provider (`qm-ipc serve --demo`): the ASIL side of the
-//! qm IPC example's demo. It publishes `vehicle.speed` at 10 Hz, serves `demo.echo`,
+//! The built-in demo provider (`qm-ipc serve --demo`), inside the gateway:
+//! the ASIL side of the qm IPC example's demo where there is no ASIL
+//! partition to run a service in (QM-to-QM, the host runtime). The
+//! ASIL-to-QM deployment runs the demo service instead
+//! (`qm-ipc demo-service`, [`super::service`]). It publishes `vehicle.speed` at 10 Hz, serves `demo.echo`,
 //! and logs every time value the QM client publishes, with the exact line
 //! the qm IPC example's server prints.
 
@@ -12,10 +15,10 @@ use serde_json::{json, Value};
 pub const SPEED_TOPIC: &str = "vehicle.speed";
 pub const TIME_TOPIC: &str = "demo.time";
 pub const ECHO_SERVICE: &str = "demo.echo";
-const SPEED_PERIOD: Duration = Duration::from_millis(100);
+pub const SPEED_PERIOD: Duration = Duration::from_millis(100);
 
 /// A simulated speed in km/h: a slow wave between 20 and 100.
-fn speed_at(tick: u64) -> f64 {
+pub fn speed_at(tick: u64) -> f64 {
     let kmh = 60.0 + 40.0 * (tick as f64 / 50.0).sin();
     (kmh * 10.0).round() / 10.0
 }
@@ -71,7 +74,7 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
 /// [`LINES_PER_SECOND`] lines a second are printed, with a count of those
 /// left out.
 #[derive(Default)]
-struct TimeLog {
+pub struct TimeLog {
     window: Option<std::time::Instant>,
     printed: u32,
     suppressed: u64,
@@ -81,7 +84,7 @@ const MAX_SHOWN: usize = 64;
 const LINES_PER_SECOND: u32 = 10;
 
 impl TimeLog {
-    fn line(&mut self, value: &Value) -> Option<String> {
+    pub fn line(&mut self, value: &Value) -> Option<String> {
         let now = std::time::Instant::now();
         if self
             .window

@@ -17,6 +17,56 @@ use host::{text, wait_for, SystemdHost, SLOW};
 
 const NEEDS: &str = "root, podman, the images (scripts/build-images.sh) and the trixie rootfs (scripts/build-test-rootfs.sh)";
 const SOCKET: &str = "/run/ipc/ipc.socket";
+/// The demo's ASIL service of `generate asil-to-qm --demo`.
+const DEMO_SERVICE: &str = "ipc_server-demo.service";
+
+/// The demo's ASIL service answers QM's call through the gateway, with
+/// systemd's own varlink client and with `qm-ipc call`; it was started by
+/// its own socket or by the gateway, and is serving (Type=notify: READY=1
+/// came from it).
+fn assert_demo_service_answers(host: &SystemdHost) {
+    let mut reply = String::new();
+    wait_for("io.qmipc.Demo.Echo through the gateway", SLOW, || {
+        let out = host.run(&[
+            "varlinkctl",
+            "call",
+            "--timeout=10",
+            SOCKET,
+            "io.qmipc.Demo.Echo",
+            r#"{"text":"from QM"}"#,
+        ]);
+        reply = text(&out.stdout);
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(format!("{reply}{}", text(&out.stderr))),
+        }
+    });
+    assert!(
+        reply.contains(r#""text" : "from QM""#) || reply.contains("from QM"),
+        "{reply}"
+    );
+    let out = host.ok(&[
+        "qm-ipc",
+        "--socket",
+        SOCKET,
+        "call",
+        "--json",
+        "io.qmipc.Demo.Speed",
+    ]);
+    assert!(out.contains("\"kmh\":"), "{out}");
+    assert_eq!(host.property(DEMO_SERVICE, "ActiveState"), "active");
+    assert_eq!(
+        host.property("ipc_server-demo.socket", "ActiveState"),
+        "active"
+    );
+    // The service's socket is the ASIL side's: QM's directory lacks it.
+    host.ok(&["test", "-S", "/run/asil/io.qmipc.Demo.socket"]);
+    let journal = host.journal(DEMO_SERVICE);
+    assert!(
+        journal.contains("publishing vehicle.speed at 10 Hz"),
+        "{journal}"
+    );
+}
 
 /// A `Get` of `topic` with systemd's own varlink client; the reply text,
 /// or the error text.
@@ -89,8 +139,8 @@ fn wait_for_speed(host: &SystemdHost) -> String {
 fn tightened_policy(host: &SystemdHost) -> (String, String) {
     let policy = host.ok(&["cat", "/etc/qm-ipc/policy.toml"]);
     let tightened = policy.replace(
-        r#"allow = { subscribe = ["*"], publish = ["demo.time"] }"#,
-        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"] }"#,
+        r#"allow = { subscribe = ["*"], publish = ["demo.time"]"#,
+        r#"allow = { subscribe = ["demo.*"], publish = ["demo.time"]"#,
     );
     assert_ne!(policy, tightened, "the generated policy has the QM rule");
     (policy, tightened)
@@ -183,6 +233,9 @@ fn asil_to_qm_under_real_systemd() {
     assert!(introspect.contains("method Get"), "{introspect}");
     let got = qm_ipc_get(&host, "vehicle.speed").unwrap_or_else(|e| panic!("{e}"));
     assert!(!got.trim().is_empty());
+    // The speed comes from the demo service, a container of its own that
+    // the gateway pulled in, and QM reaches its methods through the gateway.
+    assert_demo_service_answers(&host);
 
     // The ASIL side's socket, a unit of its own named provider, reaches the
     // same gateway: Stats (which only the ASIL side may call) answers there
@@ -223,11 +276,7 @@ fn asil_to_qm_under_real_systemd() {
     host.ok(&["systemctl", "start", "ipc_client.service"]);
     wait_active(&host, "ipc_client.service");
     host.wait_journal("ipc_client.service", "vehicle.speed = ", 0);
-    let received = host.wait_journal(
-        "ipc_server.service",
-        "Current time received from client is:",
-        0,
-    );
+    let received = host.wait_journal(DEMO_SERVICE, "Current time received from client is:", 0);
     let connects = host.wait_journal("ipc_client.service", "client: connected to", 0);
 
     // A killed gateway is restarted by systemd, and the client
@@ -237,7 +286,7 @@ fn asil_to_qm_under_real_systemd() {
     let pid = wait_restarted(&host, &pid);
     host.wait_journal("ipc_client.service", "client: connected to", connects);
     let received = host.wait_journal(
-        "ipc_server.service",
+        DEMO_SERVICE,
         "Current time received from client is:",
         received,
     );
@@ -248,7 +297,7 @@ fn asil_to_qm_under_real_systemd() {
     host.wait_journal("ipc_server.service", "Watchdog timeout", 0);
     let pid = wait_restarted(&host, &pid);
     host.wait_journal(
-        "ipc_server.service",
+        DEMO_SERVICE,
         "Current time received from client is:",
         received,
     );
@@ -424,13 +473,23 @@ fn qm_partition_reaches_the_gateway_only_through_the_drop_in() {
         if out.status.success() && journal.contains("vehicle.speed = ") {
             Ok(())
         } else {
-            Err(format!("{}{journal}", text(&out.stderr)))
+            Err(format!(
+                "{}{journal}\nthe demo service on the host:\n{}",
+                text(&out.stderr),
+                host.sh("systemctl status --no-pager ipc_server-demo.service ipc_server.service 2>&1; journalctl -q --no-pager -o cat -u ipc_server-demo.service | tail -30")
+            ))
         }
     });
-    host.wait_journal(
-        "ipc_server.service",
-        "Current time received from client is:",
-        0,
+    host.wait_journal(DEMO_SERVICE, "Current time received from client is:", 0);
+    // QM calls the ASIL service through the gateway, from a container of
+    // its own.
+    let echoed = in_qm_sh(
+        &host,
+        r#"podman run --rm --network none -v /run/ipc/:/run/ipc/ localhost/qm-ipc-client:latest call --json io.qmipc.Demo.Echo '{"text":"from QM"}'; echo exit=$?"#,
+    );
+    assert!(
+        echoed.contains(r#"{"text":"from QM"}"#) && echoed.contains("exit=0"),
+        "{echoed}"
     );
 
     // In QM, a container with the socket directory mounted reaches the

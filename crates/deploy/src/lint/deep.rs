@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::model::{quadlet_service, Ipc};
+use super::model::{quadlet_service, stem, Ipc};
 use super::rules::{DEEP_QUADLET, DEEP_SYSTEMD};
 use super::{Finding, Report};
 use crate::unit::Unit;
@@ -227,9 +227,20 @@ fn systemd_analyze(
     staging: &mut Staging,
     report: &mut Report,
 ) {
-    let sockets = ipc.socket_units();
+    let mut sockets = ipc.socket_units();
     if sockets.is_empty() {
         return;
+    }
+    // The sockets of the other services verified (an ASIL service's own
+    // socket, say): without them systemd-analyze reports a missing unit.
+    for unit in &ipc.d.host_sockets {
+        let service = unit
+            .value("Socket", "Service")
+            .map(|l| l.single().to_owned())
+            .unwrap_or_else(|| format!("{}.service", stem(&unit.name)));
+        if services.contains(&service) && !sockets.iter().any(|u| std::ptr::eq(*u, unit)) {
+            sockets.push(unit);
+        }
     }
     let Some(analyze) = find_on_path("systemd-analyze") else {
         report
