@@ -198,23 +198,7 @@ impl Service {
     /// Serves on the socket systemd passed (socket activation), or else on
     /// `path`, bound here (a stale socket file there is replaced).
     pub async fn serve_at(self, path: impl AsRef<Path>) -> Result<(), ServiceError> {
-        let path = path.as_ref();
-        let listener = match activated_listener() {
-            Some(listener) => listener,
-            None => {
-                let listen_error = |source| ServiceError::Listen {
-                    path: path.display().to_string(),
-                    source,
-                };
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(listen_error)?;
-                }
-                if UnixStream::connect(path).await.is_err() {
-                    let _ = std::fs::remove_file(path);
-                }
-                UnixListener::bind(path).map_err(listen_error)?
-            }
-        };
+        let listener = listener(path.as_ref()).await?;
         self.serve(listener).await
     }
 
@@ -339,6 +323,27 @@ impl Service {
             }),
         }
     }
+}
+
+/// The socket a service listens on: the one systemd passed (socket
+/// activation), or else `path`, bound here (its directory created, a stale
+/// socket file replaced). Connections queue from when this returns, so a
+/// service can say it is ready (`READY=1`) before it serves.
+pub async fn listener(path: &Path) -> Result<UnixListener, ServiceError> {
+    if let Some(listener) = activated_listener() {
+        return Ok(listener);
+    }
+    let listen_error = |source| ServiceError::Listen {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen_error)?;
+    }
+    if UnixStream::connect(path).await.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(listen_error)
 }
 
 /// The listening socket systemd passed to this process, if it passed one

@@ -5,9 +5,7 @@
 //! provider socket (a [`Session`]) that publishes `vehicle.speed` at 10 Hz
 //! and prints the time the QM client publishes to `demo.time`.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,31 +93,18 @@ pub async fn run_command(args: DemoServiceArgs) -> Result<(), CommandError> {
         args.service_socket.display(),
         provider.display()
     );
-    // Under socket activation systemd's socket already queues callers;
-    // otherwise the socket is bound here, before READY=1.
-    let serving: Pin<Box<dyn Future<Output = Result<(), ServiceError>>>> =
-        match std::env::var_os("LISTEN_FDS") {
-            Some(_) => Box::pin(service.serve_at(&args.service_socket)),
-            None => Box::pin(service.serve(bind(&args.service_socket)?)),
-        };
+    // systemd's socket (activated) or one bound here: callers queue on it
+    // from now on, before READY=1.
+    let listener = qm_ipc_client::service::listener(&args.service_socket)
+        .await
+        .map_err(service_error)?;
+    let serving = service.serve(listener);
     let notifier = qm_ipc_server::Notifier::from_env()?;
     tokio::select! {
         r = serving => r.map_err(service_error),
         r = publish_and_log(&provider, speed, Some(notifier)) => r,
         _ = termination() => Ok(()),
     }
-}
-
-/// Binds the service's socket at `path`, replacing a stale socket file.
-fn bind(path: &Path) -> Result<UnixListener, CommandError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    UnixListener::bind(path)
-        .map_err(|e| CommandError::Usage(format!("cannot listen on {}: {e}", path.display())))
 }
 
 /// Serves the demo service on `listener` (`qm-ipc demo`, which binds it
