@@ -418,7 +418,7 @@ fn poison_values_are_refused_before_they_are_stored_or_forwarded() {
         raw.send(&frame);
         let reply = raw.recv().expect("a reply");
         assert_eq!(
-            reply["error"], "io.qmipc.Gateway.InvalidParameter",
+            reply["error"], "io.qmipc.Gateway.InvalidValue",
             "{poison}: {reply}"
         );
         assert_eq!(reply["parameters"]["parameter"], "value", "{reply}");
@@ -432,7 +432,7 @@ fn poison_values_are_refused_before_they_are_stored_or_forwarded() {
         call.send(&frame);
         let reply = call.recv().expect("a reply");
         assert_eq!(
-            reply["error"], "io.qmipc.Gateway.InvalidParameter",
+            reply["error"], "io.qmipc.Gateway.InvalidValue",
             "{poison}: {reply}"
         );
         assert_eq!(reply["parameters"]["parameter"], "parameters", "{reply}");

@@ -246,7 +246,7 @@ fn a_refused_subscription_says_why_and_ends() {
         // A bad pattern is refused before anything is sent.
         assert!(matches!(
             session.subscribe::<Value>(["bad pattern"]),
-            Err(ClientError::Remote(ErrorReply::InvalidParameter { .. }))
+            Err(ClientError::Remote(ErrorReply::InvalidValue { .. }))
         ));
         assert!(session.subscribe::<Value>(Vec::<String>::new()).is_err());
     });
@@ -438,7 +438,7 @@ fn a_typed_topic_refuses_other_shapes_naming_the_field() {
             (json!({"kmh": [1.0]}), "value.kmh"),
         ] {
             match publisher.publish("vehicle.speed", &bad).await {
-                Err(ClientError::Remote(ErrorReply::InvalidParameter {
+                Err(ClientError::Remote(ErrorReply::InvalidValue {
                     parameter: p,
                     reason,
                 })) => {

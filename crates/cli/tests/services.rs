@@ -161,7 +161,7 @@ fn silent_provider_gives_timeout_and_its_late_reply_is_discarded() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err.remote(), Some(ErrorReply::InvalidParameter { parameter, .. }) if parameter == "timeout_ms")
+            matches!(err.remote(), Some(ErrorReply::InvalidValue { parameter, .. }) if parameter == "timeout_ms")
         );
     });
 }

@@ -159,7 +159,7 @@ fn publish_rejects_bad_topic_names_and_the_topic_limit() {
         let mut c = GatewayClient::connect(&gw.provider).await.unwrap();
         let err = c.publish("bad topic", json!({"v": 1})).await.unwrap_err();
         assert!(
-            matches!(err.remote(), Some(ErrorReply::InvalidParameter { parameter, .. }) if parameter == "topic")
+            matches!(err.remote(), Some(ErrorReply::InvalidValue { parameter, .. }) if parameter == "topic")
         );
         c.publish("a", json!({"v": 1})).await.unwrap();
         c.publish("b", json!({"v": 1})).await.unwrap();

@@ -3,7 +3,7 @@
 //! Type errors in a call's parameters use the standard
 //! `org.varlink.service.InvalidParameter` (what any varlink client expects);
 //! values the gateway refuses for its own reasons (a malformed topic name, a
-//! timeout out of range) use `io.qmipc.Gateway.InvalidParameter`, which also
+//! timeout out of range) use `io.qmipc.Gateway.InvalidValue`, which also
 //! says why.
 
 use serde_json::{json, Map, Value};
@@ -19,7 +19,7 @@ pub enum ErrorReply {
     #[error("call to {service} timed out after {timeout_ms} ms")]
     Timeout { service: String, timeout_ms: u64 },
     #[error("invalid parameter {parameter}: {reason}")]
-    InvalidParameter { parameter: String, reason: String },
+    InvalidValue { parameter: String, reason: String },
     #[error("service {service} is already registered by another connection")]
     AlreadyRegistered { service: String },
     #[error("no request {id} is waiting for a reply from this provider")]
@@ -52,9 +52,9 @@ pub enum ErrorReply {
 }
 
 impl ErrorReply {
-    /// Shorthand for the gateway's own `InvalidParameter`.
+    /// Shorthand for the gateway's own `InvalidValue`.
     pub fn invalid(parameter: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidParameter {
+        Self::InvalidValue {
             parameter: parameter.to_owned(),
             reason: reason.into(),
         }
@@ -74,7 +74,7 @@ impl ErrorReply {
             Self::NoSuchTopic { .. } => (GATEWAY_INTERFACE, "NoSuchTopic"),
             Self::ServiceUnavailable { .. } => (GATEWAY_INTERFACE, "ServiceUnavailable"),
             Self::Timeout { .. } => (GATEWAY_INTERFACE, "Timeout"),
-            Self::InvalidParameter { .. } => (GATEWAY_INTERFACE, "InvalidParameter"),
+            Self::InvalidValue { .. } => (GATEWAY_INTERFACE, "InvalidValue"),
             Self::AlreadyRegistered { .. } => (GATEWAY_INTERFACE, "AlreadyRegistered"),
             Self::NoSuchRequest { .. } => (GATEWAY_INTERFACE, "NoSuchRequest"),
             Self::ServiceError { .. } => (GATEWAY_INTERFACE, "ServiceError"),
@@ -100,7 +100,7 @@ impl ErrorReply {
                 service,
                 timeout_ms,
             } => json!({ "service": service, "timeout_ms": timeout_ms }),
-            Self::InvalidParameter { parameter, reason } => {
+            Self::InvalidValue { parameter, reason } => {
                 json!({ "parameter": parameter, "reason": reason })
             }
             Self::NoSuchRequest { id } => json!({ "id": id }),
@@ -148,7 +148,7 @@ impl ErrorReply {
                 service: s("service")?,
                 timeout_ms: n("timeout_ms")?,
             },
-            (GATEWAY_INTERFACE, "InvalidParameter") => Self::InvalidParameter {
+            (GATEWAY_INTERFACE, "InvalidValue") => Self::InvalidValue {
                 parameter: s("parameter")?,
                 reason: s("reason")?,
             },

@@ -489,7 +489,7 @@ mod tests {
             assert!(
                 matches!(
                     req("io.qmipc.Gateway.Publish", json!({"topic": "a.b", "value": scalar})),
-                    Err(ErrorReply::InvalidParameter { ref parameter, .. }
+                    Err(ErrorReply::InvalidValue { ref parameter, .. }
                         | ErrorReply::VarlinkInvalidParameter { ref parameter })
                         if parameter == "value"
                 ),
@@ -543,14 +543,14 @@ mod tests {
         );
         assert!(matches!(
             req("io.qmipc.Gateway.Get", json!({"topic": "a..b"})),
-            Err(ErrorReply::InvalidParameter { .. })
+            Err(ErrorReply::InvalidValue { .. })
         ));
         assert!(matches!(
             req(
                 "io.qmipc.Gateway.Reply",
                 json!({"id": 1, "result": {}, "error": "e"})
             ),
-            Err(ErrorReply::InvalidParameter { .. })
+            Err(ErrorReply::InvalidValue { .. })
         ));
     }
 

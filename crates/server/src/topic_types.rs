@@ -1,6 +1,6 @@
 //! Typed topics: a topic may be declared with a varlink type, and then the
 //! gateway takes only values of that type. A value that does not match is
-//! refused with `InvalidParameter` naming the field (`value.kmh`), before
+//! refused with `InvalidValue` naming the field (`value.kmh`), before
 //! it is stored or sent, so a QM publisher cannot feed an ASIL subscriber
 //! a shape it does not expect. Undeclared topics take any value.
 //!
@@ -238,7 +238,7 @@ mod tests {
         ];
         for (value, parameter, why) in cases {
             match speed.check(value) {
-                Err(ErrorReply::InvalidParameter {
+                Err(ErrorReply::InvalidValue {
                     parameter: p,
                     reason,
                 }) => {

@@ -179,7 +179,7 @@ pub fn remote_exit_code(error: &ErrorReply) -> u8 {
         ErrorReply::Timeout { .. }
         | ErrorReply::LimitExceeded { .. }
         | ErrorReply::AlreadyRegistered { .. } => exit::TEMPFAIL,
-        ErrorReply::InvalidParameter { .. } | ErrorReply::VarlinkInvalidParameter { .. } => {
+        ErrorReply::InvalidValue { .. } | ErrorReply::VarlinkInvalidParameter { .. } => {
             exit::DATAERR
         }
         ErrorReply::ExpectedMore | ErrorReply::NoSuchRequest { .. } => exit::PROTOCOL,

@@ -110,7 +110,7 @@ fn a_second_subscribe_on_a_streaming_connection_is_refused_not_duplicated() {
         .unwrap();
     let again = broker.subscribe(conn, vec![TopicPattern::parse("*").unwrap()], 8);
     assert!(
-        matches!(again, Err(ErrorReply::InvalidParameter { .. })),
+        matches!(again, Err(ErrorReply::InvalidValue { .. })),
         "{again:?}"
     );
     assert_eq!(broker.state(conn), Some("streaming"));
