@@ -722,3 +722,43 @@ fn a_rust_service_answers_the_varlink_service_interface() {
         );
     });
 }
+
+#[test]
+fn a_subscription_to_a_gateway_that_never_answers_says_so_and_tries_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.socket");
+    within(WATCHDOG, async {
+        // A peer that accepts and never answers (a hung gateway, or a
+        // socket whose service is stuck): the subscription's connect must
+        // be bounded by the session's timeout like every call, report the
+        // outage, and connect again, never wait silently for ever.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (seen, mut accepts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                let _ = seen.send(held.len());
+            }
+        });
+        let session = Session::builder(&path)
+            .timeout(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+            .build();
+        let mut sub = session.subscribe::<Value>(["vehicle.speed"]).unwrap();
+        match tokio::time::timeout(common::DEADLINE, sub.next()).await {
+            Ok(Some(Err(ClientError::Timeout(t)))) => assert_eq!(t, Duration::from_millis(200)),
+            other => panic!("expected a timeout item, got {other:?}"),
+        }
+        // It tried again on a new connection.
+        loop {
+            let n = tokio::time::timeout(common::DEADLINE, accepts.recv())
+                .await
+                .expect("a second connection within the deadline")
+                .expect("the listener runs");
+            if n >= 2 {
+                break;
+            }
+        }
+    });
+}

@@ -105,7 +105,7 @@ pub struct Session {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) path: PathBuf,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_cap: Duration,
     pub(crate) stream_queue: usize,
