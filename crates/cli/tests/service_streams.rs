@@ -231,3 +231,19 @@ fn a_service_that_dies_mid_stream_ends_it_with_a_named_error() {
     );
     assert_eq!(last["parameters"]["service"], "com.example.Feed");
 }
+
+/// `oneway` says no reply may come: with `more` as well, a QM client must
+/// not get a stream on its connection (ahead of the replies to its next
+/// calls), nor hold a streaming connection of the service's pool.
+#[test]
+fn a_oneway_call_with_more_gets_no_stream() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Follow", "parameters": {"count": 3}, "oneway": true, "more": true}));
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    let reply = client.recv().expect("a reply");
+    assert_eq!(
+        reply["parameters"]["vendor"], "qm-ipc",
+        "the first reply is GetInfo's, not a stream: {reply}"
+    );
+}

@@ -419,7 +419,9 @@ impl Session<'_> {
                     &method,
                     parameters,
                     oneway,
-                    more || upgrade,
+                    // A oneway call gets no reply, so no stream either:
+                    // it is forwarded as oneway, whatever else it asks.
+                    !oneway && (more || upgrade),
                     shutdown,
                 )
                 .await
