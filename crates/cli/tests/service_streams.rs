@@ -16,7 +16,7 @@ use std::thread;
 use common::{Gateway, Raw, DEADLINE};
 use serde_json::{json, Value};
 
-const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n";
+const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n\n# One reply, then quiet until the caller goes.\nmethod Watch() -> (n: int)\n";
 
 /// A varlink service written by hand on a plain socket, so the test sees
 /// exactly what it sends: it answers GetInterfaceDescription, and streams
@@ -96,6 +96,19 @@ fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc:
                 if die {
                     return; // closes mid-stream
                 }
+            }
+            Some("com.example.Feed.Watch") => {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let _ = reply(
+                    &mut writer,
+                    json!({"parameters": {"n": 1}, "continues": true}),
+                );
+                // Quiet, as an event stream is between events, until the
+                // gateway closes the connection.
+                let mut rest = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
+                let _ = done.send(1);
+                return;
             }
             _ => {
                 let _ = reply(
@@ -246,4 +259,42 @@ fn a_oneway_call_with_more_gets_no_stream() {
         reply["parameters"]["vendor"], "qm-ipc",
         "the first reply is GetInfo's, not a stream: {reply}"
     );
+}
+
+/// A QM client that pipelined a call behind its stream and then went away
+/// must not keep the stream, its connection to the service and its share
+/// of the pool for as long as the service stays quiet: nobody can read
+/// its replies any more.
+#[test]
+fn a_stream_whose_reader_left_with_a_call_pipelined_ends_at_once() {
+    let (gw, feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Watch", "more": true}));
+    let first = client.recv().expect("the first reply");
+    assert_eq!(first["parameters"]["n"], 1, "{first}");
+    // Sent while the stream runs: it waits in the socket, unread, until
+    // the stream ends.
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    drop(client);
+    assert_eq!(
+        feed.done.recv_timeout(DEADLINE),
+        Ok(1),
+        "the gateway closed the service's stream once its reader was gone"
+    );
+}
+
+/// A call pipelined behind a running stream by a reader that stays is
+/// answered once the stream ends.
+#[test]
+fn a_call_pipelined_behind_a_stream_is_answered_after_it() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    follow(&mut client, 20_000, false);
+    let first = client.recv().expect("the first reply");
+    assert_eq!(first["continues"], true, "{first}");
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    let (_, last) = read_to_end(&mut client);
+    assert_eq!(last["parameters"]["n"], 20_000, "{last}");
+    let info = client.recv().expect("GetInfo's reply");
+    assert_eq!(info["parameters"]["vendor"], "qm-ipc", "{info}");
 }
