@@ -762,3 +762,53 @@ fn a_subscription_to_a_gateway_that_never_answers_says_so_and_tries_again() {
         }
     });
 }
+
+#[test]
+fn a_reply_the_peer_sent_unasked_never_answers_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chatty.socket");
+    within(WATCHDOG, async {
+        // A buggy or hostile peer that answers every Get twice: the second
+        // reply, seq 1000 + n, must not be taken as the answer to the
+        // session's next call.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let mut gets = 0u64;
+            while let Ok((stream, _)) = listener.accept().await {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                loop {
+                    let mut frame = Vec::new();
+                    match read.read_until(0, &mut frame).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    frame.pop();
+                    let call: Value = serde_json::from_slice(&frame).unwrap();
+                    let mut out = Vec::new();
+                    let mut reply = |v: Value| {
+                        out.extend_from_slice(v.to_string().as_bytes());
+                        out.push(0);
+                    };
+                    let sample = |seq: u64| json!({"parameters": {"sample": {"topic": "t", "seq": seq, "value": {"kmh": 1.0}, "timestamp_us": 0, "dropped": 0}}});
+                    if call["method"] == "io.qmipc.Gateway.Instance" {
+                        reply(json!({"parameters": {"instance": "one"}}));
+                    } else {
+                        gets += 1;
+                        reply(sample(gets));
+                        reply(sample(1000 + gets));
+                    }
+                    if write.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let session = Session::builder(&path).build();
+        let first = session.get::<Speed>("t").await.unwrap();
+        assert_eq!(first.seq, 1);
+        let second = session.get::<Speed>("t").await.unwrap();
+        assert_eq!(second.seq, 2, "the second call got its own answer");
+    });
+}
