@@ -812,3 +812,50 @@ fn a_reply_the_peer_sent_unasked_never_answers_the_next_call() {
         assert_eq!(second.seq, 2, "the second call got its own answer");
     });
 }
+
+/// A topic declared with a type by a reload must not go on serving a value
+/// of another shape published before: an ASIL subscriber of the typed
+/// topic would be fed exactly what the type exists to keep out.
+#[test]
+fn a_value_published_before_its_topic_was_typed_is_not_served_after_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = dir.path().join("topics.toml");
+    std::fs::write(&topics, "").unwrap();
+    std::fs::write(
+        dir.path().join("com.example.Vehicle.varlink"),
+        "interface com.example.Vehicle\n\ntype Speed (kmh: float)\n\nmethod Nop() -> ()\n",
+    )
+    .unwrap();
+    let mut gw = Gateway::start_in(dir, &["--topics", topics.to_str().unwrap()]);
+    let qm = Session::new(&gw.consumer);
+    let asil = Session::new(&gw.provider);
+    within(WATCHDOG, async {
+        qm.publish("vehicle.speed", &json!({"kmh": "fast"}))
+            .await
+            .unwrap();
+    });
+    std::fs::write(
+        &topics,
+        "[[topic]]\nname = \"vehicle.speed\"\ntype = \"com.example.Vehicle.Speed\"\n",
+    )
+    .unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc.wait_line("topic types reloaded");
+    within(WATCHDOG, async {
+        match asil.get::<Value>("vehicle.speed").await {
+            Ok(s) => panic!("the untyped value is still served: {:?}", s.value),
+            Err(ClientError::Remote(ErrorReply::NoSuchTopic { .. })) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        let mut sub = asil.subscribe::<Value>(["vehicle.speed"]).unwrap();
+        asil.publish("vehicle.speed", &Speed { kmh: 50.0 })
+            .await
+            .unwrap();
+        let first = next(&mut sub).await.unwrap();
+        assert_eq!(
+            first.value,
+            json!({"kmh": 50.0}),
+            "the first value is the typed one"
+        );
+    });
+}
