@@ -298,3 +298,46 @@ fn a_call_pipelined_behind_a_stream_is_answered_after_it() {
     let info = client.recv().expect("GetInfo's reply");
     assert_eq!(info["parameters"]["vendor"], "qm-ipc", "{info}");
 }
+
+/// Streams hold their share of the service's pool while they run: one QM
+/// container at most half of QM's share (2 of the default 4 connections'
+/// 3), the ASIL side still reaches the service meanwhile, and a stream
+/// that ends gives its share back.
+#[test]
+fn streams_are_bounded_per_container_and_leave_the_asil_side_a_connection() {
+    let (gw, feed) = gateway_with_feed();
+    let watch = |client: &mut Raw| {
+        client.call(json!({"method": "com.example.Feed.Watch", "more": true}));
+        client.recv().expect("a reply")
+    };
+    let mut held: Vec<Raw> = (0..2)
+        .map(|_| {
+            let mut client = Raw::connect(&gw.consumer);
+            let first = watch(&mut client);
+            assert_eq!(first["parameters"]["n"], 1, "{first}");
+            client
+        })
+        .collect();
+    let mut third = Raw::connect(&gw.consumer);
+    let refused = watch(&mut third);
+    assert_eq!(
+        refused["error"], "io.qmipc.Gateway.LimitExceeded",
+        "{refused}"
+    );
+    assert_eq!(refused["parameters"]["limit"], "service_calls_per_peer");
+    // The ASIL side: a stream and a plain call, while QM holds its share.
+    let mut asil = Raw::connect(&gw.provider);
+    let first = watch(&mut asil);
+    assert_eq!(first["parameters"]["n"], 1, "{first}");
+    let mut asil_call = Raw::connect(&gw.provider);
+    asil_call.call(json!({"method": "com.example.Feed.Follow", "parameters": {"count": 1}}));
+    let reply = asil_call.recv().expect("a reply");
+    assert_eq!(reply["parameters"]["n"], 1, "{reply}");
+    assert_eq!(feed.done.recv_timeout(DEADLINE), Ok(1), "the call's report");
+    // One QM stream ends: its share is given back (before the service
+    // sees the stream's connection close).
+    drop(held.pop());
+    assert_eq!(feed.done.recv_timeout(DEADLINE), Ok(1));
+    let again = watch(&mut third);
+    assert_eq!(again["parameters"]["n"], 1, "{again}");
+}

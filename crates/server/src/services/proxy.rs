@@ -426,10 +426,13 @@ pub struct StreamReply {
 #[derive(Debug)]
 pub struct ServiceStream<'a> {
     proxy: &'a ServiceProxy,
+    // Dropped in this order: the share and the slot are given back before
+    // the connection closes, so once the service sees the stream end, the
+    // pool has room for the next one.
+    _share: Option<Share<'a>>,
+    _slot: tokio::sync::SemaphorePermit<'a>,
     stream: UnixStream,
     decoder: FrameDecoder,
-    _slot: tokio::sync::SemaphorePermit<'a>,
-    _share: Option<Share<'a>>,
     ended: bool,
 }
 
