@@ -16,7 +16,7 @@ use std::thread;
 use common::{Gateway, Raw, DEADLINE};
 use serde_json::{json, Value};
 
-const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n\n# One reply, then quiet until the caller goes.\nmethod Watch() -> (n: int)\n";
+const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n\n# One reply, then quiet until the caller goes.\nmethod Watch() -> (n: int)\n\n# An error that claims more follow.\nmethod Fail() -> ()\n\nerror Broken ()\n";
 
 /// A varlink service written by hand on a plain socket, so the test sees
 /// exactly what it sends: it answers GetInterfaceDescription, and streams
@@ -96,6 +96,12 @@ fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc:
                 if die {
                     return; // closes mid-stream
                 }
+            }
+            Some("com.example.Feed.Fail") => {
+                let _ = reply(
+                    &mut writer,
+                    json!({"error": "com.example.Feed.Broken", "parameters": {}, "continues": true}),
+                );
             }
             Some("com.example.Feed.Watch") => {
                 calls.fetch_add(1, Ordering::SeqCst);
@@ -340,4 +346,22 @@ fn streams_are_bounded_per_container_and_leave_the_asil_side_a_connection() {
     assert_eq!(feed.done.recv_timeout(DEADLINE), Ok(1));
     let again = watch(&mut third);
     assert_eq!(again["parameters"]["n"], 1, "{again}");
+}
+
+/// An error ends a stream, whatever else the service's reply says: the QM
+/// client must never be told more follow on a stream the gateway ended, or
+/// it would take the replies to its next calls for the stream's.
+#[test]
+fn an_error_that_claims_to_continue_ends_the_stream_for_the_client_too() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Fail", "more": true}));
+    let last = client.recv().expect("a reply");
+    assert!(last["error"].is_string(), "{last}");
+    assert_ne!(
+        last["continues"], true,
+        "the stream's end says it ends: {last}"
+    );
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert_eq!(client.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
 }

@@ -543,7 +543,12 @@ fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
     };
     match members.get("error") {
         None | Some(Value::Null) => {}
-        // An error ends a stream, whatever else it says.
+        // An error ends a stream: one that says more follow would tell
+        // the QM client to wait on a stream the gateway has ended, and to
+        // take the replies to its next calls for the stream's.
+        Some(Value::String(_)) if continues => {
+            return Err("an error reply that says more follow".into())
+        }
         Some(Value::String(_)) => return Ok(false),
         Some(_) => return Err("error is not a string".into()),
     }
