@@ -14,14 +14,25 @@ export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/scripts/containers.conf}
 
 command -v podman >/dev/null || { echo "build-images: podman is not installed (apt-get install podman runc)" >&2; exit 1; }
 
-target=x86_64-unknown-linux-gnu
+# The host's own architecture (--target is needed for +crt-static to leave
+# build scripts and proc macros dynamic).
+target=$(rustc -vV | sed -n 's/^host: //p')
+[ -n "$target" ] || { echo "build-images: cannot tell the host's target from rustc -vV" >&2; exit 1; }
 # A separate target directory: the static build must not invalidate the
-# normal one (and may run while tests hold it).
+# normal one (and may run while tests hold it). The dist profile is the
+# release build with debug info, which is split off below.
 RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --release --bin qm-ipc --target "$target" --target-dir target/static
-install -m 0755 "target/static/$target/release/qm-ipc" images/qm-ipc
+    cargo build --locked --profile dist --bin qm-ipc --target "$target" --target-dir target/static
+out=target/static/$target/dist
+# The images get the stripped binary; its debug info and symbols stay
+# beside it as qm-ipc.debug (what a -debuginfo package would hold), linked
+# by .gnu_debuglink so gdb finds them when pointed at that directory.
+objcopy --only-keep-debug "$out/qm-ipc" "$out/qm-ipc.debug"
+objcopy --strip-all --add-gnu-debuglink="$out/qm-ipc.debug" "$out/qm-ipc" images/qm-ipc
+chmod 0755 images/qm-ipc
 
 podman build --quiet --target server -t "$server_image" -f images/Containerfile images >/dev/null
 podman build --quiet --target client -t "$client_image" -f images/Containerfile images >/dev/null
+size=$(stat -c %s images/qm-ipc)
 rm -f images/qm-ipc
-echo "built $server_image and $client_image"
+echo "built $server_image and $client_image (binary $size bytes; its debug info: $out/qm-ipc.debug)"

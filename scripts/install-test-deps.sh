@@ -34,3 +34,16 @@ fi
 if ! python3 -c 'import asyncvarlink' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check asyncvarlink
 fi
+
+# The packaging tier: rpmbuild (Debian's rpm) builds packaging/qm-ipc.spec,
+# rpmlint checks the package, man-db renders the manual pages, and tmt
+# lints the plan (tmt/). tmt goes into a venv of its own so that its
+# dependencies leave the system's Python alone.
+command -v rpmbuild >/dev/null && command -v rpmlint >/dev/null || apt_install rpm rpmlint
+command -v man >/dev/null || apt_install man-db
+command -v cpio >/dev/null || apt_install cpio
+if ! command -v tmt >/dev/null; then
+    python3 -m venv /opt/qm-ipc-test/tmt
+    /opt/qm-ipc-test/tmt/bin/pip install --quiet --disable-pip-version-check tmt
+    ln -sf /opt/qm-ipc-test/tmt/bin/tmt /usr/local/bin/tmt
+fi

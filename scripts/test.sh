@@ -6,6 +6,7 @@
 #   quadlet  podman's quadlet, systemd-analyze
 #   podman   real containers from the images
 #   systemd  the generated units under systemd 257 as PID 1 (trixie rootfs)
+#   packaging  the RPM (rpmbuild, rpmlint), man -l, tmt lint
 # and then the fuzz targets for 20 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -29,7 +29,7 @@ fn socket_activation_with_one_unnamed_fd_serves_it_as_the_consumer() {
     // This connection makes systemd-socket-activate start the gateway.
     let mut raw = Raw::connect_when_listening(&socket);
     raw.call(
-        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": "12:00:00"}}),
+        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": {"time": "12:00:00"}}}),
     );
     let ready = notify.wait_for("READY=1");
     assert!(
@@ -57,7 +57,7 @@ fn socket_activation_with_the_unit_name_as_fd_name_serves_the_consumer() {
     let mut activator = socket_activated(&[&socket], Some("ipc_server.socket"), &notify, None);
     let mut raw = Raw::connect_when_listening(&socket);
     raw.call(
-        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": "12:00:00"}}),
+        json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "demo.time", "value": {"time": "12:00:00"}}}),
     );
     let reply = raw.recv().unwrap();
     assert_eq!(reply["parameters"]["seq"], 1, "{reply}");

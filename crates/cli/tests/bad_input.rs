@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 /// A connection that stays open across all the abuse, and must still work.
 fn assert_still_serving(witness: &mut Raw) {
-    witness.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "alive", "value": true}}));
+    witness.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "alive", "value": {"alive": true}}}));
     let reply = witness.recv().expect("gateway still serves the witness");
     assert!(reply["parameters"]["seq"].as_u64().is_some(), "{reply}");
 }
@@ -141,9 +141,9 @@ fn calls_on_a_streaming_connection_close_it_but_oneway_calls_are_served() {
     sub.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["t"]}, "more": true}));
     // A oneway publish on the streaming connection is carried out, and the
     // subscription delivers it.
-    sub.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "t", "value": 7}, "oneway": true}));
+    sub.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "t", "value": {"v": 7}}, "oneway": true}));
     let sample = sub.recv().unwrap();
-    assert_eq!(sample["parameters"]["sample"]["value"], 7);
+    assert_eq!(sample["parameters"]["sample"]["value"]["v"], 7);
     assert_eq!(sample["continues"], true);
     // A call that expects a reply would interleave with the stream.
     sub.call(json!({"method": "org.varlink.service.GetInfo"}));

@@ -181,10 +181,9 @@ fn subscribe_follows_restarts_unless_once() {
     );
     let out = follower.output.join("\n");
     assert!(out.contains("the gateway restarted"), "{out}");
-    assert!(
-        out.contains("cabin.temp = {\"celsius\":22} (seq 1)"),
-        "{out}"
-    );
+    // The new instance's value (seq from 1 again; the publishing loop may
+    // have gone past 1 by when the follower subscribed again).
+    assert!(out.contains("cabin.temp = {\"celsius\":22} (seq "), "{out}");
 
     let (status, _, err) = run_cli(&[
         "--socket",

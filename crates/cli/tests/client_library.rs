@@ -435,7 +435,7 @@ fn a_typed_topic_refuses_other_shapes_naming_the_field() {
             (json!({"kmh": "fast"}), "value.kmh"),
             (json!({}), "value.kmh"),
             (json!({"kmh": 1.0, "mph": 1.0}), "value.mph"),
-            (json!(86.4), "value"),
+            (json!({"kmh": [1.0]}), "value.kmh"),
         ] {
             match publisher.publish("vehicle.speed", &bad).await {
                 Err(ClientError::Remote(ErrorReply::InvalidParameter {
@@ -858,4 +858,117 @@ fn a_value_published_before_its_topic_was_typed_is_not_served_after_the_reload()
             "the first value is the typed one"
         );
     });
+}
+
+/// A monitor sees calls to an ASIL service behind the gateway, and how
+/// each ended, as far as its policy lets it call the service.
+#[test]
+fn a_monitor_sees_calls_to_services_behind_the_gateway() {
+    use qm_ipc_client::service::{MethodError, Service};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("climate.socket");
+    std::fs::write(
+        dir.path().join("services.toml"),
+        format!(
+            "[[service]]\ninterface = \"com.example.Climate\"\nsocket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"all\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], monitor = true }\n",
+    )
+    .unwrap();
+    let services = dir.path().join("services.toml");
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            "--services",
+            services.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let mut monitor = common::Raw::connect(&gw.provider);
+    monitor.call(json!({"method": "io.qmipc.Gateway.Monitor", "parameters": {"patterns": ["com.example.*"]}, "more": true}));
+    // The monitor is in place once it sees one of the markers published
+    // until then.
+    let placed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marking = {
+        let (placed, provider) = (placed.clone(), gw.provider.clone());
+        std::thread::spawn(move || {
+            let mut marker = common::Raw::connect(&provider);
+            while !placed.load(std::sync::atomic::Ordering::SeqCst) {
+                marker.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "com.example.marker", "value": {}}}));
+                marker.recv().expect("publish reply");
+            }
+        })
+    };
+    monitor.recv().expect("a marker's event");
+    placed.store(true, std::sync::atomic::Ordering::SeqCst);
+    marking.join().unwrap();
+    within(WATCHDOG, async {
+        #[derive(Deserialize)]
+        struct SetTemperature {
+            zone: String,
+        }
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let serving = tokio::spawn(
+            Service::new(CLIMATE_IDL)
+                .unwrap()
+                .method("SetTemperature", |p: SetTemperature| async move {
+                    match p.zone.as_str() {
+                        "driver" => Ok(json!({"celsius": 21.0})),
+                        _ => Err(MethodError::new("ZoneUnknown", json!({"zone": p.zone}))),
+                    }
+                })
+                .serve(listener),
+        );
+        let qm = Session::new(&gw.consumer);
+        let _ = qm
+            .call::<Value>(
+                "com.example.Climate.SetTemperature",
+                &json!({"zone": "driver", "celsius": 21.0}),
+            )
+            .await
+            .unwrap();
+        let _ = qm
+            .call::<Value>(
+                "com.example.Climate.SetTemperature",
+                &json!({"zone": "roof", "celsius": 21.0}),
+            )
+            .await;
+        serving.abort();
+    });
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        let frame = monitor.recv().expect("a monitor event");
+        let event = frame["parameters"]["event"].clone();
+        if event["name"] != "com.example.marker" {
+            events.push(event);
+        }
+    }
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("call", "com.example.Climate"),
+            ("reply", "com.example.Climate"),
+            ("call", "com.example.Climate"),
+            ("error", "com.example.Climate"),
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["method"], "SetTemperature");
+    assert_eq!(
+        events[0]["seq"], events[1]["seq"],
+        "a call and its reply pair"
+    );
+    assert_eq!(events[3]["error"], "com.example.Climate.ZoneUnknown");
+    assert!(events[0]["peer"].as_str().unwrap().starts_with("consumer"));
 }

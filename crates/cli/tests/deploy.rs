@@ -129,11 +129,9 @@ fn generate_and_lint_refuse_the_global_socket_flag() {
         &["lint", "--socket", "/run/x.socket", "/"][..],
     ] {
         let (status, _, err) = run_cli(args);
-        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains("--socket is for the commands that connect"),
-            "{err}"
-        );
+        // A usage error (64): the flag is not one of theirs.
+        assert_eq!(status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("--socket"), "{err}");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qm-ipc"))
         .args(["generate", "asil-to-qm"])
@@ -156,7 +154,7 @@ fn generate_refuses_an_exec_value_that_would_rewrite_the_file() {
         "--server-exec",
         "serve\n[Service]\nExecStartPre=/bin/sh -c evil",
     ]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(65), "bad input: {err}");
     assert!(err.contains("--server-exec"), "{err}");
     assert!(err.contains("control character"), "{err}");
 }
@@ -181,5 +179,48 @@ fn lint_deep_without_quadlet_says_what_it_skipped() {
     assert!(
         text.contains("note: --deep: podman's quadlet generator is not installed"),
         "{text}"
+    );
+}
+
+#[test]
+fn lint_says_when_there_is_no_ipc_deployment_to_check() {
+    // A root with unit files, none of them about IPC: clean, but it says
+    // there was nothing to check rather than only "0 errors".
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sshd.socket"),
+        "[Socket]\nListenStream=22\nAccept=yes\n\n[Install]\nWantedBy=sockets.target\n",
+    )
+    .unwrap();
+    let r = root.path().to_str().unwrap();
+    let (status, out, _) = run_cli(&["lint", r]);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("none of them defines or uses an IPC socket"),
+        "{out}"
+    );
+    let (_, out, _) = run_cli(&["lint", r, "--format", "json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ipc_sockets"], serde_json::json!([]));
+
+    // The generated deployment names its sockets and gets no such note.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    assert!(run_cli(&["generate", "asil-to-qm", "--root", r])
+        .0
+        .success());
+    let (_, out, _) = run_cli(&["lint", r]);
+    assert!(!out.contains("none of them"), "{out}");
+    let (_, out, _) = run_cli(&["lint", r, "--format", "json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["ipc_sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/run/ipc/ipc.socket"),
+        "{report}"
     );
 }

@@ -504,8 +504,8 @@ fn ready_comes_from_the_gateway_not_from_conmon() {
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "2",
-            "the gateway exits with a usage error"
+            "64",
+            "the gateway exits with a usage error (EX_USAGE)"
         );
     };
     // The generated setting (Notify=true, --sdnotify=container): systemd

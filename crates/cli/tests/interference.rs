@@ -300,11 +300,11 @@ fn calls_per_service_patterns_and_retained_bytes_are_bounded() {
 
         let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
         publisher
-            .publish("small", json!("x".repeat(400)))
+            .publish("small", json!({"v": "x".repeat(400)}))
             .await
             .unwrap();
         let err = publisher
-            .publish("large", json!("y".repeat(700)))
+            .publish("large", json!({"v": "y".repeat(700)}))
             .await
             .unwrap_err();
         assert_eq!(
@@ -314,7 +314,7 @@ fn calls_per_service_patterns_and_retained_bytes_are_bounded() {
         );
         // Replacing a value counts only the difference.
         publisher
-            .publish("small", json!("z".repeat(900)))
+            .publish("small", json!({"v": "z".repeat(900)}))
             .await
             .unwrap();
     });
@@ -331,7 +331,7 @@ fn peer_that_never_reads_its_replies_is_closed_not_buffered() {
     within(WATCHDOG, async {
         let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
         publisher
-            .publish("big", json!("v".repeat(30_000)))
+            .publish("big", json!({"v": "v".repeat(30_000)}))
             .await
             .unwrap();
     });
@@ -400,7 +400,7 @@ fn memory_stays_under_64_mib_with_the_defaults_whatever_clients_do() {
         for round in 0..20 {
             for t in 0..120 {
                 match publisher
-                    .publish(&format!("topic{t}"), json!(format!("{round}{big}")))
+                    .publish(&format!("topic{t}"), json!({"v": format!("{round}{big}")}))
                     .await
                 {
                     Ok(_) => {}

@@ -88,22 +88,35 @@ fn uid_and_gid_rules_are_enforced_for_real_peers() {
     }
     let (mut gw, _) = gateway_with_policy(POLICY);
     gw.proc.wait_line("SELinux is not enabled: 1 policy rules");
-    publish_from_provider(&gw, "vehicle.speed", json!(50));
-    publish_from_provider(&gw, "secret.key", json!("s3cr3t"));
+    publish_from_provider(&gw, "vehicle.speed", json!({"v": 50}));
+    publish_from_provider(&gw, "secret.key", json!({"v": "s3cr3t"}));
 
     // uid 1000 / gid 1000: the infotainment rule.
     let (ok, out, err) = cli_as(1000, 1000, &gw, &["get", "vehicle.speed", "--json"]);
     assert!(ok, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["value"], 50);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["value"]["v"],
+        50
+    );
     let (ok, _, err) = cli_as(1000, 1000, &gw, &["get", "secret.key"]);
     assert!(!ok);
     assert!(
         err.contains("io.qmipc.Gateway.AccessDenied") && err.contains("subscribe secret.key"),
         "{err}"
     );
-    let (ok, _, err) = cli_as(1000, 1000, &gw, &["publish", "media.track", "\"song\""]);
+    let (ok, _, err) = cli_as(
+        1000,
+        1000,
+        &gw,
+        &["publish", "media.track", r#"{"title": "song"}"#],
+    );
     assert!(ok, "{err}");
-    let (ok, _, err) = cli_as(1000, 1000, &gw, &["publish", "vehicle.speed", "0"]);
+    let (ok, _, err) = cli_as(
+        1000,
+        1000,
+        &gw,
+        &["publish", "vehicle.speed", r#"{"kmh": 0}"#],
+    );
     assert!(
         !ok && err.contains("AccessDenied") && err.contains("publish vehicle.speed"),
         "{err}"
@@ -151,7 +164,7 @@ fn pattern_subscriptions_deliver_only_readable_topics() {
         return;
     }
     let (gw, _) = gateway_with_policy(POLICY);
-    publish_from_provider(&gw, "secret.key", json!(1));
+    publish_from_provider(&gw, "secret.key", json!({"v": 1}));
     let mut subscriber = Command::new(bin())
         .arg("--socket")
         .arg(&gw.consumer)
@@ -175,7 +188,7 @@ fn pattern_subscriptions_deliver_only_readable_topics() {
         ("secret.other", 4),
         ("vehicle.gear", 5),
     ] {
-        publish_from_provider(&gw, topic, json!(value));
+        publish_from_provider(&gw, topic, json!({"v": value}));
     }
     let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
     let topics: Vec<String> = (0..2)
@@ -227,7 +240,7 @@ impl RemotePeer {
     }
 
     fn publish(&mut self, topic: &str) -> Value {
-        self.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": 1}}))
+        self.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": {"v": 1}}}))
     }
 }
 
@@ -401,7 +414,7 @@ fn a_rule_tightens_the_limits_of_its_peers() {
     // The gateway's own limit (64) still applies to everyone else.
     let mut raw = Raw::connect(&gw.provider);
     raw.call(json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["a", "b"]}, "more": true}));
-    raw.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "a", "value": 1}, "oneway": true}));
+    raw.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "a", "value": {"v": 1}}, "oneway": true}));
     assert_eq!(raw.recv().unwrap()["parameters"]["sample"]["topic"], "a");
 }
 

@@ -16,11 +16,17 @@ fn subscribe_sends_current_value_first_then_every_update_in_order() {
     within(WATCHDOG, async {
         let mut publisher = GatewayClient::connect(&gw.provider).await.unwrap();
         assert_eq!(
-            publisher.publish("vehicle.speed", json!(10)).await.unwrap(),
+            publisher
+                .publish("vehicle.speed", json!({"v": 10}))
+                .await
+                .unwrap(),
             1
         );
         assert_eq!(
-            publisher.publish("vehicle.speed", json!(20)).await.unwrap(),
+            publisher
+                .publish("vehicle.speed", json!({"v": 20}))
+                .await
+                .unwrap(),
             2
         );
         let mut sub = GatewayClient::connect(&gw.consumer)
@@ -32,26 +38,35 @@ fn subscribe_sends_current_value_first_then_every_update_in_order() {
         let first = sub.next().await.unwrap();
         assert_eq!(
             (first.seq, first.value.clone(), first.dropped),
-            (2, json!(20), 0)
+            (2, json!({"v": 20}), 0)
         );
         for i in 3..=200u64 {
-            publisher.publish("vehicle.speed", json!(i)).await.unwrap();
+            publisher
+                .publish("vehicle.speed", json!({"v": i}))
+                .await
+                .unwrap();
         }
         // A topic created after subscribing matches the pattern too.
-        publisher.publish("vehicle.gear", json!("D")).await.unwrap();
-        publisher.publish("other.topic", json!(0)).await.unwrap();
+        publisher
+            .publish("vehicle.gear", json!({"v": "D"}))
+            .await
+            .unwrap();
+        publisher
+            .publish("other.topic", json!({"v": 0}))
+            .await
+            .unwrap();
         for i in 3..=200u64 {
             let s = sub.next().await.unwrap();
             assert_eq!(
                 (s.topic.as_str(), s.seq, s.value, s.dropped),
-                ("vehicle.speed", i, json!(i), 0)
+                ("vehicle.speed", i, json!({"v": i}), 0)
             );
         }
         let gear = sub.next().await.unwrap();
         assert_eq!((gear.topic.as_str(), gear.seq), ("vehicle.gear", 1));
 
         let got = publisher.get("vehicle.speed").await.unwrap();
-        assert_eq!((got.seq, got.value), (200, json!(200)));
+        assert_eq!((got.seq, got.value), (200, json!({"v": 200})));
         match publisher.get("never.published").await {
             Err(e) => assert_eq!(
                 e.remote(),
@@ -142,13 +157,13 @@ fn publish_rejects_bad_topic_names_and_the_topic_limit() {
     let gw = Gateway::start(&["--max-topics", "2"]);
     within(WATCHDOG, async {
         let mut c = GatewayClient::connect(&gw.provider).await.unwrap();
-        let err = c.publish("bad topic", json!(1)).await.unwrap_err();
+        let err = c.publish("bad topic", json!({"v": 1})).await.unwrap_err();
         assert!(
             matches!(err.remote(), Some(ErrorReply::InvalidParameter { parameter, .. }) if parameter == "topic")
         );
-        c.publish("a", json!(1)).await.unwrap();
-        c.publish("b", json!(1)).await.unwrap();
-        let err = c.publish("c", json!(1)).await.unwrap_err();
+        c.publish("a", json!({"v": 1})).await.unwrap();
+        c.publish("b", json!({"v": 1})).await.unwrap();
+        let err = c.publish("c", json!({"v": 1})).await.unwrap_err();
         assert_eq!(
             err.remote(),
             Some(&ErrorReply::LimitExceeded {
@@ -157,7 +172,7 @@ fn publish_rejects_bad_topic_names_and_the_topic_limit() {
             })
         );
         // Existing topics still take updates.
-        assert_eq!(c.publish("a", json!(2)).await.unwrap(), 2);
+        assert_eq!(c.publish("a", json!({"v": 2})).await.unwrap(), 2);
     });
 }
 

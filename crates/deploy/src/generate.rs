@@ -149,7 +149,8 @@ pub struct Options {
     /// sending WATCHDOG=1 for this long. 0: no watchdog.
     #[cfg_attr(
         feature = "cli",
-        arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS")
+        arg(long, default_value_t = Options::default().watchdog_sec, value_name = "SECONDS",
+            value_parser = watchdog_seconds)
     )]
     pub watchdog_sec: u32,
     /// The access policy written to [`POLICY_PATH`] and loaded by the
@@ -231,6 +232,16 @@ fn kube_yaml(o: &Options, socket: &str, server_args: &[String], client_args: &[S
         client_c = container(&client, &o.client_image, client_args),
         dir = q(&dir),
     )
+}
+
+/// `--watchdog-sec`: 0 (none) to a day, refused with the range named.
+#[cfg(feature = "cli")]
+fn watchdog_seconds(text: &str) -> Result<u32, String> {
+    const MAX: u32 = 86_400;
+    match text.trim().parse::<u32>() {
+        Ok(n) if n <= MAX => Ok(n),
+        _ => Err(format!("must be an integer from 0 to {MAX}")),
+    }
 }
 
 impl Default for Options {

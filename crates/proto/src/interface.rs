@@ -51,6 +51,10 @@ pub enum Request {
     Describe {
         topic: String,
     },
+    List,
+    Monitor {
+        patterns: Vec<TopicPattern>,
+    },
 }
 
 /// A provider's answer to one request.
@@ -180,27 +184,25 @@ impl Request {
             (GATEWAY_INTERFACE, "Publish") => {
                 let topic = p.string("topic")?;
                 check_name("topic", &topic)?;
-                Self::Publish {
-                    topic,
-                    value: strict("value", p.value("value")?)?,
+                let value = strict("value", p.value("value")?)?;
+                // The IDL says object, and clients generated from it
+                // expect one: a bare number or string is refused.
+                if !value.get().starts_with('{') {
+                    return Err(ErrorReply::invalid(
+                        "value",
+                        "a topic value is a JSON object, e.g. {\"kmh\": 86.4}",
+                    ));
                 }
+                Self::Publish { topic, value }
             }
             (GATEWAY_INTERFACE, "Get") => {
                 let topic = p.string("topic")?;
                 check_name("topic", &topic)?;
                 Self::Get { topic }
             }
-            (GATEWAY_INTERFACE, "Subscribe") => {
-                let topics = p.string_array("topics")?;
-                if topics.is_empty() {
-                    return Err(ErrorReply::invalid("topics", "no topic given"));
-                }
-                let topics = topics
-                    .iter()
-                    .map(|t| TopicPattern::parse(t))
-                    .collect::<Result<_, _>>()?;
-                Self::Subscribe { topics }
-            }
+            (GATEWAY_INTERFACE, "Subscribe") => Self::Subscribe {
+                topics: patterns(&mut p, "topics", "no topic given")?,
+            },
             (GATEWAY_INTERFACE, "Register") => {
                 let services = p.string_array("services")?;
                 if services.is_empty() {
@@ -260,6 +262,10 @@ impl Request {
                 check_name("topic", &topic)?;
                 Self::Describe { topic }
             }
+            (GATEWAY_INTERFACE, "List") => Self::List,
+            (GATEWAY_INTERFACE, "Monitor") => Self::Monitor {
+                patterns: patterns(&mut p, "patterns", "no pattern given")?,
+            },
             (SERVICE_INTERFACE | GATEWAY_INTERFACE, _) => {
                 return Err(ErrorReply::MethodNotFound {
                     method: call.method.to_string(),
@@ -277,13 +283,25 @@ impl Request {
 
     /// Streaming methods must be called with `"more": true`.
     pub fn requires_more(&self) -> bool {
-        matches!(self, Self::Subscribe { .. } | Self::Register { .. })
+        matches!(
+            self,
+            Self::Subscribe { .. } | Self::Register { .. } | Self::Monitor { .. }
+        )
     }
 }
 
 /// A value the gateway will store or forward, checked strictly (finite
 /// numbers, no lone surrogates, bounded depth, members and strings, no
 /// duplicate keys): nothing it passes on may fail a conforming JSON parser.
+/// A non-empty list of topic (or service) patterns.
+fn patterns(p: &mut Params, name: &str, empty: &str) -> Result<Vec<TopicPattern>, ErrorReply> {
+    let texts = p.string_array(name)?;
+    if texts.is_empty() {
+        return Err(ErrorReply::invalid(name, empty));
+    }
+    texts.iter().map(|t| TopicPattern::parse(t)).collect()
+}
+
 fn strict(parameter: &str, value: RawJson) -> Result<RawJson, ErrorReply> {
     crate::validate::check_value(value.get(), &crate::validate::ValueLimits::default())
         .map_err(|e| ErrorReply::invalid(parameter, e.to_string()))?;
@@ -380,7 +398,8 @@ mod tests {
         fn any_parameters_to_any_method_never_panic(
             member in prop_oneof![
                 Just("Publish"), Just("Get"), Just("Subscribe"), Just("Register"), Just("Reply"),
-                Just("Call"), Just("Stats"), Just("Instance"), Just("Describe"), Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
+                Just("Call"), Just("Stats"), Just("Instance"), Just("Describe"), Just("List"), Just("Monitor"),
+                Just("GetInfo"), Just("GetInterfaceDescription"), Just("Nope"),
             ],
             service_interface in any::<bool>(),
             params in json_value(),
@@ -423,6 +442,8 @@ mod tests {
             ("Stats", json!({})),
             ("Instance", json!({})),
             ("Describe", json!({"topic": "a.b"})),
+            ("List", json!({})),
+            ("Monitor", json!({"patterns": ["*"]})),
         ];
         let mut declared: Vec<&String> = idl.methods.keys().collect();
         declared.sort();
@@ -450,13 +471,31 @@ mod tests {
         assert_eq!(
             req(
                 "io.qmipc.Gateway.Publish",
-                json!({"topic": "a.b", "value": 1.5})
+                json!({"topic": "a.b", "value": {"kmh": 1.5}})
             ),
             Ok(Request::Publish {
                 topic: "a.b".into(),
-                value: RawJson::from_value(&json!(1.5))
+                value: RawJson::from_value(&json!({"kmh": 1.5}))
             })
         );
+        // A topic value is an object, as the IDL says.
+        for scalar in [
+            json!(1.5),
+            json!("12:00:00"),
+            json!([1]),
+            json!(null),
+            json!(true),
+        ] {
+            assert!(
+                matches!(
+                    req("io.qmipc.Gateway.Publish", json!({"topic": "a.b", "value": scalar})),
+                    Err(ErrorReply::InvalidParameter { ref parameter, .. }
+                        | ErrorReply::VarlinkInvalidParameter { ref parameter })
+                        if parameter == "value"
+                ),
+                "{scalar}"
+            );
+        }
         assert_eq!(
             req(
                 "io.qmipc.Gateway.Subscribe",

@@ -192,6 +192,17 @@ pub async fn serve(
         Ended::PeerClosed | Ended::Shutdown | Ended::IdleTimeout => {
             tracing::debug!(conn, %peer, ?ended, "closed")
         }
+        // A peer that hangs up with replies still unread resets the
+        // connection: that is its way of closing, not the gateway's
+        // problem (every `qm-ipc demo` ended on a warning of it).
+        Ended::ReadFailed(e) | Ended::WriteFailed(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            tracing::debug!(conn, %peer, ?ended, "closed by the peer")
+        }
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
     ended
@@ -497,6 +508,38 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Answer>, ErrorReply> {
         self.authorize(Action::Call, method)?;
+        // Monitors see the call and how it ended.
+        let (hub, conn) = (self.hub, self.conn);
+        let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
+        let id = hub.next_proxied_id();
+        hub.observe_proxied_call(conn, service.interface(), member, id, None);
+        let outcome = self
+            .forward_authorized(service, method, parameters, oneway, streaming, shutdown)
+            .await;
+        let error = match &outcome {
+            Err(e) => Some(e.name()),
+            Ok(Some(Answer::Relayed(frame))) => relayed_error(frame),
+            Ok(_) => None,
+        };
+        hub.observe_proxied_call(
+            conn,
+            service.interface(),
+            member,
+            id,
+            Some(error.as_deref()),
+        );
+        outcome
+    }
+
+    async fn forward_authorized(
+        &mut self,
+        service: &ServiceProxy,
+        method: &str,
+        parameters: Option<String>,
+        oneway: bool,
+        streaming: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Answer>, ErrorReply> {
         let timeout = self.hub.limits().default_call_timeout;
         let qm_caller = (!self.peer.is_provider()).then(|| self.peer.account_key());
         let unavailable = || ErrorReply::ServiceUnavailable {
@@ -861,6 +904,35 @@ impl Session<'_> {
                 self.authorize(Action::Stats, "gateway")?;
                 Ok(Some(Answer::Json(stats_reply(&hub.snapshot()))))
             }
+            Request::Monitor { patterns } => {
+                self.authorize(Action::Monitor, "gateway")?;
+                hub.monitor(self.conn, patterns, self.max_patterns)?;
+                self.mode = Mode::Streaming;
+                Ok(None)
+            }
+            Request::List => {
+                self.authorize(Action::List, "gateway")?;
+                let identity = self.peer.identity();
+                let (topics, registered) = hub.listing(
+                    |topic| self.policy.may_read(&identity, topic),
+                    |service| {
+                        self.policy
+                            .check(&identity, Action::Call, service)
+                            .allowed()
+                    },
+                );
+                let mut services: Vec<(String, &str)> =
+                    registered.into_iter().map(|s| (s, "registered")).collect();
+                services.extend(
+                    hub.services()
+                        .iter()
+                        .map(|s| s.interface())
+                        .filter(|i| self.may_use_service(i))
+                        .map(|i| (i.to_owned(), "interface")),
+                );
+                services.sort();
+                Ok(Some(Answer::Json(list_reply(&topics, &services))))
+            }
         }
     }
 }
@@ -989,11 +1061,47 @@ fn peer_closed(fd: &impl std::os::fd::AsRawFd) -> bool {
     n > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// The error name of a relayed reply, if it is an error.
+fn relayed_error(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorName {
+        error: Option<String>,
+    }
+    serde_json::from_slice::<ErrorName>(frame).ok()?.error
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Topics and services a `List` reply names at most (the totals count
+/// all): the largest reply, names of 255 bytes, stays well inside the
+/// default reply queue.
+pub const LISTED_TOPICS: usize = 128;
+pub const LISTED_SERVICE_INFOS: usize = 64;
+
+/// The `List` reply.
+fn list_reply(
+    topics: &[crate::broker::topics::TopicSummary],
+    services: &[(String, &str)],
+) -> Value {
+    json!({
+        "topics": topics.iter().take(LISTED_TOPICS).map(|t| json!({
+            "topic": t.topic,
+            "seq": t.seq,
+            "bytes": t.bytes,
+            "subscribers": t.subscribers,
+        })).collect::<Vec<_>>(),
+        "topics_total": topics.len(),
+        "services": services.iter().take(LISTED_SERVICE_INFOS).map(|(service, kind)| json!({
+            "service": service,
+            "kind": kind,
+        })).collect::<Vec<_>>(),
+        "services_total": services.len(),
+    })
 }
 
 /// The `GetInfo` reply, listing `interfaces`.
@@ -1002,7 +1110,9 @@ fn info_reply(interfaces: &[String]) -> Value {
         "vendor": "qm-ipc",
         "product": "qm-ipc gateway",
         "version": env!("CARGO_PKG_VERSION"),
-        "url": "https://github.com/qm-ipc/qm-ipc",
+        // The manual page the packaging installs: a URL that nothing confirmed
+        // was here before; this one is on every machine with the package.
+        "url": "man:qm-ipc(1)",
         "interfaces": interfaces,
     })
 }
@@ -1092,6 +1202,56 @@ mod tests {
         let typed: qm_ipc_proto::Stats =
             serde_json::from_value(stats_reply(&snapshot)).expect("typed Stats reads the reply");
         assert_eq!(typed.per_connection[0].state, "streaming");
+        // Monitor: every kind of event is what the IDL declares.
+        use crate::broker::monitor::Event;
+        for event in [
+            Event::Publish {
+                topic: "vehicle.speed",
+                seq: 3,
+                value_json: r#"{"kmh":50}"#,
+            },
+            Event::Call {
+                service: "demo.echo",
+                method: "Echo",
+                id: 4,
+            },
+            Event::Reply {
+                service: "demo.echo",
+                id: 4,
+            },
+            Event::Error {
+                service: "demo.echo",
+                id: 4,
+                error: "com.example.Broken",
+            },
+        ] {
+            let reply = json!({ "event": event.to_json("consumer pid=1", 1, 2) });
+            if let Err(e) = idl.check_output("Monitor", &reply) {
+                panic!("Monitor reply {event:?}: {e}");
+            }
+        }
+        // List: its reply matches the IDL, and its largest fits the queue.
+        let name = |i: usize| format!("{i:0>255}");
+        let topics: Vec<_> = (0..Limits::default().max_topics)
+            .map(|i| crate::broker::topics::TopicSummary {
+                topic: name(i),
+                seq: u64::MAX,
+                bytes: usize::MAX,
+                subscribers: usize::MAX,
+            })
+            .collect();
+        let services: Vec<(String, &str)> = (0..Limits::default().max_services)
+            .map(|i| (name(i), "registered"))
+            .collect();
+        let list = list_reply(&topics, &services);
+        if let Err(e) = idl.check_output("List", &list) {
+            panic!("List reply: {e}");
+        }
+        let bytes = list.to_string().len();
+        assert!(
+            bytes < Limits::default().max_queued_bytes / 2,
+            "the largest List reply is {bytes} bytes"
+        );
         // Regression: QM registrations made the Stats reply larger than the
         // reply queue, and the ASIL side's Stats connection was closed.
         // The largest reply the bounds allow still fits.

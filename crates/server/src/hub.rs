@@ -51,6 +51,8 @@ pub struct Hub {
     limits: Limits,
     /// Bumped by every policy change, so connections re-read their limits.
     policy_generation: AtomicU64,
+    /// Ids of proxied calls, for monitor events.
+    proxied_ids: AtomicU64,
 }
 
 impl Hub {
@@ -61,6 +63,7 @@ impl Hub {
             topic_types: Default::default(),
             limits,
             policy_generation: AtomicU64::new(0),
+            proxied_ids: AtomicU64::new(0),
         }
     }
 
@@ -191,6 +194,34 @@ impl Hub {
         self.lock().subscribe(conn, patterns, max_patterns)
     }
 
+    pub fn monitor(
+        &self,
+        conn: ConnId,
+        patterns: Vec<TopicPattern>,
+        max_patterns: usize,
+    ) -> Result<(), ErrorReply> {
+        self.lock().monitor(conn, patterns, max_patterns)
+    }
+
+    /// A proxied call (`outcome` None) or its end, for monitors (see
+    /// [`Broker::observe_proxied_call`]).
+    pub fn observe_proxied_call(
+        &self,
+        actor: ConnId,
+        interface: &str,
+        method: &str,
+        id: u64,
+        outcome: Option<Option<&str>>,
+    ) {
+        self.lock()
+            .observe_proxied_call(actor, interface, method, id, outcome);
+    }
+
+    /// A new id for a proxied call's monitor events.
+    pub fn next_proxied_id(&self) -> u64 {
+        self.proxied_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub fn register(&self, conn: ConnId, services: Vec<String>) -> Result<(), ErrorReply> {
         self.lock().register(conn, services)
     }
@@ -217,5 +248,13 @@ impl Hub {
 
     pub fn snapshot(&self) -> Snapshot {
         self.lock().snapshot()
+    }
+
+    pub fn listing(
+        &self,
+        visible_topic: impl Fn(&str) -> bool,
+        visible_service: impl Fn(&str) -> bool,
+    ) -> (Vec<crate::broker::topics::TopicSummary>, Vec<String>) {
+        self.lock().listing(visible_topic, visible_service)
     }
 }

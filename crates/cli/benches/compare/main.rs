@@ -5,6 +5,8 @@
 //!     cargo bench -p qm-ipc --bench compare                    # full run, writes docs/benchmarks.md
 //!     cargo bench -p qm-ipc --bench compare -- --quick         # smoke run (CI), judges nothing
 //!     cargo bench -p qm-ipc --bench compare -- --json          # every figure as JSON on stdout
+//!     cargo bench -p qm-ipc --bench compare -- --replot        # measures nothing: redraws the plots
+//!                                                              # and the section from docs/benchmarks.md
 
 mod dbus;
 #[path = "../support/mod.rs"]
@@ -288,8 +290,33 @@ fn spawn_bench_service(cpu: Option<usize>, socket: &std::path::Path) {
     });
 }
 
+/// Draws the plots and writes the section again from the figures already
+/// in docs/benchmarks.md (after a change to the report's form).
+fn replot() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let section = text
+        .split_once("<!-- compare:start -->")
+        .and_then(|(_, rest)| rest.split_once("<!-- compare:end -->"))
+        .map(|(section, _)| section)
+        .unwrap_or_else(|| panic!("no compare section in {}", path.display()));
+    let (figures, run) = report::parse_markdown(section)
+        .unwrap_or_else(|e| panic!("the compare section of {}: {e}", path.display()));
+    let skipped = section
+        .lines()
+        .find_map(|l| l.strip_prefix("D-Bus was not measured: "));
+    let report = report::markdown(&figures, false, skipped, &run);
+    let svg_paths = report::write_svgs(&figures);
+    let path = write_report_section("compare", &report);
+    eprintln!("redrawn: {} and {}", path.display(), svg_paths.join(", "));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--replot") {
+        return replot();
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let as_json = args.iter().any(|a| a == "--json");
     let iterations = if quick { 300 } else { 20_000 };
@@ -377,7 +404,7 @@ fn main() {
         for payload in PAYLOADS {
             progress.next(&format!("qm-ipc Get, {payload} B ({placement})"));
             let topic = format!("get{payload}");
-            publisher.call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": "v".repeat(payload)}}));
+            publisher.call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": {"v": "v".repeat(payload)}}}));
             let get =
                 frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": topic}}));
             let h = gateway_round_trips(&mut client_conn, &get, iterations);
@@ -469,7 +496,12 @@ fn main() {
             Value::Array(figures.iter().map(Figure::to_json).collect())
         );
     }
-    let report = report::markdown(&figures, quick, dbus.as_ref().err().map(String::as_str));
+    let report = report::markdown(
+        &figures,
+        quick,
+        dbus.as_ref().err().map(String::as_str),
+        &report::Run::here(),
+    );
     if !as_json {
         println!("{report}");
     }

@@ -378,18 +378,31 @@ pub fn commit() -> String {
 
 /// The machine, for the report.
 pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cpus} x {cpu}")
+    // From /proc/cpuinfo alone: the parallelism the process sees is 1
+    // while the benchmark pins itself to one CPU (it once said "1 x").
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    describe_cpus(&cpuinfo)
+}
+
+/// "2 CPUs (AMD EPYC)": the processors /proc/cpuinfo lists and their model.
+pub fn describe_cpus(cpuinfo: &str) -> String {
+    let field = |line: &str, name: &str| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().to_owned())
+    };
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| field(l, "processor").is_some())
+        .count();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| field(l, "model name"))
+        .unwrap_or_else(|| "unknown model".into());
+    match cpus {
+        0 => format!("unknown CPU count ({model})"),
+        1 => format!("1 CPU ({model})"),
+        n => format!("{n} CPUs ({model})"),
+    }
 }
 
 /// Replaces the part of `docs/benchmarks.md` between the markers of

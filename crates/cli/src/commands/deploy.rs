@@ -24,22 +24,7 @@ pub struct GenerateArgs {
     force: bool,
 }
 
-/// The global `--socket` names the gateway's socket for the client
-/// commands; generate and lint would silently ignore it.
-fn refuse_socket(socket_flag: bool, hint: &str) -> Result<(), CommandError> {
-    if socket_flag {
-        return Err(CommandError::Usage(format!(
-            "--socket is for the commands that connect to the gateway; {hint}"
-        )));
-    }
-    Ok(())
-}
-
-pub fn generate(socket_flag: bool, args: GenerateArgs) -> Result<(), CommandError> {
-    refuse_socket(
-        socket_flag,
-        "generate takes the deployment's socket as --socket-path",
-    )?;
+pub fn generate(args: GenerateArgs) -> Result<(), CommandError> {
     let files = generate::generate(args.topology, &args.options)?;
     match args.root {
         None => print!("{}", generate::render_listing(&files)),
@@ -77,11 +62,7 @@ pub struct LintArgs {
     deep: bool,
 }
 
-pub fn lint(socket_flag: bool, args: LintArgs) -> Result<(), CommandError> {
-    refuse_socket(
-        socket_flag,
-        "lint reads the socket paths from the files it checks",
-    )?;
+pub fn lint(args: LintArgs) -> Result<(), CommandError> {
     let report = lint::lint_paths_deep(&args.paths, args.deep)?;
     match args.format {
         Format::Text => print!("{}", report.to_text()),

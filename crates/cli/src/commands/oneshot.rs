@@ -19,7 +19,7 @@ pub struct Common {
     json: bool,
     /// Give up when the gateway has not answered within this many
     /// milliseconds.
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    #[arg(long, default_value_t = 10_000, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 86_400_000))]
     timeout_ms: u64,
 }
 
@@ -37,7 +37,7 @@ pub struct SubscribeArgs {
     #[arg(required = true)]
     topics: Vec<String>,
     /// Stop after this many samples (default: run until interrupted).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::commands::range::<u64>(1, u64::MAX))]
     count: Option<u64>,
     /// Stop when the connection is lost, instead of following the gateway
     /// across restarts (reconnecting with backoff, which is the default).
@@ -50,7 +50,7 @@ pub struct SubscribeArgs {
     #[arg(long)]
     json: bool,
     /// Give up after this many milliseconds in all (default: no limit).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 86_400_000))]
     timeout_ms: Option<u64>,
 }
 
@@ -58,7 +58,7 @@ pub struct SubscribeArgs {
 pub struct PublishArgs {
     /// Topic name
     topic: String,
-    /// The value, as JSON: 42, "text" (with the quotes), {"kmh": 50}
+    /// The value, a JSON object: {"kmh": 50}
     value: String,
     #[command(flatten)]
     common: Common,
@@ -75,7 +75,7 @@ pub struct CallArgs {
     #[arg(num_args = 0..=2, value_name = "PARAMETERS")]
     rest: Vec<String>,
     /// How long the gateway waits for the provider (default: the gateway's).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 86_400_000))]
     call_timeout_ms: Option<u64>,
     #[command(flatten)]
     common: Common,

@@ -16,7 +16,8 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy file; exit 1 with file:line and what is wrong.
+    /// Validate a policy file; exit 65 with file:line and what is wrong, 66
+    /// when it cannot be read.
     Check {
         file: PathBuf,
         /// Listener names the gateway will have beyond consumer and
@@ -24,7 +25,8 @@ enum PolicyCommand {
         #[arg(long = "socket-name", value_name = "NAME")]
         socket_names: Vec<String>,
     },
-    /// Say which rule decides whether a peer may do an action on a name.
+    /// Say which rule decides whether a peer may do an action on a name;
+    /// exit 0 when allowed, 1 when denied (65, 66: a bad or missing file).
     Explain(ExplainArgs),
     /// Print the built-in policy.
     Default,
@@ -34,16 +36,18 @@ enum PolicyCommand {
 struct ExplainArgs {
     /// The policy file ("-" for the built-in policy).
     file: PathBuf,
-    /// The action: publish, subscribe (or get), call, register, stats.
+    /// The action: publish, subscribe (or get), call, register, stats, list.
     action: String,
     /// The topic or service (for stats: anything).
     name: String,
     /// The listener the peer connected to.
     #[arg(long, default_value = "consumer", value_name = "NAME")]
     listener: String,
-    #[arg(long)]
+    /// The peer's user id (4294967295, (uid_t)-1, is no user).
+    #[arg(long, value_parser = super::range::<u32>(0, u32::MAX as u64 - 1))]
     uid: Option<u32>,
-    #[arg(long)]
+    /// The peer's group id.
+    #[arg(long, value_parser = super::range::<u32>(0, u32::MAX as u64 - 1))]
     gid: Option<u32>,
     /// The peer's SELinux context, e.g. system_u:system_r:qm_container_ipc_t:s0:c1,c2
     #[arg(long, value_name = "CONTEXT")]
@@ -54,8 +58,13 @@ fn load(file: &std::path::Path, names: &[String]) -> Result<Policy, CommandError
     if file.as_os_str() == "-" {
         return Ok(Policy::builtin());
     }
+    // A file that cannot be read is not a policy with an error in it:
+    // scripts tell the two apart by the exit status (66 and 65).
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CommandError::NoInput(format!("cannot read {}: {e}", file.display())))?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    Policy::load(file, &names).map_err(|e| CommandError::Usage(e.to_string()))
+    Policy::parse(&file.display().to_string(), &text, &names)
+        .map_err(|e| CommandError::Usage(e.to_string()))
 }
 
 pub fn run(args: PolicyArgs) -> Result<(), CommandError> {
@@ -75,8 +84,8 @@ pub fn run(args: PolicyArgs) -> Result<(), CommandError> {
         PolicyCommand::Explain(a) => {
             let policy = load(&a.file, std::slice::from_ref(&a.listener))?;
             let action = Action::parse(&a.action).ok_or_else(|| {
-                CommandError::Usage(format!(
-                    "unknown action {:?}; use publish, subscribe, call, register or stats",
+                CommandError::CommandLine(format!(
+                    "unknown action {:?}; use publish, subscribe, call, register, stats or list",
                     a.action
                 ))
             })?;
@@ -98,7 +107,7 @@ pub fn run(args: PolicyArgs) -> Result<(), CommandError> {
             println!("{explanation}");
             match policy.check(&id, action, &a.name).allowed() {
                 true => Ok(()),
-                false => Err(CommandError::Findings(1)),
+                false => Err(CommandError::Findings(super::exit::FINDINGS)),
             }
         }
         PolicyCommand::Default => {

@@ -9,7 +9,7 @@ use qm_ipc_server::config::{default_provider_path, PROVIDER};
 use qm_ipc_server::provider_thread::{parse_cpu_list, ThreadPlacement};
 use qm_ipc_server::{Config, Gateway, Limits, StartError};
 
-use super::{socket_or_default, termination, CommandError};
+use super::{range, socket_or_default, termination, CommandError};
 use crate::demo;
 
 #[derive(Debug, Args)]
@@ -58,87 +58,87 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Largest frame a peer may send, in bytes.
-    #[arg(long, default_value_t = Limits::default().max_frame, value_name = "BYTES")]
+    #[arg(long, default_value_t = Limits::default().max_frame, value_name = "BYTES", value_parser = range::<usize>(256, 64 * 1024 * 1024))]
     max_frame: usize,
     /// Connections served at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N", value_parser = range::<usize>(1, 65_536))]
     max_connections: usize,
     /// Connections served at once on the provider (ASIL) socket, a budget
     /// QM connections never use.
-    #[arg(long, default_value_t = Limits::default().max_provider_connections, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_provider_connections, value_name = "N", value_parser = range::<usize>(1, 4096))]
     max_provider_connections: usize,
     /// Close a QM connection that holds nothing (no subscription, no
     /// registration) and sends nothing for this long, in milliseconds. 0:
     /// never.
-    #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_millis() as u64), value_name = "MS")]
+    #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_millis() as u64), value_name = "MS", value_parser = range::<u64>(0, 86_400_000))]
     idle_timeout_ms: u64,
     /// Connections one QM peer (its container: cgroup, else SELinux label,
     /// else uid) may hold; more are refused with LimitExceeded.
-    #[arg(long, default_value_t = Limits::default().max_connections_per_peer, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_connections_per_peer, value_name = "N", value_parser = range::<usize>(1, 65_536))]
     max_connections_per_peer: usize,
     /// Distinct topics kept (QM's topics together: 75% of it; the rest is
     /// the ASIL side's).
-    #[arg(long, default_value_t = Limits::default().max_topics, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_topics, value_name = "N", value_parser = range::<usize>(1, 1_000_000))]
     max_topics: usize,
     /// Total bytes of all topics' last values (QM's together: 75%).
-    #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES")]
+    #[arg(long, default_value_t = Limits::default().max_retained_bytes, value_name = "BYTES", value_parser = range::<usize>(1, 1 << 32))]
     max_retained_bytes: usize,
     /// Topics one QM peer may create.
-    #[arg(long, default_value_t = Limits::default().max_topics_per_peer, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_topics_per_peer, value_name = "N", value_parser = range::<usize>(0, 1_000_000))]
     max_topics_per_peer: usize,
     /// Bytes of last values one QM peer may hold.
-    #[arg(long, default_value_t = Limits::default().max_retained_bytes_per_peer, value_name = "BYTES")]
+    #[arg(long, default_value_t = Limits::default().max_retained_bytes_per_peer, value_name = "BYTES", value_parser = range::<usize>(0, 1 << 32))]
     max_retained_bytes_per_peer: usize,
     /// Calls one QM peer may have in flight at once.
-    #[arg(long, default_value_t = Limits::default().max_calls_per_peer, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_calls_per_peer, value_name = "N", value_parser = range::<usize>(1, 65_536))]
     max_calls_per_peer: usize,
     /// Service names registered at once, by everyone (QM together: 75%).
-    #[arg(long, default_value_t = Limits::default().max_services, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_services, value_name = "N", value_parser = range::<usize>(0, 100_000))]
     max_services: usize,
     /// Service names one QM peer may register.
-    #[arg(long, default_value_t = Limits::default().max_services_per_peer, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_services_per_peer, value_name = "N", value_parser = range::<usize>(0, 100_000))]
     max_services_per_peer: usize,
     /// Topic patterns one subscription may name.
-    #[arg(long, default_value_t = Limits::default().max_subscription_patterns, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_subscription_patterns, value_name = "N", value_parser = range::<usize>(1, 4096))]
     max_subscription_patterns: usize,
     /// Samples queued per subscriber before the newest value per topic
     /// replaces older ones.
-    #[arg(long, default_value_t = Limits::default().subscription_queue, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().subscription_queue, value_name = "N", value_parser = range::<usize>(1, 1_000_000))]
     subscription_queue: usize,
     /// Reply bytes (and, separately, sample bytes) queued per connection.
-    #[arg(long, default_value_t = Limits::default().max_queued_bytes, value_name = "BYTES")]
+    #[arg(long, default_value_t = Limits::default().max_queued_bytes, value_name = "BYTES", value_parser = range::<usize>(1024, 1 << 32))]
     max_queued_bytes: usize,
     /// Calls waiting for one service at once.
-    #[arg(long, default_value_t = Limits::default().max_calls_per_service, value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().max_calls_per_service, value_name = "N", value_parser = range::<usize>(1, 65_536))]
     max_calls_per_service: usize,
     /// Call timeout when the caller gives none, in milliseconds.
-    #[arg(long, default_value_t = Limits::default().default_call_timeout.as_millis() as u64, value_name = "MS")]
+    #[arg(long, default_value_t = Limits::default().default_call_timeout.as_millis() as u64, value_name = "MS", value_parser = range::<u64>(1, 3_600_000))]
     call_timeout_ms: u64,
     /// Time a started frame has to complete, in milliseconds.
-    #[arg(long, default_value_t = Limits::default().frame_timeout.as_millis() as u64, value_name = "MS")]
+    #[arg(long, default_value_t = Limits::default().frame_timeout.as_millis() as u64, value_name = "MS", value_parser = range::<u64>(1, 3_600_000))]
     frame_timeout_ms: u64,
     /// Time a blocked write may take before the connection is closed, in
     /// milliseconds.
-    #[arg(long, default_value_t = Limits::default().write_timeout.as_millis() as u64, value_name = "MS")]
+    #[arg(long, default_value_t = Limits::default().write_timeout.as_millis() as u64, value_name = "MS", value_parser = range::<u64>(1, 3_600_000))]
     write_timeout_ms: u64,
     /// Requests per second per QM peer, shared by its connections (not on
     /// the provider socket); past it the gateway reads that peer's
     /// connections more slowly. 0: no limit.
-    #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.per_second), value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.per_second), value_name = "N", value_parser = range::<u32>(0, 1_000_000))]
     rate: u32,
     /// Requests a peer may make at once before the rate applies.
-    #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.burst), value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().rate.map_or(0, |r| r.burst), value_name = "N", value_parser = range::<u32>(1, 1_000_000))]
     rate_burst: u32,
     /// New connections per second per QM peer, not on the provider
     /// socket; past it connections are refused. 0: no limit.
-    #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.per_second), value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.per_second), value_name = "N", value_parser = range::<u32>(0, 1_000_000))]
     connection_rate: u32,
     /// New connections a peer may open at once before the connection rate
     /// applies.
-    #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.burst), value_name = "N")]
+    #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.burst), value_name = "N", value_parser = range::<u32>(1, 1_000_000))]
     connection_burst: u32,
     /// How long to keep flushing replies when stopping, in milliseconds.
-    #[arg(long, default_value_t = Limits::default().drain_timeout.as_millis() as u64, value_name = "MS")]
+    #[arg(long, default_value_t = Limits::default().drain_timeout.as_millis() as u64, value_name = "MS", value_parser = range::<u64>(0, 3_600_000))]
     drain_timeout_ms: u64,
 }
 

@@ -24,10 +24,10 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub count: u64,
     /// Milliseconds between two publishes.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 3_600_000))]
     pub interval_ms: u64,
     /// Longest wait between two reconnection attempts, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = crate::commands::range::<u64>(100, 3_600_000))]
     pub max_backoff_ms: u64,
 }
 

@@ -30,7 +30,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     count: u64,
     /// Milliseconds between two round trips.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 3_600_000))]
     interval_ms: u64,
 }
 

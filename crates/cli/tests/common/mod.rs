@@ -146,7 +146,11 @@ impl Proc {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        cmd.env("QM_IPC_LOG", "info").env("NO_COLOR", "1");
+        // info unless the test chose a filter of its own.
+        if !cmd.get_envs().any(|(k, _)| k == "QM_IPC_LOG") {
+            cmd.env("QM_IPC_LOG", "info");
+        }
+        cmd.env("NO_COLOR", "1");
         let mut child = cmd.spawn().expect("spawn process");
         let (tx, lines) = mpsc::channel();
         for stream in [
@@ -269,6 +273,11 @@ impl Gateway {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_logging(dir, extra, "info")
+    }
+
+    /// A gateway logging with the filter `log` (QM_IPC_LOG).
+    pub fn start_logging(dir: tempfile::TempDir, extra: &[&str], log: &str) -> Self {
         let consumer = dir.path().join("run/ipc/ipc.socket");
         let provider = dir.path().join("run/qm-ipc/provider.socket");
         let mut notify = NotifyReceiver::new(dir.path());
@@ -279,6 +288,7 @@ impl Gateway {
             .arg("--provider-socket")
             .arg(&provider)
             .args(extra)
+            .env("QM_IPC_LOG", log)
             .env("NOTIFY_SOCKET", &notify.path);
         // Tests of the protocol and the bounds act from either side; they
         // get a policy that allows everything unless they bring their own.
@@ -404,7 +414,22 @@ impl Raw {
 
 /// Runs the CLI to completion with a deadline; returns (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let mut child = Command::new(bin())
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with these variables set (an empty value removes one).
+pub fn run_cli_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(bin());
+    for (key, value) in env {
+        match value.is_empty() {
+            true => cmd.env_remove(key),
+            false => cmd.env(key, value),
+        };
+    }
+    let mut child = cmd
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

@@ -140,6 +140,8 @@ pub struct Report {
     pub files: Vec<PathBuf>,
     /// What could not be checked, and why (`--deep` without its tools).
     pub notes: Vec<String>,
+    /// The IPC socket paths the checked files define or use.
+    pub ipc_sockets: Vec<String>,
 }
 
 impl Report {
@@ -183,6 +185,14 @@ impl Report {
             self.errors(),
             self.warnings()
         ));
+        if self.ipc_sockets.is_empty() && self.findings.is_empty() {
+            // "0 errors" must not read as "the IPC setup is right" where
+            // there is none.
+            out.push_str(
+                "note: none of them defines or uses an IPC socket (a socket unit under /run/ipc, \
+                 or one served by or mounted into a container); there was no IPC deployment to check\n",
+            );
+        }
         out
     }
 
@@ -191,6 +201,7 @@ impl Report {
             "findings": self.findings,
             "files": self.files,
             "notes": self.notes,
+            "ipc_sockets": self.ipc_sockets,
             "errors": self.errors(),
             "warnings": self.warnings(),
         })
@@ -232,6 +243,22 @@ fn sort(findings: &mut Vec<Finding>) {
     findings.dedup();
 }
 
+/// The IPC socket paths a deployment defines or uses: its IPC sockets,
+/// and the sockets its client containers are told to use. None: the files
+/// are no IPC deployment, and a clean report says so.
+fn ipc_sockets(d: &Deployment) -> Vec<String> {
+    let ipc = model::Ipc::identify(d);
+    let mut paths: Vec<String> = ipc.sockets.iter().map(|s| s.path.clone()).collect();
+    for unit in ipc.clients.iter().chain(&ipc.qm_servers) {
+        if let Some((path, _)) = model::socket_env(unit) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// Lints a loaded deployment.
 pub fn lint(deployment: &Deployment) -> Report {
     let mut findings = rules::check(deployment);
@@ -240,5 +267,6 @@ pub fn lint(deployment: &Deployment) -> Report {
         findings,
         files: deployment.files.clone(),
         notes: Vec::new(),
+        ipc_sockets: ipc_sockets(deployment),
     }
 }

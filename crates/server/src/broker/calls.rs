@@ -123,6 +123,13 @@ impl Calls {
 
     /// A provider's reply. Only the provider the call was sent to may
     /// answer it.
+    /// The service and method of a call in flight.
+    pub fn pending_call(&self, id: CallId) -> Option<(&str, &str)> {
+        self.pending
+            .get(&id)
+            .map(|c| (c.service.as_str(), c.method.as_str()))
+    }
+
     pub fn reply(
         &mut self,
         provider: ConnId,

@@ -19,6 +19,7 @@
 pub mod account;
 pub mod calls;
 pub mod counters;
+pub mod monitor;
 #[cfg(test)]
 mod tests;
 pub mod topics;
@@ -83,6 +84,8 @@ pub enum ConnectionState {
     Streaming(Subscription),
     /// Serving services as their provider.
     Providing(Provider),
+    /// Watching events (`Monitor`): every later reply is an event.
+    Monitoring(monitor::Monitor),
     /// Its last reply is queued; it is written and the connection ends.
     Closing,
 }
@@ -94,6 +97,7 @@ impl ConnectionState {
             Self::InCall(_) => "in_call",
             Self::Streaming(_) => "streaming",
             Self::Providing(_) => "providing",
+            Self::Monitoring(_) => "monitoring",
             Self::Closing => "closing",
         }
     }
@@ -340,7 +344,7 @@ impl Broker {
             ConnectionState::InCall(id) => {
                 self.calls.abandon(id);
             }
-            ConnectionState::Idle | ConnectionState::Closing => {}
+            ConnectionState::Idle | ConnectionState::Closing | ConnectionState::Monitoring(_) => {}
         }
         drop(connection.charge);
     }
@@ -440,6 +444,21 @@ impl Broker {
             },
         );
         self.published += 1;
+        if let Some(value) = self
+            .has_monitors()
+            .then(|| self.topics.current(topic).map(|(_, v)| v))
+            .flatten()
+        {
+            self.emit(
+                conn,
+                monitor::Event::Publish {
+                    topic,
+                    seq,
+                    value_json: &value.value_json,
+                },
+                now.wall_us,
+            );
+        }
         Ok(seq)
     }
 
@@ -616,6 +635,22 @@ impl Broker {
         if let Some(connection) = self.connections.get_mut(&caller) {
             connection.state = ConnectionState::InCall(id);
         }
+        if let Some((service, method)) = self
+            .has_monitors()
+            .then(|| self.calls.pending_call(id))
+            .flatten()
+        {
+            let (service, method) = (service.to_owned(), method.to_owned());
+            self.emit(
+                caller,
+                monitor::Event::Call {
+                    service: &service,
+                    method: &method,
+                    id,
+                },
+                Now::read().wall_us,
+            );
+        }
         Ok((id, rx))
     }
 
@@ -643,7 +678,143 @@ impl Broker {
         id: CallId,
         outcome: ReplyOutcome,
     ) -> Result<(), ErrorReply> {
-        self.calls.reply(conn, id, outcome)
+        let service = self
+            .has_monitors()
+            .then(|| self.calls.pending_call(id).map(|(s, _)| s.to_owned()))
+            .flatten();
+        let error = match &outcome {
+            ReplyOutcome::Error { error, .. } => Some(error.clone()),
+            ReplyOutcome::Result(_) => None,
+        };
+        self.calls.reply(conn, id, outcome)?;
+        if let Some(service) = service {
+            let event = match &error {
+                None => monitor::Event::Reply {
+                    service: &service,
+                    id,
+                },
+                Some(error) => monitor::Event::Error {
+                    service: &service,
+                    id,
+                    error,
+                },
+            };
+            self.emit(conn, event, Now::read().wall_us);
+        }
+        Ok(())
+    }
+
+    /// Idle → Monitoring: `conn` sees the events of the names `patterns`
+    /// match, as far as its policy lets it see them (checked per event, so
+    /// a reload applies at once).
+    pub fn monitor(
+        &mut self,
+        conn: ConnId,
+        patterns: Vec<TopicPattern>,
+        max_patterns: usize,
+    ) -> Result<(), ErrorReply> {
+        self.expect_idle(
+            conn,
+            "patterns",
+            "this connection already streams or serves",
+        )?;
+        if patterns.len() > max_patterns {
+            return Err(self
+                .counters
+                .limit("max_subscription_patterns", max_patterns));
+        }
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.state = ConnectionState::Monitoring(monitor::Monitor {
+                patterns,
+                dropped: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// A call of `actor` to an ASIL service behind the gateway, and its
+    /// outcome (`None`: answered; `Some(error)`: the error it ended with),
+    /// for monitors; `id` pairs the two events.
+    pub fn observe_proxied_call(
+        &mut self,
+        actor: ConnId,
+        interface: &str,
+        method: &str,
+        id: u64,
+        outcome: Option<Option<&str>>,
+    ) {
+        if !self.has_monitors() {
+            return;
+        }
+        let event = match outcome {
+            None => monitor::Event::Call {
+                service: interface,
+                method,
+                id,
+            },
+            Some(None) => monitor::Event::Reply {
+                service: interface,
+                id,
+            },
+            Some(Some(error)) => monitor::Event::Error {
+                service: interface,
+                id,
+                error,
+            },
+        };
+        self.emit(actor, event, Now::read().wall_us);
+    }
+
+    /// Is any connection monitoring? (Nothing is built for monitors when
+    /// none is.)
+    fn has_monitors(&self) -> bool {
+        self.connections
+            .values()
+            .any(|c| matches!(c.state, ConnectionState::Monitoring(_)))
+    }
+
+    /// Hands `event`, done by `actor`, to every monitor that may see it:
+    /// a pattern matches its name, and the monitor's policy lets it read
+    /// the topic or call the service. Never waits: a full outbox loses the
+    /// event and counts it.
+    fn emit(&mut self, actor: ConnId, event: monitor::Event<'_>, timestamp_us: u64) {
+        let peer = self
+            .connections
+            .get(&actor)
+            .map_or_else(String::new, |c| c.peer.to_string());
+        let policy = self.policy.clone();
+        let action = match event.is_topic() {
+            true => Action::Subscribe,
+            false => Action::Call,
+        };
+        for c in self.connections.values_mut() {
+            let ConnectionState::Monitoring(watch) = &mut c.state else {
+                continue;
+            };
+            let name = event.name();
+            let identity = c.peer.identity();
+            // A service behind the gateway is an interface whose grants
+            // name its methods (`com.example.Climate.*`): a monitor that
+            // may call one of them sees the interface's calls.
+            let may_see = policy.check(&identity, action, name).allowed()
+                || (action == Action::Call
+                    && TopicPattern::parse(&format!("{name}.*")).is_ok_and(|methods| {
+                        policy
+                            .rule_for(&identity)
+                            .is_some_and(|r| r.grants.overlaps(Action::Call, &methods))
+                    }));
+            if !watch.patterns.iter().any(|p| p.matches(name)) || !may_see {
+                continue;
+            }
+            let json = event.to_json(&peer, timestamp_us, watch.dropped);
+            match c
+                .outbox
+                .try_push_frame(|out| monitor::encode_frame(&json, out))
+            {
+                Ok(()) => watch.dropped = 0,
+                Err(_) => watch.dropped += 1,
+            }
+        }
     }
 
     /// Replaces the policy. Running subscriptions are re-filtered at once;
@@ -667,6 +838,13 @@ impl Broker {
                     .iter()
                     .find(|s| !policy.check(&identity, Action::Register, s).allowed())
                     .map(|s| (Action::Register, s.clone())),
+                ConnectionState::Monitoring(_)
+                    if !policy
+                        .check(&identity, Action::Monitor, "gateway")
+                        .allowed() =>
+                {
+                    Some((Action::Monitor, "gateway".to_owned()))
+                }
                 _ => None,
             };
             if let Some(withdrawn) = withdrawn {
@@ -690,6 +868,19 @@ impl Broker {
             let subscribers = self.subscribers_of(&name);
             self.topics.set_subscribers(&name, subscribers);
         }
+    }
+
+    /// The topics and registered services the filters admit (the caller's
+    /// policy), each sorted by name, for `List`.
+    pub fn listing(
+        &self,
+        visible_topic: impl Fn(&str) -> bool,
+        visible_service: impl Fn(&str) -> bool,
+    ) -> (Vec<topics::TopicSummary>, Vec<String>) {
+        let topics = self.topics.summaries(visible_topic);
+        let mut services = self.calls.services();
+        services.retain(|s| visible_service(s));
+        (topics, services)
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -677,3 +677,108 @@ fn the_first_sample_of_each_topic_names_the_gateway_instance() {
     );
     assert_eq!(broker.snapshot().instance, "test-instance");
 }
+
+const MONITORED: &str = r#"
+[[rule]]
+name = "asil"
+socket = "provider"
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"] }
+
+[[rule]]
+name = "qm"
+socket = "consumer"
+allow = { subscribe = ["vehicle.*"], call = ["svc"], monitor = true }
+"#;
+
+/// Monitor: what the policy lets the monitor see, with who did it; a slow
+/// monitor loses events and is told how many, and the publisher never
+/// waits for it.
+#[test]
+fn a_monitor_sees_what_it_may_and_counts_what_it_lost() {
+    let limits = Limits {
+        max_queued_bytes: 2048,
+        ..Limits::default()
+    };
+    let mut b = Broker::new(limits, policy(MONITORED), "test-instance");
+    let (watcher, events) = connect(&mut b, &qm(7));
+    b.monitor(watcher, vec![TopicPattern::parse("*").unwrap()], 64)
+        .unwrap();
+    assert_eq!(b.state(watcher), Some("monitoring"));
+    let (asil_conn, _) = connect(&mut b, &asil());
+
+    // A topic the monitor may read, and one it may not.
+    b.publish(asil_conn, "vehicle.speed", json(r#"{"kmh": 50}"#), now())
+        .unwrap();
+    b.publish(asil_conn, "cabin.secret", json("{}"), now())
+        .unwrap();
+    let seen = drain(&events);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let event = &seen[0]["parameters"]["event"];
+    assert_eq!(event["kind"], "publish");
+    assert_eq!(event["name"], "vehicle.speed");
+    assert_eq!(event["seq"], 1);
+    assert_eq!(event["value"]["kmh"], 50);
+    assert_eq!(event["dropped"], 0);
+    assert!(
+        event["peer"].as_str().unwrap().starts_with("provider"),
+        "{event}"
+    );
+    assert_eq!(seen[0]["continues"], true);
+
+    // Not read: the queue fills, later events are lost, every publish
+    // still succeeds.
+    let value = json(&format!(r#"{{"pad": "{}"}}"#, "x".repeat(200)));
+    for _ in 0..100 {
+        b.publish(asil_conn, "vehicle.speed", value.clone(), now())
+            .unwrap();
+    }
+    let kept = drain(&events).len();
+    assert!((1..100).contains(&kept), "{kept} of 100 queued");
+    b.publish(asil_conn, "vehicle.speed", value, now()).unwrap();
+    let next = drain(&events);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0]["parameters"]["event"]["dropped"],
+        (100 - kept) as u64,
+        "the next event says how many were lost"
+    );
+
+    // A call and its provider's error reply, with the caller named.
+    let (provider, _requests) = serve_svc(&mut b);
+    let (caller, _) = connect(&mut b, &qm(8));
+    let (id, _reply) = call_svc(&mut b, caller).unwrap();
+    let seen = drain(&events);
+    let call = &seen[0]["parameters"]["event"];
+    assert_eq!(call["kind"], "call");
+    assert_eq!(call["name"], "svc");
+    assert_eq!(call["method"], "M");
+    assert_eq!(call["seq"], id);
+    assert!(
+        call["peer"].as_str().unwrap().starts_with("consumer"),
+        "{call}"
+    );
+    b.reply(
+        provider,
+        id,
+        ReplyOutcome::Error {
+            error: "com.example.Broken".into(),
+            parameters: json("{}"),
+        },
+    )
+    .unwrap();
+    let seen = drain(&events);
+    let error = &seen[0]["parameters"]["event"];
+    assert_eq!(error["kind"], "error");
+    assert_eq!(error["error"], "com.example.Broken");
+    assert_eq!(error["seq"], id);
+
+    // A reload without the grant ends the monitor with AccessDenied.
+    b.set_policy(policy(ASIL_AND_QM));
+    assert_eq!(b.state(watcher), Some("closing"));
+    let last = drain(&events);
+    assert_eq!(
+        last[0]["error"], "io.qmipc.Gateway.AccessDenied",
+        "{last:?}"
+    );
+    assert_eq!(last[0]["parameters"]["action"], "monitor");
+}

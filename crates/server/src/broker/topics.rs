@@ -20,6 +20,15 @@ struct Topic {
     retained: Option<Charge>,
 }
 
+/// One topic in a `List` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    pub topic: String,
+    pub seq: u64,
+    pub bytes: usize,
+    pub subscribers: usize,
+}
+
 #[derive(Default)]
 pub struct Topics {
     topics: HashMap<String, Topic>,
@@ -104,6 +113,24 @@ impl Topics {
             deliver(*conn, &entry.name, &entry.last);
         }
         seq
+    }
+
+    /// Every topic `visible` admits, as `List` shows it: name, seq, value
+    /// bytes, subscribers; sorted by name.
+    pub fn summaries(&self, visible: impl Fn(&str) -> bool) -> Vec<TopicSummary> {
+        let mut out: Vec<TopicSummary> = self
+            .topics
+            .values()
+            .filter(|t| visible(&t.name.name))
+            .map(|t| TopicSummary {
+                topic: t.name.name.clone(),
+                seq: t.last.seq,
+                bytes: t.last.value_json.len(),
+                subscribers: t.subscribers.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
     }
 
     /// A topic's current value; `None` for one that has none (its value

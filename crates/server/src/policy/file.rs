@@ -61,6 +61,10 @@ struct AllowFile {
     register: Vec<Spanned<String>>,
     #[serde(default)]
     stats: bool,
+    #[serde(default)]
+    list: bool,
+    #[serde(default)]
+    monitor: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -178,6 +182,8 @@ impl Policy {
                     call: patterns(r.allow.call, "call")?,
                     register: patterns(r.allow.register, "register")?,
                     stats: r.allow.stats,
+                    list: r.allow.list,
+                    monitor: r.allow.monitor,
                 },
                 limits: RuleLimits {
                     rate,
@@ -219,6 +225,26 @@ mod tests {
             .grants
             .allows(super::super::Action::Publish, "demo.time"));
         assert!(!p.rules[1].grants.any(super::super::Action::Call));
+    }
+
+    #[test]
+    fn list_is_a_grant_of_its_own() {
+        use super::super::Action;
+        let p = Policy::builtin();
+        assert!(p.rules[0].grants.allows(Action::List, "gateway"));
+        assert!(
+            !p.rules[1].grants.any(Action::List),
+            "QM may not list by default"
+        );
+        let p = Policy::parse(
+            "p.toml",
+            "[[rule]]\nname = \"a\"\nallow = { subscribe = [\"*\"], list = true }\n",
+            &[],
+        )
+        .unwrap();
+        assert!(p.rules[0].grants.allows(Action::List, "gateway"));
+        assert!(!p.rules[0].grants.allows(Action::Stats, "gateway"));
+        assert_eq!(Action::parse("list"), Some(Action::List));
     }
 
     #[test]

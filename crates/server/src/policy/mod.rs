@@ -30,6 +30,10 @@ pub enum Action {
     Call,
     Register,
     Stats,
+    /// See which topics and services there are (`List`).
+    List,
+    /// Watch what happens (`Monitor`).
+    Monitor,
 }
 
 impl Action {
@@ -40,6 +44,8 @@ impl Action {
             Self::Call => "call",
             Self::Register => "register",
             Self::Stats => "stats",
+            Self::List => "list",
+            Self::Monitor => "monitor",
         }
     }
 
@@ -50,6 +56,8 @@ impl Action {
             "call" => Self::Call,
             "register" => Self::Register,
             "stats" => Self::Stats,
+            "list" => Self::List,
+            "monitor" => Self::Monitor,
             _ => return None,
         })
     }
@@ -85,6 +93,13 @@ pub struct Grants {
     pub call: Vec<TopicPattern>,
     pub register: Vec<TopicPattern>,
     pub stats: bool,
+    /// `List`: which topics there are (those the peer may read) and which
+    /// services (those it may call). A grant of its own: what exists is
+    /// information too.
+    pub list: bool,
+    /// `Monitor`: every publish, call, reply and error, of the topics the
+    /// peer may read and the services it may call.
+    pub monitor: bool,
 }
 
 impl Grants {
@@ -94,13 +109,15 @@ impl Grants {
             Action::Subscribe => &self.subscribe,
             Action::Call => &self.call,
             Action::Register => &self.register,
-            Action::Stats => &[],
+            Action::Stats | Action::List | Action::Monitor => &[],
         }
     }
 
     pub fn allows(&self, action: Action, name: &str) -> bool {
         match action {
             Action::Stats => self.stats,
+            Action::List => self.list,
+            Action::Monitor => self.monitor,
             _ => self.patterns(action).iter().any(|p| p.matches(name)),
         }
     }
@@ -114,6 +131,8 @@ impl Grants {
     pub fn any(&self, action: Action) -> bool {
         match action {
             Action::Stats => self.stats,
+            Action::List => self.list,
+            Action::Monitor => self.monitor,
             _ => !self.patterns(action).is_empty(),
         }
     }

@@ -521,39 +521,90 @@ impl Drop for AccountTurn<'_> {
 /// the varlink reply shape, and asks for nothing more unless the call was a
 /// stream (`stream`). Returns whether the reply says more follow.
 fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
+    /// The reply's members, read without building a tree of its
+    /// parameters (the strict check has been over every byte already).
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Shape<'a> {
+        #[serde(borrow, default)]
+        parameters: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, default)]
+        error: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        continues: Option<bool>,
+    }
     let text = std::str::from_utf8(reply).map_err(|_| "not UTF-8".to_owned())?;
     check_value(text, &ValueLimits::default()).map_err(|e| e.to_string())?;
-    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let Value::Object(members) = value else {
-        return Err("not a JSON object".into());
+    let shape: Shape<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let starts = |raw: Option<&serde_json::value::RawValue>, with: u8| {
+        raw.is_none_or(|r| r.get() == "null" || r.get().as_bytes().first() == Some(&with))
     };
-    if let Some(unknown) = members
-        .keys()
-        .find(|k| !matches!(k.as_str(), "parameters" | "error" | "continues"))
-    {
-        return Err(format!("unknown member {unknown:?}"));
+    if !starts(shape.parameters, b'{') {
+        return Err("parameters is not an object".into());
     }
-    let continues = match members.get("continues") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) if stream => true,
-        Some(Value::Bool(true)) => {
-            return Err("a stream reply to a call that did not ask for one".into())
-        }
-        Some(_) => return Err("continues is not a boolean".into()),
-    };
-    match members.get("error") {
-        None | Some(Value::Null) => {}
+    if !starts(shape.error, b'"') {
+        return Err("error is not a string".into());
+    }
+    if shape.error.is_some_and(|e| e.get() != "null") {
         // An error ends a stream: one that says more follow would tell
         // the QM client to wait on a stream the gateway has ended, and to
         // take the replies to its next calls for the stream's.
-        Some(Value::String(_)) if continues => {
-            return Err("an error reply that says more follow".into())
+        if shape.continues == Some(true) {
+            return Err("an error reply that says more follow".into());
         }
-        Some(Value::String(_)) => return Ok(false),
-        Some(_) => return Err("error is not a string".into()),
+        return Ok(false);
     }
-    match members.get("parameters") {
-        None | Some(Value::Object(_)) | Some(Value::Null) => Ok(continues),
-        Some(_) => Err("parameters is not an object".into()),
+    match shape.continues {
+        Some(true) if !stream => Err("a stream reply to a call that did not ask for one".into()),
+        continues => Ok(continues == Some(true)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_relayable;
+
+    #[test]
+    fn only_replies_of_the_varlink_shape_are_relayed() {
+        let ok = |r: &str, stream| check_relayable(r.as_bytes(), stream);
+        assert_eq!(ok(r#"{"parameters": {"a": 1}}"#, false), Ok(false));
+        assert_eq!(ok(r#"{ "parameters" : null }"#, false), Ok(false));
+        assert_eq!(ok(r#"{}"#, false), Ok(false));
+        assert_eq!(
+            ok(r#"{"parameters": {}, "continues": true}"#, true),
+            Ok(true)
+        );
+        assert_eq!(
+            ok(r#"{"parameters": {}, "continues": false}"#, true),
+            Ok(false)
+        );
+        assert_eq!(
+            ok(r#"{"error": "a.B.C", "parameters": {}}"#, true),
+            Ok(false)
+        );
+        // An error that says more follow is not relayed: it would tell the
+        // client to wait on a stream the error ended.
+        for stream in [true, false] {
+            let reply = r#"{"error": "a.B.C", "parameters": {}, "continues": true}"#;
+            assert!(
+                ok(reply, stream).is_err_and(|e| e.contains("says more follow")),
+                "stream {stream}"
+            );
+        }
+        for (bad, why) in [
+            (r#"{"parameters": [1]}"#, "parameters is not an object"),
+            (r#"{"parameters": "x"}"#, "parameters is not an object"),
+            (r#"{"error": 5}"#, "error is not a string"),
+            (r#"{"parameters": {}, "continues": true}"#, "did not ask"),
+            (r#"{"parameters": {}, "continues": 1}"#, "invalid type"),
+            (r#"{"parameters": {}, "upgrade": true}"#, "unknown field"),
+            (r#"[1]"#, ""),
+            (r#"{"parameters": {"a": 1e999}}"#, ""),
+        ] {
+            match ok(bad, false) {
+                Err(e) => assert!(e.contains(why), "{bad}: {e}"),
+                Ok(v) => panic!("{bad} relayed ({v})"),
+            }
+        }
     }
 }
