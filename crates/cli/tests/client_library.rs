@@ -723,6 +723,143 @@ fn a_rust_service_answers_the_varlink_service_interface() {
     });
 }
 
+#[test]
+fn a_subscription_to_a_gateway_that_never_answers_says_so_and_tries_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.socket");
+    within(WATCHDOG, async {
+        // A peer that accepts and never answers (a hung gateway, or a
+        // socket whose service is stuck): the subscription's connect must
+        // be bounded by the session's timeout like every call, report the
+        // outage, and connect again, never wait silently for ever.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (seen, mut accepts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                let _ = seen.send(held.len());
+            }
+        });
+        let session = Session::builder(&path)
+            .timeout(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+            .build();
+        let mut sub = session.subscribe::<Value>(["vehicle.speed"]).unwrap();
+        match tokio::time::timeout(common::DEADLINE, sub.next()).await {
+            Ok(Some(Err(ClientError::Timeout(t)))) => assert_eq!(t, Duration::from_millis(200)),
+            other => panic!("expected a timeout item, got {other:?}"),
+        }
+        // It tried again on a new connection.
+        loop {
+            let n = tokio::time::timeout(common::DEADLINE, accepts.recv())
+                .await
+                .expect("a second connection within the deadline")
+                .expect("the listener runs");
+            if n >= 2 {
+                break;
+            }
+        }
+    });
+}
+
+#[test]
+fn a_reply_the_peer_sent_unasked_never_answers_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chatty.socket");
+    within(WATCHDOG, async {
+        // A buggy or hostile peer that answers every Get twice: the second
+        // reply, seq 1000 + n, must not be taken as the answer to the
+        // session's next call.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let mut gets = 0u64;
+            while let Ok((stream, _)) = listener.accept().await {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                loop {
+                    let mut frame = Vec::new();
+                    match read.read_until(0, &mut frame).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    frame.pop();
+                    let call: Value = serde_json::from_slice(&frame).unwrap();
+                    let mut out = Vec::new();
+                    let mut reply = |v: Value| {
+                        out.extend_from_slice(v.to_string().as_bytes());
+                        out.push(0);
+                    };
+                    let sample = |seq: u64| json!({"parameters": {"sample": {"topic": "t", "seq": seq, "value": {"kmh": 1.0}, "timestamp_us": 0, "dropped": 0}}});
+                    if call["method"] == "io.qmipc.Gateway.Instance" {
+                        reply(json!({"parameters": {"instance": "one"}}));
+                    } else {
+                        gets += 1;
+                        reply(sample(gets));
+                        reply(sample(1000 + gets));
+                    }
+                    if write.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let session = Session::builder(&path).build();
+        let first = session.get::<Speed>("t").await.unwrap();
+        assert_eq!(first.seq, 1);
+        let second = session.get::<Speed>("t").await.unwrap();
+        assert_eq!(second.seq, 2, "the second call got its own answer");
+    });
+}
+
+/// A topic declared with a type by a reload must not go on serving a value
+/// of another shape published before: an ASIL subscriber of the typed
+/// topic would be fed exactly what the type exists to keep out.
+#[test]
+fn a_value_published_before_its_topic_was_typed_is_not_served_after_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = dir.path().join("topics.toml");
+    std::fs::write(&topics, "").unwrap();
+    std::fs::write(
+        dir.path().join("com.example.Vehicle.varlink"),
+        "interface com.example.Vehicle\n\ntype Speed (kmh: float)\n\nmethod Nop() -> ()\n",
+    )
+    .unwrap();
+    let mut gw = Gateway::start_in(dir, &["--topics", topics.to_str().unwrap()]);
+    let qm = Session::new(&gw.consumer);
+    let asil = Session::new(&gw.provider);
+    within(WATCHDOG, async {
+        qm.publish("vehicle.speed", &json!({"kmh": "fast"}))
+            .await
+            .unwrap();
+    });
+    std::fs::write(
+        &topics,
+        "[[topic]]\nname = \"vehicle.speed\"\ntype = \"com.example.Vehicle.Speed\"\n",
+    )
+    .unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc.wait_line("topic types reloaded");
+    within(WATCHDOG, async {
+        match asil.get::<Value>("vehicle.speed").await {
+            Ok(s) => panic!("the untyped value is still served: {:?}", s.value),
+            Err(ClientError::Remote(ErrorReply::NoSuchTopic { .. })) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        let mut sub = asil.subscribe::<Value>(["vehicle.speed"]).unwrap();
+        asil.publish("vehicle.speed", &Speed { kmh: 50.0 })
+            .await
+            .unwrap();
+        let first = next(&mut sub).await.unwrap();
+        assert_eq!(
+            first.value,
+            json!({"kmh": 50.0}),
+            "the first value is the typed one"
+        );
+    });
+}
+
 /// A monitor sees calls to an ASIL service behind the gateway, and how
 /// each ended, as far as its policy lets it call the service.
 #[test]

@@ -417,3 +417,60 @@ fn a_rule_tightens_the_limits_of_its_peers() {
     raw.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "a", "value": {"v": 1}}, "oneway": true}));
     assert_eq!(raw.recv().unwrap()["parameters"]["sample"]["topic"], "a");
 }
+
+/// Describe tells a topic's type only to a peer that may read or publish
+/// the topic: a QM app learns nothing of the others' topics from it.
+#[test]
+fn describe_of_a_topic_the_peer_may_not_use_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"asil\"\nsocket = \"provider\"\nallow = { subscribe = [\"*\"] }\n\n[[rule]]\nname = \"qm\"\nsocket = \"consumer\"\nallow = { subscribe = [\"media.*\"], publish = [\"app.*\"] }\n",
+    )
+    .unwrap();
+    let topics = dir.path().join("topics.toml");
+    let mut declared = String::new();
+    for topic in ["vehicle.speed", "media.speed", "app.speed"] {
+        declared +=
+            &format!("[[topic]]\nname = \"{topic}\"\ntype = \"com.example.Vehicle.Speed\"\n");
+    }
+    std::fs::write(&topics, declared).unwrap();
+    std::fs::write(
+        dir.path().join("com.example.Vehicle.varlink"),
+        "interface com.example.Vehicle\n\ntype Speed (kmh: float)\n\nmethod Nop() -> ()\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--topics",
+            topics.to_str().unwrap(),
+        ],
+    );
+    let describe = |socket: &std::path::Path, topic: &str| {
+        let mut client = Raw::connect(socket);
+        client.call(json!({"method": "io.qmipc.Gateway.Describe", "parameters": {"topic": topic}}));
+        client.recv().expect("a reply")
+    };
+    let denied = describe(&gw.consumer, "vehicle.speed");
+    assert_eq!(denied["error"], "io.qmipc.Gateway.AccessDenied", "{denied}");
+    assert!(
+        !denied.to_string().contains("com.example.Vehicle"),
+        "nothing of the type: {denied}"
+    );
+    for readable in ["media.speed", "app.speed"] {
+        let told = describe(&gw.consumer, readable);
+        assert_eq!(
+            told["parameters"]["type"], "com.example.Vehicle.Speed",
+            "{told}"
+        );
+    }
+    let asil = describe(&gw.provider, "vehicle.speed");
+    assert_eq!(
+        asil["parameters"]["type"], "com.example.Vehicle.Speed",
+        "{asil}"
+    );
+}

@@ -16,7 +16,7 @@ use std::thread;
 use common::{Gateway, Raw, DEADLINE};
 use serde_json::{json, Value};
 
-const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n";
+const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n\n# One reply, then quiet until the caller goes.\nmethod Watch() -> (n: int)\n\n# An error that claims more follow.\nmethod Fail() -> ()\n\nerror Broken ()\n";
 
 /// A varlink service written by hand on a plain socket, so the test sees
 /// exactly what it sends: it answers GetInterfaceDescription, and streams
@@ -96,6 +96,25 @@ fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc:
                 if die {
                     return; // closes mid-stream
                 }
+            }
+            Some("com.example.Feed.Fail") => {
+                let _ = reply(
+                    &mut writer,
+                    json!({"error": "com.example.Feed.Broken", "parameters": {}, "continues": true}),
+                );
+            }
+            Some("com.example.Feed.Watch") => {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let _ = reply(
+                    &mut writer,
+                    json!({"parameters": {"n": 1}, "continues": true}),
+                );
+                // Quiet, as an event stream is between events, until the
+                // gateway closes the connection.
+                let mut rest = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
+                let _ = done.send(1);
+                return;
             }
             _ => {
                 let _ = reply(
@@ -230,4 +249,119 @@ fn a_service_that_dies_mid_stream_ends_it_with_a_named_error() {
         "{last}"
     );
     assert_eq!(last["parameters"]["service"], "com.example.Feed");
+}
+
+/// `oneway` says no reply may come: with `more` as well, a QM client must
+/// not get a stream on its connection (ahead of the replies to its next
+/// calls), nor hold a streaming connection of the service's pool.
+#[test]
+fn a_oneway_call_with_more_gets_no_stream() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Follow", "parameters": {"count": 3}, "oneway": true, "more": true}));
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    let reply = client.recv().expect("a reply");
+    assert_eq!(
+        reply["parameters"]["vendor"], "qm-ipc",
+        "the first reply is GetInfo's, not a stream: {reply}"
+    );
+}
+
+/// A QM client that pipelined a call behind its stream and then went away
+/// must not keep the stream, its connection to the service and its share
+/// of the pool for as long as the service stays quiet: nobody can read
+/// its replies any more.
+#[test]
+fn a_stream_whose_reader_left_with_a_call_pipelined_ends_at_once() {
+    let (gw, feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Watch", "more": true}));
+    let first = client.recv().expect("the first reply");
+    assert_eq!(first["parameters"]["n"], 1, "{first}");
+    // Sent while the stream runs: it waits in the socket, unread, until
+    // the stream ends.
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    drop(client);
+    assert_eq!(
+        feed.done.recv_timeout(DEADLINE),
+        Ok(1),
+        "the gateway closed the service's stream once its reader was gone"
+    );
+}
+
+/// A call pipelined behind a running stream by a reader that stays is
+/// answered once the stream ends.
+#[test]
+fn a_call_pipelined_behind_a_stream_is_answered_after_it() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    follow(&mut client, 20_000, false);
+    let first = client.recv().expect("the first reply");
+    assert_eq!(first["continues"], true, "{first}");
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    let (_, last) = read_to_end(&mut client);
+    assert_eq!(last["parameters"]["n"], 20_000, "{last}");
+    let info = client.recv().expect("GetInfo's reply");
+    assert_eq!(info["parameters"]["vendor"], "qm-ipc", "{info}");
+}
+
+/// Streams hold their share of the service's pool while they run: one QM
+/// container at most half of QM's share (2 of the default 4 connections'
+/// 3), the ASIL side still reaches the service meanwhile, and a stream
+/// that ends gives its share back.
+#[test]
+fn streams_are_bounded_per_container_and_leave_the_asil_side_a_connection() {
+    let (gw, feed) = gateway_with_feed();
+    let watch = |client: &mut Raw| {
+        client.call(json!({"method": "com.example.Feed.Watch", "more": true}));
+        client.recv().expect("a reply")
+    };
+    let mut held: Vec<Raw> = (0..2)
+        .map(|_| {
+            let mut client = Raw::connect(&gw.consumer);
+            let first = watch(&mut client);
+            assert_eq!(first["parameters"]["n"], 1, "{first}");
+            client
+        })
+        .collect();
+    let mut third = Raw::connect(&gw.consumer);
+    let refused = watch(&mut third);
+    assert_eq!(
+        refused["error"], "io.qmipc.Gateway.LimitExceeded",
+        "{refused}"
+    );
+    assert_eq!(refused["parameters"]["limit"], "service_calls_per_peer");
+    // The ASIL side: a stream and a plain call, while QM holds its share.
+    let mut asil = Raw::connect(&gw.provider);
+    let first = watch(&mut asil);
+    assert_eq!(first["parameters"]["n"], 1, "{first}");
+    let mut asil_call = Raw::connect(&gw.provider);
+    asil_call.call(json!({"method": "com.example.Feed.Follow", "parameters": {"count": 1}}));
+    let reply = asil_call.recv().expect("a reply");
+    assert_eq!(reply["parameters"]["n"], 1, "{reply}");
+    assert_eq!(feed.done.recv_timeout(DEADLINE), Ok(1), "the call's report");
+    // One QM stream ends: its share is given back (before the service
+    // sees the stream's connection close).
+    drop(held.pop());
+    assert_eq!(feed.done.recv_timeout(DEADLINE), Ok(1));
+    let again = watch(&mut third);
+    assert_eq!(again["parameters"]["n"], 1, "{again}");
+}
+
+/// An error ends a stream, whatever else the service's reply says: the QM
+/// client must never be told more follow on a stream the gateway ended, or
+/// it would take the replies to its next calls for the stream's.
+#[test]
+fn an_error_that_claims_to_continue_ends_the_stream_for_the_client_too() {
+    let (gw, _feed) = gateway_with_feed();
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Fail", "more": true}));
+    let last = client.recv().expect("a reply");
+    assert!(last["error"].is_string(), "{last}");
+    assert_ne!(
+        last["continues"], true,
+        "the stream's end says it ends: {last}"
+    );
+    client.call(json!({"method": "org.varlink.service.GetInfo"}));
+    assert_eq!(client.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
 }

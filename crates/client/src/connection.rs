@@ -136,6 +136,22 @@ impl Connection {
         }
     }
 
+    /// Has the peer sent nothing since the last reply read, and not closed
+    /// the connection? A connection kept for the next call must be: a
+    /// reply the peer sent unasked (a second reply to one call) would
+    /// otherwise be read as the next call's answer. Whatever it finds is
+    /// consumed, so a connection that is not quiet is for dropping.
+    pub fn is_quiet(&mut self) -> bool {
+        if self.decoder.pending() > 0 {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     /// Sends one call without waiting for its reply.
     pub async fn send(&mut self, call: &Call) -> Result<(), ClientError> {
         self.out.clear();

@@ -105,7 +105,7 @@ pub struct Session {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) path: PathBuf,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_cap: Duration,
     pub(crate) stream_queue: usize,
@@ -431,7 +431,13 @@ impl Session {
                 // Taken out of the slot while in use: if this future is
                 // dropped (timeout) or the call fails, the connection goes
                 // with it and the next call connects again.
-                let (mut conn, reused) = match slot.take() {
+                // A kept connection that is not quiet (the peer sent
+                // something unasked, or closed it) is dropped unused: the
+                // call goes on a fresh one, never answered by a stale reply.
+                let kept = slot
+                    .take()
+                    .and_then(|mut conn| conn.is_quiet().then_some(conn));
+                let (mut conn, reused) = match kept {
                     Some(conn) => (conn, true),
                     None => (self.open().await?, false),
                 };

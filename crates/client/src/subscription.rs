@@ -34,6 +34,10 @@ pub const MAX_TRACKED_TOPICS: usize = 16 * 1024;
 /// - `Err(e)` with `e.is_disconnect()`: the connection was lost, once per
 ///   outage; the subscription reconnects with backoff and subscribes again.
 ///   Values it already delivered are not delivered again.
+/// - `Err(ClientError::Timeout(_))`: the gateway took a connection but did
+///   not answer within the session's timeout (hung, or a socket whose
+///   service is stuck): an outage like a lost connection, reported once
+///   and retried with backoff.
 /// - `Err(ClientError::Restarted { .. })`: it reconnected to a new gateway
 ///   instance: the old values are gone and seq began again at 1.
 /// - `Err(ClientError::Remote(e))`: the gateway refused the subscription
@@ -163,7 +167,16 @@ async fn run<T: DeserializeOwned>(session: Session, patterns: Vec<String>, tx: I
     // One disconnect item per outage, not one per failed attempt.
     let mut outage_reported = false;
     loop {
-        let ended = match open(&session, &patterns).await {
+        // Connecting and the Instance question are bounded like any call:
+        // a gateway that accepts and never answers (hung, or a socket
+        // whose service is stuck) is an outage to report and retry, not a
+        // subscription that waits silently for ever.
+        let timeout = session.inner.timeout;
+        let opened = match tokio::time::timeout(timeout, open(&session, &patterns)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        };
+        let ended = match opened {
             Ok((conn, instance)) => {
                 outage_reported = false;
                 if let Some(restart) = continuity.connected(instance) {

@@ -62,6 +62,48 @@ pub enum IdlError {
     TooLarge(usize),
     #[error("the interface description does not parse: {0}")]
     Parse(String),
+    #[error("the interface description nests types more than {MAX_TYPE_NESTING} deep (line {0})")]
+    TooDeep(usize),
+}
+
+/// Nesting of types (structs, arrays, maps, optionals, one in another) a
+/// description may have. The varlink parser recurses once per level, so a
+/// description nested thousands deep (a few tens of KiB, well within a
+/// frame) would overflow the stack and abort the process reading it: the
+/// gateway, for a service's `GetInterfaceDescription` reply. Real
+/// interfaces nest a handful of levels.
+pub const MAX_TYPE_NESTING: usize = 64;
+
+/// Refuses a description whose types nest deeper than [`MAX_TYPE_NESTING`],
+/// by a look at its characters before the parser sees it: each `(` opens a
+/// level, and each `[` (array, map) or `?` in front of a type adds one.
+fn check_nesting(description: &str) -> Result<(), IdlError> {
+    let mut open: Vec<usize> = Vec::new();
+    let mut level = 0usize;
+    let mut prefixes = 0usize;
+    for (number, line) in description.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or_default();
+        for c in code.chars() {
+            match c {
+                '(' => {
+                    open.push(level);
+                    level += prefixes + 1;
+                    prefixes = 0;
+                }
+                ')' => {
+                    level = open.pop().unwrap_or(0);
+                    prefixes = 0;
+                }
+                '[' | '?' => prefixes += 1,
+                ':' | ',' => prefixes = 0,
+                _ => {}
+            }
+            if level + prefixes > MAX_TYPE_NESTING {
+                return Err(IdlError::TooDeep(number + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a value breaks its type: the parameter path (`settings.zone`) and
@@ -82,6 +124,7 @@ impl Interface {
         if description.len() > MAX_DESCRIPTION {
             return Err(IdlError::TooLarge(description.len()));
         }
+        check_nesting(description)?;
         let idl = varlink_parser::IDL::try_from(description)
             .map_err(|e| IdlError::Parse(e.to_string().replace('\n', " ")))?;
         Ok(Self {
@@ -453,5 +496,49 @@ error OutOfRange (celsius: float, min: float, max: float)
             panic!("passed");
         };
         assert!(m.problem.contains("nested too deeply"));
+    }
+}
+
+#[cfg(test)]
+mod deep_nesting {
+    use super::*;
+
+    fn nested(open: &str, depth: usize) -> String {
+        let close = if open.starts_with('(') { ")" } else { "" };
+        format!(
+            "interface com.example.Deep\nmethod Put(a: {}int{}) -> ()\n",
+            open.repeat(depth),
+            close.repeat(depth)
+        )
+    }
+
+    /// A service's description arrives from the service: one nested
+    /// thousands deep, well within the frame bound, must be an error on a
+    /// tokio worker's 2 MiB stack, never a stack overflow that aborts the
+    /// gateway. Real nesting still parses.
+    #[test]
+    fn a_deeply_nested_description_is_an_error_not_a_stack_overflow() {
+        for open in ["(a: ", "[]", "[string]", "?[]"] {
+            for depth in [1_000usize, 10_000, 20_000] {
+                let description = nested(open, depth);
+                let outcome = std::thread::Builder::new()
+                    .stack_size(2 * 1024 * 1024)
+                    .spawn(move || Interface::parse(&description))
+                    .unwrap()
+                    .join()
+                    .expect("no stack overflow");
+                assert!(
+                    matches!(outcome, Err(IdlError::TooDeep(2))),
+                    "{open} x {depth}: {outcome:?}"
+                );
+            }
+        }
+        let ok = Interface::parse(&nested("(a: ", 30)).unwrap();
+        assert!(ok.methods.contains_key("Put"));
+        let ok = Interface::parse(&nested("[]", 30)).unwrap();
+        assert!(ok.methods.contains_key("Put"));
+        // Comments are not types.
+        let commented = format!("# {}\n{}", "(".repeat(500), nested("(a: ", 3));
+        assert!(Interface::parse(&commented).is_ok());
     }
 }

@@ -430,7 +430,9 @@ impl Session<'_> {
                     &method,
                     parameters,
                     oneway,
-                    more || upgrade,
+                    // A oneway call gets no reply, so no stream either:
+                    // it is forwarded as oneway, whatever else it asks.
+                    !oneway && (more || upgrade),
                     shutdown,
                 )
                 .await
@@ -585,6 +587,11 @@ impl Session<'_> {
         let mut first_deadline = Some(Instant::now() + timeout);
         let mut pending: Option<StreamReply> = None;
         let mut service_done = false;
+        // One watch for the reader's leaving for the whole stream, not a
+        // new one per reply.
+        let write = self.write;
+        let gone = hangup(write.as_ref());
+        tokio::pin!(gone);
         loop {
             if service_done && pending.is_none() {
                 return Ok(());
@@ -632,7 +639,7 @@ impl Session<'_> {
                         service: stream.interface().to_owned(),
                     });
                 }
-                _ = hangup(self.write.as_ref()) => {
+                _ = &mut gone => {
                     return Err(ErrorReply::ServiceUnavailable {
                         service: stream.interface().to_owned(),
                     });
@@ -790,9 +797,7 @@ impl Session<'_> {
             },
             Request::Publish { topic, value } => {
                 self.authorize(Action::Publish, &topic)?;
-                if let Some(declared) = hub.topic_types().get(&topic) {
-                    declared.check(value.get())?;
-                }
+                // Checked against the topic's declared type, if any, there.
                 let seq = hub.publish(self.conn, &topic, value)?;
                 Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
@@ -973,10 +978,13 @@ impl Drop for AbandonOnDrop<'_> {
     }
 }
 
-/// Resolves once the peer has closed its end with nothing left unread, so
-/// a caller that leaves while its call waits is noticed at once. A peer
-/// that has sent more (pipelined calls) is not gone: then this never
-/// resolves, and the call's own deadline applies.
+/// Resolves once the peer has closed its end with nothing left unread, or
+/// has closed its socket altogether (`POLLHUP`) with pipelined calls left
+/// unread, so a caller that leaves while its call or stream waits is
+/// noticed at once: nobody can read their replies any more. A peer that
+/// only shut down its sending side after pipelining calls may still read
+/// their replies, so it is not gone; then the call's own deadline applies
+/// (and a stream runs until the service or the gateway ends it).
 async fn hangup(stream: &UnixStream) {
     use std::os::fd::AsRawFd;
     loop {
@@ -1001,11 +1009,56 @@ async fn hangup(stream: &UnixStream) {
         });
         match peeked {
             Ok(0) => return,
-            Ok(_) => return std::future::pending().await,
+            Ok(_) => return closed_with_unread(stream).await,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         }
     }
+}
+
+/// Resolves once a peer with unread bytes waiting closes its socket
+/// altogether. The wait is on a registration of its own (a duplicate of
+/// the descriptor): the connection's readiness belongs to its reader, and
+/// must stay set while those bytes wait, or the reader would sleep on
+/// them once the call is done.
+async fn closed_with_unread(stream: &UnixStream) {
+    use std::os::fd::AsFd;
+    let watch = stream.as_fd().try_clone_to_owned().ok().and_then(|fd| {
+        // SAFETY: the OwnedFd is ours alone (a fresh duplicate), and stays
+        // open and the same descriptor for as long as the AsyncFd owns it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .ok()
+    });
+    // Out of descriptors: the call's own deadline still applies.
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    loop {
+        if peer_closed(watch.get_ref()) {
+            return;
+        }
+        match watch.readable().await {
+            // Woken by more bytes or by the close: look again.
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Has the peer closed its socket altogether? A Unix socket reports
+/// `POLLHUP` only then, not when the peer merely shut down its sending
+/// side.
+fn peer_closed(fd: &impl std::os::fd::AsRawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd of a descriptor we own, no wait (timeout 0).
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    n > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The error name of a relayed reply, if it is an error.

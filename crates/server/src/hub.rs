@@ -84,8 +84,22 @@ impl Hub {
             .clone()
     }
 
+    /// Puts `types` in force. A retained value that does not fit its
+    /// topic's type now (published before the topic was declared, or
+    /// under another type) is withdrawn, so it is never served as a value
+    /// of the type; the types are swapped under the broker lock, and a
+    /// publish checked against the old types is checked again (see
+    /// [`publish`](Self::publish)).
     pub fn set_topic_types(&self, types: TopicTypes) {
+        let mut broker = self.lock();
+        let withdrawn = broker.withdraw_values(|topic, value| {
+            types.get(topic).is_none_or(|t| t.check(value).is_ok())
+        });
         *self.topic_types.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(types);
+        drop(broker);
+        for topic in withdrawn {
+            tracing::warn!(%topic, "retained value withdrawn: it does not fit the topic's new type");
+        }
     }
 
     pub fn topic_types(&self) -> Arc<TopicTypes> {
@@ -146,9 +160,25 @@ impl Hub {
         self.lock().record_refused(reason);
     }
 
+    /// Publishes `value` once it fits `topic`'s declared type, if it has
+    /// one. The check parses the value, so it runs outside the lock; if a
+    /// reload put other types in force meanwhile, the value is checked
+    /// again against those under the lock, so no value of the old types
+    /// lands after the reload withdrew the misfits.
     pub fn publish(&self, conn: ConnId, topic: &str, value: RawJson) -> Result<u64, ErrorReply> {
+        let types = self.topic_types();
+        if let Some(declared) = types.get(topic) {
+            declared.check(value.get())?;
+        }
         let now = Now::read();
-        self.lock().publish(conn, topic, value, now)
+        let mut broker = self.lock();
+        let current = self.topic_types();
+        if !Arc::ptr_eq(&types, &current) {
+            if let Some(declared) = current.get(topic) {
+                declared.check(value.get())?;
+            }
+        }
+        broker.publish(conn, topic, value, now)
     }
 
     pub fn get(&self, topic: &str) -> Result<(Arc<TopicName>, Arc<PublishedValue>), ErrorReply> {

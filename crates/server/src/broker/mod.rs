@@ -472,6 +472,12 @@ impl Broker {
             })
     }
 
+    /// Withdraws the retained values `keep` refuses (topic name, value
+    /// JSON); see [`Topics::withdraw_values`]. Returns their topics.
+    pub fn withdraw_values(&mut self, keep: impl Fn(&str, &str) -> bool) -> Vec<String> {
+        self.topics.withdraw_values(keep)
+    }
+
     /// The connections whose subscription matches `topic` and that may read
     /// it.
     fn subscribers_of(&self, topic: &str) -> Vec<ConnId> {

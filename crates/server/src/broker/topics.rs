@@ -133,10 +133,36 @@ impl Topics {
         out
     }
 
+    /// A topic's current value; `None` for one that has none (its value
+    /// was withdrawn, see [`withdraw_values`](Self::withdraw_values)).
     pub fn current(&self, topic: &str) -> Option<(Arc<TopicName>, Arc<PublishedValue>)> {
         self.topics
             .get(topic)
+            .filter(|t| !t.last.value_json.is_empty())
             .map(|t| (t.name.clone(), t.last.clone()))
+    }
+
+    /// Withdraws the retained value of every topic `keep` refuses (name,
+    /// value JSON): it is no longer served to `Get` or a new subscriber,
+    /// and its bytes are given back. The topic, its subscribers and its seq
+    /// stay, so its next value goes on from the seq it had. Returns the
+    /// topics withdrawn.
+    pub fn withdraw_values(&mut self, keep: impl Fn(&str, &str) -> bool) -> Vec<String> {
+        let mut withdrawn = Vec::new();
+        for (name, topic) in &mut self.topics {
+            if topic.last.value_json.is_empty() || keep(name, &topic.last.value_json) {
+                continue;
+            }
+            self.retained_bytes -= topic.last.value_json.len();
+            topic.last = Arc::new(PublishedValue {
+                seq: topic.last.seq,
+                value_json: "".into(),
+                timestamp_us: 0,
+            });
+            topic.retained = None;
+            withdrawn.push(name.clone());
+        }
+        withdrawn
     }
 
     /// Adds `conn` to every topic `wants` and hands each one's current
@@ -150,7 +176,9 @@ impl Topics {
         for topic in self.topics.values_mut() {
             if wants(&topic.name.name) {
                 topic.subscribers.push(conn);
-                current(&topic.name, &topic.last);
+                if !topic.last.value_json.is_empty() {
+                    current(&topic.name, &topic.last);
+                }
             }
         }
     }

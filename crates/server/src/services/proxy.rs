@@ -426,10 +426,13 @@ pub struct StreamReply {
 #[derive(Debug)]
 pub struct ServiceStream<'a> {
     proxy: &'a ServiceProxy,
+    // Dropped in this order: the share and the slot are given back before
+    // the connection closes, so once the service sees the stream end, the
+    // pool has room for the next one.
+    _share: Option<Share<'a>>,
+    _slot: tokio::sync::SemaphorePermit<'a>,
     stream: UnixStream,
     decoder: FrameDecoder,
-    _slot: tokio::sync::SemaphorePermit<'a>,
-    _share: Option<Share<'a>>,
     ended: bool,
 }
 
@@ -543,7 +546,12 @@ fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
         return Err("error is not a string".into());
     }
     if shape.error.is_some_and(|e| e.get() != "null") {
-        // An error ends a stream, whatever else it says.
+        // An error ends a stream: one that says more follow would tell
+        // the QM client to wait on a stream the gateway has ended, and to
+        // take the replies to its next calls for the stream's.
+        if shape.continues == Some(true) {
+            return Err("an error reply that says more follow".into());
+        }
         return Ok(false);
     }
     match shape.continues {
@@ -570,14 +578,19 @@ mod tests {
             ok(r#"{"parameters": {}, "continues": false}"#, true),
             Ok(false)
         );
-        // An error ends a stream even when it says more follow.
         assert_eq!(
-            ok(
-                r#"{"error": "a.B.C", "parameters": {}, "continues": true}"#,
-                true
-            ),
+            ok(r#"{"error": "a.B.C", "parameters": {}}"#, true),
             Ok(false)
         );
+        // An error that says more follow is not relayed: it would tell the
+        // client to wait on a stream the error ended.
+        for stream in [true, false] {
+            let reply = r#"{"error": "a.B.C", "parameters": {}, "continues": true}"#;
+            assert!(
+                ok(reply, stream).is_err_and(|e| e.contains("says more follow")),
+                "stream {stream}"
+            );
+        }
         for (bad, why) in [
             (r#"{"parameters": [1]}"#, "parameters is not an object"),
             (r#"{"parameters": "x"}"#, "parameters is not an object"),
