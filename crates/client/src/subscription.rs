@@ -241,10 +241,9 @@ async fn stream<T: DeserializeOwned>(
 ) -> Ended {
     let mut first = true;
     loop {
-        let reply = tokio::select! {
-            r = conn.recv_typed::<SampleReply<T>>() => r,
-            _ = tx.closed() => return Ended::Unwanted,
-        };
+        // Dropping the subscription aborts this task, so the read needs no
+        // watch on the receiver (a select here costs every sample).
+        let reply = conn.recv_typed::<SampleReply<T>>().await;
         let (restart, item) = match reply {
             Ok(Ok(SampleReply { mut sample })) => {
                 let (restart, deliver) = continuity.take(&mut sample);
