@@ -197,8 +197,10 @@ impl Blocking {
             .and_then(|f| serde_json::from_slice(&f).ok())
     }
 
+    /// One call and its reply; `None` when the gateway closed the
+    /// connection (it may, to a peer it refuses or when it stops).
     pub fn call(&mut self, call: &Value) -> Option<Value> {
-        self.send(call);
+        self.send_raw(&frame(call)).ok()?;
         self.recv()
     }
 }
@@ -253,7 +255,10 @@ pub fn spawn_echo_provider_on(
                 "parameters": {"id": request["id"], "result": request["parameters"]},
                 "oneway": true,
             });
-            conn.send(&reply);
+            // The gateway going away (the end of a run) ends the provider.
+            if conn.send_raw(&self::frame(&reply)).is_err() {
+                break;
+            }
         }
     })
 }
