@@ -39,26 +39,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Round trips of one pre-encoded call on a blocking socket.
-fn raw_round_trips(path: &std::path::Path, call: &[u8], iterations: usize) -> Histogram<u64> {
-    let mut conn = Blocking::connect(path);
-    let mut hist = new_histogram();
-    for i in 0..(iterations + iterations / 10) {
-        let t = Instant::now();
-        conn.send_raw(call).expect("send");
-        let reply = conn.recv_raw().expect("reply");
-        assert!(!is_error(&reply), "{}", String::from_utf8_lossy(&reply));
-        if i >= iterations / 10 {
-            record(&mut hist, t.elapsed());
-        }
-    }
-    hist
-}
-
 fn raw_get(gw: &GatewayProcess, iterations: usize) -> Histogram<u64> {
     let get =
         frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "vehicle.speed"}}));
-    raw_round_trips(&gw.consumer, &get, iterations)
+    round_trips(&mut Blocking::connect(&gw.consumer), &get, iterations)
 }
 
 fn library_get(
@@ -168,7 +152,7 @@ fn library_subscribe(
 fn raw_publish(gw: &GatewayProcess, topic: &str, iterations: usize) -> Histogram<u64> {
     let publish = frame(&json!({"method": "io.qmipc.Gateway.Publish",
         "parameters": {"topic": topic, "value": {"kmh": 86.4, "at": 1}}}));
-    raw_round_trips(&gw.provider, &publish, iterations)
+    round_trips(&mut Blocking::connect(&gw.provider), &publish, iterations)
 }
 
 struct Round {

@@ -132,20 +132,6 @@ fn raw_streaming(client: Option<usize>, server: Option<usize>, messages: usize) 
     messages as f64 / start.elapsed().as_secs_f64()
 }
 
-fn gateway_round_trips(conn: &mut Blocking, call: &[u8], iterations: usize) -> Histogram<u64> {
-    let mut hist = new_histogram();
-    for i in 0..(iterations + iterations / 10) {
-        let t = Instant::now();
-        conn.send_raw(call).expect("send");
-        let reply = conn.recv_raw().expect("reply");
-        assert!(!is_error(&reply), "{}", String::from_utf8_lossy(&reply));
-        if i >= iterations / 10 {
-            record(&mut hist, t.elapsed());
-        }
-    }
-    hist
-}
-
 /// Publish-to-subscriber latency: one sample at a time, timestamped by the
 /// publisher (same process, same monotonic clock).
 fn publish_to_subscriber(
@@ -407,7 +393,7 @@ fn main() {
             publisher.call(&json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": {"v": "v".repeat(payload)}}}));
             let get =
                 frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": topic}}));
-            let h = gateway_round_trips(&mut client_conn, &get, iterations);
+            let h = round_trips(&mut client_conn, &get, iterations);
             figures.push(Figure::latency(
                 placement,
                 "qm-ipc Get",
@@ -419,7 +405,7 @@ fn main() {
         let mut calls = |scenario: &str, conn: &mut Blocking, call: &dyn Fn(usize) -> Value| {
             for payload in PAYLOADS {
                 progress.next(&format!("{scenario}, {payload} B ({placement})"));
-                let h = gateway_round_trips(conn, &frame(&call(payload)), iterations);
+                let h = round_trips(conn, &frame(&call(payload)), iterations);
                 figures.push(Figure::latency(
                     placement,
                     scenario,

@@ -321,6 +321,22 @@ impl RawEcho {
     }
 }
 
+/// Round trips of one pre-encoded call on a blocking connection; the
+/// first tenth warms up and is not recorded.
+pub fn round_trips(conn: &mut Blocking, call: &[u8], iterations: usize) -> Histogram<u64> {
+    let mut hist = new_histogram();
+    for i in 0..(iterations + iterations / 10) {
+        let t = Instant::now();
+        conn.send_raw(call).expect("send");
+        let reply = conn.recv_raw().expect("reply");
+        assert!(!is_error(&reply), "{}", String::from_utf8_lossy(&reply));
+        if i >= iterations / 10 {
+            record(&mut hist, t.elapsed());
+        }
+    }
+    hist
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }

@@ -189,6 +189,9 @@ pub struct Broker {
     delivery: Arc<DeliveryStats>,
     next_conn: ConnId,
     published: u64,
+    /// Connections in the Monitoring state, so that a publish or a call
+    /// asks "anyone monitoring?" without walking every connection.
+    monitors: usize,
 }
 
 impl Broker {
@@ -208,6 +211,7 @@ impl Broker {
             delivery: Arc::default(),
             next_conn: 1,
             published: 0,
+            monitors: 0,
         }
     }
 
@@ -344,7 +348,8 @@ impl Broker {
             ConnectionState::InCall(id) => {
                 self.calls.abandon(id);
             }
-            ConnectionState::Idle | ConnectionState::Closing | ConnectionState::Monitoring(_) => {}
+            ConnectionState::Monitoring(_) => self.monitors -= 1,
+            ConnectionState::Idle | ConnectionState::Closing => {}
         }
         drop(connection.charge);
     }
@@ -728,6 +733,7 @@ impl Broker {
                 patterns,
                 dropped: 0,
             });
+            self.monitors += 1;
         }
         Ok(())
     }
@@ -768,9 +774,7 @@ impl Broker {
     /// Is any connection monitoring? (Nothing is built for monitors when
     /// none is.)
     fn has_monitors(&self) -> bool {
-        self.connections
-            .values()
-            .any(|c| matches!(c.state, ConnectionState::Monitoring(_)))
+        self.monitors > 0
     }
 
     /// Hands `event`, done by `actor`, to every monitor that may see it:
@@ -860,6 +864,7 @@ impl Broker {
                 ConnectionState::Providing(provider) => {
                     self.calls.forget_provider(conn, &provider.services)
                 }
+                ConnectionState::Monitoring(_) => self.monitors -= 1,
                 _ => {}
             }
             end_stream(&connection.outbox, action, object);
