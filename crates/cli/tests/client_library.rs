@@ -1030,3 +1030,50 @@ fn a_next_given_up_half_way_loses_no_sample_and_repeats_none() {
         );
     });
 }
+
+#[test]
+fn peers_holding_a_services_slots_idle_or_half_sent_lose_them_and_the_next_caller_is_served() {
+    // A Rust service with two slots, both taken by hostile peers: one
+    // connects and sends nothing, one sends half a call and stops. Both
+    // slots must come back (idle timeout, call timeout), so a caller
+    // waiting in the backlog is served instead of waiting for ever.
+    use qm_ipc_client::service::Service;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("climate.socket");
+    within(WATCHDOG, async {
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let serving = tokio::spawn(
+            Service::new(CLIMATE_IDL)
+                .unwrap()
+                .max_connections(2)
+                .idle_timeout(Duration::from_millis(300))
+                .io_timeout(Duration::from_millis(300))
+                .serve(listener),
+        );
+        let mut idle = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let mut half = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        half.write_all(br#"{"method": "org.varlink.service.GetI"#)
+            .await
+            .unwrap();
+        // Both slots are theirs: the caller waits in the backlog...
+        let caller = Session::builder(&socket)
+            .timeout(Duration::from_secs(20))
+            .build();
+        let started = tokio::time::Instant::now();
+        let info = caller
+            .info()
+            .await
+            .expect("served once the slots came back");
+        assert!(info.interfaces.contains(&"com.example.Climate".to_owned()));
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "served before a slot was freed: the hostile peers never held them"
+        );
+        // ...and the hostile peers were closed, not left half served.
+        let mut buf = [0u8; 64];
+        assert_eq!(idle.read(&mut buf).await.unwrap(), 0, "idle peer closed");
+        assert_eq!(half.read(&mut buf).await.unwrap(), 0, "slow peer closed");
+        serving.abort();
+    });
+}
