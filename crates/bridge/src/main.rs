@@ -1,0 +1,83 @@
+//! `qm-ipc-bridge`: carries the configured topics and services between
+//! this machine's qm-ipc gateway and other machines over Zenoh.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use qm_ipc_bridge::config::Config;
+
+/// Bridges topics and services between qm-ipc gateways on different
+/// machines over Zenoh. Nothing crosses unless the configuration routes it.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The bridge configuration (TOML; see docs/bridge.md).
+    #[arg(long, env = "QM_IPC_BRIDGE_CONFIG")]
+    config: PathBuf,
+    /// Check the configuration (and the Zenoh file it names) and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QM_IPC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zenoh=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qm-ipc-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        if let Err(e) = zenoh::Config::from_file(&config.zenoh_config) {
+            eprintln!(
+                "qm-ipc-bridge: {}: {e} (Zenoh's own JSON5 configuration)",
+                config.zenoh_config.display()
+            );
+            return ExitCode::from(2);
+        }
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    // Zenoh needs a multi-threaded runtime; two workers are plenty for a
+    // bridge, which mostly waits.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("qm-ipc-bridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(qm_ipc_bridge::run::run(config, async {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qm-ipc-bridge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
