@@ -200,12 +200,26 @@ impl Host {
         self.bridge = Some(proc);
     }
 
-    fn stop_bridge(&mut self) {
-        if let Some(mut proc) = self.bridge.take() {
-            proc.signal(libc::SIGTERM);
-            let status = proc.wait_exit();
-            assert!(status.success(), "bridge exit: {}", proc.output.join("\n"));
-        }
+    /// Stops the bridge with SIGTERM; returns its counters as it logged
+    /// them on the way out.
+    fn stop_bridge(&mut self) -> Value {
+        let Some(mut proc) = self.bridge.take() else {
+            return Value::Null;
+        };
+        proc.signal(libc::SIGTERM);
+        let status = proc.wait_exit();
+        assert!(status.success(), "bridge exit: {}", proc.output.join("\n"));
+        let line = proc
+            .output
+            .iter()
+            .find(|l| l.contains("bridge stopping"))
+            .unwrap_or_else(|| panic!("no counters in {}", proc.output.join("\n")));
+        let json = line
+            .split_once("counters=")
+            .map(|(_, rest)| rest)
+            .and_then(|rest| rest.rfind('}').map(|end| &rest[..=end]))
+            .expect("counters");
+        serde_json::from_str(json).expect("counters are JSON")
     }
 
     fn session(&self) -> Session {
@@ -496,4 +510,347 @@ fn topics_and_calls_cross_both_ways_and_only_routed_ones() {
         }
     });
     drop(pair.link);
+}
+
+/// What host B's subscriber has seen of `vehicle.counter`, and the
+/// bridge's events for it.
+#[derive(Default)]
+struct Seen {
+    /// The `n` of every value, in order.
+    n: Vec<u64>,
+    /// Updates B's own gateway conflated for this subscriber.
+    dropped: u64,
+    /// `Restarted` reports of B's gateway.
+    restarted: u64,
+    /// Updates B's bridge reported missed on the way.
+    missed: u64,
+    /// Origin restarts B's bridge reported.
+    origin_restarts: u64,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Seen>>;
+
+/// Publishes `{"n": n}` on `vehicle.counter` at A every 10 ms (errors
+/// while A's gateway restarts are ignored: n goes on); returns the last
+/// n published.
+fn start_publisher(a: Session) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let published = last.clone();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            if a.publish("vehicle.counter", &json!({ "n": n }))
+                .await
+                .is_ok()
+            {
+                published.store(n, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    last
+}
+
+/// Collects what B's subscriber sees, and B's bridge events.
+fn start_collector(b: &Session) -> Shared {
+    let seen: Shared = Default::default();
+    let mut values = b.subscribe::<Value>(["vehicle.counter"]).unwrap();
+    let mut events = b.subscribe::<Value>(["bridge.b"]).unwrap();
+    let into = seen.clone();
+    tokio::spawn(async move {
+        while let Some(item) = values.next().await {
+            let mut seen = into.lock().unwrap();
+            match item {
+                Ok(s) => {
+                    seen.n.push(s.value["n"].as_u64().expect("n"));
+                    seen.dropped += s.dropped;
+                }
+                Err(ClientError::Restarted { .. }) => seen.restarted += 1,
+                Err(_) => {}
+            }
+        }
+    });
+    let into = seen.clone();
+    tokio::spawn(async move {
+        while let Some(item) = events.next().await {
+            let Ok(event) = item else { continue };
+            if event.value["topic"] != "vehicle.counter" {
+                continue;
+            }
+            let mut seen = into.lock().unwrap();
+            match event.value["event"].as_str() {
+                Some("missed") => seen.missed += event.value["missed"].as_u64().expect("missed"),
+                Some("restarted") => seen.origin_restarts += 1,
+                _ => {}
+            }
+        }
+    });
+    seen
+}
+
+/// Waits until `condition` holds of what B has seen (deadline 30 s).
+async fn wait_seen(seen: &Shared, what: &str, condition: impl Fn(&Seen) -> bool) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            if condition(&s) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; B saw {} values (last {:?}), missed {}, restarts {}/{}",
+                s.n.len(),
+                s.n.last(),
+                s.missed,
+                s.restarted,
+                s.origin_restarts
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn last_n(s: &Seen) -> u64 {
+    s.n.last().copied().unwrap_or(0)
+}
+
+/// No value reached B twice, and none out of order.
+fn assert_no_duplicates(s: &Seen) {
+    for pair in s.n.windows(2) {
+        assert!(pair[1] > pair[0], "B saw {} after {}", pair[1], pair[0]);
+    }
+}
+
+#[test]
+fn a_cut_link_is_restored_with_drops_counted_and_no_duplicates() {
+    if !enabled() {
+        return;
+    }
+    let pair = pair("");
+    within(Duration::from_secs(120), async {
+        let seen = start_collector(&pair.b.session());
+        let published = start_publisher(pair.a.session());
+        wait_seen(&seen, "values crossing", |s| s.n.len() >= 20).await;
+
+        // Cut: the publisher goes on at A for two seconds' worth of
+        // values, longer than the Zenoh lease (1 s), so the session ends.
+        pair.link.set(false);
+        let at_cut = published.load(Ordering::SeqCst);
+        let end = Instant::now() + Duration::from_secs(30);
+        while published.load(Ordering::SeqCst) < at_cut + 200 {
+            assert!(Instant::now() < end, "the publisher stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pair.link.set(true);
+        // Nothing restarted: the bridges reconnect by themselves.
+        wait_seen(&seen, "values after the link came back", |s| {
+            last_n(s) > at_cut + 200
+        })
+        .await;
+
+        let first = {
+            let s = seen.lock().unwrap();
+            assert_no_duplicates(&s);
+            let first = s.n[0];
+            let gaps = last_n(&s) - first + 1 - s.n.len() as u64;
+            assert!(gaps > 0, "the cut lost nothing? {:?}", &s.n);
+            first
+        };
+        // Every update B's subscriber did not get is accounted for: by
+        // B's bridge (lost on the way) or by B's gateway (conflated for
+        // the subscriber). Events may trail the values a little.
+        wait_seen(&seen, "the drops to be counted", |s| {
+            let gaps = last_n(s) - first + 1 - s.n.len() as u64;
+            s.missed + s.dropped == gaps
+        })
+        .await;
+        let s = seen.lock().unwrap();
+        eprintln!(
+            "B saw {} values of {}..={}: {} missed on the way, {} conflated by B's gateway",
+            s.n.len(),
+            first,
+            last_n(&s),
+            s.missed,
+            s.dropped
+        );
+    });
+    let mut pair = pair;
+    for host in [&mut pair.a, &mut pair.b] {
+        host.stop_bridge();
+    }
+}
+
+#[test]
+fn bridges_and_gateways_restart_on_either_side() {
+    if !enabled() {
+        return;
+    }
+    let mut pair = pair("");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(3)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let watchdog = Instant::now() + Duration::from_secs(240);
+    let step =
+        |rt: &tokio::runtime::Runtime,
+         body: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>| {
+            let left = watchdog.saturating_duration_since(Instant::now());
+            rt.block_on(async {
+                tokio::time::timeout(left, body)
+                    .await
+                    .expect("test exceeded its watchdog")
+            })
+        };
+    let (seen, published) = rt.block_on(async {
+        (
+            start_collector(&pair.b.session()),
+            start_publisher(pair.a.session()),
+        )
+    });
+    let more_than = |published: &std::sync::Arc<std::sync::atomic::AtomicU64>| {
+        published.load(Ordering::SeqCst) + 20
+    };
+    step(
+        &rt,
+        Box::pin(wait_seen(&seen, "values crossing", |s| s.n.len() >= 20)),
+    );
+
+    // A's bridge restarts: it subscribes again and sends A's current
+    // value once more, which B's bridge knows and drops.
+    pair.a.stop_bridge();
+    pair.a.start_bridge();
+    let target = more_than(&published);
+    step(
+        &rt,
+        Box::pin(wait_seen(
+            &seen,
+            "values after A's bridge restarted",
+            move |s| last_n(s) > target,
+        )),
+    );
+
+    // B's bridge restarts.
+    pair.b.stop_bridge();
+    pair.b.start_bridge();
+    let target = more_than(&published);
+    step(
+        &rt,
+        Box::pin(wait_seen(
+            &seen,
+            "values after B's bridge restarted",
+            move |s| last_n(s) > target,
+        )),
+    );
+
+    // A's gateway restarts: the origin's seq begins again, and B's
+    // bridge reports the origin restart.
+    let services_a = pair.a.path("services.toml");
+    pair.a.stop_gateway();
+    pair.a.start_gateway(Some(&services_a));
+    let target = more_than(&published);
+    step(
+        &rt,
+        Box::pin(wait_seen(
+            &seen,
+            "the origin restart reported at B",
+            move |s| s.origin_restarts >= 1 && last_n(s) > target,
+        )),
+    );
+
+    // B's gateway restarts: B's subscriber is told, as for any local
+    // restart, and values come again.
+    let services_b = pair.b.path("services.toml");
+    pair.b.stop_gateway();
+    pair.b.start_gateway(Some(&services_b));
+    let target = more_than(&published);
+    step(
+        &rt,
+        Box::pin(wait_seen(
+            &seen,
+            "Restarted at B and values after it",
+            move |s| s.restarted >= 1 && last_n(s) > target,
+        )),
+    );
+
+    assert_no_duplicates(&seen.lock().unwrap());
+    drop(rt);
+    for host in [&mut pair.a, &mut pair.b] {
+        host.stop_bridge();
+    }
+}
+
+#[test]
+fn a_flood_from_the_network_is_rate_limited() {
+    if !enabled() {
+        return;
+    }
+    let mut pair = pair("[limits]\ninbound_rate = 20\ninbound_burst = 5\n");
+    within(Duration::from_secs(120), async {
+        let a = pair.a.session();
+        let b = pair.b.session();
+        let mut at_b = b.subscribe::<Value>(["vehicle.flood"]).unwrap();
+        let mut events = b.subscribe::<Value>(["bridge.b"]).unwrap();
+        let start = publish_until_seen(&a, "vehicle.flood", &mut at_b, 0).await;
+        // Let the bucket fill again, then flood: 3000 values as fast as
+        // A's gateway takes them.
+        let flood_start = Instant::now();
+        let mut n = start;
+        for _ in 0..3000 {
+            n += 1;
+            a.publish("vehicle.flood", &json!({ "n": n }))
+                .await
+                .unwrap();
+        }
+        // Then slowly (below the rate) until the last one is through.
+        let last = publish_until_seen(&a, "vehicle.flood", &mut at_b, n + 100).await;
+        let elapsed = flood_start.elapsed();
+        let mut received = 1u64;
+        let mut dropped = 0u64;
+        while let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(200), at_b.next()).await
+        {
+            if let Ok(s) = item {
+                received += 1;
+                dropped += s.dropped;
+                if s.value["n"].as_u64() == Some(last) {
+                    break;
+                }
+            }
+        }
+        eprintln!(
+            "{received} of the flood reached B in {elapsed:?} ({dropped} conflated by B's gateway)"
+        );
+        // The bucket's burst plus its rate, and a margin for the slow
+        // values at the end.
+        let bound = 5 + (20.0 * elapsed.as_secs_f64()).ceil() as u64 + 5;
+        assert!(
+            received <= bound,
+            "{received} values reached B in {elapsed:?}; the limit allows {bound}"
+        );
+        // The drops were counted and reported.
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut missed = 0;
+        while missed == 0 {
+            assert!(Instant::now() < end, "no missed event at B");
+            if let Ok(Some(Ok(e))) =
+                tokio::time::timeout(Duration::from_millis(200), events.next()).await
+            {
+                if e.value["topic"] == "vehicle.flood" && e.value["event"] == "missed" {
+                    missed += e.value["missed"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        // B's gateway served B all along.
+        b.get::<Value>("vehicle.flood").await.expect("B answers");
+    });
+    pair.a.stop_bridge();
+    let counters = pair.b.stop_bridge();
+    // What stopped the flood was B's token bucket.
+    assert!(
+        counters["in_rate_limited"].as_u64().unwrap_or(0) > 1000,
+        "{counters}"
+    );
 }
