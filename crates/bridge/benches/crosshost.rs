@@ -234,7 +234,7 @@ fn setup(link: &Link, dir: &Path, gateway: &Path, rt: &tokio::runtime::Runtime) 
     std::fs::write(
         a.join("bridge.toml"),
         format!(
-            "[gateway]\nsocket = \"{}\"\nside = \"consumer\"\n[zenoh]\nconfig = \"{}\"\n[limits]\ninbound_rate = 1000000\ninbound_burst = 100000\n[[topics.out]]\ntopics = [\"bench.pong\"]\nkey = \"bench/a\"\n[[topics.in]]\nkey = \"bench/b\"\n[[services.export]]\ninterface = \"com.example.Echo\"\nkey = \"bench/svc\"\n",
+            "[gateway]\nsocket = \"{}\"\nside = \"consumer\"\n[zenoh]\nconfig = \"{}\"\n[limits]\ninbound_rate = 1000000\ninbound_burst = 100000\n[[topics.out]]\ntopics = [\"bench.pong\"]\nkey = \"bench/a\"\n[[topics.in]]\nkey = \"bench/b\"\ntopics = [\"bench.ping\"]\n[[services.export]]\ninterface = \"com.example.Echo\"\nkey = \"bench/svc\"\n",
             consumers[0].display(),
             za.display()
         ),
@@ -243,7 +243,7 @@ fn setup(link: &Link, dir: &Path, gateway: &Path, rt: &tokio::runtime::Runtime) 
     std::fs::write(
         b.join("bridge.toml"),
         format!(
-            "[gateway]\nsocket = \"{}\"\nside = \"consumer\"\n[zenoh]\nconfig = \"{}\"\n[limits]\ninbound_rate = 1000000\ninbound_burst = 100000\n[[topics.out]]\ntopics = [\"bench.ping\"]\nkey = \"bench/b\"\n[[topics.in]]\nkey = \"bench/a\"\n[[services.import]]\ninterface = \"com.example.Echo\"\nkey = \"bench/svc\"\nidl = \"com.example.Echo.varlink\"\nsocket = \"{}\"\n",
+            "[gateway]\nsocket = \"{}\"\nside = \"consumer\"\n[zenoh]\nconfig = \"{}\"\n[limits]\ninbound_rate = 1000000\ninbound_burst = 100000\n[[topics.out]]\ntopics = [\"bench.ping\"]\nkey = \"bench/b\"\n[[topics.in]]\nkey = \"bench/a\"\ntopics = [\"bench.pong\"]\n[[services.import]]\ninterface = \"com.example.Echo\"\nkey = \"bench/svc\"\nidl = \"com.example.Echo.varlink\"\nsocket = \"{}\"\n",
             consumers[1].display(),
             zb.display(),
             b.join("import.socket").display()

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use qm_ipc_proto::interface::TopicPattern;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -287,13 +288,21 @@ impl Config {
             });
         }
         let mut topics_in = Vec::new();
+        let mut in_offsets = Vec::new();
         for spanned in file.topics.inbound {
             let offset = spanned.span().start;
+            in_offsets.push(offset);
             let entry = spanned.into_inner();
             let topics = entry.topics.unwrap_or_else(|| vec!["*".into()]);
             check_patterns(&topics, "[[topics.in]] topics").map_err(|m| at(offset, m))?;
             check_key(&entry.key, "[[topics.in]] key").map_err(|m| at(offset, m))?;
             let prefix = entry.prefix.unwrap_or_default();
+            if !prefix.is_empty() && !prefix.ends_with('.') {
+                return Err(at(
+                    offset,
+                    format!("[[topics.in]] prefix {prefix:?} must end with a dot, like {prefix}."),
+                ));
+            }
             if !prefix.is_empty() {
                 qm_ipc_proto::interface::check_name("prefix", &format!("{prefix}x")).map_err(
                     |e| {
@@ -309,6 +318,26 @@ impl Config {
                 topics,
                 prefix,
             });
+        }
+        // A topic that comes in and matches an out route would be sent
+        // straight back, and from the far side again: a loop. Refused.
+        for (i, route) in topics_in.iter().enumerate() {
+            for local in route.topics.iter().map(|t| local_pattern(&route.prefix, t)) {
+                let Some(out) = topics_out.iter().find_map(|o| {
+                    o.topics
+                        .iter()
+                        .find(|p| TopicPattern::parse(p).is_ok_and(|p| p.overlaps(&local)))
+                }) else {
+                    continue;
+                };
+                return Err(at(
+                    in_offsets[i],
+                    format!(
+                        "[[topics.in]] {} comes in as {local}, which the [[topics.out]] pattern {out} sends out again: a loop between the bridges; give the in route a prefix (prefix = \"remote.\") or narrow one of the patterns",
+                        route.key
+                    ),
+                ));
+            }
         }
         let mut services_export = Vec::new();
         for spanned in file.services.export {
@@ -392,6 +421,16 @@ impl Config {
     }
 }
 
+/// The local topics an in route's pattern becomes under its prefix.
+fn local_pattern(prefix: &str, pattern: &str) -> TopicPattern {
+    match TopicPattern::parse(pattern) {
+        Ok(TopicPattern::Exact(name)) => TopicPattern::Exact(format!("{prefix}{name}")),
+        Ok(TopicPattern::Prefix(p)) => TopicPattern::Prefix(format!("{prefix}{p}")),
+        // Checked before; nothing local matches a pattern that is not one.
+        Err(_) => TopicPattern::Exact(String::new()),
+    }
+}
+
 fn check_timeout(ms: u64, field: &str) -> Result<(), String> {
     if (1..=MAX_TIMEOUT_MS).contains(&ms) {
         Ok(())
@@ -409,7 +448,7 @@ fn check_patterns(patterns: &[String], field: &str) -> Result<(), String> {
         ));
     }
     for p in patterns {
-        qm_ipc_proto::interface::TopicPattern::parse(p).map_err(|e| {
+        TopicPattern::parse(p).map_err(|e| {
             format!(
                 "{field}: {p:?} is not a topic pattern ({e}); write vehicle.speed, vehicle.* or *"
             )
@@ -603,6 +642,28 @@ timeout_ms = 300
         assert!(e.message.contains("at least 1"), "{e}");
         let e = error(&BASE.replace("side = \"consumer\"", "side = \"consumer\"\ntimeout_ms = 0"));
         assert!(e.message.contains("timeout_ms = 0"), "{e}");
+    }
+
+    #[test]
+    fn a_route_that_would_loop_is_refused() {
+        let routes = |in_extra: &str| {
+            format!(
+                "{BASE}\n[[topics.out]]\ntopics = [\"vehicle.*\"]\nkey = \"car/a\"\n[[topics.in]]\nkey = \"car/b\"\n{in_extra}"
+            )
+        };
+        // Everything in, vehicle.* out: vehicle.speed would go round.
+        let e = error(&routes(""));
+        assert_eq!(e.line, 12, "{e}");
+        assert!(e.message.contains("a loop"), "{e}");
+        let e = error(&routes("topics = [\"vehicle.speed\"]\n"));
+        assert!(e.message.contains("a loop"), "{e}");
+        // Under a prefix of its own, or other topics: no loop.
+        parse(&routes("prefix = \"remote.\"\n")).unwrap();
+        parse(&routes("topics = [\"cabin.*\"]\n")).unwrap();
+        let e = error(&routes("prefix = \"vehicle.\"\n"));
+        assert!(e.message.contains("a loop"), "{e}");
+        let e = error(&routes("prefix = \"remote\"\n"));
+        assert!(e.message.contains("end with a dot"), "{e}");
     }
 
     #[test]
