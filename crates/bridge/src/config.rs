@@ -397,6 +397,26 @@ impl Config {
                 timeout: Duration::from_millis(ms),
             });
         }
+        // Topic keys and service keys apart: a query for a topic's
+        // current value must never reach a service, nor a call a topic.
+        let topic_keys = topics_out
+            .iter()
+            .map(|r| &r.key)
+            .chain(topics_in.iter().map(|r| &r.key));
+        for topic_key in topic_keys {
+            let service_keys = services_export
+                .iter()
+                .map(|r| &r.key)
+                .chain(services_import.iter().map(|r| &r.key));
+            for service_key in service_keys {
+                if nested(topic_key, service_key) {
+                    return Err(at(
+                        0,
+                        format!("the topic key {topic_key} and the service key {service_key} overlap; give topics and services key prefixes of their own (car/zone1/topic, car/zone1/service)"),
+                    ));
+                }
+            }
+        }
         Ok(Config {
             gateway_socket: resolve(&gateway.socket),
             side: gateway.side,
@@ -419,6 +439,11 @@ impl Config {
             && self.services_export.is_empty()
             && self.services_import.is_empty()
     }
+}
+
+/// Is one key prefix the other, or below it?
+fn nested(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
 }
 
 /// The local topics an in route's pattern becomes under its prefix.
@@ -664,6 +689,15 @@ timeout_ms = 300
         assert!(e.message.contains("a loop"), "{e}");
         let e = error(&routes("prefix = \"remote\"\n"));
         assert!(e.message.contains("end with a dot"), "{e}");
+    }
+
+    #[test]
+    fn topic_and_service_keys_must_not_overlap() {
+        let e = error(&format!(
+            "{BASE}\n[[topics.out]]\ntopics = [\"a\"]\nkey = \"car/zone1\"\n[[services.export]]\ninterface = \"com.example.Climate\"\nkey = \"car/zone1/service\"\n"
+        ));
+        assert!(e.message.contains("overlap"), "{e}");
+        assert!(!nested("car/zone1", "car/zone10"));
     }
 
     #[test]

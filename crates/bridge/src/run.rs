@@ -23,6 +23,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 use zenoh::qos::CongestionControl;
 use zenoh::query::{ConsolidationMode, QueryTarget};
+use zenoh::sample::{Locality, SampleKind};
 
 use crate::bounds::{ConflatingQueue, OriginTracker, TokenBucket, Verdict};
 use crate::config::{Config, ServiceExport, ServiceImport, TopicIn, TopicOut};
@@ -31,8 +32,18 @@ use crate::wire::{CallAnswer, CallRequest, Envelope};
 /// Calls from the network served at once; more are refused with
 /// `LimitExceeded` rather than queued.
 const MAX_CALLS_IN_FLIGHT: usize = 64;
-/// Topics whose last origin seq the inbound side remembers.
+/// Topics whose last origin seq the inbound side remembers, and whose
+/// newest value the outbound side keeps for far bridges that (re)join.
 const MAX_TRACKED_TOPICS: usize = 16384;
+/// The chunk under a route's key where sending bridges hold their
+/// liveliness tokens (`@` chunks are never matched by `**`).
+const BRIDGE_TOKEN: &str = "@qm-ipc-bridge";
+
+/// The newest envelope of each out key, encoded.
+type Cache = Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>;
+/// Takes one sample from the network: its key and its payload.
+type Intake = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+type Queryable = zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>;
 
 /// Counters, logged with every event and on exit.
 #[derive(Debug, Default)]
@@ -163,20 +174,42 @@ pub async fn run(
     // Declared entities live as long as these handles.
     let mut keep_subscribers = Vec::new();
     let mut keep_queryables = Vec::new();
+    let mut keep_tokens = Vec::new();
 
+    let mut out_queue = None;
+    let mut in_queue = None;
     if !config.topics_out.is_empty() {
-        let out: Arc<Channel<(String, Envelope)>> = Channel::new(config.limits.queue_topics);
+        let out: Arc<Channel<(String, Vec<u8>)>> = Channel::new(config.limits.queue_topics);
+        out_queue = Some(out.clone());
+        let cache: Cache = Default::default();
         for route in &config.topics_out {
-            tasks.spawn(topic_out(gateway.clone(), route.clone(), out.clone()));
+            let (queryable, token) = current_values(&z, route, cache.clone(), &mut tasks).await?;
+            keep_queryables.push(queryable);
+            keep_tokens.push(token);
+            tasks.spawn(topic_out(
+                gateway.clone(),
+                route.clone(),
+                out.clone(),
+                cache.clone(),
+            ));
         }
         tasks.spawn(sender(z.clone(), out, counters.clone()));
     }
 
     if !config.topics_in.is_empty() {
         let inbound: Arc<Channel<Envelope>> = Channel::new(config.limits.queue_topics);
+        in_queue = Some(inbound.clone());
         for route in &config.topics_in {
-            keep_subscribers.push(
-                topic_in(&z, route, inbound.clone(), bucket.clone(), counters.clone()).await?,
+            keep_subscribers.extend(
+                topic_in(
+                    &z,
+                    route,
+                    inbound.clone(),
+                    bucket.clone(),
+                    counters.clone(),
+                    config.gateway_timeout,
+                )
+                .await?,
             );
         }
         tasks.spawn(publisher(
@@ -223,13 +256,27 @@ pub async fn run(
     tasks.abort_all();
     drop(keep_subscribers);
     drop(keep_queryables);
-    info!(counters = %counters.snapshot(), "bridge stopping");
+    drop(keep_tokens);
+    let mut snapshot = counters.snapshot();
+    // What the conflating queues replaced or turned away.
+    let (out_conflated, out_overflowed) = out_queue.map(|q| q.dropped()).unwrap_or_default();
+    let (in_conflated, in_overflowed) = in_queue.map(|q| q.dropped()).unwrap_or_default();
+    snapshot["out_conflated"] = out_conflated.into();
+    snapshot["out_overflowed"] = out_overflowed.into();
+    snapshot["in_conflated"] = in_conflated.into();
+    snapshot["in_overflowed"] = in_overflowed.into();
+    info!(counters = %snapshot, "bridge stopping");
     let _ = z.close().await;
     Ok(counters)
 }
 
 /// The gateway's topics of one route into the outbound queue.
-async fn topic_out(gateway: Session, route: TopicOut, out: Arc<Channel<(String, Envelope)>>) {
+async fn topic_out(
+    gateway: Session,
+    route: TopicOut,
+    out: Arc<Channel<(String, Vec<u8>)>>,
+    cache: Cache,
+) {
     let mut sub = match gateway.subscribe::<Value>(route.topics.clone()) {
         Ok(sub) => sub,
         Err(e) => {
@@ -254,11 +301,25 @@ async fn topic_out(gateway: Session, route: TopicOut, out: Arc<Channel<(String, 
                     timestamp_us: sample.timestamp_us,
                     value: sample.value,
                 };
-                out.push(&key.clone(), (key, envelope));
+                let Ok(payload) = serde_json::to_vec(&envelope) else {
+                    continue;
+                };
+                if let Ok(mut cache) = cache.lock() {
+                    if cache.len() < MAX_TRACKED_TOPICS || cache.contains_key(&key) {
+                        cache.insert(key.clone(), payload.clone());
+                    }
+                }
+                out.push(&key.clone(), (key, payload));
             }
             Err(ClientError::Restarted { previous, current }) => {
                 info!(%previous, %current, "the local gateway restarted; its samples cross with the new instance");
                 instance = Some(current);
+                // The old instance's values are gone: never offer them
+                // to a late joiner as current.
+                let prefix = format!("{}/", route.key);
+                if let Ok(mut cache) = cache.lock() {
+                    cache.retain(|k, _| !k.starts_with(&prefix));
+                }
             }
             Err(e @ ClientError::Remote(_)) => {
                 warn!(topics = ?route.topics, "the gateway refused the subscription: {e}");
@@ -268,20 +329,71 @@ async fn topic_out(gateway: Session, route: TopicOut, out: Arc<Channel<(String, 
     }
 }
 
+/// Answers a far bridge that (re)joined with the newest value of each
+/// topic of one out route, so that it need not wait for the next update:
+/// a queryable on `key/**` over the cache, and a liveliness token that
+/// tells far bridges when to ask.
+async fn current_values(
+    z: &zenoh::Session,
+    route: &TopicOut,
+    cache: Cache,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(Queryable, zenoh::liveliness::LivelinessToken), StartError> {
+    let selector = format!("{}/**", route.key);
+    let queryable = z
+        .declare_queryable(&selector)
+        .await
+        .map_err(|e| StartError::Declare {
+            what: format!("the queryable {selector}"),
+            message: e.to_string(),
+        })?;
+    let receiver = queryable.handler().clone();
+    let prefix = format!("{}/", route.key);
+    tasks.spawn(async move {
+        while let Ok(query) = receiver.recv_async().await {
+            let entries: Vec<(String, Vec<u8>)> = match cache.lock() {
+                Ok(cache) => cache
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                Err(_) => continue,
+            };
+            for (key, payload) in entries {
+                let Ok(ke) = zenoh::key_expr::KeyExpr::try_from(key) else {
+                    continue;
+                };
+                if query.key_expr().intersects(&ke) {
+                    if let Err(e) = query.reply(ke, payload).await {
+                        debug!("current value: {e}");
+                    }
+                }
+            }
+        }
+    });
+    let token_key = format!("{}/{BRIDGE_TOKEN}/{}", route.key, z.zid());
+    let token = z
+        .liveliness()
+        .declare_token(&token_key)
+        .await
+        .map_err(|e| StartError::Declare {
+            what: format!("the liveliness token {token_key}"),
+            message: e.to_string(),
+        })?;
+    Ok((queryable, token))
+}
+
 /// Drains the outbound queue into Zenoh.
-async fn sender(z: zenoh::Session, out: Arc<Channel<(String, Envelope)>>, counters: Arc<Counters>) {
+async fn sender(z: zenoh::Session, out: Arc<Channel<(String, Vec<u8>)>>, counters: Arc<Counters>) {
     loop {
-        let (_, (key, envelope)) = out.pop().await;
-        let payload = match serde_json::to_vec(&envelope) {
-            Ok(p) => p,
-            Err(_) => continue,
-        };
+        let (_, (key, payload)) = out.pop().await;
         // Block, not drop: while Zenoh's own queue is full this task
         // waits and the conflating queue in front of it takes the
         // pressure, counted, so no value is lost uncounted.
         match z
             .put(&key, payload)
             .congestion_control(CongestionControl::Block)
+            .allowed_destination(Locality::Remote)
             .await
         {
             Ok(()) => bump(&counters.out_sent),
@@ -293,14 +405,17 @@ async fn sender(z: zenoh::Session, out: Arc<Channel<(String, Envelope)>>, counte
     }
 }
 
-/// Declares the Zenoh subscriber of one inbound route.
+/// Declares the Zenoh subscriber of one inbound route, and the
+/// liveliness subscriber that asks a (re)joining far bridge for its
+/// current values.
 async fn topic_in(
     z: &zenoh::Session,
     route: &TopicIn,
     inbound: Arc<Channel<Envelope>>,
     bucket: Arc<Mutex<TokenBucket>>,
     counters: Arc<Counters>,
-) -> Result<zenoh::pubsub::Subscriber<()>, StartError> {
+    catch_up_timeout: Duration,
+) -> Result<[zenoh::pubsub::Subscriber<()>; 2], StartError> {
     let patterns: Vec<TopicPattern> = route
         .topics
         .iter()
@@ -308,42 +423,92 @@ async fn topic_in(
         .collect();
     let prefix = format!("{}/", route.key);
     let local_prefix = route.prefix.clone();
+    // Every sample from the network, live or current, passes here.
+    let intake = Arc::new(move |key: &str, payload: &[u8]| {
+        bump(&counters.in_received);
+        let admitted = bucket
+            .lock()
+            .map(|mut b| b.try_take(Instant::now()))
+            .unwrap_or(false);
+        if !admitted {
+            // Shows later as a gap in the topic's origin seq.
+            bump(&counters.in_rate_limited);
+            return;
+        }
+        let Ok(mut envelope) = serde_json::from_slice::<Envelope>(payload) else {
+            bump(&counters.in_malformed);
+            return;
+        };
+        // The key names the topic; a payload that says otherwise, or a
+        // topic outside the route, does not cross.
+        let fits = key.strip_prefix(prefix.as_str()) == Some(envelope.topic.as_str())
+            && patterns.iter().any(|p| p.matches(&envelope.topic));
+        let local = format!("{local_prefix}{}", envelope.topic);
+        if !fits || qm_ipc_proto::interface::check_name("topic", &local).is_err() {
+            bump(&counters.in_malformed);
+            return;
+        }
+        envelope.topic = local.clone();
+        inbound.push(&local, envelope);
+    });
     let selector = format!("{}/**", route.key);
-    z.declare_subscriber(&selector)
-        .callback(move |sample| {
-            bump(&counters.in_received);
-            let admitted = bucket
-                .lock()
-                .map(|mut b| b.try_take(Instant::now()))
-                .unwrap_or(false);
-            if !admitted {
-                // Shows later as a gap in the topic's origin seq.
-                bump(&counters.in_rate_limited);
-                return;
-            }
-            let key = sample.key_expr().as_str();
-            let envelope = serde_json::from_slice::<Envelope>(&sample.payload().to_bytes());
-            let Ok(mut envelope) = envelope else {
-                bump(&counters.in_malformed);
-                return;
-            };
-            // The key names the topic; a payload that says otherwise, or
-            // a topic outside the route, does not cross.
-            let fits = key.strip_prefix(prefix.as_str()) == Some(envelope.topic.as_str())
-                && patterns.iter().any(|p| p.matches(&envelope.topic));
-            let local = format!("{local_prefix}{}", envelope.topic);
-            if !fits || qm_ipc_proto::interface::check_name("topic", &local).is_err() {
-                bump(&counters.in_malformed);
-                return;
-            }
-            envelope.topic = local.clone();
-            inbound.push(&local, envelope);
-        })
+    let live = intake.clone();
+    let subscriber = z
+        .declare_subscriber(&selector)
+        .allowed_origin(Locality::Remote)
+        .callback(move |sample| live(sample.key_expr().as_str(), &sample.payload().to_bytes()))
         .await
         .map_err(|e| StartError::Declare {
             what: format!("the subscriber {selector}"),
             message: e.to_string(),
+        })?;
+    let tokens = format!("{}/{BRIDGE_TOKEN}/*", route.key);
+    let runtime = tokio::runtime::Handle::current();
+    let session = z.clone();
+    let joined = z
+        .liveliness()
+        .declare_subscriber(&tokens)
+        .history(true)
+        .callback(move |token| {
+            if token.kind() == SampleKind::Put {
+                runtime.spawn(catch_up(
+                    session.clone(),
+                    selector.clone(),
+                    intake.clone(),
+                    catch_up_timeout,
+                ));
+            }
         })
+        .await
+        .map_err(|e| StartError::Declare {
+            what: format!("the liveliness subscriber {tokens}"),
+            message: e.to_string(),
+        })?;
+    Ok([subscriber, joined])
+}
+
+/// Asks a far bridge that (re)joined for its current values and takes
+/// them like live ones: rate-limited, and repeats dropped by the tracker.
+async fn catch_up(z: zenoh::Session, selector: String, intake: Intake, timeout: Duration) {
+    let replies = match z
+        .get(&selector)
+        .target(QueryTarget::All)
+        .consolidation(ConsolidationMode::None)
+        .allowed_destination(Locality::Remote)
+        .timeout(timeout)
+        .await
+    {
+        Ok(replies) => replies,
+        Err(e) => {
+            debug!(%selector, "current values: {e}");
+            return;
+        }
+    };
+    while let Ok(reply) = replies.recv_async().await {
+        if let Ok(sample) = reply.result() {
+            intake(sample.key_expr().as_str(), &sample.payload().to_bytes());
+        }
+    }
 }
 
 /// Drains the inbound queue into the local gateway.
@@ -358,7 +523,9 @@ async fn publisher(
         let (topic, envelope) = inbound.pop().await;
         let verdict = tracker.judge(&topic, envelope.instance.as_deref(), envelope.seq);
         let Verdict::Deliver { missed, restarted } = verdict else {
+            // One per topic when a sending bridge restarts: worth a line.
             bump(&counters.in_duplicates);
+            info!(%topic, seq = envelope.seq, "repeat dropped: delivered before");
             continue;
         };
         if let Some(previous) = restarted {

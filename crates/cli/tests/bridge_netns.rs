@@ -481,8 +481,35 @@ fn topics_and_calls_cross_both_ways_and_only_routed_ones() {
         }
         assert!(started.elapsed() < Duration::from_millis(2900));
     });
-    // The far side gone: ServiceUnavailable, named, and quickly.
+    // A's bridge restarts and sends A's current value of vehicle.speed
+    // again: B's bridge knows it and drops it, so B's gateway does not
+    // take it twice.
     let mut pair = pair;
+    let before = common::runtime().block_on(async {
+        pair.b
+            .session()
+            .get::<Value>("vehicle.speed")
+            .await
+            .expect("the value at B")
+    });
+    assert_eq!(before.value["n"], 1_000_000);
+    pair.a.stop_bridge();
+    pair.a.start_bridge();
+    pair.b
+        .bridge
+        .as_mut()
+        .expect("B's bridge")
+        .wait_line("repeat dropped");
+    let after = common::runtime().block_on(async {
+        pair.b
+            .session()
+            .get::<Value>("vehicle.speed")
+            .await
+            .expect("the value at B")
+    });
+    assert_eq!((after.seq, after.value), (before.seq, before.value));
+
+    // The far side gone: ServiceUnavailable, named, and quickly.
     pair.a.stop_bridge();
     within(Duration::from_secs(60), async {
         let b = pair.b.session();
