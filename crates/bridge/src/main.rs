@@ -20,6 +20,11 @@ struct Args {
     check: bool,
 }
 
+/// A configuration error, as `qm-ipc` says it (sysexits' EX_CONFIG).
+const EX_CONFIG: u8 = 78;
+/// Zenoh or a socket could not be opened (EX_UNAVAILABLE).
+const EX_UNAVAILABLE: u8 = 69;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -34,7 +39,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qm-ipc-bridge: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EX_CONFIG);
         }
     };
     if args.check {
@@ -43,7 +48,7 @@ fn main() -> ExitCode {
                 "qm-ipc-bridge: {}: {e} (Zenoh's own JSON5 configuration)",
                 config.zenoh_config.display()
             );
-            return ExitCode::from(2);
+            return ExitCode::from(EX_CONFIG);
         }
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
@@ -77,7 +82,10 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qm-ipc-bridge: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(match e {
+                qm_ipc_bridge::run::StartError::ZenohConfig { .. } => EX_CONFIG,
+                _ => EX_UNAVAILABLE,
+            })
         }
     }
 }

@@ -55,7 +55,7 @@ fn a_bad_field_is_refused_with_file_and_line() {
     )
     .unwrap();
     let (code, _, err) = bridge(&["--config", path.to_str().unwrap()]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 78, "{err}");
     assert!(
         err.contains(&format!("{}:9:", path.display())),
         "no file:line in {err}"
@@ -70,13 +70,13 @@ fn a_bad_zenoh_file_is_named() {
     std::fs::write(&path, GOOD).unwrap();
     std::fs::write(dir.path().join("zenoh.json5"), "{ mode: \"satellite\" }").unwrap();
     let (code, _, err) = bridge(&["--config", path.to_str().unwrap(), "--check"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 78, "{err}");
     assert!(err.contains("zenoh.json5"), "{err}");
 }
 
 #[test]
 fn a_missing_file_is_named() {
     let (code, _, err) = bridge(&["--config", "/nonexistent/bridge.toml"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 78);
     assert!(err.contains("/nonexistent/bridge.toml"), "{err}");
 }
