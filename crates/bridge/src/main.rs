@@ -18,6 +18,13 @@ struct Args {
     /// Check the configuration (and the Zenoh file it names) and exit.
     #[arg(long)]
     check: bool,
+    /// Messages a second taken from the network, samples and calls
+    /// together (overrides limits.inbound_rate).
+    #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    inbound_rate: Option<u32>,
+    /// How many of them at once (overrides limits.inbound_burst).
+    #[arg(long, value_name = "MESSAGES", value_parser = clap::value_parser!(u32).range(1..))]
+    inbound_burst: Option<u32>,
 }
 
 /// A configuration error, as `qm-ipc` says it (sysexits' EX_CONFIG).
@@ -35,13 +42,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::env::var_os("NO_COLOR").is_none())
         .init();
-    let config = match Config::load(&args.config) {
+    let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qm-ipc-bridge: {e}");
             return ExitCode::from(EX_CONFIG);
         }
     };
+    if let Some(rate) = args.inbound_rate {
+        config.limits.inbound_rate = rate;
+    }
+    if let Some(burst) = args.inbound_burst {
+        config.limits.inbound_burst = burst;
+    }
     if args.check {
         if let Err(e) = zenoh::Config::from_file(&config.zenoh_config) {
             eprintln!(

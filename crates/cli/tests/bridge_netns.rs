@@ -127,6 +127,7 @@ struct Host {
     provider: PathBuf,
     gateway: Option<Proc>,
     bridge: Option<Proc>,
+    bridge_args: Vec<String>,
 }
 
 impl Host {
@@ -140,6 +141,7 @@ impl Host {
             dir,
             gateway: None,
             bridge: None,
+            bridge_args: Vec::new(),
         }
     }
 
@@ -194,6 +196,7 @@ impl Host {
             .arg(&bridge)
             .arg("--config")
             .arg(self.path("bridge.toml"))
+            .args(&self.bridge_args)
             .env("QM_IPC_LOG", "info,zenoh=warn");
         let mut proc = Proc::spawn(cmd);
         proc.wait_line("bridge ready");
@@ -291,6 +294,11 @@ struct Pair {
 }
 
 fn pair(b_limits: &str) -> Pair {
+    pair_with(b_limits, &[])
+}
+
+/// `pair` with extra arguments for B's bridge.
+fn pair_with(b_limits: &str, b_args: &[&str]) -> Pair {
     let link = Link::new();
     let mut a = Host::new(&link.a);
     let mut b = Host::new(&link.b);
@@ -367,6 +375,7 @@ timeout_ms = 2000
     a.start_gateway(Some(&services_a));
     b.start_gateway(Some(&services_b));
     a.start_bridge();
+    b.bridge_args = b_args.iter().map(|s| s.to_string()).collect();
     b.start_bridge();
     Pair { link, a, b }
 }
@@ -814,7 +823,11 @@ fn a_flood_from_the_network_is_rate_limited() {
     if !enabled() {
         return;
     }
-    let mut pair = pair("[limits]\ninbound_rate = 20\ninbound_burst = 5\n");
+    // The limit from the command line, over the file's.
+    let mut pair = pair_with(
+        "[limits]\ninbound_rate = 100000\n",
+        &["--inbound-rate", "20", "--inbound-burst", "5"],
+    );
     within(Duration::from_secs(120), async {
         let a = pair.a.session();
         let b = pair.b.session();
