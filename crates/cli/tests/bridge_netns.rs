@@ -133,7 +133,7 @@ struct Host {
 impl Host {
     fn new(ns: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("allow-all.toml"), ALLOW_ALL_POLICY).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), ALLOW_ALL_POLICY).unwrap();
         Self {
             ns: ns.to_owned(),
             consumer: dir.path().join("run/ipc/ipc.socket"),
@@ -165,7 +165,7 @@ impl Host {
             .arg("--provider-socket")
             .arg(&self.provider)
             .arg("--policy")
-            .arg(self.path("allow-all.toml"))
+            .arg(self.path("policy.toml"))
             .arg("--call-timeout-ms")
             .arg("3000")
             .env("NOTIFY_SOCKET", &notify.path);
@@ -226,7 +226,11 @@ impl Host {
     }
 
     fn session(&self) -> Session {
-        Session::builder(&self.consumer)
+        Self::session_at(&self.consumer)
+    }
+
+    fn session_at(socket: &Path) -> Session {
+        Session::builder(socket)
             .timeout(Duration::from_secs(5))
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
             .build()
@@ -294,11 +298,11 @@ struct Pair {
 }
 
 fn pair(b_limits: &str) -> Pair {
-    pair_with(b_limits, &[])
+    pair_with(b_limits, &[], None)
 }
 
-/// `pair` with extra arguments for B's bridge.
-fn pair_with(b_limits: &str, b_args: &[&str]) -> Pair {
+/// `pair` with extra arguments for B's bridge, and a policy of A's own.
+fn pair_with(b_limits: &str, b_args: &[&str], a_policy: Option<&str>) -> Pair {
     let link = Link::new();
     let mut a = Host::new(&link.a);
     let mut b = Host::new(&link.b);
@@ -372,6 +376,9 @@ timeout_ms = 2000
             imported.display()
         ),
     );
+    if let Some(policy) = a_policy {
+        a.write("policy.toml", policy);
+    }
     a.start_gateway(Some(&services_a));
     b.start_gateway(Some(&services_b));
     a.start_bridge();
@@ -827,6 +834,7 @@ fn a_flood_from_the_network_is_rate_limited() {
     let mut pair = pair_with(
         "[limits]\ninbound_rate = 100000\n",
         &["--inbound-rate", "20", "--inbound-burst", "5"],
+        None,
     );
     within(Duration::from_secs(120), async {
         let a = pair.a.session();
@@ -893,4 +901,52 @@ fn a_flood_from_the_network_is_rate_limited() {
         counters["in_rate_limited"].as_u64().unwrap_or(0) > 1000,
         "{counters}"
     );
+}
+
+#[test]
+fn the_local_policy_still_decides_what_the_bridge_may_do() {
+    if !enabled() {
+        return;
+    }
+    // On A the bridge (on the consumer socket) may read vehicle.* and
+    // publish cabin.*, and call nothing; the ASIL side (provider socket)
+    // may do everything.
+    let policy = r#"
+[[rule]]
+name = "asil-side"
+socket = "provider"
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+
+[[rule]]
+name = "bridge"
+socket = "consumer"
+allow = { subscribe = ["vehicle.*"], publish = ["cabin.*"] }
+"#;
+    let mut pair = pair_with("", &[], Some(policy));
+    within(Duration::from_secs(120), async {
+        let asil = Host::session_at(&pair.a.provider);
+        let b = pair.b.session();
+        // What the policy grants crosses, both ways.
+        let mut at_b = b.subscribe::<Value>(["vehicle.speed"]).unwrap();
+        publish_until_seen(&asil, "vehicle.speed", &mut at_b, 0).await;
+        let mut at_a = asil.subscribe::<Value>(["cabin.temperature"]).unwrap();
+        publish_until_seen(&b, "cabin.temperature", &mut at_a, 0).await;
+        // A call it does not grant: A's gateway refuses A's bridge, and
+        // the caller on B gets the refusal by its name.
+        match b
+            .call::<Value>(
+                "com.example.Climate.SetTemperature",
+                &json!({"zone": "driver", "celsius": 20.0}),
+            )
+            .await
+        {
+            Err(ClientError::Remote(e)) => {
+                assert_eq!(e.name(), "io.qmipc.Gateway.AccessDenied", "{e}")
+            }
+            other => panic!("expected AccessDenied, got {other:?}"),
+        }
+    });
+    for host in [&mut pair.a, &mut pair.b] {
+        host.stop_bridge();
+    }
 }
