@@ -10,6 +10,16 @@
 //! counted) into a second conflating queue; one publisher drains it into
 //! the local gateway after the origin tracker has thrown out repeats and
 //! noted gaps and restarts.
+//!
+//! Current values: the out side keeps each topic's newest envelope and
+//! answers queries for them; a liveliness token per out route tells far
+//! bridges when it (re)joined, and they ask then, so a restart or a
+//! restored link brings the current values at once. They go through the
+//! same bucket and tracker as live samples.
+//!
+//! Services: an export is a queryable that calls the local gateway; an
+//! import is a varlink service on a local socket whose methods are Zenoh
+//! queries, with the caller's deadline.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
