@@ -134,6 +134,11 @@ impl OriginTracker {
         }
     }
 
+    /// Has a sample of `topic` been judged (and remembered)?
+    pub fn knows(&self, topic: &str) -> bool {
+        self.last.contains_key(topic)
+    }
+
     pub fn judge(&mut self, topic: &str, instance: Option<&str>, seq: u64) -> Verdict {
         let verdict = match self.last.get(topic) {
             None => Verdict::Deliver {
@@ -236,7 +241,9 @@ mod tests {
             missed,
             restarted: None,
         };
+        assert!(!t.knows("a"));
         assert_eq!(t.judge("a", Some("i1"), 5), deliver(0));
+        assert!(t.knows("a"));
         assert_eq!(t.judge("a", Some("i1"), 6), deliver(0));
         assert_eq!(t.judge("a", Some("i1"), 9), deliver(2));
         assert_eq!(t.judge("a", Some("i1"), 9), Verdict::Duplicate);

@@ -531,7 +531,21 @@ async fn publisher(
     let mut tracker = OriginTracker::new(MAX_TRACKED_TOPICS);
     loop {
         let (topic, envelope) = inbound.pop().await;
+        // The first sample of a topic since this bridge started: if the
+        // local gateway already holds this very value (this bridge
+        // delivered it before it restarted), it is not delivered again.
+        // One Get per topic and bridge start.
+        let first = !tracker.knows(&topic);
         let verdict = tracker.judge(&topic, envelope.instance.as_deref(), envelope.seq);
+        if first {
+            if let Ok(held) = gateway.get::<Value>(&topic).await {
+                if held.value == envelope.value {
+                    bump(&counters.in_duplicates);
+                    info!(%topic, seq = envelope.seq, "already held by the local gateway: not delivered again");
+                    continue;
+                }
+            }
+        }
         let Verdict::Deliver { missed, restarted } = verdict else {
             // One per topic when a sending bridge restarts: worth a line.
             bump(&counters.in_duplicates);

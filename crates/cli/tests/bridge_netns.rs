@@ -523,7 +523,25 @@ fn topics_and_calls_cross_both_ways_and_only_routed_ones() {
             .await
             .expect("the value at B")
     });
-    assert_eq!((after.seq, after.value), (before.seq, before.value));
+    assert_eq!((after.seq, after.value.clone()), (before.seq, before.value));
+
+    // B's bridge restarts: it asks A's bridge for the current values and
+    // finds vehicle.speed's already held by B's gateway: not again.
+    pair.b.stop_bridge();
+    pair.b.start_bridge();
+    pair.b
+        .bridge
+        .as_mut()
+        .expect("B's bridge")
+        .wait_line("already held by the local gateway");
+    let again = common::runtime().block_on(async {
+        pair.b
+            .session()
+            .get::<Value>("vehicle.speed")
+            .await
+            .expect("the value at B")
+    });
+    assert_eq!((again.seq, again.value), (after.seq, after.value));
 
     // The far side gone: ServiceUnavailable, named, and quickly.
     pair.a.stop_bridge();
