@@ -98,6 +98,23 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Takes a token from the inbound bucket, if there is one.
+fn admit(bucket: &Mutex<TokenBucket>) -> bool {
+    bucket
+        .lock()
+        .map(|mut b| b.try_take(Instant::now()))
+        .unwrap_or(false)
+}
+
+async fn declare_queryable(z: &zenoh::Session, selector: &str) -> Result<Queryable, StartError> {
+    z.declare_queryable(selector)
+        .await
+        .map_err(|e| StartError::Declare {
+            what: format!("the queryable {selector}"),
+            message: e.to_string(),
+        })
+}
+
 /// A queue with a wake-up for its one consumer.
 struct Channel<T> {
     queue: Mutex<ConflatingQueue<T>>,
@@ -350,13 +367,7 @@ async fn current_values(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(Queryable, zenoh::liveliness::LivelinessToken), StartError> {
     let selector = format!("{}/**", route.key);
-    let queryable = z
-        .declare_queryable(&selector)
-        .await
-        .map_err(|e| StartError::Declare {
-            what: format!("the queryable {selector}"),
-            message: e.to_string(),
-        })?;
+    let queryable = declare_queryable(z, &selector).await?;
     let receiver = queryable.handler().clone();
     let prefix = format!("{}/", route.key);
     tasks.spawn(async move {
@@ -436,11 +447,7 @@ async fn topic_in(
     // Every sample from the network, live or current, passes here.
     let intake = Arc::new(move |key: &str, payload: &[u8]| {
         bump(&counters.in_received);
-        let admitted = bucket
-            .lock()
-            .map(|mut b| b.try_take(Instant::now()))
-            .unwrap_or(false);
-        if !admitted {
+        if !admit(&bucket) {
             // Shows later as a gap in the topic's origin seq.
             bump(&counters.in_rate_limited);
             return;
@@ -612,18 +619,9 @@ async fn export(
     calls: Arc<Semaphore>,
     counters: Arc<Counters>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<
-    zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>,
-    StartError,
-> {
+) -> Result<Queryable, StartError> {
     let selector = format!("{}/{}/*", route.key, route.interface);
-    let queryable = z
-        .declare_queryable(&selector)
-        .await
-        .map_err(|e| StartError::Declare {
-            what: format!("the queryable {selector}"),
-            message: e.to_string(),
-        })?;
+    let queryable = declare_queryable(z, &selector).await?;
     let receiver = queryable.handler().clone();
     let gateway = gateway.clone();
     let route = route.clone();
@@ -634,10 +632,7 @@ async fn export(
                 error: Some(error.name()),
                 parameters: error.parameters(),
             };
-            let admitted = bucket
-                .lock()
-                .map(|mut b| b.try_take(Instant::now()))
-                .unwrap_or(false);
+            let admitted = admit(&bucket);
             let permit = calls.clone().try_acquire_owned().ok();
             let (true, Some(permit)) = (admitted, permit) else {
                 bump(&counters.calls_refused);
