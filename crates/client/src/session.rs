@@ -198,10 +198,30 @@ impl Session {
         topic: &str,
         value: &T,
     ) -> Result<u64, ClientError> {
+        self.publish_after(topic, value, 0).await
+    }
+
+    /// Publishes `value` as the update that follows `missed` updates lost
+    /// before it reached this publisher: what a bridge relaying another
+    /// gateway's topic does after a network cut. The topic's seq moves on
+    /// by `missed` more, and every subscriber counts them in the sample's
+    /// `dropped`, as if it had missed them itself (at most
+    /// `qm_ipc_proto::interface::MAX_MISSED` in one publish).
+    pub async fn publish_after<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        missed: u64,
+    ) -> Result<u64, ClientError> {
         #[derive(Serialize)]
         struct Publish<'a, T: ?Sized> {
             topic: &'a str,
             value: &'a T,
+            #[serde(skip_serializing_if = "is_zero")]
+            missed: u64,
+        }
+        fn is_zero(n: &u64) -> bool {
+            *n == 0
         }
         #[derive(Deserialize)]
         struct Published {
@@ -210,7 +230,11 @@ impl Session {
         let reply = self
             .request_within::<_, Published>(
                 &gateway("Publish"),
-                &Publish { topic, value },
+                &Publish {
+                    topic,
+                    value,
+                    missed,
+                },
                 Retry::OnlyIfUnsent,
                 self.inner.timeout,
             )

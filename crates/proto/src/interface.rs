@@ -15,6 +15,10 @@ pub const GATEWAY_IDL: &str = include_str!("../io.qmipc.Gateway.varlink");
 
 /// Longest topic or service name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+/// Most updates one `Publish` may say were lost before it (`missed`): far
+/// beyond any real gap, and far from the end of a seq's range, so no
+/// publisher can run a topic's seq out.
+pub const MAX_MISSED: u64 = 1_000_000_000;
 
 /// What a call asks for, with its parameters checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +30,8 @@ pub enum Request {
     Publish {
         topic: String,
         value: RawJson,
+        /// Updates lost upstream before this value (a bridge's gap).
+        missed: u64,
     },
     Get {
         topic: String,
@@ -193,7 +199,18 @@ impl Request {
                         "a topic value is a JSON object, e.g. {\"kmh\": 86.4}",
                     ));
                 }
-                Self::Publish { topic, value }
+                let missed = p.opt_uint("missed")?.unwrap_or(0);
+                if missed > MAX_MISSED {
+                    return Err(ErrorReply::invalid(
+                        "missed",
+                        format!("at most {MAX_MISSED} updates missed in one publish"),
+                    ));
+                }
+                Self::Publish {
+                    topic,
+                    value,
+                    missed,
+                }
             }
             (GATEWAY_INTERFACE, "Get") => {
                 let topic = p.string("topic")?;
@@ -475,9 +492,29 @@ mod tests {
             ),
             Ok(Request::Publish {
                 topic: "a.b".into(),
-                value: RawJson::from_value(&json!({"kmh": 1.5}))
+                value: RawJson::from_value(&json!({"kmh": 1.5})),
+                missed: 0,
             })
         );
+        assert_eq!(
+            req(
+                "io.qmipc.Gateway.Publish",
+                json!({"topic": "a.b", "value": {}, "missed": 3})
+            ),
+            Ok(Request::Publish {
+                topic: "a.b".into(),
+                value: RawJson::from_value(&json!({})),
+                missed: 3,
+            })
+        );
+        // A publisher cannot run a topic's seq to the end of its range.
+        assert!(matches!(
+            req(
+                "io.qmipc.Gateway.Publish",
+                json!({"topic": "a.b", "value": {}, "missed": u64::MAX})
+            ),
+            Err(ErrorReply::InvalidValue { ref parameter, .. }) if parameter == "missed"
+        ));
         // A topic value is an object, as the IDL says.
         for scalar in [
             json!(1.5),

@@ -795,10 +795,14 @@ impl Session<'_> {
                     }
                 }
             },
-            Request::Publish { topic, value } => {
+            Request::Publish {
+                topic,
+                value,
+                missed,
+            } => {
                 self.authorize(Action::Publish, &topic)?;
                 // Checked against the topic's declared type, if any, there.
-                let seq = hub.publish(self.conn, &topic, value)?;
+                let seq = hub.publish(self.conn, &topic, value, missed)?;
                 Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
             // The hot read path: the stored encoding goes out as it is.

@@ -165,7 +165,15 @@ impl Hub {
     /// reload put other types in force meanwhile, the value is checked
     /// again against those under the lock, so no value of the old types
     /// lands after the reload withdrew the misfits.
-    pub fn publish(&self, conn: ConnId, topic: &str, value: RawJson) -> Result<u64, ErrorReply> {
+    /// `missed`: updates lost upstream before this value (see
+    /// [`crate::broker::Broker::publish_after`]).
+    pub fn publish(
+        &self,
+        conn: ConnId,
+        topic: &str,
+        value: RawJson,
+        missed: u64,
+    ) -> Result<u64, ErrorReply> {
         let types = self.topic_types();
         if let Some(declared) = types.get(topic) {
             declared.check(value.get())?;
@@ -178,7 +186,7 @@ impl Hub {
                 declared.check(value.get())?;
             }
         }
-        broker.publish(conn, topic, value, now)
+        broker.publish_after(conn, topic, value, missed, now)
     }
 
     pub fn get(&self, topic: &str) -> Result<(Arc<TopicName>, Arc<PublishedValue>), ErrorReply> {

@@ -193,7 +193,19 @@ impl Outbox {
 
     /// Queues a subscription sample, conflating when the queue is full.
     pub fn push_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
-        self.queue_sample(topic, value, false);
+        self.queue_sample(topic, value, false, 0);
+    }
+
+    /// Queues an update that comes after `missed` updates lost upstream
+    /// (a bridge's gap): they count in this sample's `dropped` as if this
+    /// subscriber had missed them, so seq and `dropped` still add up.
+    pub fn push_sample_after(
+        &self,
+        topic: &Arc<TopicName>,
+        value: &Arc<PublishedValue>,
+        missed: u64,
+    ) {
+        self.queue_sample(topic, value, false, missed);
     }
 
     /// Queues a topic's current value at the start of a subscription. The
@@ -208,10 +220,16 @@ impl Outbox {
     /// caller holds the hub (a search or a compaction per current value
     /// made a subscription to many large topics quadratic under it).
     pub fn push_current(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>) {
-        self.queue_sample(topic, value, true);
+        self.queue_sample(topic, value, true, 0);
     }
 
-    fn queue_sample(&self, topic: &Arc<TopicName>, value: &Arc<PublishedValue>, current: bool) {
+    fn queue_sample(
+        &self,
+        topic: &Arc<TopicName>,
+        value: &Arc<PublishedValue>,
+        current: bool,
+        missed: u64,
+    ) {
         let mut inner = self.lock();
         if inner.closing || inner.overflowed {
             return;
@@ -236,7 +254,7 @@ impl Outbox {
                 .find(|s| Arc::ptr_eq(&s.topic, topic))
             {
                 let old_size = old.bytes();
-                old.dropped += 1;
+                old.dropped += 1 + missed;
                 old.value = value.clone();
                 inner.sample_bytes = inner.sample_bytes - old_size + size;
                 self.count_drops(&mut inner, 1);
@@ -250,7 +268,7 @@ impl Outbox {
         inner.samples.push_back(QueuedSample {
             topic: topic.clone(),
             value: value.clone(),
-            dropped: carried,
+            dropped: carried + missed,
             first: current,
         });
         inner.sample_bytes += size;

@@ -369,6 +369,21 @@ impl Broker {
         value: RawJson,
         now: Now,
     ) -> Result<u64, ErrorReply> {
+        self.publish_after(conn, topic, value, 0, now)
+    }
+
+    /// Publishes a value that comes after `missed` updates lost upstream
+    /// (a bridge relaying another gateway's topic across a gap): seq moves
+    /// past them and each subscriber counts them in `dropped`, so for every
+    /// topic `seq - previous seq - 1 == dropped` still holds.
+    pub fn publish_after(
+        &mut self,
+        conn: ConnId,
+        topic: &str,
+        value: RawJson,
+        missed: u64,
+        now: Now,
+    ) -> Result<u64, ErrorReply> {
         let Some(connection) = self.connections.get(&conn) else {
             return Err(ErrorReply::NoSuchTopic {
                 topic: topic.to_owned(),
@@ -440,10 +455,11 @@ impl Broker {
             value_json,
             bytes,
             now.wall_us,
+            missed,
             |conn, name, value| {
                 if let Some(c) = self.connections.get(&conn) {
                     if let ConnectionState::Streaming(_) = c.state {
-                        c.outbox.push_sample(name, value);
+                        c.outbox.push_sample_after(name, value, missed);
                     }
                 }
             },

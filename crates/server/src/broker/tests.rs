@@ -782,3 +782,57 @@ fn a_monitor_sees_what_it_may_and_counts_what_it_lost() {
     );
     assert_eq!(last[0]["parameters"]["action"], "monitor");
 }
+
+#[test]
+fn updates_missed_upstream_move_seq_on_and_count_in_dropped() {
+    // A bridge relays another gateway's topic; across a network cut it
+    // publishes the next value with how many it never saw. Subscribers
+    // here must see those in `dropped`, with seq and dropped adding up,
+    // whether they keep up or are conflated.
+    let limits = Limits {
+        subscription_queue: 1,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let (bridge, _) = connect(&mut broker, &asil());
+    let (reader, reading) = connect(&mut broker, &qm(10));
+    let (stalled, stalled_box) = connect(&mut broker, &qm(11));
+    for conn in [reader, stalled] {
+        broker
+            .subscribe(conn, vec![TopicPattern::parse("far.speed").unwrap()], 8)
+            .unwrap();
+    }
+    let seq = |v: &Value| {
+        let s = &v["parameters"]["sample"];
+        (s["seq"].as_u64(), s["dropped"].as_u64())
+    };
+    assert_eq!(
+        broker.publish(bridge, "far.speed", json("{\"kmh\":1}"), now()),
+        Ok(1)
+    );
+    assert_eq!(
+        drain(&reading).iter().map(seq).collect::<Vec<_>>(),
+        [(Some(1), Some(0))]
+    );
+    assert_eq!(
+        broker.publish_after(bridge, "far.speed", json("{\"kmh\":2}"), 3, now()),
+        Ok(5),
+        "seq moves past the 3 missed"
+    );
+    assert_eq!(
+        drain(&reading).iter().map(seq).collect::<Vec<_>>(),
+        [(Some(5), Some(3))]
+    );
+    // The stalled subscriber holds seq 1 unread; 5 replaced it (conflated),
+    // then 6 after one more missed replaces that: 1 + 3 + 1 + 1 = 6 lost.
+    assert_eq!(
+        broker.publish_after(bridge, "far.speed", json("{\"kmh\":3}"), 1, now()),
+        Ok(7)
+    );
+    let stalled_samples = drain(&stalled_box);
+    assert_eq!(
+        stalled_samples.iter().map(seq).collect::<Vec<_>>(),
+        [(Some(7), Some(6))],
+        "seq 7 after seq 0: all six before it counted"
+    );
+}

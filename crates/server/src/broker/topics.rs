@@ -90,19 +90,22 @@ impl Topics {
     /// Stores a topic's new value (its bytes charged by `bytes`) and hands
     /// it to `deliver` for each subscriber. Returns its seq; 0 if the topic
     /// does not exist (the caller creates it first).
+    /// `missed`: updates lost upstream before this one; seq moves past
+    /// them.
     pub fn set(
         &mut self,
         topic: &str,
         value_json: Box<str>,
         bytes: Charge,
         timestamp_us: u64,
+        missed: u64,
         mut deliver: impl FnMut(ConnId, &Arc<TopicName>, &Arc<PublishedValue>),
     ) -> u64 {
         let Some(entry) = self.topics.get_mut(topic) else {
             return 0;
         };
         self.retained_bytes = self.retained_bytes - entry.last.value_json.len() + value_json.len();
-        let seq = entry.last.seq + 1;
+        let seq = entry.last.seq.saturating_add(missed).saturating_add(1);
         entry.last = Arc::new(PublishedValue {
             seq,
             value_json,
