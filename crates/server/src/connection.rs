@@ -147,49 +147,90 @@ pub async fn serve(
     serve_carried(hub, stream, peer, shutdown, None).await
 }
 
-/// Serves a connection, carried from the previous gateway instance when
-/// `carried` is given: its unread bytes are read first, and its
-/// subscription or services go on where they were (see
-/// [`crate::fdstore`]). When the gateway stops to hand over, the
+/// A connection registered with the hub, ready to be served.
+pub struct Registered {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    account: Arc<Account>,
+    decoder: FrameDecoder,
+    mode: Mode,
+}
+
+/// Registers a connection carried from the previous gateway instance and
+/// puts it back in the state it was in: its subscription, its services,
+/// its unread bytes. Every carried connection is registered before any is
+/// served, so that a call or a publish carried unread on one finds the
+/// provider or the subscriber carried on another.
+pub fn register_carried(
+    hub: &Hub,
+    peer: &Peer,
+    state: &crate::fdstore::ConnState,
+) -> Result<Registered, ErrorReply> {
+    let (conn, outbox, account) = hub.connect(peer)?;
+    let mut decoder = FrameDecoder::new(hub.limits().max_frame);
+    decoder.extend(&state.unread_bytes());
+    if let Err(e) = resume(hub, conn, &state.carried) {
+        // The state was valid when stored; what it asks may still be
+        // refused now (a service another connection registered first).
+        hub.disconnect(conn, "handover_refused");
+        return Err(e);
+    }
+    let mode = match state.carried {
+        crate::fdstore::Carried::Idle => Mode::Requests,
+        _ => Mode::Streaming,
+    };
+    tracing::debug!(conn, %peer, previous = state.id, "carried over from the previous instance");
+    Ok(Registered {
+        conn,
+        outbox,
+        account,
+        decoder,
+        mode,
+    })
+}
+
+/// Serves a connection, registered already when `registered` is given (a
+/// connection carried from the previous instance, see
+/// [`register_carried`]). When the gateway stops to hand over, the
 /// connection flushes what is queued and is handed over instead of closed.
 pub async fn serve_carried(
     hub: Arc<Hub>,
     stream: UnixStream,
     peer: Peer,
     mut shutdown: watch::Receiver<bool>,
-    carried: Option<crate::fdstore::ConnState>,
+    registered: Option<Registered>,
 ) -> Ended {
     let limits = hub.limits().clone();
-    let (conn, outbox, account) = match hub.connect(&peer) {
-        Ok(registered) => registered,
-        Err(error) => {
-            // Answer the peer's first call with the reason, then close. One
-            // non-blocking write: a refused peer costs no waiting.
-            let mut frame = Vec::new();
-            encode_error(&mut frame, &error);
-            write_refusal(stream, &frame);
-            tracing::debug!(%peer, %error, "connection refused");
-            hub.record_refused("refused");
-            return Ended::Refused(error);
-        }
+    let registered = match registered {
+        Some(registered) => registered,
+        None => match hub.connect(&peer) {
+            Ok((conn, outbox, account)) => Registered {
+                conn,
+                outbox,
+                account,
+                decoder: FrameDecoder::new(limits.max_frame),
+                mode: Mode::Requests,
+            },
+            Err(error) => {
+                // Answer the peer's first call with the reason, then close.
+                // One non-blocking write: a refused peer costs no waiting.
+                let mut frame = Vec::new();
+                encode_error(&mut frame, &error);
+                write_refusal(stream, &frame);
+                tracing::debug!(%peer, %error, "connection refused");
+                hub.record_refused("refused");
+                return Ended::Refused(error);
+            }
+        },
     };
+    let Registered {
+        conn,
+        outbox,
+        account,
+        mut decoder,
+        mode,
+    } = registered;
     tracing::debug!(conn, %peer, "connected");
-    let mut decoder = FrameDecoder::new(limits.max_frame);
-    let mut mode = Mode::Requests;
-    if let Some(state) = &carried {
-        decoder.extend(&state.unread_bytes());
-        if let Err(e) = resume(&hub, conn, &state.carried) {
-            // The state was valid when stored; what it asks may still be
-            // refused now (a service another connection registered first).
-            tracing::warn!(conn, %peer, "a carried connection cannot go on ({e}); closed");
-            hub.disconnect(conn, "handover_refused");
-            return Ended::Refused(e);
-        }
-        if !matches!(state.carried, crate::fdstore::Carried::Idle) {
-            mode = Mode::Streaming;
-        }
-        tracing::debug!(conn, %peer, previous = state.id, "carried over from the previous instance");
-    }
     let (mut read, write) = stream.into_split();
     // Boxed so that it can be dropped, ending its borrow of `write`, when
     // the connection is handed over.

@@ -405,12 +405,30 @@ impl Gateway {
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
-        for carried in std::mem::take(&mut self.restored) {
-            let permits = match carried.state.listener == PROVIDER {
+        // Every carried connection is registered (its subscription and
+        // services back) before any is served: a publish or a call carried
+        // unread on one must find the subscribers and providers carried on
+        // the others.
+        let mut carried = Vec::new();
+        for conn in std::mem::take(&mut self.restored) {
+            if let Some(ready) = self.register_carried(conn) {
+                carried.push(ready);
+            }
+        }
+        for (stream, peer, registered) in carried {
+            let permits = match peer.is_provider() {
                 true => &provider_permits,
                 false => &qm_permits,
             };
-            self.spawn_carried(carried, permits.clone().try_acquire_owned().ok());
+            let permit = permits.clone().try_acquire_owned().ok();
+            let hub = self.hub.clone();
+            let shutdown = self.shutdown_tx.subscribe();
+            let guard = self.tracker.enter();
+            tokio::spawn(async move {
+                connection::serve_carried(hub, stream, peer, shutdown, Some(registered)).await;
+                drop(permit);
+                drop(guard);
+            });
         }
         warn_if_labels_unavailable(&self.hub.policy());
         // Before READY=1: from then on systemd may send SIGHUP for a
@@ -476,12 +494,13 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Serves a connection carried over from the previous instance.
-    fn spawn_carried(
+    /// Registers a connection carried over from the previous instance, in
+    /// the state it was in; `None` (and closed, with a log line) when it
+    /// cannot go on.
+    fn register_carried(
         &self,
         carried: crate::fdstore::RestoredConn,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
+    ) -> Option<(UnixStream, Peer, connection::Registered)> {
         let std_stream = std::os::unix::net::UnixStream::from(carried.fd);
         let stream = match std_stream
             .set_nonblocking(true)
@@ -490,18 +509,17 @@ impl Gateway {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!("a carried connection cannot be served ({e}); closed");
-                return;
+                return None;
             }
         };
         let peer = Peer::of(&stream, Arc::from(carried.state.listener.as_str()));
-        let hub = self.hub.clone();
-        let shutdown = self.shutdown_tx.subscribe();
-        let guard = self.tracker.enter();
-        tokio::spawn(async move {
-            connection::serve_carried(hub, stream, peer, shutdown, Some(carried.state)).await;
-            drop(permit);
-            drop(guard);
-        });
+        match connection::register_carried(&self.hub, &peer, &carried.state) {
+            Ok(registered) => Some((stream, peer, registered)),
+            Err(e) => {
+                tracing::warn!(%peer, "a carried connection cannot go on ({e}); closed");
+                None
+            }
+        }
     }
 
     /// Stores the connections handed over and, last, the state that goes
