@@ -519,8 +519,16 @@ impl Broker {
                 .counters
                 .limit("max_subscription_patterns", max_patterns));
         }
+        self.start_streaming(conn, patterns, true);
+        Ok(())
+    }
+
+    /// Makes `conn` stream a subscription to `patterns`, starting with the
+    /// current value of every matching topic the peer may read when
+    /// `with_current`.
+    fn start_streaming(&mut self, conn: ConnId, patterns: Vec<TopicPattern>, with_current: bool) {
         let Some(connection) = self.connections.get(&conn) else {
-            return Ok(());
+            return;
         };
         // One subscription per connection: counted, under the connection
         // quota already.
@@ -533,7 +541,11 @@ impl Broker {
         self.topics.subscribe(
             conn,
             |name| patterns.iter().any(|p| p.matches(name)) && policy.may_read(&identity, name),
-            |name, value| outbox.push_current(name, value),
+            |name, value| {
+                if with_current {
+                    outbox.push_current(name, value)
+                }
+            },
         );
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.state = ConnectionState::Streaming(Subscription {
@@ -541,7 +553,6 @@ impl Broker {
                 _charge: charge,
             });
         }
-        Ok(())
     }
 
     /// The topics as the file descriptor store carries them.
@@ -599,23 +610,7 @@ impl Broker {
         patterns: Vec<TopicPattern>,
     ) -> Result<(), ErrorReply> {
         self.expect_idle(conn, "topics", "this connection already streams or serves")?;
-        let Some(connection) = self.connections.get(&conn) else {
-            return Ok(());
-        };
-        let charge = self
-            .accounting
-            .count(&connection.account, Resource::Subscriptions, 1);
-        let identity = connection.peer.identity();
-        let policy = &self.policy;
-        self.topics.resubscribe(conn, |name| {
-            patterns.iter().any(|p| p.matches(name)) && policy.may_read(&identity, name)
-        });
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.state = ConnectionState::Streaming(Subscription {
-                patterns,
-                _charge: charge,
-            });
-        }
+        self.start_streaming(conn, patterns, false);
         Ok(())
     }
 

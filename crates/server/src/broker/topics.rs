@@ -246,16 +246,6 @@ impl Topics {
         }
     }
 
-    /// Adds `conn` to every topic `wants`, without its current value: a
-    /// carried subscription has had every value up to now.
-    pub fn resubscribe(&mut self, conn: ConnId, wants: impl Fn(&str) -> bool) {
-        for topic in self.topics.values_mut() {
-            if wants(&topic.name.name) && !topic.subscribers.contains(&conn) {
-                topic.subscribers.push(conn);
-            }
-        }
-    }
-
     pub fn set_subscribers(&mut self, topic: &str, subscribers: Vec<ConnId>) {
         if let Some(entry) = self.topics.get_mut(topic) {
             entry.subscribers = subscribers;
