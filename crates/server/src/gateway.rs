@@ -502,6 +502,30 @@ impl Gateway {
         carried: crate::fdstore::RestoredConn,
     ) -> Option<(UnixStream, Peer, connection::Registered)> {
         let std_stream = std::os::unix::net::UnixStream::from(carried.fd);
+        // The listener the state names must be the one the connection was
+        // accepted on: the same socket path as this instance's listener of
+        // that name. A connection is never served with the rights of
+        // another listener than its own.
+        let listener = self
+            .listeners
+            .iter()
+            .find(|l| l.name == carried.state.listener);
+        let path_of = |addr: std::io::Result<std::os::unix::net::SocketAddr>| {
+            addr.ok()
+                .and_then(|a| a.as_pathname().map(std::path::Path::to_owned))
+        };
+        let accepted_on = path_of(std_stream.local_addr());
+        match listener {
+            Some(l) if accepted_on.is_some() && path_of(l.socket.local_addr()) == accepted_on => {}
+            _ => {
+                tracing::warn!(
+                    "a carried connection says it came through listener {:?}, but it was accepted on {:?}, which is not that listener of this instance; closed",
+                    crate::connection::truncate_for_log(&carried.state.listener),
+                    accepted_on
+                );
+                return None;
+            }
+        }
         let stream = match std_stream
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(std_stream))

@@ -324,3 +324,26 @@ fn a_foreign_store_is_discarded_and_the_gateway_starts_anew() {
     assert_eq!(publish(&mut fresh, 1), 1, "seq begins again");
     second.stop();
 }
+
+/// A carried connection is served only by the listener it was accepted
+/// on: a listener of the same name elsewhere does not get it (and its
+/// rights), the topics still carry over.
+#[test]
+fn a_connection_is_not_carried_onto_another_listener() {
+    let (dir, socket, notify_path, notify) = setup();
+    let first = start(&socket, &notify_path, Vec::new());
+    wait_listening(&socket);
+    let before = instance(&socket);
+    let mut client = Client::connect(&socket);
+    assert_eq!(publish(&mut client, 1), 1);
+    first.stop();
+    let stored = receive_store(&notify);
+
+    let elsewhere = dir.path().join("elsewhere.socket");
+    let second = start(&elsewhere, &notify_path, stored);
+    client.expect_closed();
+    assert_eq!(instance(&elsewhere), before, "the state itself was valid");
+    let mut fresh = Client::connect(&elsewhere);
+    assert_eq!(publish(&mut fresh, 2), 2, "seq goes on");
+    second.stop();
+}
