@@ -469,7 +469,11 @@ impl Gateway {
             self.hub.begin_handover();
         }
         let _ = self.shutdown_tx.send(true);
-        let drain = limits.drain_timeout.max(limits.write_timeout) + Duration::from_millis(100);
+        // A handover flushes each connection within the write timeout.
+        let drain = match handover {
+            true => limits.drain_timeout.max(limits.write_timeout),
+            false => limits.drain_timeout,
+        } + Duration::from_millis(100);
         if tokio::time::timeout(drain, self.tracker.wait_idle())
             .await
             .is_err()
