@@ -25,6 +25,10 @@ command -v dbus-daemon >/dev/null || apt_install dbus-daemon
 # podman's quadlet generator, which Debian 12's podman lacks.
 "$(dirname "$0")/install-quadlet.sh" >/dev/null
 
+# iproute2 (ip netns, veth): the netns tier's hosts, each a network
+# namespace with its own gateway and qm-ipc-bridge.
+command -v ip >/dev/null || apt_install iproute2
+
 # The reference Python varlink implementation, for the interoperability test.
 if ! python3 -c 'import varlink' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check varlink

@@ -7,6 +7,8 @@
 #   podman   real containers from the images
 #   systemd  the generated units under systemd 257 as PID 1 (trixie rootfs)
 #   packaging  the RPM (rpmbuild, rpmlint), man -l, tmt lint
+#   netns    two hosts as network namespaces, each with a gateway and a
+#            qm-ipc-bridge over Zenoh (root, iproute2)
 # and then the fuzz targets for 20 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -271,6 +271,7 @@ fn tmt_plan_lints_clean() {
         .args(["tests", "ls"]));
     let tests = String::from_utf8_lossy(&tests.stdout);
     for test in [
+        "/tmt/tests/netns",
         "/tmt/tests/podman",
         "/tmt/tests/quadlet",
         "/tmt/tests/systemd",

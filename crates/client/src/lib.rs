@@ -49,5 +49,5 @@ pub use connection::{ClientError, Connection, DEFAULT_CLIENT_MAX_FRAME};
 pub use gateway::{GatewayClient, Provider, Subscription as RawSubscription};
 pub use qm_ipc_proto::paths;
 pub use qm_ipc_proto::{ErrorReply, Info, Sample, ServiceRequest, Stats, TopicDescription};
-pub use session::{Session, SessionBuilder, DEFAULT_STREAM_QUEUE, DEFAULT_TIMEOUT};
+pub use session::{Session, SessionBuilder, DEFAULT_TIMEOUT};
 pub use subscription::{Subscription, MAX_TRACKED_TOPICS};

@@ -47,11 +47,13 @@ use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use qm_ipc_proto::idl::{Interface, ParameterError};
 use qm_ipc_proto::interface::SERVICE_INTERFACE;
 use qm_ipc_proto::message::{encode_error, encode_reply};
 use qm_ipc_proto::{Call, ErrorReply, FrameDecoder};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -64,6 +66,14 @@ use tokio::sync::Semaphore;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Largest call a service reads unless told otherwise, NUL included.
 pub const DEFAULT_MAX_FRAME: usize = qm_ipc_proto::DEFAULT_MAX_FRAME;
+/// How long a connection may wait between calls before the service
+/// closes it, unless told otherwise: without it, peers holding idle
+/// connections would take every slot for good.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a call may take to arrive once its first byte did (a
+/// slow-loris peer holds its slot no longer), and a reply to be taken by
+/// a peer that does not read.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a service cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +117,8 @@ pub struct Service {
     methods: HashMap<String, Method>,
     max_connections: usize,
     max_frame: usize,
+    idle_timeout: Duration,
+    io_timeout: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -127,6 +139,8 @@ impl Service {
             methods: HashMap::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_frame: DEFAULT_MAX_FRAME,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            io_timeout: DEFAULT_IO_TIMEOUT,
         })
     }
 
@@ -189,6 +203,22 @@ impl Service {
         self
     }
 
+    /// How long a connection may wait between calls before it is closed
+    /// (default [`DEFAULT_IDLE_TIMEOUT`]). The gateway's pool notices a
+    /// closed connection before it uses it, and opens another.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a call may take to arrive once it started, and a reply to
+    /// be written, before the connection is closed (default
+    /// [`DEFAULT_IO_TIMEOUT`]).
+    pub fn io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout;
+        self
+    }
+
     /// Largest call read, NUL included (at least 1 KiB).
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes.max(1024);
@@ -229,6 +259,8 @@ impl Service {
     async fn connection(&self, mut stream: UnixStream) {
         let mut decoder = FrameDecoder::new(self.max_frame);
         let mut out = Vec::new();
+        // When the first byte of the call now arriving came.
+        let mut call_started: Option<tokio::time::Instant> = None;
         loop {
             let call = match decoder.next_frame() {
                 // A frame that is no varlink call cannot be answered.
@@ -237,14 +269,27 @@ impl Service {
                     Err(_) => return,
                 },
                 Ok(None) => {
-                    match stream.read(decoder.spare()).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => decoder.commit(n),
+                    // Between calls a peer may wait `idle_timeout`; a call
+                    // that has begun must be complete `io_timeout` after
+                    // its first byte, however slowly it trickles in.
+                    let deadline = match (decoder.pending(), call_started) {
+                        (0, _) => tokio::time::Instant::now() + self.idle_timeout,
+                        (_, Some(started)) => started + self.io_timeout,
+                        (_, None) => {
+                            let now = tokio::time::Instant::now();
+                            call_started = Some(now);
+                            now + self.io_timeout
+                        }
+                    };
+                    match tokio::time::timeout_at(deadline, stream.read(decoder.spare())).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                        Ok(Ok(n)) => decoder.commit(n),
                     }
                     continue;
                 }
                 Err(_) => return,
             };
+            call_started = None;
             let oneway = call.oneway;
             let answer = self.answer(call).await;
             if oneway {
@@ -255,8 +300,9 @@ impl Service {
                 Ok(parameters) => encode_reply(&mut out, &parameters, false),
                 Err(error) => encode_error(&mut out, &error),
             }
-            if stream.write_all(&out).await.is_err() {
-                return;
+            match tokio::time::timeout(self.io_timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
         }
     }

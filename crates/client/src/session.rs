@@ -21,12 +21,6 @@ use crate::subscription::Subscription;
 /// says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Samples a subscription holds for an application that has not read them
-/// yet. When it is full the subscription stops reading its socket, and the
-/// gateway keeps only each topic's newest value for it (counted in
-/// `dropped`), so a slow reader costs neither side memory.
-pub const DEFAULT_STREAM_QUEUE: usize = 64;
-
 /// Configures a [`Session`].
 #[derive(Debug, Clone)]
 pub struct SessionBuilder {
@@ -34,7 +28,6 @@ pub struct SessionBuilder {
     timeout: Duration,
     backoff_base: Duration,
     backoff_cap: Duration,
-    stream_queue: usize,
 }
 
 impl SessionBuilder {
@@ -53,13 +46,6 @@ impl SessionBuilder {
         self
     }
 
-    /// Samples each subscription buffers for the application (default
-    /// [`DEFAULT_STREAM_QUEUE`], at least 1).
-    pub fn stream_queue(mut self, samples: usize) -> Self {
-        self.stream_queue = samples.max(1);
-        self
-    }
-
     pub fn build(self) -> Session {
         Session {
             inner: Arc::new(Inner {
@@ -67,7 +53,6 @@ impl SessionBuilder {
                 timeout: self.timeout,
                 backoff_base: self.backoff_base,
                 backoff_cap: self.backoff_cap,
-                stream_queue: self.stream_queue,
                 conn: tokio::sync::Mutex::new(None),
                 instance: std::sync::Mutex::new(None),
             }),
@@ -108,7 +93,6 @@ pub(crate) struct Inner {
     pub(crate) timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_cap: Duration,
-    pub(crate) stream_queue: usize,
     /// The connection calls go out on; `None` until the first call and
     /// after a failure.
     conn: tokio::sync::Mutex<Option<Connection>>,
@@ -159,7 +143,6 @@ impl Session {
             timeout: DEFAULT_TIMEOUT,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
-            stream_queue: DEFAULT_STREAM_QUEUE,
         }
     }
 

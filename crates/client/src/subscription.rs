@@ -1,8 +1,11 @@
-//! A subscription that outlives its connection: a task reads the samples,
-//! reconnects with backoff when the gateway goes away, subscribes again,
-//! and tells the application what happened in between.
+//! A subscription that outlives its connection. Polling it reads the
+//! samples straight from its socket (no task, no channel between the
+//! socket and the application); when the gateway goes away it reconnects
+//! with backoff, subscribes again, and tells the application what happened
+//! in between.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,8 +13,6 @@ use qm_ipc_proto::interface::GATEWAY_INTERFACE;
 use qm_ipc_proto::Sample;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::connection::{ClientError, Connection};
@@ -23,6 +24,12 @@ use crate::session::{fetch_instance, field, Session};
 pub const MAX_TRACKED_TOPICS: usize = 16 * 1024;
 
 /// A stream of samples decoded into `T`, from [`Session::subscribe`].
+///
+/// It does its work when polled: the first poll connects and subscribes,
+/// and each poll reads the next sample from the socket. While the
+/// application does not poll, nothing is read, and the gateway keeps only
+/// each topic's newest value for it (counted in `dropped`), so a slow
+/// reader costs neither side memory.
 ///
 /// Items:
 /// - `Ok(sample)`: a value. `sample.dropped` counts the updates of its
@@ -45,38 +52,91 @@ pub const MAX_TRACKED_TOPICS: usize = 16 * 1024;
 ///   `LimitExceeded`, which is retried with backoff.
 ///
 /// Dropping it ends the subscription and closes its connection.
-#[derive(Debug)]
 pub struct Subscription<T> {
-    items: mpsc::Receiver<Result<Sample<T>, ClientError>>,
-    task: JoinHandle<()>,
+    /// The step being polled, which owns the driver while it runs; kept
+    /// here between polls, so dropping a `next()` future loses nothing.
+    step: Option<Pin<Box<dyn Future<Output = Stepped<T>> + Send>>>,
+    /// The driver between steps (`None` while a step owns it).
+    driver: Option<Box<Driver>>,
+    /// Items a step produced and the application has not taken yet (a
+    /// restart is reported just before the sample that showed it).
+    ready: VecDeque<Item<T>>,
 }
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("patterns", &self.driver.as_ref().map(|d| &d.patterns))
+            .field("ready", &self.ready.len())
+            .field("ended", &self.driver.as_ref().is_some_and(|d| d.ended))
+            .finish()
+    }
+}
+
+// Nothing in it is ever pinned in place: the step is boxed and the items
+// are moved out whole.
+impl<T> Unpin for Subscription<T> {}
+
+type Item<T> = Result<Sample<T>, ClientError>;
+type Stepped<T> = (Box<Driver>, Vec<Item<T>>);
 
 impl<T: DeserializeOwned + Send + 'static> Subscription<T> {
     pub(crate) fn start(session: Session, patterns: Vec<String>) -> Self {
-        let (tx, items) = mpsc::channel(session.inner.stream_queue);
-        let task = tokio::spawn(run(session, patterns, tx));
-        Self { items, task }
+        let backoff = Backoff::new(session.inner.backoff_base, session.inner.backoff_cap);
+        Self {
+            step: None,
+            driver: Some(Box::new(Driver {
+                session,
+                patterns,
+                continuity: Continuity::default(),
+                backoff,
+                conn: None,
+                subscribed: false,
+                wait_first: false,
+                outage_reported: false,
+                ended: false,
+            })),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The next item; `None` once the subscription ended. Cancel-safe: the
+    /// work in progress stays with the subscription.
+    pub async fn next(&mut self) -> Option<Item<T>> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if self.step.is_none() {
+                let Some(driver) = self.driver.take() else {
+                    return Poll::Ready(None);
+                };
+                if driver.ended {
+                    self.driver = Some(driver);
+                    return Poll::Ready(None);
+                }
+                self.step = Some(Box::pin(driver.step::<T>()));
+            }
+            let Some(step) = self.step.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (driver, items) = std::task::ready!(step.as_mut().poll(cx));
+            self.step = None;
+            self.driver = Some(driver);
+            self.ready.extend(items);
+        }
     }
 }
 
-impl<T> Subscription<T> {
-    /// The next item; `None` once the subscription ended. Cancel-safe.
-    pub async fn next(&mut self) -> Option<Result<Sample<T>, ClientError>> {
-        self.items.recv().await
-    }
-}
+impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for Subscription<T> {
+    type Item = Item<T>;
 
-impl<T> futures_core::Stream for Subscription<T> {
-    type Item = Result<Sample<T>, ClientError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.items.poll_recv(cx)
-    }
-}
-
-impl<T> Drop for Subscription<T> {
-    fn drop(&mut self) {
-        self.task.abort();
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_item(cx)
     }
 }
 
@@ -147,63 +207,112 @@ impl Continuity {
     }
 }
 
-/// Why a connected stream stopped.
-enum Ended {
-    /// The application dropped the subscription.
-    Unwanted,
-    /// The connection is gone: reconnect.
-    Lost(ClientError),
-    /// The gateway refused: the stream ends.
-    Refused,
-    /// The gateway refused for now (a limit): try again later.
-    Deferred,
+/// What a subscription keeps between steps: its connection, if any, and
+/// what it remembers across reconnects.
+struct Driver {
+    session: Session,
+    patterns: Vec<String>,
+    continuity: Continuity,
+    backoff: Backoff,
+    conn: Option<Connection>,
+    /// The gateway answered the subscription on this connection (it
+    /// answers a refusal first): from here a lost connection starts the
+    /// backoff afresh.
+    subscribed: bool,
+    /// The next connection attempt waits its backoff delay first.
+    wait_first: bool,
+    /// One disconnect item per outage, not one per failed attempt.
+    outage_reported: bool,
+    /// The gateway refused the subscription for good, or the stream ended.
+    ended: bool,
 }
 
-type Items<T> = mpsc::Sender<Result<Sample<T>, ClientError>>;
+impl Driver {
+    /// Works until there is something to tell the application: one sample
+    /// or more items, or the end.
+    async fn step<T: DeserializeOwned>(mut self: Box<Self>) -> Stepped<T> {
+        let mut items = Vec::new();
+        while items.is_empty() && !self.ended {
+            match self.conn.take() {
+                Some(conn) => self.read(conn, &mut items).await,
+                None => self.reconnect(&mut items).await,
+            }
+        }
+        (self, items)
+    }
 
-async fn run<T: DeserializeOwned>(session: Session, patterns: Vec<String>, tx: Items<T>) {
-    let mut backoff = Backoff::new(session.inner.backoff_base, session.inner.backoff_cap);
-    let mut continuity = Continuity::default();
-    // One disconnect item per outage, not one per failed attempt.
-    let mut outage_reported = false;
-    loop {
+    async fn reconnect<T>(&mut self, items: &mut Vec<Item<T>>) {
+        if self.wait_first {
+            tokio::time::sleep(self.backoff.next_delay()).await;
+        }
+        self.wait_first = true;
         // Connecting and the Instance question are bounded like any call:
         // a gateway that accepts and never answers (hung, or a socket
         // whose service is stuck) is an outage to report and retry, not a
         // subscription that waits silently for ever.
-        let timeout = session.inner.timeout;
-        let opened = match tokio::time::timeout(timeout, open(&session, &patterns)).await {
+        let timeout = self.session.inner.timeout;
+        let opened = match tokio::time::timeout(timeout, open(&self.session, &self.patterns)).await
+        {
             Ok(opened) => opened,
             Err(_) => Err(ClientError::Timeout(timeout)),
         };
-        let ended = match opened {
+        match opened {
             Ok((conn, instance)) => {
-                outage_reported = false;
-                if let Some(restart) = continuity.connected(instance) {
-                    if tx.send(Err(restart)).await.is_err() {
-                        return;
-                    }
+                self.outage_reported = false;
+                self.subscribed = false;
+                if let Some(restart) = self.continuity.connected(instance) {
+                    items.push(Err(restart));
                 }
-                stream(conn, &mut continuity, &tx, &mut backoff).await
+                self.conn = Some(conn);
             }
-            Err(e) => Ended::Lost(e),
+            Err(e) => self.lost(e, items),
+        }
+    }
+
+    fn lost<T>(&mut self, error: ClientError, items: &mut Vec<Item<T>>) {
+        if !self.outage_reported {
+            self.outage_reported = true;
+            items.push(Err(error));
+        }
+    }
+
+    /// Reads one message of a connected stream.
+    async fn read<T: DeserializeOwned>(&mut self, mut conn: Connection, items: &mut Vec<Item<T>>) {
+        let (restart, item) = match conn.recv_typed::<SampleReply<T>>().await {
+            Ok(Ok(SampleReply { mut sample })) => {
+                let (restart, deliver) = self.continuity.take(&mut sample);
+                (restart, deliver.then_some(Ok(sample)))
+            }
+            // Readable as a sample but not as a `T`: taken in, reported.
+            Ok(Err(misfit)) => match field::<Sample>(misfit.parameters, "sample") {
+                Ok(mut sample) => {
+                    let (restart, deliver) = self.continuity.take(&mut sample);
+                    let error = ClientError::Decode {
+                        what: format!("{} seq {}", sample.topic, sample.seq),
+                        error: misfit.error,
+                    };
+                    (restart, deliver.then_some(Err(error)))
+                }
+                Err(e) => (None, Some(Err(e))),
+            },
+            Err(ClientError::Remote(refusal)) => {
+                // The stream ends here; a limit is tried again later.
+                if !refusal.name().ends_with(".LimitExceeded") {
+                    self.ended = true;
+                }
+                items.push(Err(ClientError::Remote(refusal)));
+                return;
+            }
+            Err(e) if e.is_disconnect() => return self.lost(e, items),
+            Err(e) => (None, Some(Err(e))),
         };
-        match ended {
-            Ended::Unwanted | Ended::Refused => return,
-            Ended::Deferred => {}
-            Ended::Lost(e) => {
-                if !outage_reported {
-                    outage_reported = true;
-                    if tx.send(Err(e)).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        if !self.subscribed {
+            self.subscribed = true;
+            self.backoff.reset();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = tx.closed() => return,
-        }
+        items.extend(restart.map(Err));
+        items.extend(item);
+        self.conn = Some(conn);
     }
 }
 
@@ -230,61 +339,6 @@ async fn open(
 #[derive(Deserialize)]
 struct SampleReply<T> {
     sample: Sample<T>,
-}
-
-/// Reads one connection's samples until it ends.
-async fn stream<T: DeserializeOwned>(
-    mut conn: Connection,
-    continuity: &mut Continuity,
-    tx: &Items<T>,
-    backoff: &mut Backoff,
-) -> Ended {
-    let mut first = true;
-    loop {
-        // Dropping the subscription aborts this task, so the read needs no
-        // watch on the receiver (a select here costs every sample).
-        let reply = conn.recv_typed::<SampleReply<T>>().await;
-        let (restart, item) = match reply {
-            Ok(Ok(SampleReply { mut sample })) => {
-                let (restart, deliver) = continuity.take(&mut sample);
-                (restart, deliver.then_some(Ok(sample)))
-            }
-            // Readable as a sample but not as a `T`: taken in, reported.
-            Ok(Err(misfit)) => match field::<Sample>(misfit.parameters, "sample") {
-                Ok(mut sample) => {
-                    let (restart, deliver) = continuity.take(&mut sample);
-                    let error = ClientError::Decode {
-                        what: format!("{} seq {}", sample.topic, sample.seq),
-                        error: misfit.error,
-                    };
-                    (restart, deliver.then_some(Err(error)))
-                }
-                Err(e) => (None, Some(Err(e))),
-            },
-            Err(ClientError::Remote(refusal)) => {
-                let deferred = refusal.name().ends_with(".LimitExceeded");
-                // Unwanted or not, the stream ends here.
-                let _ = tx.send(Err(ClientError::Remote(refusal))).await;
-                return match deferred {
-                    true => Ended::Deferred,
-                    false => Ended::Refused,
-                };
-            }
-            Err(e) if e.is_disconnect() => return Ended::Lost(e),
-            Err(e) => (None, Some(Err(e))),
-        };
-        if first {
-            // Subscribed (the gateway answers a refusal first): from here
-            // a lost connection starts the backoff afresh.
-            first = false;
-            backoff.reset();
-        }
-        for item in [restart.map(Err), item].into_iter().flatten() {
-            if tx.send(item).await.is_err() {
-                return Ended::Unwanted;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

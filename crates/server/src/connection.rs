@@ -988,6 +988,14 @@ impl Session<'_> {
                 Ok(None)
             }
             Request::Register { services } => {
+                // One line per gateway run, not per call: the users to
+                // reach are the deployments still serving this way.
+                static DEPRECATED: std::sync::Once = std::sync::Once::new();
+                DEPRECATED.call_once(|| {
+                    tracing::warn!(
+                        "Register/Reply/Call are deprecated and go in 2.0: serve the interface on a varlink socket of its own and declare it to the gateway (docs/design.md, \"ASIL services behind the gateway\")"
+                    )
+                });
                 for service in &services {
                     self.authorize(Action::Register, service)?;
                 }
