@@ -696,6 +696,17 @@ const HOST_HARDENING: &[(&str, &str)] = &[
     ("UMask", "0077"),
 ];
 
+/// What the host service needs for a restart through the file descriptor
+/// store: room for every connection (the gateway's default limits: 64 QM
+/// and 16 ASIL-side connections, and the state), the store kept while the
+/// service restarts, and notifications (`FDSTORE=1`) taken from the main
+/// process only.
+pub const FD_STORE: &[(&str, &str)] = &[
+    ("FileDescriptorStoreMax", "128"),
+    ("FileDescriptorStorePreserve", "restart"),
+    ("NotifyAccess", "main"),
+];
+
 /// Generates the file set of `topology`.
 pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, GenerateError> {
     let socket = o
@@ -902,6 +913,15 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                         .push_entry("Sockets", &sockets)
                         .push_entry("Environment", &socket_env)
                         .push_entry("Restart", "always");
+                    // A restart hands the connections and retained values
+                    // to the next instance through systemd's file
+                    // descriptor store: one fd per connection the gateway
+                    // may hold (QM's and the ASIL side's) and the state's
+                    // memfd; kept across restarts, also automatic ones
+                    // (see docs/design.md, "Restarts").
+                    for (key, value) in FD_STORE {
+                        u.push_entry(key, value);
+                    }
                     for (key, value) in &watchdog {
                         u.push_entry(key, value);
                     }

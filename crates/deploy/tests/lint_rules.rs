@@ -428,3 +428,69 @@ fn catalogue_doc_matches_the_code() {
         assert!(!rule.what.is_empty() && !rule.fix.is_empty() && !rule.example.is_empty());
     }
 }
+
+const HOST_SERVICE: &str = "etc/systemd/system/ipc_server.service";
+
+fn host_tree() -> tempfile::TempDir {
+    tree_with(
+        Topology::AsilToQm,
+        &qm_ipc_deploy::generate::Options {
+            runtime: qm_ipc_deploy::generate::Runtime::Host,
+            ..Default::default()
+        },
+    )
+}
+
+/// The host service `generate --runtime host` writes can restart through
+/// the file descriptor store; each setting that takes that away is found
+/// where it is.
+#[test]
+fn qm022_gateway_without_the_fd_store() {
+    let root = host_tree();
+    let report = lint(root.path());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    let root = host_tree();
+    edit(
+        root.path(),
+        HOST_SERVICE,
+        "FileDescriptorStoreMax=128\n",
+        "",
+    );
+    let report = assert_only(root.path(), "QM022", HOST_SERVICE);
+    assert!(
+        report.findings[0]
+            .message
+            .contains("no FileDescriptorStoreMax="),
+        "{}",
+        report.to_text()
+    );
+
+    let root = host_tree();
+    edit(
+        root.path(),
+        HOST_SERVICE,
+        "FileDescriptorStoreMax=128\n",
+        "FileDescriptorStoreMax=1\n",
+    );
+    assert_only(root.path(), "QM022", HOST_SERVICE);
+
+    let root = host_tree();
+    edit(
+        root.path(),
+        HOST_SERVICE,
+        "FileDescriptorStorePreserve=restart\n",
+        "FileDescriptorStorePreserve=no\n",
+    );
+    let report = assert_only(root.path(), "QM022", HOST_SERVICE);
+    assert!(report.findings[0].line > 1, "at the setting's line");
+
+    let root = host_tree();
+    edit(
+        root.path(),
+        HOST_SERVICE,
+        "NotifyAccess=main\n",
+        "NotifyAccess=none\n",
+    );
+    assert_only(root.path(), "QM022", HOST_SERVICE);
+}

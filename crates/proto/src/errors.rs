@@ -16,6 +16,11 @@ pub enum ErrorReply {
     NoSuchTopic { topic: String },
     #[error("service unavailable: {service}")]
     ServiceUnavailable { service: String },
+    /// The gateway is restarting and hands its connections to its next
+    /// instance: the call was cut before it was answered. The connection
+    /// stays; the call may be made again.
+    #[error("the gateway is restarting: {method} was not carried out; call it again")]
+    Restarting { method: String },
     #[error("call to {service} timed out after {timeout_ms} ms")]
     Timeout { service: String, timeout_ms: u64 },
     #[error("invalid parameter {parameter}: {reason}")]
@@ -73,6 +78,7 @@ impl ErrorReply {
         match self {
             Self::NoSuchTopic { .. } => (GATEWAY_INTERFACE, "NoSuchTopic"),
             Self::ServiceUnavailable { .. } => (GATEWAY_INTERFACE, "ServiceUnavailable"),
+            Self::Restarting { .. } => (GATEWAY_INTERFACE, "Restarting"),
             Self::Timeout { .. } => (GATEWAY_INTERFACE, "Timeout"),
             Self::InvalidValue { .. } => (GATEWAY_INTERFACE, "InvalidValue"),
             Self::AlreadyRegistered { .. } => (GATEWAY_INTERFACE, "AlreadyRegistered"),
@@ -104,6 +110,7 @@ impl ErrorReply {
                 json!({ "parameter": parameter, "reason": reason })
             }
             Self::NoSuchRequest { id } => json!({ "id": id }),
+            Self::Restarting { method } => json!({ "method": method }),
             Self::ServiceError {
                 service,
                 method,
@@ -156,6 +163,9 @@ impl ErrorReply {
                 service: s("service")?,
             },
             (GATEWAY_INTERFACE, "NoSuchRequest") => Self::NoSuchRequest { id: n("id")? },
+            (GATEWAY_INTERFACE, "Restarting") => Self::Restarting {
+                method: s("method")?,
+            },
             (GATEWAY_INTERFACE, "ServiceError") => Self::ServiceError {
                 service: s("service")?,
                 method: s("method")?,
@@ -223,6 +233,7 @@ mod tests {
                 service: "s".into(),
             },
             ErrorReply::NoSuchRequest { id: 3 },
+            ErrorReply::Restarting { method: "m".into() },
             ErrorReply::ServiceError {
                 service: "s".into(),
                 method: "M".into(),
@@ -288,6 +299,9 @@ mod tests {
                 service: "echo".into(),
             },
             ErrorReply::NoSuchRequest { id: 7 },
+            ErrorReply::Restarting {
+                method: "io.qmipc.Gateway.Call".into(),
+            },
             ErrorReply::ServiceError {
                 service: "s".into(),
                 method: "m".into(),

@@ -113,6 +113,14 @@ impl FrameDecoder {
         self.filled - self.start
     }
 
+    /// The bytes received and not yet returned as frames: whole frames not
+    /// yet taken and the start of an unfinished one. A gateway handing its
+    /// connection to its next instance carries them, so nothing the peer
+    /// sent is lost.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.filled]
+    }
+
     /// Call at end of stream: an unfinished frame is an error.
     pub fn finish(&self) -> Result<(), FrameError> {
         match self.pending() {

@@ -57,6 +57,8 @@ pub enum Ended {
     WriteTimeout,
     SendQueueFull,
     Refused(ErrorReply),
+    /// Handed to the next gateway instance (see [`crate::fdstore`]).
+    HandedOver,
 }
 
 impl Ended {
@@ -78,6 +80,7 @@ impl Ended {
             Self::WriteTimeout => "write_timeout",
             Self::SendQueueFull => "send_queue_full",
             Self::Refused(_) => "refused",
+            Self::HandedOver => "handed_over",
         }
     }
 }
@@ -139,26 +142,99 @@ pub async fn serve(
     hub: Arc<Hub>,
     stream: UnixStream,
     peer: Peer,
+    shutdown: watch::Receiver<bool>,
+) -> Ended {
+    serve_carried(hub, stream, peer, shutdown, None).await
+}
+
+/// A connection registered with the hub, ready to be served.
+pub struct Registered {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    account: Arc<Account>,
+    decoder: FrameDecoder,
+    mode: Mode,
+}
+
+/// Registers a connection carried from the previous gateway instance and
+/// puts it back in the state it was in: its subscription, its services,
+/// its unread bytes. Every carried connection is registered before any is
+/// served, so that a call or a publish carried unread on one finds the
+/// provider or the subscriber carried on another.
+pub fn register_carried(
+    hub: &Hub,
+    peer: &Peer,
+    state: &crate::fdstore::ConnState,
+) -> Result<Registered, ErrorReply> {
+    let (conn, outbox, account) = hub.connect(peer)?;
+    let mut decoder = FrameDecoder::new(hub.limits().max_frame);
+    decoder.extend(&state.unread_bytes());
+    if let Err(e) = resume(hub, conn, &state.carried) {
+        // The state was valid when stored; what it asks may still be
+        // refused now (a service another connection registered first).
+        hub.disconnect(conn, "handover_refused");
+        return Err(e);
+    }
+    let mode = match state.carried {
+        crate::fdstore::Carried::Idle => Mode::Requests,
+        _ => Mode::Streaming,
+    };
+    tracing::debug!(conn, %peer, previous = state.id, "carried over from the previous instance");
+    Ok(Registered {
+        conn,
+        outbox,
+        account,
+        decoder,
+        mode,
+    })
+}
+
+/// Serves a connection, registered already when `registered` is given (a
+/// connection carried from the previous instance, see
+/// [`register_carried`]). When the gateway stops to hand over, the
+/// connection flushes what is queued and is handed over instead of closed.
+pub async fn serve_carried(
+    hub: Arc<Hub>,
+    stream: UnixStream,
+    peer: Peer,
     mut shutdown: watch::Receiver<bool>,
+    registered: Option<Registered>,
 ) -> Ended {
     let limits = hub.limits().clone();
-    let (conn, outbox, account) = match hub.connect(&peer) {
-        Ok(registered) => registered,
-        Err(error) => {
-            // Answer the peer's first call with the reason, then close. One
-            // non-blocking write: a refused peer costs no waiting.
-            let mut frame = Vec::new();
-            encode_error(&mut frame, &error);
-            write_refusal(stream, &frame);
-            tracing::debug!(%peer, %error, "connection refused");
-            hub.record_refused("refused");
-            return Ended::Refused(error);
-        }
+    let registered = match registered {
+        Some(registered) => registered,
+        None => match hub.connect(&peer) {
+            Ok((conn, outbox, account)) => Registered {
+                conn,
+                outbox,
+                account,
+                decoder: FrameDecoder::new(limits.max_frame),
+                mode: Mode::Requests,
+            },
+            Err(error) => {
+                // Answer the peer's first call with the reason, then close.
+                // One non-blocking write: a refused peer costs no waiting.
+                let mut frame = Vec::new();
+                encode_error(&mut frame, &error);
+                write_refusal(stream, &frame);
+                tracing::debug!(%peer, %error, "connection refused");
+                hub.record_refused("refused");
+                return Ended::Refused(error);
+            }
+        },
     };
+    let Registered {
+        conn,
+        outbox,
+        account,
+        mut decoder,
+        mode,
+    } = registered;
     tracing::debug!(conn, %peer, "connected");
-    let (read, write) = stream.into_split();
-    let writer = write_loop(&write, outbox.clone(), limits.write_timeout);
-    tokio::pin!(writer);
+    let (mut read, write) = stream.into_split();
+    // Boxed so that it can be dropped, ending its borrow of `write`, when
+    // the connection is handed over.
+    let mut writer = Box::pin(write_loop(&write, outbox.clone(), limits.write_timeout));
     let policy_generation = hub.policy_generation();
     let policy = hub.policy();
     let (rate, max_patterns) = peer_limits(&limits, &policy, &peer);
@@ -172,15 +248,68 @@ pub async fn serve(
         account: &account,
         write: &write,
         outbox: &outbox,
-        mode: Mode::Requests,
+        mode,
         rate,
         max_patterns,
         denial_log: DenialLog::default(),
     };
-    let (ended, writer_done) = tokio::select! {
-        ended = session.read_loop(read, &mut shutdown) => (ended, false),
+    let reading = hub.reader_running();
+    let (ended, mut writer_done) = tokio::select! {
+        ended = session.read_loop(&mut read, &mut decoder, &mut shutdown) => (ended, false),
         ended = &mut writer => (ended, true),
     };
+    drop(reading);
+    drop(session);
+    if matches!(ended, Ended::Shutdown) && hub.handing_over() && !writer_done {
+        // Every connection stops reading before any is handed over: no
+        // publish can then reach a subscriber after its queue was flushed.
+        let writer_ended = tokio::select! {
+            () = hub.readers_stopped() => None,
+            ended = &mut writer => Some(ended),
+        };
+        let state = hub.carried_state(conn);
+        match (writer_ended, state) {
+            (None, Some(state)) => {
+                // Flush: the writer ends once the queue is empty and
+                // written, or fails, or makes no progress in time.
+                outbox.close();
+                let flushed = matches!(
+                    tokio::time::timeout(limits.write_timeout, &mut writer).await,
+                    Ok(Ended::PeerClosed)
+                );
+                drop(writer);
+                if flushed {
+                    hub.disconnect(conn, "handed_over");
+                    let state = crate::fdstore::ConnState {
+                        id: conn,
+                        listener: peer.listener.to_string(),
+                        unread: crate::fdstore::to_hex(decoder.unread()),
+                        carried: state,
+                    };
+                    match read.reunite(write).map(UnixStream::into_std) {
+                        Ok(Ok(std_stream)) => {
+                            tracing::debug!(conn, %peer, "handed over");
+                            hub.carry(crate::fdstore::RestoredConn {
+                                state,
+                                fd: std_stream.into(),
+                            });
+                            return Ended::HandedOver;
+                        }
+                        _ => {
+                            tracing::warn!(conn, %peer, "cannot hand the connection over; closed");
+                            return Ended::Shutdown;
+                        }
+                    }
+                }
+                tracing::warn!(conn, %peer, "its queue could not be flushed in time: closed instead of handed over");
+                hub.disconnect(conn, ended.label());
+                return ended;
+            }
+            (Some(_), _) => writer_done = true,
+            // A monitor, or a state that cannot go on elsewhere: closed.
+            (None, None) => {}
+        }
+    }
     hub.disconnect(conn, ended.label());
     outbox.close();
     // Flush what is queued, unless the writer has already ended (a
@@ -189,7 +318,7 @@ pub async fn serve(
         let _ = tokio::time::timeout(limits.drain_timeout, &mut writer).await;
     }
     match &ended {
-        Ended::PeerClosed | Ended::Shutdown | Ended::IdleTimeout => {
+        Ended::PeerClosed | Ended::Shutdown | Ended::IdleTimeout | Ended::HandedOver => {
             tracing::debug!(conn, %peer, ?ended, "closed")
         }
         // A peer that hangs up with replies still unread resets the
@@ -206,6 +335,22 @@ pub async fn serve(
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
     ended
+}
+
+/// Puts a carried connection back in the state it was in.
+fn resume(hub: &Hub, conn: ConnId, carried: &crate::fdstore::Carried) -> Result<(), ErrorReply> {
+    use crate::fdstore::Carried;
+    match carried {
+        Carried::Idle => Ok(()),
+        Carried::Streaming { patterns } => {
+            let patterns = patterns
+                .iter()
+                .map(|p| TopicPattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            hub.resubscribe(conn, patterns)
+        }
+        Carried::Providing { services } => hub.register(conn, services.clone()),
+    }
 }
 
 /// The request rate and the subscription pattern limit of a peer: the
@@ -324,24 +469,39 @@ impl DenialLog {
 impl Session<'_> {
     async fn read_loop(
         &mut self,
-        mut read: OwnedReadHalf,
+        read: &mut OwnedReadHalf,
+        decoder: &mut FrameDecoder,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
         let limits = self.hub.limits();
-        let mut decoder = FrameDecoder::new(limits.max_frame);
         // When the first byte of the frame now being received arrived.
         let mut frame_started: Option<Instant> = None;
         loop {
             let mut handled = 0;
-            while let Some(call) = match decoder.next_frame() {
-                Ok(Some(frame)) => match ParsedCall::parse(frame) {
-                    Ok(call) => Some(call),
+            loop {
+                // A gateway handing over stops at a frame's boundary: the
+                // frames not yet handled stay in the decoder and are
+                // carried to the next instance.
+                if self.hub.handing_over() && *shutdown.borrow() {
+                    return Ended::Shutdown;
+                }
+                let call = match decoder.next_frame() {
+                    Ok(Some(frame)) => match ParsedCall::parse(frame) {
+                        Ok(call) => call,
+                        Err(e) => return Ended::protocol(&e.to_string()),
+                    },
+                    Ok(None) => break,
                     Err(e) => return Ended::protocol(&e.to_string()),
-                },
-                Ok(None) => None,
-                Err(e) => return Ended::protocol(&e.to_string()),
-            } {
+                };
                 if let Err(ended) = self.pace(shutdown).await {
+                    // The call was taken from the input: a restart answers
+                    // it rather than losing it.
+                    if self.hub.handing_over() && !call.oneway {
+                        let error = ErrorReply::Restarting {
+                            method: call.method.clone(),
+                        };
+                        let _ = self.outbox.push_reply(|out| encode_error(out, &error));
+                    }
                     return ended;
                 }
                 if let Some(ended) = self.handle(call, shutdown).await {
@@ -548,18 +708,16 @@ impl Session<'_> {
         if streaming {
             let stream = tokio::select! {
                 r = service.open_stream(method, parameters.as_deref(), timeout, qm_caller.as_ref()) => r?,
-                _ = shutdown.wait_for(|stop| *stop) => return Err(unavailable()),
+                _ = shutdown.wait_for(|stop| *stop) => return Err(self.cut_by_stop(method, unavailable())),
                 _ = hangup(self.write.as_ref()) => return Err(unavailable()),
             };
-            self.relay(stream, timeout, shutdown).await?;
+            self.relay(stream, method, timeout, shutdown).await?;
             return Ok(None);
         }
         let relayed = tokio::select! {
             r = service.call(method, parameters.as_deref(), oneway, timeout, qm_caller.as_ref()) => r?,
             _ = shutdown.wait_for(|stop| *stop) => {
-                return Err(ErrorReply::ServiceUnavailable {
-                    service: service.interface().to_owned(),
-                });
+                return Err(self.cut_by_stop(method, unavailable()));
             }
             _ = hangup(self.write.as_ref()) => {
                 return Err(ErrorReply::ServiceUnavailable {
@@ -581,6 +739,7 @@ impl Session<'_> {
     async fn relay(
         &mut self,
         mut stream: ServiceStream<'_>,
+        method: &str,
         timeout: Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ErrorReply> {
@@ -635,9 +794,10 @@ impl Session<'_> {
                     });
                 }
                 _ = shutdown.wait_for(|stop| *stop) => {
-                    return Err(ErrorReply::ServiceUnavailable {
+                    let unavailable = ErrorReply::ServiceUnavailable {
                         service: stream.interface().to_owned(),
-                    });
+                    };
+                    return Err(self.cut_by_stop(method, unavailable));
                 }
                 _ = &mut gone => {
                     return Err(ErrorReply::ServiceUnavailable {
@@ -645,6 +805,18 @@ impl Session<'_> {
                     });
                 }
             }
+        }
+    }
+
+    /// The error for a call the gateway's stop cut: `Restarting` when the
+    /// connection goes on with the next instance, `otherwise` when it
+    /// closes.
+    fn cut_by_stop(&self, method: &str, otherwise: ErrorReply) -> ErrorReply {
+        match self.hub.handing_over() {
+            true => ErrorReply::Restarting {
+                method: method.to_owned(),
+            },
+            false => otherwise,
         }
     }
 
@@ -872,7 +1044,7 @@ impl Session<'_> {
                 let outcome = tokio::select! {
                     r = tokio::time::timeout(timeout, reply) => r,
                     _ = shutdown.wait_for(|stop| *stop) => {
-                        return Err(ErrorReply::ServiceUnavailable { service });
+                        return Err(self.cut_by_stop("io.qmipc.Gateway.Call", ErrorReply::ServiceUnavailable { service }));
                     }
                     // A caller that leaves gives its call up at once, not
                     // at the deadline: its slot, its charges and its

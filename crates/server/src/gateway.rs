@@ -149,13 +149,16 @@ pub struct Gateway {
     tracker: Arc<Tracker>,
     /// Scheduling of the ASIL thread.
     provider_placement: crate::provider_thread::ThreadPlacement,
+    /// Connections taken back from the previous instance, served from
+    /// [`run`](Self::run) on.
+    restored: Vec<crate::fdstore::RestoredConn>,
 }
 
 impl Gateway {
     /// Takes socket-activated listeners if there are any; otherwise binds
     /// the configured paths. Reads `NOTIFY_SOCKET` and the watchdog.
     pub fn start(config: Config) -> Result<Self, StartError> {
-        let mut listeners = Listener::from_activation()?;
+        let (mut listeners, stored) = Listener::from_activation_with_store()?;
         if listeners.is_empty() {
             if let Some(path) = &config.consumer_path {
                 listeners.push(Listener::bind(CONSUMER, path)?);
@@ -171,7 +174,35 @@ impl Gateway {
             }
         }
         let notifier = Notifier::from_env().map_err(StartError::Notify)?;
-        Ok(Self::new(listeners, config.limits, notifier))
+        let mut gateway = Self::new(listeners, config.limits, notifier);
+        gateway.restore(stored);
+        Ok(gateway)
+    }
+
+    /// Takes back what the previous instance left in systemd's file
+    /// descriptor store (see [`crate::fdstore`]): its instance id, topics
+    /// and connections, once validated; a store that fails validation is
+    /// discarded with a log line, and this gateway starts as a new
+    /// instance. Every fd taken is removed from the store, so that it
+    /// never comes back to an instance after this one.
+    pub fn restore(&mut self, stored: Vec<(String, std::os::fd::OwnedFd)>) {
+        let mut names: Vec<String> = stored.iter().map(|(n, _)| n.clone()).collect();
+        names.dedup();
+        for name in &names {
+            self.notifier.remove_stored(name);
+        }
+        let Some(restored) = crate::fdstore::restore(stored, self.hub.limits()) else {
+            return;
+        };
+        self.hub.set_instance(&restored.instance);
+        self.hub.restore_topics(&restored.topics);
+        tracing::info!(
+            instance = %restored.instance,
+            "restarted from the fd store: {} topics and {} connections carried over",
+            restored.topics.len(),
+            restored.connections.len()
+        );
+        self.restored = restored.connections;
     }
 
     pub fn new(listeners: Vec<Listener>, limits: Limits, notifier: Notifier) -> Self {
@@ -186,6 +217,7 @@ impl Gateway {
             shutdown_tx,
             tracker: Arc::default(),
             provider_placement: Default::default(),
+            restored: Vec::new(),
         }
     }
 
@@ -321,8 +353,10 @@ impl Gateway {
         }
     }
 
-    /// Serves until `stop` completes, then drains and returns.
-    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+    /// Serves until `stop` completes, then drains and returns. With a file
+    /// descriptor store (`$FDSTORE`), the connections and topics are
+    /// handed to the next instance instead (see [`crate::fdstore`]).
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
         self.check_listeners(&self.hub.policy())?;
         let limits = self.hub.limits().clone();
         // The provider listener has a budget of its own, and its own thread;
@@ -371,6 +405,31 @@ impl Gateway {
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
+        // Every carried connection is registered (its subscription and
+        // services back) before any is served: a publish or a call carried
+        // unread on one must find the subscribers and providers carried on
+        // the others.
+        let mut carried = Vec::new();
+        for conn in std::mem::take(&mut self.restored) {
+            if let Some(ready) = self.register_carried(conn) {
+                carried.push(ready);
+            }
+        }
+        for (stream, peer, registered) in carried {
+            let permits = match peer.is_provider() {
+                true => &provider_permits,
+                false => &qm_permits,
+            };
+            let permit = permits.clone().try_acquire_owned().ok();
+            let hub = self.hub.clone();
+            let shutdown = self.shutdown_tx.subscribe();
+            let guard = self.tracker.enter();
+            tokio::spawn(async move {
+                connection::serve_carried(hub, stream, peer, shutdown, Some(registered)).await;
+                drop(permit);
+                drop(guard);
+            });
+        }
         warn_if_labels_unavailable(&self.hub.policy());
         // Before READY=1: from then on systemd may send SIGHUP for a
         // reload, and without a handler SIGHUP ends the process.
@@ -403,8 +462,18 @@ impl Gateway {
         for task in &accept_tasks {
             task.abort();
         }
+        let handover = self.notifier.fd_store_max() > 0;
+        if handover {
+            // Before the signal: every connection that sees it then hands
+            // itself over.
+            self.hub.begin_handover();
+        }
         let _ = self.shutdown_tx.send(true);
-        let drain = limits.drain_timeout + Duration::from_millis(100);
+        // A handover flushes each connection within the write timeout.
+        let drain = match handover {
+            true => limits.drain_timeout.max(limits.write_timeout),
+            false => limits.drain_timeout,
+        } + Duration::from_millis(100);
         if tokio::time::timeout(drain, self.tracker.wait_idle())
             .await
             .is_err()
@@ -418,10 +487,118 @@ impl Gateway {
             // It stops with the shutdown signal; its drain is bounded.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        if handover {
+            self.hand_over();
+        }
         // Dropping the listeners removes the socket files we created.
         drop(self.listeners);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+impl Gateway {
+    /// Registers a connection carried over from the previous instance, in
+    /// the state it was in; `None` (and closed, with a log line) when it
+    /// cannot go on.
+    fn register_carried(
+        &self,
+        carried: crate::fdstore::RestoredConn,
+    ) -> Option<(UnixStream, Peer, connection::Registered)> {
+        let std_stream = std::os::unix::net::UnixStream::from(carried.fd);
+        // The listener the state names must be the one the connection was
+        // accepted on: the same socket path as this instance's listener of
+        // that name. A connection is never served with the rights of
+        // another listener than its own.
+        let listener = self
+            .listeners
+            .iter()
+            .find(|l| l.name == carried.state.listener);
+        let path_of = |addr: std::io::Result<std::os::unix::net::SocketAddr>| {
+            addr.ok()
+                .and_then(|a| a.as_pathname().map(std::path::Path::to_owned))
+        };
+        let accepted_on = path_of(std_stream.local_addr());
+        match listener {
+            Some(l) if accepted_on.is_some() && path_of(l.socket.local_addr()) == accepted_on => {}
+            _ => {
+                tracing::warn!(
+                    "a carried connection says it came through listener {:?}, but it was accepted on {:?}, which is not that listener of this instance; closed",
+                    crate::connection::truncate_for_log(&carried.state.listener),
+                    accepted_on
+                );
+                return None;
+            }
+        }
+        let stream = match std_stream
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(std_stream))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("a carried connection cannot be served ({e}); closed");
+                return None;
+            }
+        };
+        let peer = Peer::of(&stream, Arc::from(carried.state.listener.as_str()));
+        match connection::register_carried(&self.hub, &peer, &carried.state) {
+            Ok(registered) => Some((stream, peer, registered)),
+            Err(e) => {
+                tracing::warn!(%peer, "a carried connection cannot go on ({e}); closed");
+                None
+            }
+        }
+    }
+
+    /// Stores the connections handed over and, last, the state that goes
+    /// with them, in systemd's file descriptor store. A connection the
+    /// store does not take is closed (its peer reconnects, and finds the
+    /// same instance); without the state the next instance starts anew.
+    fn hand_over(&self) {
+        let max = self.notifier.fd_store_max();
+        let mut carried = self.hub.take_carried();
+        // The state needs a place too.
+        if carried.len() + 1 > max {
+            tracing::warn!(
+                "the fd store holds {max} fds: {} connections are closed instead of handed over (raise FileDescriptorStoreMax=)",
+                carried.len() + 1 - max
+            );
+            carried.truncate(max.saturating_sub(1));
+        }
+        let mut connections = Vec::with_capacity(carried.len());
+        for conn in &carried {
+            let name = conn.state.fd_name();
+            match self
+                .notifier
+                .store_fd(&name, std::os::fd::AsFd::as_fd(&conn.fd))
+            {
+                Ok(()) => connections.push(conn.state.clone()),
+                Err(e) => tracing::warn!("cannot store {name} ({e}); it is closed"),
+            }
+        }
+        let topics = self.hub.export_topics();
+        let instance = self.hub.snapshot().instance;
+        let state = crate::fdstore::State {
+            instance,
+            topics,
+            connections,
+        };
+        let stored = crate::fdstore::write_sealed(&crate::fdstore::encode(&state)).and_then(|fd| {
+            self.notifier
+                .store_fd(crate::fdstore::STATE_FD_NAME, std::os::fd::AsFd::as_fd(&fd))
+        });
+        match stored {
+            Ok(()) => tracing::info!(
+                "handed over to the next instance: {} topics, {} connections",
+                state.topics.len(),
+                state.connections.len()
+            ),
+            Err(e) => tracing::error!(
+                "cannot store the state ({e}): the next instance starts anew, its connections are closed"
+            ),
+        }
+        // Our copies of the fds close here; the store keeps its own.
+        drop(carried);
     }
 }
 

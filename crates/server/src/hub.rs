@@ -6,7 +6,7 @@
 //! one topic and appends to each subscriber's bounded outbox; nothing in
 //! the broker ever waits for a peer. Lock order: hub, then an outbox.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -53,6 +53,32 @@ pub struct Hub {
     policy_generation: AtomicU64,
     /// Ids of proxied calls, for monitor events.
     proxied_ids: AtomicU64,
+    /// The stop that hands connections to the next instance.
+    handover: Handover,
+}
+
+/// A stop for a restart (see [`crate::fdstore`]): connections stop reading
+/// first, all of them, so that no sample is published after a subscriber
+/// flushed its queue; then each flushes what it has queued and leaves its
+/// socket and state here for the gateway to store.
+#[derive(Default)]
+struct Handover {
+    active: AtomicBool,
+    /// Connections whose reader still runs.
+    readers: AtomicUsize,
+    readers_stopped: tokio::sync::Notify,
+    carried: Mutex<Vec<crate::fdstore::RestoredConn>>,
+}
+
+/// Counts a running reader while it lives.
+pub struct ReaderGuard<'a>(&'a Hub);
+
+impl Drop for ReaderGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.handover.readers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.handover.readers_stopped.notify_waiters();
+        }
+    }
 }
 
 impl Hub {
@@ -64,7 +90,79 @@ impl Hub {
             limits,
             policy_generation: AtomicU64::new(0),
             proxied_ids: AtomicU64::new(0),
+            handover: Handover::default(),
         }
+    }
+
+    /// Goes on as the instance `instance` (a restart that took its state
+    /// back from the file descriptor store). Before any connection.
+    pub fn set_instance(&self, instance: &str) {
+        self.lock().set_instance(instance);
+    }
+
+    /// Puts back topics handed over by the previous instance.
+    pub fn restore_topics(&self, topics: &[crate::fdstore::TopicState]) {
+        self.lock().restore_topics(topics);
+    }
+
+    pub fn export_topics(&self) -> Vec<crate::fdstore::TopicState> {
+        self.lock().export_topics()
+    }
+
+    pub fn carried_state(&self, conn: ConnId) -> Option<crate::fdstore::Carried> {
+        self.lock().carried_state(conn)
+    }
+
+    pub fn resubscribe(&self, conn: ConnId, patterns: Vec<TopicPattern>) -> Result<(), ErrorReply> {
+        self.lock().resubscribe(conn, patterns)
+    }
+
+    /// From now on, connections that stop hand themselves over (see
+    /// [`Handover`]). Called before the shutdown signal.
+    pub fn begin_handover(&self) {
+        self.handover.active.store(true, Ordering::SeqCst);
+    }
+
+    /// Is the gateway stopping to hand its connections over?
+    pub fn handing_over(&self) -> bool {
+        self.handover.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection's reader until the guard is dropped.
+    pub fn reader_running(&self) -> ReaderGuard<'_> {
+        self.handover.readers.fetch_add(1, Ordering::SeqCst);
+        ReaderGuard(self)
+    }
+
+    /// Resolves once no connection reads any more.
+    pub async fn readers_stopped(&self) {
+        loop {
+            let stopped = self.handover.readers_stopped.notified();
+            if self.handover.readers.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            stopped.await;
+        }
+    }
+
+    /// A connection handed over: its socket and what it was doing.
+    pub fn carry(&self, conn: crate::fdstore::RestoredConn) {
+        self.handover
+            .carried
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+
+    /// The connections handed over so far.
+    pub fn take_carried(&self) -> Vec<crate::fdstore::RestoredConn> {
+        std::mem::take(
+            &mut *self
+                .handover
+                .carried
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Broker> {

@@ -9,6 +9,8 @@
 //! - [`outbox`]: each connection's bounded, conflating send queue.
 //! - [`connection`]: one client connection: read, dispatch, write.
 //! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
+//! - [`fdstore`]: the state handed to the next instance through systemd's
+//!   file descriptor store, and its validation.
 //! - [`provider_thread`]: the ASIL side's own thread, priority and CPUs.
 //! - [`peer`]: who is on the other end of a connection.
 //! - [`policy`]: who may publish, subscribe, call and register what.
@@ -19,6 +21,7 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod fdstore;
 pub mod gateway;
 pub mod hub;
 pub mod listen;

@@ -149,11 +149,19 @@ impl Listener {
     /// the process was not socket-activated, and on every call after the
     /// first (each fd is wrapped once).
     pub fn from_activation() -> Result<Vec<Self>, ListenError> {
+        Ok(Self::from_activation_with_store()?.0)
+    }
+
+    /// Like [`from_activation`](Self::from_activation), and also returns
+    /// the fds the previous instance left in systemd's file descriptor
+    /// store (named `qmipc-...`, see [`crate::fdstore`]), unchecked: the
+    /// store validates them.
+    pub fn from_activation_with_store() -> Result<StoreAndListeners, ListenError> {
         static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
-        ActivationEnv::read().into_listeners()
+        ActivationEnv::read().into_listeners_and_store()
     }
 
     /// Was this listener passed by the service manager (rather than bound)?
@@ -189,10 +197,16 @@ impl ActivationEnv {
     }
 
     /// Validates the variables and the fds they name, and wraps each fd
-    /// exactly once.
+    /// exactly once. Fds of the file descriptor store are closed.
     pub fn into_listeners(self) -> Result<Vec<Listener>, ListenError> {
+        Ok(self.into_listeners_and_store()?.0)
+    }
+
+    /// The listeners, and the fds of the file descriptor store with their
+    /// names.
+    pub fn into_listeners_and_store(self) -> Result<StoreAndListeners, ListenError> {
         let (Some(pid), Some(fds)) = (self.pid, self.fds) else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         let ours = std::process::id();
         if pid.trim().parse::<u32>().ok() != Some(ours) {
@@ -202,15 +216,60 @@ impl ActivationEnv {
             .trim()
             .parse()
             .map_err(|_| ListenError::BadFdCount(fds.clone()))?;
-        let names = fd_names(self.names.as_deref(), count)?;
+        // The store's fds are told apart by their names and set aside
+        // before the listeners' names are read; a store's names may repeat
+        // (the store decides what to make of that), a listener's not.
+        let given: Vec<Option<String>> = match self.names.as_deref() {
+            Some(list) if !list.is_empty() => list.split(':').map(|n| Some(n.to_owned())).collect(),
+            _ => vec![None; count],
+        };
+        if given.len() != count {
+            return Err(ListenError::NameCountMismatch {
+                names: given.len(),
+                fds: count,
+            });
+        }
+        let mut stored = Vec::new();
+        let mut listening = Vec::new();
+        for (i, name) in given.into_iter().enumerate() {
+            let fd = LISTEN_FDS_START + i as RawFd;
+            match name {
+                Some(name) if crate::fdstore::is_store_name(&name) => stored.push((name, fd)),
+                name => listening.push((name, fd)),
+            }
+        }
+        let joined = listening
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|names| names.join(":"));
+        let names = fd_names(joined.as_deref(), listening.len())?;
         // Validate every fd before taking ownership of any, so that an error
         // does not close fds that belong to someone else.
-        for (i, name) in names.iter().enumerate() {
-            check_listening_unix_stream(LISTEN_FDS_START + i as RawFd, name)?;
+        for ((_, fd), name) in listening.iter().zip(&names) {
+            check_listening_unix_stream(*fd, name)?;
         }
+        // SAFETY: systemd passed these fds to this process under store
+        // names; this is the only place that wraps them, once per process.
+        let stored = stored
+            .into_iter()
+            .map(|(name, fd)| {
+                // SAFETY: as above.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                // Not inherited by anything this process starts.
+                // SAFETY: fcntl on an fd we own.
+                unsafe {
+                    libc::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        libc::F_SETFD,
+                        libc::FD_CLOEXEC,
+                    )
+                };
+                (name, fd)
+            })
+            .collect();
         let mut listeners = Vec::with_capacity(count);
-        for (i, name) in names.into_iter().enumerate() {
-            let fd = LISTEN_FDS_START + i as RawFd;
+        for ((_, fd), name) in listening.into_iter().zip(names) {
             // SAFETY: the fd was checked above to be an open socket that
             // systemd handed to this process; this is the only place that
             // wraps it, and `from_activation` runs it once per process.
@@ -229,9 +288,12 @@ impl ActivationEnv {
                 owned_path: None,
             });
         }
-        Ok(listeners)
+        Ok((listeners, stored))
     }
 }
+
+/// Listening sockets, and the file descriptor store's fds by name.
+pub type StoreAndListeners = (Vec<Listener>, Vec<(String, OwnedFd)>);
 
 /// Is `name` one systemd gives an fd that nobody named: `unknown` (no
 /// `LISTEN_FDNAMES`, as `systemd-socket-activate` passes), empty, or the

@@ -176,7 +176,9 @@ pub fn remote_exit_code(error: &ErrorReply) -> u8 {
         | ErrorReply::MethodNotFound { .. }
         | ErrorReply::MethodNotImplemented { .. } => exit::NOTFOUND,
         ErrorReply::ServiceUnavailable { .. } => exit::UNAVAILABLE,
+        // Try again: the next gateway instance serves the same connection.
         ErrorReply::Timeout { .. }
+        | ErrorReply::Restarting { .. }
         | ErrorReply::LimitExceeded { .. }
         | ErrorReply::AlreadyRegistered { .. } => exit::TEMPFAIL,
         ErrorReply::InvalidValue { .. } | ErrorReply::VarlinkInvalidParameter { .. } => {

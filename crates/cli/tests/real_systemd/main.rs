@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod host;
+mod restart;
 
 use common::tier_enabled;
 use host::{text, wait_for, SystemdHost, SLOW};

@@ -219,6 +219,12 @@ impl Broker {
         &self.limits
     }
 
+    /// Goes on as the instance `instance` (taken back from the file
+    /// descriptor store); connections made from now on carry it.
+    pub fn set_instance(&mut self, instance: &str) {
+        self.instance_json = Arc::from(serde_json::Value::from(instance).to_string());
+    }
+
     /// This gateway instance, as a JSON string literal.
     pub fn instance_json(&self) -> &Arc<str> {
         &self.instance_json
@@ -529,8 +535,16 @@ impl Broker {
                 .counters
                 .limit("max_subscription_patterns", max_patterns));
         }
+        self.start_streaming(conn, patterns, true);
+        Ok(())
+    }
+
+    /// Makes `conn` stream a subscription to `patterns`, starting with the
+    /// current value of every matching topic the peer may read when
+    /// `with_current`.
+    fn start_streaming(&mut self, conn: ConnId, patterns: Vec<TopicPattern>, with_current: bool) {
         let Some(connection) = self.connections.get(&conn) else {
-            return Ok(());
+            return;
         };
         // One subscription per connection: counted, under the connection
         // quota already.
@@ -543,7 +557,11 @@ impl Broker {
         self.topics.subscribe(
             conn,
             |name| patterns.iter().any(|p| p.matches(name)) && policy.may_read(&identity, name),
-            |name, value| outbox.push_current(name, value),
+            |name, value| {
+                if with_current {
+                    outbox.push_current(name, value)
+                }
+            },
         );
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.state = ConnectionState::Streaming(Subscription {
@@ -551,6 +569,64 @@ impl Broker {
                 _charge: charge,
             });
         }
+    }
+
+    /// The topics as the file descriptor store carries them.
+    pub fn export_topics(&self) -> Vec<crate::fdstore::TopicState> {
+        self.topics.export()
+    }
+
+    /// Puts back the topics a previous instance handed over (validated by
+    /// [`crate::fdstore`]), each charged to the accounts it was charged to
+    /// there. No quota applies: they were within it when they were set.
+    pub fn restore_topics(&mut self, topics: &[crate::fdstore::TopicState]) {
+        for topic in topics {
+            let creator = AccountKey::from(&topic.creator);
+            let Ok(created) = self.accounting.charge(&creator, Resource::Topics, 1, None) else {
+                continue;
+            };
+            let retained = match (&topic.retainer, &topic.value) {
+                (Some(retainer), Some(value)) => self
+                    .accounting
+                    .charge(
+                        &AccountKey::from(retainer),
+                        Resource::RetainedBytes,
+                        value.len(),
+                        None,
+                    )
+                    .ok(),
+                _ => None,
+            };
+            self.topics.restore(topic, created, retained);
+        }
+    }
+
+    /// What the file descriptor store carries of `conn`'s state: `None`
+    /// for a state it cannot carry (a monitor, a call still waiting).
+    pub fn carried_state(&self, conn: ConnId) -> Option<crate::fdstore::Carried> {
+        use crate::fdstore::Carried;
+        match &self.connections.get(&conn)?.state {
+            ConnectionState::Idle => Some(Carried::Idle),
+            ConnectionState::Streaming(sub) => Some(Carried::Streaming {
+                patterns: sub.patterns.iter().map(|p| p.to_string()).collect(),
+            }),
+            ConnectionState::Providing(provider) => Some(Carried::Providing {
+                services: provider.services.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Idle → Streaming for a subscription carried from the previous
+    /// instance: like [`Self::subscribe`], without the current values
+    /// (the subscriber has every value up to the seqs handed over).
+    pub fn resubscribe(
+        &mut self,
+        conn: ConnId,
+        patterns: Vec<TopicPattern>,
+    ) -> Result<(), ErrorReply> {
+        self.expect_idle(conn, "topics", "this connection already streams or serves")?;
+        self.start_streaming(conn, patterns, false);
         Ok(())
     }
 

@@ -836,3 +836,59 @@ fn updates_missed_upstream_move_seq_on_and_count_in_dropped() {
         "seq 7 after seq 0: all six before it counted"
     );
 }
+
+/// A restart through the file descriptor store: the next broker has the
+/// topics with their values, seqs and charges, a carried subscription gets
+/// the next value and not the current one again (it had it), and the next
+/// publish goes on from the seq handed over.
+#[test]
+fn topics_and_subscriptions_carry_over_to_the_next_instance() {
+    let mut first = broker(Limits::default());
+    let (publisher, _) = connect(&mut first, &qm(7));
+    for kmh in 1..=3 {
+        first
+            .publish(
+                publisher,
+                "qm.speed",
+                json(&format!(r#"{{"kmh":{kmh}}}"#)),
+                now(),
+            )
+            .unwrap();
+    }
+    let (asil_publisher, _) = connect(&mut first, &asil());
+    first
+        .publish(asil_publisher, "vehicle.gear", json(r#"{"gear":2}"#), now())
+        .unwrap();
+    let topics = first.export_topics();
+    assert_eq!(topics.len(), 2);
+
+    let mut next = broker(Limits::default());
+    next.restore_topics(&topics);
+    let (_, current) = next.get("qm.speed").unwrap();
+    assert_eq!((current.seq, &*current.value_json), (3, r#"{"kmh":3}"#));
+    // QM's charges came back with the values: its share counts them.
+    assert_eq!(next.accounting.qm_held(Resource::Topics), 1);
+    assert_eq!(
+        next.accounting.qm_held(Resource::RetainedBytes),
+        r#"{"kmh":3}"#.len()
+    );
+
+    let (subscriber, outbox) = connect(&mut next, &qm(8));
+    next.resubscribe(subscriber, vec![TopicPattern::parse("qm.*").unwrap()])
+        .unwrap();
+    assert!(drain(&outbox).is_empty(), "no current value again");
+    let (publisher, _) = connect(&mut next, &qm(7));
+    let seq = next
+        .publish(publisher, "qm.speed", json(r#"{"kmh":4}"#), now())
+        .unwrap();
+    assert_eq!(seq, 4, "seq goes on");
+    let got = drain(&outbox);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["parameters"]["sample"]["seq"], 4);
+    assert_eq!(
+        next.carried_state(subscriber),
+        Some(crate::fdstore::Carried::Streaming {
+            patterns: vec!["qm.*".into()]
+        })
+    );
+}

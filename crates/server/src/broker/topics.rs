@@ -192,6 +192,63 @@ impl Topics {
         }
     }
 
+    /// Every topic as the file descriptor store carries it: name, last
+    /// seq, timestamp, value (`None` when it has none), the creator's
+    /// account and the account charged for the value.
+    pub fn export(&self) -> Vec<crate::fdstore::TopicState> {
+        use crate::fdstore::{AccountState, TopicState};
+        let mut out: Vec<TopicState> = self
+            .topics
+            .values()
+            .map(|t| TopicState {
+                topic: t.name.name.clone(),
+                seq: t.last.seq,
+                timestamp_us: t.last.timestamp_us,
+                value: (!t.last.value_json.is_empty()).then(|| t.last.value_json.to_string()),
+                creator: AccountState::from(t._created.account().key()),
+                retainer: t
+                    .retained
+                    .as_ref()
+                    .map(|c| AccountState::from(c.account().key())),
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
+    }
+
+    /// Puts back a topic the previous instance handed over, with its seq:
+    /// its next value goes on from there.
+    pub fn restore(
+        &mut self,
+        topic: &crate::fdstore::TopicState,
+        created: Charge,
+        retained: Option<Charge>,
+    ) {
+        let value: Box<str> = topic.value.as_deref().unwrap_or("").into();
+        self.retained_bytes += value.len();
+        let old = self.topics.insert(
+            topic.topic.clone(),
+            Topic {
+                name: Arc::new(TopicName::new(&topic.topic)),
+                last: Arc::new(PublishedValue {
+                    seq: topic.seq,
+                    timestamp_us: if value.is_empty() {
+                        0
+                    } else {
+                        topic.timestamp_us
+                    },
+                    value_json: value,
+                }),
+                subscribers: Vec::new(),
+                _created: created,
+                retained,
+            },
+        );
+        if let Some(old) = old {
+            self.retained_bytes -= old.last.value_json.len();
+        }
+    }
+
     pub fn set_subscribers(&mut self, topic: &str, subscribers: Vec<ConnId>) {
         if let Some(entry) = self.topics.get_mut(topic) {
             entry.subscribers = subscribers;

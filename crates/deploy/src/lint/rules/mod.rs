@@ -6,6 +6,7 @@ mod labels;
 mod network;
 mod placement;
 mod readiness;
+mod restart;
 mod syntax;
 mod wiring;
 
@@ -233,6 +234,16 @@ pub const DEEP_SYSTEMD: Rule = rule(
     "qm-ipc lint --deep /",
 );
 
+pub const FD_STORE: Rule = rule(
+    "QM022",
+    "gateway-fd-store",
+    Severity::Warning,
+    "A gateway service on the host (a plain .service that an IPC socket activates and that runs qm-ipc serve) without FileDescriptorStoreMax= of at least 2, with FileDescriptorStorePreserve=no, or with NotifyAccess=none.",
+    "the gateway hands its connections, retained values and sequence numbers to its next instance through systemd's file descriptor store; without room in the store, or with a store emptied at stop, or with its notifications ignored, every restart and upgrade disconnects every client and loses every retained value",
+    "give the service FileDescriptorStoreMax=128, FileDescriptorStorePreserve=restart and NotifyAccess=main, as qm-ipc generate --runtime host writes them",
+    "[Service]\nFileDescriptorStoreMax=128\nFileDescriptorStorePreserve=restart\nNotifyAccess=main",
+);
+
 pub const CATALOGUE: &[Rule] = &[
     SYNTAX,
     NOTIFY,
@@ -256,6 +267,7 @@ pub const CATALOGUE: &[Rule] = &[
     QUADLET_REJECTS,
     DEEP_QUADLET,
     DEEP_SYSTEMD,
+    FD_STORE,
 ];
 
 pub fn check(d: &Deployment) -> Vec<Finding> {
@@ -267,5 +279,6 @@ pub fn check(d: &Deployment) -> Vec<Finding> {
     labels::check(&ipc, &mut findings);
     wiring::check(&ipc, &mut findings);
     network::check(&ipc, &mut findings);
+    restart::check(&ipc, &mut findings);
     findings
 }
