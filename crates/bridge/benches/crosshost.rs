@@ -223,6 +223,11 @@ fn setup(link: &Link, dir: &Path, gateway: &Path, rt: &tokio::runtime::Runtime) 
             .arg(host.join("policy.toml"))
             .arg("--services")
             .arg(&services)
+            // Every client here (bridge, echo, measuring client) is one
+            // account (root, one cgroup): the per-account request rate
+            // (500/s by default) would pace the round trips, and this
+            // measures latency, not that limit.
+            .args(["--rate", "0"])
             .env("QM_IPC_LOG", "info");
         procs.push(Proc::start(cmd, "INFO ready").0);
         consumers.push(consumer);
