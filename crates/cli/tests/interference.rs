@@ -218,8 +218,10 @@ fn connection_storm_waits_at_the_limit_and_is_served_when_a_slot_frees() {
 fn per_peer_connection_limit_refuses_with_a_named_error() {
     let gw = Gateway::start(&["--max-connections-per-peer", "3"]);
     let held = served_connections(&gw, 3);
+    // The refusal comes unasked, and the connection closes after it: a
+    // request sent first could meet the closed socket (broken pipe) before
+    // the refusal is read, as it once did on a loaded machine.
     let mut fourth = Raw::connect(&gw.consumer);
-    fourth.call(json!({"method": "org.varlink.service.GetInfo"}));
     let reply = fourth.recv().expect("an error reply");
     assert_eq!(reply["error"], "io.qmipc.Gateway.LimitExceeded");
     assert_eq!(
