@@ -1,9 +1,9 @@
 //! What the client library costs: a typed `Get` and a typed subscription
 //! through `Session`, against the raw protocol path (hand-written frames
 //! on a blocking socket, values left as JSON text) to the same gateway in
-//! the same run. Rounds alternate the two paths, so drift on a noisy
-//! machine hits both; the ratio of each round is reported, and their
-//! spread.
+//! the same run. The two paths are interleaved call by call (the order
+//! flipping every call), so drift on a noisy machine hits both alike; each
+//! round's ratio is reported, and their spread.
 //!
 //!     cargo bench -p qm-ipc --bench library                # full run, writes docs/benchmarks.md
 //!     cargo bench -p qm-ipc --bench library -- --quick     # smoke run (CI), judges nothing
@@ -39,113 +39,126 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn raw_get(gw: &GatewayProcess, iterations: usize) -> Histogram<u64> {
+/// Typed `Get`s through the library and raw `Get` frames, interleaved call
+/// by call (the order flips every iteration), so that whatever the machine
+/// does meanwhile falls on both paths alike.
+fn interleaved_get(rt: &tokio::runtime::Runtime, gw: &GatewayProcess, iterations: usize) -> Round {
     let get =
         frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "vehicle.speed"}}));
-    round_trips(&mut Blocking::connect(&gw.consumer), &get, iterations)
-}
-
-fn library_get(
-    rt: &tokio::runtime::Runtime,
-    gw: &GatewayProcess,
-    iterations: usize,
-) -> Histogram<u64> {
+    let mut raw_conn = Blocking::connect(&gw.consumer);
     let session = Session::new(&gw.consumer);
     rt.block_on(async {
-        let mut hist = new_histogram();
+        let (mut raw, mut library) = (new_histogram(), new_histogram());
         for i in 0..(iterations + iterations / 10) {
-            let t = Instant::now();
-            let sample = session.get::<Speed>("vehicle.speed").await.expect("get");
-            std::hint::black_box(sample.value.kmh);
-            if i >= iterations / 10 {
-                record(&mut hist, t.elapsed());
+            let warm = i >= iterations / 10;
+            for library_turn in [i % 2 == 0, i % 2 != 0] {
+                let t = Instant::now();
+                if library_turn {
+                    let sample = session.get::<Speed>("vehicle.speed").await.expect("get");
+                    std::hint::black_box(sample.value.kmh);
+                    if warm {
+                        record(&mut library, t.elapsed());
+                    }
+                } else {
+                    raw_conn.send_raw(&get).expect("send");
+                    std::hint::black_box(raw_conn.recv_raw().expect("reply"));
+                    if warm {
+                        record(&mut raw, t.elapsed());
+                    }
+                }
             }
         }
-        hist
+        Round { raw, library }
     })
 }
 
-/// Publisher thread: on each signal, one oneway publish stamped with the
-/// time since `base`.
+/// Publisher thread: on each topic name received, one oneway publish to it
+/// stamped with the time since `base`; stops when the channel closes.
 fn publisher(
     gw: &GatewayProcess,
     cpu: Option<usize>,
     base: Instant,
-) -> (mpsc::Sender<bool>, thread::JoinHandle<()>) {
-    let (go_tx, go_rx) = mpsc::channel::<bool>();
+) -> (mpsc::Sender<&'static str>, thread::JoinHandle<()>) {
+    let (go_tx, go_rx) = mpsc::channel::<&'static str>();
     let provider = gw.provider.clone();
     let handle = thread::spawn(move || {
         pin_to(cpu);
         let mut conn = Blocking::connect(&provider);
-        while let Ok(true) = go_rx.recv() {
+        while let Ok(topic) = go_rx.recv() {
             let t = base.elapsed().as_nanos() as u64;
             conn.send(&json!({"method": "io.qmipc.Gateway.Publish",
-                "parameters": {"topic": "latency", "value": {"kmh": 50.0, "at": t}}, "oneway": true}));
+                "parameters": {"topic": topic, "value": {"kmh": 50.0, "at": t}}, "oneway": true}));
         }
     });
     (go_tx, handle)
 }
 
-fn raw_subscribe(gw: &GatewayProcess, server: Option<usize>, iterations: usize) -> Histogram<u64> {
-    let base = Instant::now();
-    let mut sub = Blocking::connect(&gw.consumer);
-    sub.send(&json!({"method": "io.qmipc.Gateway.Subscribe", "parameters": {"topics": ["latency"]}, "more": true}));
-    let (go, publishing) = publisher(gw, server, base);
-    // The first sample may be the current value of an earlier round.
-    go.send(true).expect("publisher");
-    let mut hist = new_histogram();
-    let mut i = 0;
-    while i < iterations + iterations / 10 {
-        let sample = sub.recv().expect("sample");
-        let now = base.elapsed().as_nanos() as u64;
-        let sent = sample["parameters"]["sample"]["value"]["at"]
-            .as_u64()
-            .unwrap_or(u64::MAX);
-        if sent == u64::MAX || sent > now {
-            continue; // a value stamped against another round's clock
-        }
-        if i >= iterations / 10 {
-            let _ = hist.record(now.saturating_sub(sent).max(1));
-        }
-        i += 1;
-        go.send(true).expect("publisher");
-    }
-    let _ = go.send(false);
-    let _ = publishing.join();
-    hist
-}
+const RAW_TOPIC: &str = "latency.raw";
+const LIBRARY_TOPIC: &str = "latency.library";
 
-fn library_subscribe(
+/// Publish-to-reader latency of a raw `Subscribe` connection and of a typed
+/// library subscription, one sample in flight, the two interleaved sample
+/// by sample (each on a topic of its own, the order flipping every
+/// iteration).
+fn interleaved_subscribe(
     rt: &tokio::runtime::Runtime,
     gw: &GatewayProcess,
     server: Option<usize>,
     iterations: usize,
-) -> Histogram<u64> {
+) -> Round {
     let base = Instant::now();
+    let mut raw_sub = Blocking::connect(&gw.consumer);
+    raw_sub.send(&json!({"method": "io.qmipc.Gateway.Subscribe",
+        "parameters": {"topics": [RAW_TOPIC]}, "more": true}));
     let session = Session::new(&gw.consumer);
     let (go, publishing) = publisher(gw, server, base);
-    let hist = rt.block_on(async {
-        let mut speeds = session.subscribe::<Speed>(["latency"]).expect("subscribe");
-        go.send(true).expect("publisher");
-        let mut hist = new_histogram();
+    let round = rt.block_on(async {
+        let mut speeds = session
+            .subscribe::<Speed>([LIBRARY_TOPIC])
+            .expect("subscribe");
+        let (mut raw, mut library) = (new_histogram(), new_histogram());
         let mut i = 0;
         while i < iterations + iterations / 10 {
-            let sample = speeds.next().await.expect("stream").expect("sample");
-            let now = base.elapsed().as_nanos() as u64;
-            if sample.value.at > now {
-                continue;
-            }
-            if i >= iterations / 10 {
-                let _ = hist.record(now.saturating_sub(sample.value.at).max(1));
+            let warm = i >= iterations / 10;
+            for library_turn in [i % 2 == 0, i % 2 != 0] {
+                // A sample stamped before this round (a current value of an
+                // earlier one) is read and skipped.
+                if library_turn {
+                    go.send(LIBRARY_TOPIC).expect("publisher");
+                    loop {
+                        let sample = speeds.next().await.expect("stream").expect("sample");
+                        let now = base.elapsed().as_nanos() as u64;
+                        if sample.value.at <= now {
+                            if warm {
+                                let _ = library.record(now.saturating_sub(sample.value.at).max(1));
+                            }
+                            break;
+                        }
+                    }
+                } else {
+                    go.send(RAW_TOPIC).expect("publisher");
+                    loop {
+                        let sample = raw_sub.recv().expect("sample");
+                        let now = base.elapsed().as_nanos() as u64;
+                        let sent = sample["parameters"]["sample"]["value"]["at"]
+                            .as_u64()
+                            .unwrap_or(u64::MAX);
+                        if sent <= now {
+                            if warm {
+                                let _ = raw.record(now.saturating_sub(sent).max(1));
+                            }
+                            break;
+                        }
+                    }
+                }
             }
             i += 1;
-            go.send(true).expect("publisher");
         }
-        hist
+        Round { raw, library }
     });
-    let _ = go.send(false);
+    drop(go);
     let _ = publishing.join();
-    hist
+    round
 }
 
 /// Publish round trips of one value on `topic`, on the raw path.
@@ -226,7 +239,9 @@ fn main() {
          against a hand-written `Get` frame on a blocking socket whose reply is left as \
          bytes; and a typed `Session::subscribe::<Speed>` stream against a raw `Subscribe` \
          connection, publish-to-reader latency with one sample in flight. The two paths \
-         alternate in rounds of {iterations} calls; each round's p50 ratio is listed. \
+         are interleaved call by call, the order flipping every call, so that whatever \
+         else the machine does falls on both alike; a round is {iterations} calls of \
+         each, and each round's p50 ratio is listed. \
          Target: the library costs at most 10% p50 on split CPUs (client on CPU 0, \
          gateway and publisher on CPU 1). Last, what a typed topic costs a publish: \
          the same `Publish` round trip to a topic declared with a varlink type \
@@ -269,13 +284,9 @@ fn main() {
         let mut publishes = Vec::new();
         for round in 0..rounds {
             eprintln!("[{placement}] round {}/{rounds}: Get", round + 1);
-            let raw = raw_get(&gw, iterations);
-            let library = library_get(&rt, &gw, iterations);
-            gets.push(Round { raw, library });
+            gets.push(interleaved_get(&rt, &gw, iterations));
             eprintln!("[{placement}] round {}/{rounds}: subscribe", round + 1);
-            let raw = raw_subscribe(&gw, server, iterations);
-            let library = library_subscribe(&rt, &gw, server, iterations);
-            subs.push(Round { raw, library });
+            subs.push(interleaved_subscribe(&rt, &gw, server, iterations));
             eprintln!("[{placement}] round {}/{rounds}: typed publish", round + 1);
             let raw = raw_publish(&gw, "untyped.speed", iterations);
             let library = raw_publish(&gw, "typed.speed", iterations);
