@@ -25,6 +25,9 @@
 //! one costs what (kinds: flood-publish, flood-call, duplicate-subscribe,
 //! stalled-subscribe, poison, slow-loris, storm, hold); the report says so.
 //!
+//! `QM_IPC_BENCH_GATEWAY_ARGS="--qm-accept normal"` adds gateway options,
+//! to compare settings; the report lists every option the gateway had.
+//!
 //! Writes its tables to docs/benchmarks.md (section "interference").
 
 mod support;
@@ -1519,6 +1522,10 @@ fn main() {
     // CAP_SYS_NICE, so root only).
     if separate {
         bound_args.extend(["--provider-nice".to_owned(), ASIL_NICE.to_string()]);
+    }
+    // More gateway options, to compare settings (the report lists them).
+    if let Ok(extra) = std::env::var("QM_IPC_BENCH_GATEWAY_ARGS") {
+        bound_args.extend(extra.split_whitespace().map(str::to_owned));
     }
     let bound_refs: Vec<&str> = bound_args.iter().map(String::as_str).collect();
     let gw = GatewayProcess::start_with_policy(None, &policy(&attacker_uids), &bound_refs);

@@ -1,6 +1,7 @@
 //! The ASIL side's own thread: the provider socket is served on a thread
 //! of its own, with the scheduling the deployment asks for, and a setting
-//! the kernel refuses stops the start with what is missing.
+//! the kernel refuses stops the start with what is missing. The QM
+//! listeners are accepted on a thread of their own at SCHED_IDLE.
 
 mod common;
 
@@ -9,15 +10,53 @@ use serde_json::json;
 
 /// The gateway's thread named `qm-ipc-asil`, as `/proc/PID/task/TID`.
 fn asil_task(pid: u32) -> std::path::PathBuf {
+    task_named(pid, "qm-ipc-asil")
+}
+
+/// The gateway's thread named `name`, as `/proc/PID/task/TID`.
+fn task_named(pid: u32, name: &str) -> std::path::PathBuf {
     let tasks = std::path::PathBuf::from(format!("/proc/{pid}/task"));
     std::fs::read_dir(&tasks)
         .expect("the gateway's tasks")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|task| {
-            std::fs::read_to_string(task.join("comm")).is_ok_and(|c| c.trim() == "qm-ipc-asil")
-        })
-        .expect("a thread named qm-ipc-asil")
+        .find(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|c| c.trim() == name))
+        .unwrap_or_else(|| panic!("a thread named {name}"))
+}
+
+/// Field `n` (1-based, as proc(5) numbers them) of a task's `stat`.
+fn stat_field(task: &std::path::Path, n: usize) -> i64 {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+    // The command name (field 2) ends with the last ')'.
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    after_name
+        .split_whitespace()
+        .nth(n - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `SCHED_IDLE` as the kernel numbers scheduling policies.
+const SCHED_IDLE: i64 = 5;
+/// The `policy` field of proc(5)'s stat.
+const POLICY_FIELD: usize = 41;
+
+#[test]
+fn qm_connections_are_accepted_at_sched_idle_unless_asked_otherwise() {
+    for (args, policy) in [(&[][..], SCHED_IDLE), (&["--qm-accept", "normal"][..], 0)] {
+        let gw = Gateway::start(args);
+        // A QM connection accepted there is served.
+        let mut qm = Raw::connect(&gw.consumer);
+        qm.call(json!({"method": "org.varlink.service.GetInfo"}));
+        assert_eq!(qm.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
+        let task = task_named(gw.proc.child.id(), "qm-ipc-accept");
+        assert_eq!(stat_field(&task, POLICY_FIELD), policy, "{args:?}");
+        // The threads that serve keep the normal policy.
+        let main = std::path::PathBuf::from(format!("/proc/{}", gw.proc.child.id()));
+        assert_eq!(stat_field(&main, POLICY_FIELD), 0);
+        assert_eq!(stat_field(&asil_task(gw.proc.child.id()), POLICY_FIELD), 0);
+    }
 }
 
 #[test]
@@ -28,17 +67,8 @@ fn the_provider_socket_is_served_on_its_own_thread_with_its_scheduling() {
     assert_eq!(provider.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
 
     let task = asil_task(gw.proc.child.id());
-    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-    // Fields after the command name (which ends with ')'): nice is the 19th
-    // field of the line, the 17th after the name.
-    let after_name = stat.rsplit_once(')').unwrap().1;
-    let nice: i32 = after_name
-        .split_whitespace()
-        .nth(16)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(nice, 5, "{stat}");
+    // Field 19 of proc(5)'s stat: the nice value.
+    assert_eq!(stat_field(&task, 19), 5);
     let status = std::fs::read_to_string(task.join("status")).unwrap();
     assert!(
         status.lines().any(|l| l == "Cpus_allowed_list:\t0"),

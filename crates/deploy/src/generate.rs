@@ -689,6 +689,10 @@ const HOST_HARDENING: &[(&str, &str)] = &[
     ("SystemCallArchitectures", "native"),
     ("SystemCallFilter", "@system-service"),
     ("SystemCallFilter", "~@privileged @resources"),
+    // Back from @resources: the QM accept thread lowers its own priority to
+    // SCHED_IDLE. Raising one stays impossible (no CAP_SYS_NICE,
+    // RestrictRealtime=yes).
+    ("SystemCallFilter", "sched_setscheduler"),
     ("SystemCallErrorNumber", "EPERM"),
     ("IPAddressDeny", "any"),
     ("DevicePolicy", "closed"),

@@ -45,6 +45,8 @@ pub enum StartError {
     TopicTypes(#[from] crate::topic_types::TopicTypesError),
     #[error("{0}")]
     ProviderThread(#[from] crate::provider_thread::PlacementError),
+    #[error("cannot start the QM accept thread: {0}")]
+    AcceptThread(io::Error),
     #[error(
         "listener {name:?} ({origin}) is not known to the policy {policy}: every request on it would be denied. \
          Name the fd consumer or provider with FileDescriptorName= in the socket unit, \
@@ -118,7 +120,7 @@ impl GatewayHandle {
     }
 }
 
-fn spawn_connection(
+pub(crate) fn spawn_connection(
     hub: &Arc<Hub>,
     tracker: &Arc<Tracker>,
     stream: UnixStream,
@@ -149,6 +151,8 @@ pub struct Gateway {
     tracker: Arc<Tracker>,
     /// Scheduling of the ASIL thread.
     provider_placement: crate::provider_thread::ThreadPlacement,
+    /// Scheduling of the QM accept thread.
+    qm_accept: crate::qm_accept::AcceptScheduling,
     /// Connections taken back from the previous instance, served from
     /// [`run`](Self::run) on.
     restored: Vec<crate::fdstore::RestoredConn>,
@@ -217,12 +221,18 @@ impl Gateway {
             shutdown_tx,
             tracker: Arc::default(),
             provider_placement: Default::default(),
+            qm_accept: Default::default(),
             restored: Vec::new(),
         }
     }
 
     /// Sets where and how eagerly the ASIL thread runs (applied when it
     /// starts, in [`run`](Self::run)).
+    /// Sets how the QM accept thread is scheduled.
+    pub fn set_qm_accept(&mut self, scheduling: crate::qm_accept::AcceptScheduling) {
+        self.qm_accept = scheduling;
+    }
+
     pub fn set_provider_placement(&mut self, placement: crate::provider_thread::ThreadPlacement) {
         self.provider_placement = placement;
     }
@@ -363,7 +373,7 @@ impl Gateway {
         // every other listener shares the QM budget and this thread.
         let qm_permits = Arc::new(Semaphore::new(limits.max_connections));
         let provider_permits = Arc::new(Semaphore::new(limits.max_provider_connections));
-        let mut accept_tasks = Vec::new();
+        let mut qm_listeners = Vec::new();
         let mut provider_thread = None;
         for listener in &self.listeners {
             let register_error = |source| StartError::Register {
@@ -388,20 +398,38 @@ impl Gateway {
                 tracing::info!("listening on {} (ASIL thread)", listener.describe());
                 continue;
             }
-            let tokio_listener = std_listener
-                .set_nonblocking(true)
-                .and_then(|()| UnixListener::from_std(std_listener))
-                .map_err(register_error)?;
             tracing::info!("listening on {}", listener.describe());
-            accept_tasks.push(tokio::spawn(accept_loop(
-                tokio_listener,
-                name,
-                self.hub.clone(),
-                self.tracker.clone(),
-                qm_permits.clone(),
-                self.shutdown_tx.subscribe(),
-            )));
+            qm_listeners.push((std_listener, name));
         }
+        // Accepted on a thread of their own (see crate::qm_accept), served
+        // on this one.
+        let (accept_thread, mut admitted) = crate::qm_accept::spawn(
+            qm_listeners,
+            self.hub.clone(),
+            qm_permits.clone(),
+            self.qm_accept,
+        )
+        .map_err(StartError::AcceptThread)?;
+        let receiving = {
+            let hub = self.hub.clone();
+            let tracker = self.tracker.clone();
+            let shutdown = self.shutdown_tx.subscribe();
+            tokio::spawn(async move {
+                while let Some(a) = admitted.recv().await {
+                    match UnixStream::from_std(a.stream) {
+                        Ok(stream) => spawn_connection(
+                            &hub,
+                            &tracker,
+                            stream,
+                            a.peer,
+                            shutdown.clone(),
+                            Some(a.permit),
+                        ),
+                        Err(e) => tracing::warn!("cannot serve an accepted connection: {e}"),
+                    }
+                }
+            })
+        };
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
@@ -459,9 +487,10 @@ impl Gateway {
         self.notifier
             .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         tracing::info!("stopping: draining connections");
-        for task in &accept_tasks {
-            task.abort();
-        }
+        // No new connection from here on; the admitted ones still on their
+        // way are served (and see the stop like every other).
+        let _ = tokio::task::spawn_blocking(move || accept_thread.stop()).await;
+        let _ = receiving.await;
         let handover = self.notifier.fd_store_max() > 0;
         if handover {
             // Before the signal: every connection that sees it then hands
@@ -664,10 +693,9 @@ fn status_line(s: &Snapshot) -> String {
 pub(crate) async fn accept_loop(
     listener: UnixListener,
     name: Arc<str>,
-    hub: Arc<Hub>,
-    tracker: Arc<Tracker>,
     permits: Arc<Semaphore>,
-    shutdown: watch::Receiver<bool>,
+    mut admit: impl FnMut(&Peer) -> Result<(), qm_ipc_proto::ErrorReply>,
+    mut deliver: impl FnMut(UnixStream, Peer, tokio::sync::OwnedSemaphorePermit),
 ) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -679,17 +707,8 @@ pub(crate) async fn accept_loop(
                 // The whole identity first: the connection rate is the
                 // account's, and the account is the peer's container.
                 let peer = Peer::of(&stream, name.clone());
-                match hub.admit(&peer) {
-                    Ok(()) => {
-                        spawn_connection(
-                            &hub,
-                            &tracker,
-                            stream,
-                            peer,
-                            shutdown.clone(),
-                            Some(permit),
-                        );
-                    }
+                match admit(&peer) {
+                    Ok(()) => deliver(stream, peer, permit),
                     Err(error) => {
                         // Refuse in one non-blocking write and go on
                         // accepting at once: a storm of one identity costs
@@ -699,7 +718,6 @@ pub(crate) async fn accept_loop(
                         let mut frame = Vec::new();
                         encode_error(&mut frame, &error);
                         crate::connection::write_refusal(stream, &frame);
-                        hub.record_refused("refused");
                         drop(permit);
                         // One refusal per turn: the connections already
                         // served take their turns between a storm's

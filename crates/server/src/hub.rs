@@ -242,8 +242,10 @@ impl Hub {
         self.lock().limit_exceeded(limit, max)
     }
 
-    pub fn admit(&self, peer: &Peer) -> Result<(), ErrorReply> {
-        self.lock().admit(peer, Now::read())
+    /// The QM listeners' admission, for the accept thread to own.
+    pub fn admission(&self) -> crate::admission::Admission {
+        let broker = self.lock();
+        crate::admission::Admission::new(self.limits().connection_rate, broker.admission_stats())
     }
 
     pub fn connect(&self, peer: &Peer) -> Result<(ConnId, Arc<Outbox>, Arc<Account>), ErrorReply> {

@@ -6,6 +6,8 @@
 //! - [`broker`]: the core: topics, connections and their states, services,
 //!   calls in flight, and per-container accounting; no I/O, no clock.
 //! - [`hub`]: the gateway's shared handle on the broker.
+//! - [`admission`]: new QM connections' rate, per container.
+//! - [`qm_accept`]: the QM listeners' accept thread, at `SCHED_IDLE`.
 //! - [`outbox`]: each connection's bounded, conflating send queue.
 //! - [`connection`]: one client connection: read, dispatch, write.
 //! - [`gateway`]: accept loops, lifecycle, shutdown and drain.
@@ -18,6 +20,7 @@
 //! - [`services`]: ASIL varlink services behind the gateway, and the proxy.
 //! - [`config`]: every limit and path, with its default.
 
+pub mod admission;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -30,6 +33,7 @@ pub mod outbox;
 pub mod peer;
 pub mod policy;
 pub mod provider_thread;
+pub mod qm_accept;
 pub mod rate;
 pub mod services;
 pub mod topic_types;

@@ -226,14 +226,26 @@ async fn serve(side: ProviderSide) {
             return;
         }
     };
-    let accept = tokio::spawn(crate::gateway::accept_loop(
-        listener,
-        name,
-        hub,
-        tracker.clone(),
-        permits,
-        shutdown.clone(),
-    ));
+    let accept = {
+        let (hub, tracker, shutdown) = (hub.clone(), tracker.clone(), shutdown.clone());
+        tokio::spawn(crate::gateway::accept_loop(
+            listener,
+            name,
+            permits,
+            // The ASIL side: no connection rate, nothing to refuse.
+            |_| Ok(()),
+            move |stream, peer, permit| {
+                crate::gateway::spawn_connection(
+                    &hub,
+                    &tracker,
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                    Some(permit),
+                )
+            },
+        ))
+    };
     let _ = shutdown.wait_for(|stop| *stop).await;
     accept.abort();
     // The connections of this side run on this thread's loop: keep it

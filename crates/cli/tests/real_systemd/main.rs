@@ -283,6 +283,8 @@ fn asil_to_qm_under_real_systemd() {
     // A killed gateway is restarted by systemd, and the client
     // resubscribes by itself.
     let pid = host.container_pid("systemd-ipc_server");
+    // In the container too, QM connections are accepted at SCHED_IDLE.
+    assert_eq!(accept_thread_policy(&host, &pid), "5");
     host.ok(&["systemctl", "kill", "-s", "KILL", "ipc_server.service"]);
     let pid = wait_restarted(&host, &pid);
     host.wait_journal("ipc_client.service", "client: connected to", connects);
@@ -576,6 +578,16 @@ fn exposure(host: &SystemdHost, unit: &str) -> f64 {
         .unwrap_or_else(|| panic!("cannot read the exposure in {line:?}"))
 }
 
+/// The scheduling policy (proc(5) stat field 41; 5 is `SCHED_IDLE`) of the
+/// gateway's QM accept thread, the gateway being process `pid` on `host`.
+fn accept_thread_policy(host: &SystemdHost, pid: &str) -> String {
+    host.sh(&format!(
+        "for t in /proc/{pid}/task/*; do [ \"$(cat $t/comm)\" = qm-ipc-accept ] && cut -d' ' -f41 $t/stat; done"
+    ))
+    .trim()
+    .to_owned()
+}
+
 #[test]
 fn host_runtime_service_is_hardened_and_serves_qm() {
     if !tier_enabled("systemd", NEEDS) {
@@ -596,7 +608,17 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     );
     wait_for_speed(&host);
     assert_eq!(host.property("ipc_server.service", "Type"), "notify-reload");
+    // The hardened unit's system call filter lets the QM accept thread
+    // lower its own priority (no warning, SCHED_IDLE).
+    let main_pid = host.property("ipc_server.service", "MainPID");
+    assert_eq!(
+        accept_thread_policy(&host, &main_pid),
+        "5",
+        "{}",
+        host.journal("ipc_server.service")
+    );
     let journal = host.journal("ipc_server.service");
+    assert!(!journal.contains("SCHED_IDLE"), "{journal}");
     assert!(
         journal.lines().any(|l| l == "ready"),
         "under systemd the gateway logs for the journal: {journal}"

@@ -38,7 +38,6 @@ use crate::config::{qm_share, Limits};
 use crate::outbox::{DeliveryStats, Outbox, PublishedValue, QueueDepth, TopicName};
 use crate::peer::{AccountKey, Peer};
 use crate::policy::{Action, Policy};
-use crate::rate::TokenBucket;
 
 use account::{Account, Accounting, Charge, QuotaExceeded, Resource};
 pub use calls::CallId;
@@ -49,9 +48,6 @@ use topics::Topics;
 pub use calls::CallOutcome;
 
 pub type ConnId = u64;
-
-/// Connection-rate buckets kept before full ones are dropped.
-const BUCKETS_BEFORE_PRUNING: usize = 256;
 
 /// The time, as the caller read it.
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +180,8 @@ pub struct Broker {
     connections: BTreeMap<ConnId, Connection>,
     topics: Topics,
     calls: Calls,
-    connection_buckets: std::collections::HashMap<AccountKey, TokenBucket>,
+    /// Refusals at admission, counted by the QM accept thread.
+    admission: Arc<crate::admission::AdmissionStats>,
     counters: Counters,
     delivery: Arc<DeliveryStats>,
     next_conn: ConnId,
@@ -206,7 +203,7 @@ impl Broker {
             connections: BTreeMap::new(),
             topics: Topics::default(),
             calls: Calls::default(),
-            connection_buckets: Default::default(),
+            admission: Arc::default(),
             counters: Counters::default(),
             delivery: Arc::default(),
             next_conn: 1,
@@ -263,42 +260,14 @@ impl Broker {
     }
 
     /// Counts a refused connection (never registered).
-    pub fn record_refused(&mut self, reason: &'static str) {
-        self.counters.disconnect(reason);
+    /// Where the QM accept thread counts its refusals (see
+    /// [`crate::admission`]).
+    pub fn admission_stats(&self) -> Arc<crate::admission::AdmissionStats> {
+        self.admission.clone()
     }
 
-    /// Admits a new connection of `peer` under its account's connection
-    /// rate (not on the provider socket).
-    pub fn admit(&mut self, peer: &Peer, now: Now) -> Result<(), ErrorReply> {
-        // A connection whose process had exited cannot be charged to the
-        // container it came from (it was handed on, or orphaned): charging
-        // it to the uid would give the container a fresh account each time.
-        if peer.gone && !peer.is_provider() {
-            self.counters.disconnect("peer_gone");
-            return Err(ErrorReply::AccessDenied {
-                action: "connect".into(),
-                object: "a connection whose process has exited".into(),
-            });
-        }
-        let Some(rate) = self.limits.connection_rate.filter(|_| !peer.is_provider()) else {
-            return Ok(());
-        };
-        // One bucket per account that connected recently; a full bucket is
-        // forgotten, so the map never holds more than the accounts of the
-        // last burst's refill time.
-        if self.connection_buckets.len() >= BUCKETS_BEFORE_PRUNING {
-            self.connection_buckets.retain(|_, b| !b.is_full(now.mono));
-        }
-        let bucket = self
-            .connection_buckets
-            .entry(peer.account_key())
-            .or_insert_with(|| TokenBucket::new(rate, now.mono));
-        match bucket.try_take(now.mono) {
-            true => Ok(()),
-            false => Err(self
-                .counters
-                .limit("connection_rate", rate.per_second as usize)),
-        }
+    pub fn record_refused(&mut self, reason: &'static str) {
+        self.counters.disconnect(reason);
     }
 
     /// Registers a new connection, charged to its peer's account, and
@@ -981,6 +950,9 @@ impl Broker {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let mut limit_hits = self.counters.limit_hits.clone();
+        let mut disconnects = self.counters.disconnects.clone();
+        self.admission.add_to(&mut limit_hits, &mut disconnects);
         Snapshot {
             instance: serde_json::from_str(&self.instance_json).unwrap_or_default(),
             connections: self.connections.len(),
@@ -1008,8 +980,8 @@ impl Broker {
                 .delivery
                 .dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
-            limit_hits: self.counters.limit_hits.clone(),
-            disconnects: self.counters.disconnects.clone(),
+            limit_hits,
+            disconnects,
             denials: self.counters.denials.clone(),
             accounts_total: self.accounting.live(),
             accounts: self

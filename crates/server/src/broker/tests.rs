@@ -11,7 +11,6 @@ use qm_ipc_proto::ErrorReply;
 use serde_json::Value;
 
 use super::*;
-use crate::config::RateLimit;
 use crate::policy::Policy;
 
 const ASIL_AND_QM: &str = r#"
@@ -538,50 +537,17 @@ allow = { subscribe = ["vehicle.speed"] }
     assert_eq!(drain(&outbox).len(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_connection_rate_is_per_container() {
-    // Breach 3 at admission: one container's storm spends its own bucket.
-    let limits = Limits {
-        connection_rate: Some(RateLimit {
-            per_second: 10,
-            burst: 3,
-        }),
-        ..Limits::default()
-    };
-    let mut broker = broker(limits);
-    let storm = qm(10);
-    let admitted = (0..20)
-        .filter(|_| broker.admit(&storm, now()).is_ok())
-        .count();
-    assert_eq!(admitted, 3, "the burst, then refused");
-    assert!(
-        broker.admit(&qm(11), now()).is_ok(),
-        "another container is admitted"
-    );
-    assert!(
-        broker.admit(&asil(), now()).is_ok(),
-        "the provider socket has no rate"
-    );
-    tokio::time::advance(Duration::from_millis(100)).await;
-    assert!(
-        broker.admit(&storm, now()).is_ok(),
-        "one token back after 100 ms"
-    );
-    assert_eq!(broker.snapshot().limit_hits["connection_rate"], 17);
-}
-
 #[test]
-fn a_connection_whose_process_has_exited_is_refused_not_charged_to_its_uid() {
-    let mut broker = broker(Limits::default());
+fn refusals_at_admission_show_in_stats() {
+    // The accept thread owns admission; its counts reach Stats through the
+    // broker.
+    let broker = broker(Limits::default());
+    let mut admission = crate::admission::Admission::new(None, broker.admission_stats());
     let mut handed_on = qm(10);
     handed_on.gone = true;
-    handed_on.cgroup = None;
-    let refused = broker.admit(&handed_on, now()).unwrap_err();
-    assert!(
-        matches!(refused, ErrorReply::AccessDenied { .. }),
-        "{refused:?}"
-    );
+    assert!(admission.admit(&handed_on, now().mono).is_err());
     assert_eq!(broker.snapshot().disconnects["peer_gone"], 1);
+    assert_eq!(broker.snapshot().disconnects["refused"], 1);
 }
 
 #[test]
