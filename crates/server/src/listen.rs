@@ -393,6 +393,15 @@ fn check_listening_unix_stream(fd: RawFd, name: &str) -> Result<(), ListenError>
     Ok(())
 }
 
+/// A listening socket registered with the event loop of the calling
+/// thread (each of the gateway's threads has its own).
+pub(crate) fn on_this_loop(
+    listener: std::os::unix::net::UnixListener,
+) -> io::Result<tokio::net::UnixListener> {
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::gateway::Tracker;
@@ -216,10 +215,7 @@ async fn serve(side: ProviderSide) {
         mut shutdown,
         drain,
     } = side;
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| UnixListener::from_std(listener))
-    {
+    let listener = match crate::listen::on_this_loop(listener) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!("ASIL thread: cannot listen on {name}: {e}");

@@ -17,7 +17,6 @@ use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixS
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::hub::Hub;
@@ -98,10 +97,7 @@ pub(crate) fn spawn(
                 let admission = Arc::new(std::sync::Mutex::new(hub.admission()));
                 let mut loops = tokio::task::JoinSet::new();
                 for (listener, name) in listeners {
-                    let listener = match listener
-                        .set_nonblocking(true)
-                        .and_then(|()| UnixListener::from_std(listener))
-                    {
+                    let listener = match crate::listen::on_this_loop(listener) {
                         Ok(listener) => listener,
                         Err(e) => {
                             tracing::error!("QM accept thread: cannot listen on {name}: {e}");
