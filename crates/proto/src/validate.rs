@@ -27,8 +27,10 @@
 //! Duplicate keys in one object are refused: parsers disagree about which
 //! one wins, so a value with them means different things to different
 //! consumers. Keys are compared after decoding escapes (`"a"` and `"\u0061"`
-//! are the same key), with a randomly keyed hash so a peer cannot pick keys
-//! that collide.
+//! are the same key). An object's first [`SMALL_OBJECT_KEYS`] keys are
+//! compared one by one (cheaper than hashing for the small objects most
+//! values are); past that, in a set with a randomly keyed hash, so a peer
+//! cannot pick keys that collide.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
@@ -135,13 +137,46 @@ pub fn check_value(text: &str, limits: &ValueLimits) -> Result<(), ValueError> {
     .run()
 }
 
+/// Keys an object may have before they go into a hash set: up to here a
+/// linear scan compares fewer bytes than hashing them does.
+pub const SMALL_OBJECT_KEYS: usize = 8;
+
 /// One open array or object.
 struct Frame<'a> {
     object: bool,
     /// Elements or members seen so far, the current one included.
     count: usize,
     /// Keys of an object so far; empty (and unallocated) for arrays.
-    keys: HashSet<Key<'a>, RandomState>,
+    keys: Keys<'a>,
+}
+
+/// The keys of one object so far: a short list, then a hash set.
+enum Keys<'a> {
+    Few(Vec<Key<'a>>),
+    Many(HashSet<Key<'a>, RandomState>),
+}
+
+impl<'a> Keys<'a> {
+    /// Adds `key`; false if the object has it already.
+    fn insert(&mut self, key: Key<'a>, state: &RandomState) -> bool {
+        match self {
+            Keys::Few(few) if few.len() < SMALL_OBJECT_KEYS => {
+                if few.contains(&key) {
+                    return false;
+                }
+                few.push(key);
+                true
+            }
+            Keys::Few(few) => {
+                let mut many = HashSet::with_capacity_and_hasher(few.len() * 2, state.clone());
+                many.extend(few.drain(..));
+                let added = many.insert(key);
+                *self = Keys::Many(many);
+                added
+            }
+            Keys::Many(many) => many.insert(key),
+        }
+    }
 }
 
 struct Checker<'a, 'l> {
@@ -177,7 +212,7 @@ impl<'a> Checker<'a, '_> {
                         let mut frame = Frame {
                             object,
                             count: 0,
-                            keys: HashSet::with_hasher(self.keys_state.clone()),
+                            keys: Keys::Few(Vec::new()),
                         };
                         p = self.next_member(&mut frame, p, "a string key or '}'")?;
                         stack.push(frame);
@@ -244,8 +279,9 @@ impl<'a> Checker<'a, '_> {
         let key = Key {
             text: self.text,
             start: p,
+            end,
         };
-        if !frame.keys.insert(key) {
+        if !frame.keys.insert(key, &self.keys_state) {
             return Err(ValueError::DuplicateKey {
                 at: p,
                 key: quote(&self.text[p..end]),
@@ -424,7 +460,10 @@ fn skip_ws(b: &[u8], mut p: usize) -> usize {
 /// hashed by its decoded characters.
 struct Key<'a> {
     text: &'a str,
+    /// The opening quote.
     start: usize,
+    /// Past the closing quote.
+    end: usize,
 }
 
 impl Key<'_> {
@@ -435,8 +474,20 @@ impl Key<'_> {
     }
 }
 
+impl Key<'_> {
+    /// The key as written, quotes included.
+    fn raw(&self) -> &[u8] {
+        self.text.as_bytes().get(self.start..self.end).unwrap_or(b"")
+    }
+}
+
 impl PartialEq for Key<'_> {
     fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.raw(), other.raw());
+        // Without escapes, equal keys are equal bytes.
+        if !a.contains(&b'\\') && !b.contains(&b'\\') {
+            return a == b;
+        }
         self.chars().eq(other.chars())
     }
 }
@@ -839,6 +890,28 @@ mod tests {
                 .to_string(),
             "string longer than 65536 bytes at byte 0"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_in_small_and_large_objects_alike() {
+        // Below, at and past SMALL_OBJECT_KEYS keys (the list, then the
+        // set): a repeat of the first key, written plainly or escaped, is
+        // refused wherever it comes; distinct keys pass.
+        for n in [1, SMALL_OBJECT_KEYS - 1, SMALL_OBJECT_KEYS, SMALL_OBJECT_KEYS + 1, 40] {
+            let members: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            let distinct = format!("{{{}}}", members.join(","));
+            assert_eq!(check(&distinct), Ok(()), "{distinct}");
+            for repeat in [r#""k0":0"#, r#""\u006b0":0"#] {
+                let text = format!("{{{},{repeat}}}", members.join(","));
+                assert!(
+                    matches!(check(&text), Err(ValueError::DuplicateKey { .. })),
+                    "{text}: {:?}",
+                    check(&text)
+                );
+            }
+        }
+        // Keys that differ only past an escape are different keys.
+        assert_eq!(check(r#"{"a\n":1,"a\t":2,"a\u000b":3}"#), Ok(()));
     }
 
     #[test]

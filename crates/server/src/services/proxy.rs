@@ -43,8 +43,9 @@ pub struct ServiceProxy {
     qm_calls: Mutex<std::collections::HashMap<AccountKey, usize>>,
     per_account: usize,
     connections: usize,
-    /// Connections with no call on them, ready for the next.
-    idle: Mutex<Vec<UnixStream>>,
+    /// Connections with no call on them, ready for the next, each with
+    /// its read buffer (kept: a new one is 16 KiB to allocate and zero).
+    idle: Mutex<Vec<(UnixStream, FrameDecoder)>>,
     description: Mutex<Option<Arc<Interface>>>,
 }
 
@@ -298,10 +299,10 @@ impl ServiceProxy {
             Ok(Err(_closed)) => return Err(self.unavailable()),
             Err(_) => return Err(self.timed_out(timeout)),
         };
-        let mut stream = match self.pooled() {
-            Some(stream) => stream,
+        let (mut stream, mut decoder) = match self.pooled() {
+            Some(pooled) => pooled,
             None => match timeout_at(deadline, UnixStream::connect(&self.socket)).await {
-                Ok(Ok(stream)) => stream,
+                Ok(Ok(stream)) => (stream, FrameDecoder::new(self.max_frame)),
                 Ok(Err(e)) => {
                     tracing::debug!(service = %self.interface, socket = %self.socket.display(), "cannot connect: {e}");
                     self.forget();
@@ -322,10 +323,9 @@ impl ServiceProxy {
             Err(_) => return Err(self.timed_out(timeout)),
         }
         if oneway {
-            self.give_back(stream);
+            self.give_back(stream, decoder);
             return Ok(None);
         }
-        let mut decoder = FrameDecoder::new(self.max_frame);
         let reply = loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => break frame.to_vec(),
@@ -356,7 +356,7 @@ impl ServiceProxy {
             tracing::warn!(service = %self.interface, "reply not relayed: {e}");
             return Err(self.unavailable());
         }
-        self.give_back(stream);
+        self.give_back(stream, decoder);
         Ok(Some(reply))
     }
 
@@ -381,13 +381,15 @@ impl ServiceProxy {
     }
 
     /// An idle connection the service has not closed in the meantime.
-    fn pooled(&self) -> Option<UnixStream> {
+    fn pooled(&self) -> Option<(UnixStream, FrameDecoder)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(stream) = idle.pop() {
+        while let Some((stream, decoder)) = idle.pop() {
             let mut probe = [0u8; 1];
             match stream.try_read(&mut probe) {
                 // Nothing to read: alive and quiet, as an idle one should be.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Some((stream, decoder))
+                }
                 // Closed, failed, or sent something unasked: not reused.
                 _ => continue,
             }
@@ -395,10 +397,12 @@ impl ServiceProxy {
         None
     }
 
-    fn give_back(&self, stream: UnixStream) {
+    /// Keeps a connection whose call is complete (its decoder holds no
+    /// byte: checked by the caller) for the next call.
+    fn give_back(&self, stream: UnixStream, decoder: FrameDecoder) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.connections {
-            idle.push(stream);
+            idle.push((stream, decoder));
         }
     }
 }
