@@ -477,7 +477,10 @@ impl Key<'_> {
 impl Key<'_> {
     /// The key as written, quotes included.
     fn raw(&self) -> &[u8] {
-        self.text.as_bytes().get(self.start..self.end).unwrap_or(b"")
+        self.text
+            .as_bytes()
+            .get(self.start..self.end)
+            .unwrap_or(b"")
     }
 }
 
@@ -897,7 +900,13 @@ mod tests {
         // Below, at and past SMALL_OBJECT_KEYS keys (the list, then the
         // set): a repeat of the first key, written plainly or escaped, is
         // refused wherever it comes; distinct keys pass.
-        for n in [1, SMALL_OBJECT_KEYS - 1, SMALL_OBJECT_KEYS, SMALL_OBJECT_KEYS + 1, 40] {
+        for n in [
+            1,
+            SMALL_OBJECT_KEYS - 1,
+            SMALL_OBJECT_KEYS,
+            SMALL_OBJECT_KEYS + 1,
+            40,
+        ] {
             let members: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
             let distinct = format!("{{{}}}", members.join(","));
             assert_eq!(check(&distinct), Ok(()), "{distinct}");

@@ -59,6 +59,9 @@ pub enum StartError {
     },
 }
 
+/// How long a stop waits for the QM accept thread to see it.
+const ACCEPT_STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// Counts live connection tasks so shutdown can wait for them.
 #[derive(Default)]
 pub(crate) struct Tracker {
@@ -488,9 +491,23 @@ impl Gateway {
             .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         tracing::info!("stopping: draining connections");
         // No new connection from here on; the admitted ones still on their
-        // way are served (and see the stop like every other).
-        let _ = tokio::task::spawn_blocking(move || accept_thread.stop()).await;
-        let _ = receiving.await;
+        // way are served (and see the stop like every other). The accept
+        // thread, at SCHED_IDLE, sees the stop when it next gets a CPU: on
+        // a machine busy at normal priority that can take a while, so the
+        // stop waits for it only so long; a connection it accepts after
+        // that is closed instead of handed on.
+        let accept_stopped = tokio::task::spawn_blocking(move || accept_thread.stop());
+        match tokio::time::timeout(ACCEPT_STOP_WAIT, accept_stopped).await {
+            Ok(_) => {
+                let _ = receiving.await;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the QM accept thread did not stop within {ACCEPT_STOP_WAIT:?} (no idle CPU); stopping without it"
+                );
+                receiving.abort();
+            }
+        }
         let handover = self.notifier.fd_store_max() > 0;
         if handover {
             // Before the signal: every connection that sees it then hands
