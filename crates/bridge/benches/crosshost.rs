@@ -172,7 +172,7 @@ struct Hosts {
     consumer_b: PathBuf,
 }
 
-const POLICY: &str = "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], stats = true }\n";
+const POLICY: &str = "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], stats = true }\n";
 
 fn zenoh_file(dir: &Path, listen: &str, connect: Option<&str>, port: u16) -> PathBuf {
     let connect = connect

@@ -1,7 +1,8 @@
 //! Interference benchmark: what hostile QM clients of several identities
 //! can do to the others, measured alone and under attack in one run.
 //!
-//! 1. A well-behaved QM client's Get and Call round trips (paced, 400/s).
+//! 1. A well-behaved QM client's Get round trips and calls to an ASIL
+//!    service through the gateway (paced, 400/s).
 //! 2. An ASIL provider's publish to an ASIL subscriber (both on the
 //!    provider socket).
 //! 3. A provider's connect and GetInfo while QM holds every consumer slot.
@@ -285,11 +286,7 @@ fn attack(kind: Kind, target: &Target) {
             &frame(&json!({"method": "io.qmipc.Gateway.Publish",
                 "parameters": {"topic": format!("{}.flood", target.prefix), "value": {"x": 1}}})),
         ),
-        Kind::FloodCall => flood(
-            target,
-            &frame(&json!({"method": "io.qmipc.Gateway.Call",
-                "parameters": {"service": "bench.echo", "method": "Echo", "parameters": {"n": 1}}})),
-        ),
+        Kind::FloodCall => flood(target, &echo_call(r#"{"n":1}"#)),
         Kind::DuplicateSubscribe => duplicate_subscriber(target),
         Kind::StalledSubscribe => stalled_subscriber(target),
         Kind::Poison => poison_publisher(target),
@@ -412,11 +409,8 @@ fn poison_frames(prefix: &str) -> Vec<Vec<u8>> {
             r#"{{"method":"io.qmipc.Gateway.Publish","parameters":{{"topic":"{topic}","value":{value}}}}}"#
         )
     };
-    let call = |parameters: &str| {
-        format!(
-            r#"{{"method":"io.qmipc.Gateway.Call","parameters":{{"service":"bench.echo","method":"Echo","parameters":{parameters}}}}}"#
-        )
-    };
+    let call =
+        |p: &str| format!(r#"{{"method":"{ECHO_INTERFACE}.Echo","parameters":{{"p":{p}}}}}"#);
     let nested = |depth: usize| format!(r#"{{"d":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
     [
         publish(r#"{"x":1e999}"#),
@@ -723,8 +717,7 @@ fn paced(
 fn well_behaved(conn: &mut Blocking, socket: &Path, iterations: usize) -> Value {
     let get =
         frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "bench.value"}}));
-    let call = frame(&json!({"method": "io.qmipc.Gateway.Call",
-        "parameters": {"service": "bench.echo", "method": "Echo", "parameters": {"n": 1}}}));
+    let call = echo_call(r#"{"n":1}"#);
     let mut errors = Errors::default();
     let get_ns = paced(conn, socket, &get, iterations, &mut errors);
     let call_ns = paced(conn, socket, &call, iterations, &mut errors);
@@ -1149,23 +1142,23 @@ impl Drop for Peers {
 
 /// The access policy of this run: the provider socket may do everything;
 /// each attacker identity may publish its own topics; every QM peer may get
-/// and subscribe to every topic and call `bench.echo`. So attackers are
+/// and subscribe to every topic and call the echo service. So attackers are
 /// held back by the gateway's bounds, not denied by the policy.
 fn policy(attacker_uids: &[u32]) -> String {
     let mut text = String::from(
         "[[rule]]\nname = \"asil-side\"\nsocket = \"provider\"\n\
-         allow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], stats = true }\n",
+         allow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], stats = true }\n",
     );
     for uid in attacker_uids {
         text.push_str(&format!(
             "\n[[rule]]\nname = \"qm-{uid}\"\nsocket = \"consumer\"\nuid = {uid}\n\
-             allow = {{ publish = [\"q{uid}.*\"], subscribe = [\"*\"], call = [\"bench.echo\"] }}\n"
+             allow = {{ publish = [\"q{uid}.*\"], subscribe = [\"*\"], call = [\"{ECHO_INTERFACE}.*\"] }}\n"
         ));
     }
-    text.push_str(
+    text.push_str(&format!(
         "\n[[rule]]\nname = \"qm\"\nsocket = \"consumer\"\n\
-         allow = { subscribe = [\"*\"], call = [\"bench.echo\"] }\n",
-    );
+         allow = {{ subscribe = [\"*\"], call = [\"{ECHO_INTERFACE}.*\"] }}\n",
+    ));
     text
 }
 
@@ -1527,12 +1520,15 @@ fn main() {
     if let Ok(extra) = std::env::var("QM_IPC_BENCH_GATEWAY_ARGS") {
         bound_args.extend(extra.split_whitespace().map(str::to_owned));
     }
+    // The ASIL service the calls go to, behind the gateway.
+    let service_dir = tempfile::tempdir().expect("tempdir");
+    let services = spawn_echo_service_on(None, service_dir.path());
+    bound_args.extend(["--services".to_owned(), services.display().to_string()]);
     let bound_refs: Vec<&str> = bound_args.iter().map(String::as_str).collect();
     let gw = GatewayProcess::start_with_policy(None, &policy(&attacker_uids), &bound_refs);
     // The consumer socket is 0666; its directory must let other uids in.
     std::fs::set_permissions(gw.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod the socket directory");
-    let _echo_provider = spawn_echo_provider(&gw.provider, "bench.echo");
     let mut setup = Blocking::connect(&gw.provider);
     for (topic, value) in [
         ("bench.value", json!({"kmh": 50})),
@@ -1601,7 +1597,7 @@ fn main() {
     drop(gw);
     let _ = stream.join();
     drop(peers);
-    let forwarded = PROVIDER_UNPARSEABLE.load(Ordering::Relaxed);
+    let forwarded = SERVICE_UNPARSEABLE.load(Ordering::Relaxed);
 
     let provider_alone_h = histogram_of(&provider_alone["ns"]);
     let provider_full_h = histogram_of(&provider_full["ns"]);
@@ -1635,9 +1631,14 @@ fn main() {
             &baseline,
             Some(attacked.errors),
         ),
-        row("1. Call via provider, alone", &alone.call, &baseline, None),
         row(
-            "1. Call via provider, under attack",
+            "1. Call to an ASIL service, alone",
+            &alone.call,
+            &baseline,
+            None,
+        ),
+        row(
+            "1. Call to an ASIL service, under attack",
             &attacked.call,
             &baseline,
             None,
@@ -1783,10 +1784,11 @@ fn main() {
          Command: `cargo bench -p qm-ipc --bench interference{}` — commit {}, {} ({mode} mode).\n\n\
          Identities: {isolation}. Gateway bounds (the defaults, given explicitly): `{}`; policy: the provider socket may do \
          everything, each attacker identity may publish its own topics `q<uid>.*`, every QM peer may get and subscribe to \
-         every topic and call `bench.echo`, so the attackers are held back by the bounds, not by the policy. A provider \
+         every topic and call the ASIL echo service behind the gateway (`io.qmipc.BenchEcho`, a plain varlink server), so the \
+         attackers are held back by the bounds, not by the policy. A provider \
          publishes `bench.stream` at {}/s throughout. Unpinned.\n\n\
          Phases: 1. alone; 2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
-         a flooding publisher to its own topic and a flooding caller of `bench.echo` ({FLOOD_PIPELINE} pipelined requests \
+         a flooding publisher to its own topic and a flooding caller of the echo service ({FLOOD_PIPELINE} pipelined requests \
          at a time), a duplicate subscriber (Subscribe `*`, then Subscribe again on the stream; reconnects when the gateway \
          ends it), a stalled subscriber to `*` that never reads (reconnects when closed), a poison publisher (values with \
          `1e999`, a lone surrogate `\\ud800`, nesting 70 and 200 deep, also as call parameters), a slow-loris (one byte \

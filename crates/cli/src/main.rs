@@ -91,7 +91,7 @@ enum Command {
     /// List the topics and services the policy lets you see (needs its
     /// list grant).
     List(WithSocket<commands::list::ListArgs>),
-    /// Watch every publish, call, reply and provider error the policy lets
+    /// Watch every publish, call, reply and service error the policy lets
     /// you see, with time and peer (needs its monitor grant).
     Monitor(WithSocket<commands::monitor::MonitorArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish,

@@ -110,18 +110,17 @@ fn socket_activation_with_named_fds_serves_consumer_and_provider() {
     activator.wait_line("listening on provider (socket-activated)");
     activator.wait_line("listening on consumer (socket-activated)");
 
-    // A provider on the provider socket serves a caller on the consumer socket.
-    let mut prov = Raw::connect(&provider);
-    prov.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["svc"]}, "more": true}));
-    assert_eq!(prov.recv().unwrap()["continues"], true);
-    let mut caller = Raw::connect(&consumer);
-    caller.call(json!({"method": "io.qmipc.Gateway.Call", "parameters": {"service": "svc", "method": "M", "parameters": {"x": 1}}}));
-    let request = prov.recv().unwrap();
-    let id = request["parameters"]["request"]["id"].clone();
-    prov.call(json!({"method": "io.qmipc.Gateway.Reply", "parameters": {"id": id, "result": {"y": 2}}, "oneway": true}));
+    // A publisher on the provider socket reaches a reader on the consumer
+    // socket.
+    let mut publisher = Raw::connect(&provider);
+    publisher.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "vehicle.speed", "value": {"kmh": 2}}}));
+    assert_eq!(publisher.recv().unwrap()["parameters"]["seq"], 1);
+    let mut reader = Raw::connect(&consumer);
+    reader
+        .call(json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "vehicle.speed"}}));
     assert_eq!(
-        caller.recv().unwrap()["parameters"]["result"],
-        json!({"y": 2})
+        reader.recv().unwrap()["parameters"]["sample"]["value"],
+        json!({"kmh": 2})
     );
 }
 

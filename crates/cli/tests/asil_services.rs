@@ -20,7 +20,7 @@ const POLICY: &str = r#"
 [[rule]]
 name = "asil"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 [[rule]]
 name = "qm"

@@ -65,9 +65,9 @@ fn protocol_errors_get_the_standard_varlink_errors() {
             json!({"parameter": "topics"}),
         ),
         (
-            json!({"method": "io.qmipc.Gateway.Call", "parameters": {"service": "s", "method": 1}}),
+            json!({"method": "io.qmipc.Gateway.Describe", "parameters": {"topic": 1}}),
             "org.varlink.service.InvalidParameter",
-            json!({"parameter": "method"}),
+            json!({"parameter": "topic"}),
         ),
         (
             json!({"method": "org.varlink.service.GetInterfaceDescription", "parameters": {"interface": "x.Y"}}),
@@ -76,8 +76,8 @@ fn protocol_errors_get_the_standard_varlink_errors() {
         ),
         (
             json!({"method": "io.qmipc.Gateway.Reply", "parameters": {"id": 99, "result": {}}}),
-            "io.qmipc.Gateway.NoSuchRequest",
-            json!({"id": 99}),
+            "org.varlink.service.MethodNotFound",
+            json!({"method": "io.qmipc.Gateway.Reply"}),
         ),
     ];
     for (call, name, parameters) in cases {

@@ -940,7 +940,7 @@ fn the_local_policy_still_decides_what_the_bridge_may_do() {
 [[rule]]
 name = "asil-side"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 [[rule]]
 name = "bridge"

@@ -14,7 +14,7 @@ fn cli(gw: &Gateway, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn publish_get_call_info_stats() {
-    let gw = Gateway::start(&["--demo"]);
+    let (gw, _service) = common::gateway_with_service(&["--demo"], "");
     let (ok, out, err) = cli(
         &gw,
         &["publish", "cabin.temp", r#"{"celsius": 21.5}"#, "--json"],
@@ -34,12 +34,17 @@ fn publish_get_call_info_stats() {
 
     let (ok, out, _) = cli(
         &gw,
-        &["call", "demo.echo", "Echo", r#"{"a": [1, 2]}"#, "--json"],
+        &[
+            "call",
+            "com.example.Test.Echo",
+            r#"{"text": "hi"}"#,
+            "--json",
+        ],
     );
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap(),
-        serde_json::json!({"a": [1, 2]})
+        serde_json::json!({"text": "hi"})
     );
 
     let (ok, out, _) = cli(
@@ -72,7 +77,7 @@ fn publish_get_call_info_stats() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|s| s == "demo.echo"));
+        .any(|s| s == "com.example.Test"));
     assert!(stats["published"].as_u64().unwrap() >= 1);
 }
 
@@ -83,15 +88,18 @@ fn failures_exit_non_zero_and_name_the_error() {
     assert!(!ok);
     assert!(err.contains("io.qmipc.Gateway.NoSuchTopic"), "{err}");
 
-    let (ok, _, err) = cli(&gw, &["call", "nobody", "X"]);
+    let (ok, _, err) = cli(&gw, &["call", "com.example.Nobody.X"]);
     assert!(!ok);
-    assert!(err.contains("io.qmipc.Gateway.ServiceUnavailable"), "{err}");
+    assert!(
+        err.contains("org.varlink.service.InterfaceNotFound"),
+        "{err}"
+    );
 
     let (ok, _, err) = cli(&gw, &["publish", "t", "not json"]);
     assert!(!ok);
     assert!(err.contains("not valid JSON"), "{err}");
 
-    let (ok, _, err) = cli(&gw, &["call", "s", "m", "[1]"]);
+    let (ok, _, err) = cli(&gw, &["call", "s.m", "[1]"]);
     assert!(!ok);
     assert!(err.contains("must be a JSON object"), "{err}");
 

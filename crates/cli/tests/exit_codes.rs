@@ -96,8 +96,8 @@ fn numeric_flags_are_refused_with_their_range() {
             "from 1 to",
         ),
         (
-            &["call", "a.b.C", "--call-timeout-ms", "0"][..],
-            "--call-timeout-ms",
+            &["call", "a.b.C", "--timeout-ms", "0"][..],
+            "--timeout-ms",
             "from 1 to 86400000",
         ),
         (
@@ -220,7 +220,7 @@ const POLICY: &str = r#"
 [[rule]]
 name = "asil-side"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 [[rule]]
 name = "qm-side"
@@ -234,14 +234,28 @@ fn remote_errors_exit_by_class() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).expect("write policy");
-    let gw = Gateway::start(&["--demo", "--policy", policy.to_str().expect("utf-8")]);
+    // A declared service that is not running.
+    let services = common::services_file(
+        dir.path(),
+        "com.example.Down",
+        std::path::Path::new("/nonexistent/down.socket"),
+        "",
+    );
+    let gw = Gateway::start(&[
+        "--demo",
+        "--policy",
+        policy.to_str().expect("utf-8"),
+        "--services",
+        services.to_str().expect("utf-8"),
+    ]);
     // Unknown topic: 67.
     let (code, _, err) = at(&gw, &["get", "no.such"]);
     assert_eq!(code, 67, "{err}");
     assert!(err.contains("io.qmipc.Gateway.NoSuchTopic"), "{err}");
-    // Not registered: 69.
-    let (code, _, err) = at(&gw, &["call", "nobody", "X"]);
+    // A service that is down: 69.
+    let (code, _, err) = at(&gw, &["call", "com.example.Down.X"]);
     assert_eq!(code, 69, "{err}");
+    assert!(err.contains("io.qmipc.Gateway.ServiceUnavailable"), "{err}");
     // Publishing anything else is denied: 77, and as JSON
     // with the varlink error and its parameters.
     let (code, _, err) = at(

@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{within, Gateway, Raw, DEADLINE};
+use common::{gateway_with_service, within, Gateway, Raw, DEADLINE};
 use qm_ipc_client::{ErrorReply, GatewayClient};
 use serde_json::{json, Value};
 
@@ -39,6 +39,15 @@ fn served_connections(gw: &Gateway, n: usize) -> Vec<Raw> {
             raw
         })
         .collect()
+}
+
+/// Calls the test service's Echo through the gateway.
+async fn echo(c: &mut GatewayClient, text: &str) -> Result<String, qm_ipc_client::ClientError> {
+    let reply = c
+        .connection()
+        .call("com.example.Test.Echo", json!({ "text": text }))
+        .await?;
+    Ok(reply["text"].as_str().unwrap_or_default().to_owned())
 }
 
 fn limit_of(err: &qm_ipc_client::ClientError) -> Option<String> {
@@ -146,29 +155,23 @@ fn unwritable_connection_is_closed_after_the_write_deadline() {
 
 #[test]
 fn call_flood_is_throttled_and_others_are_unaffected() {
-    let gw = Gateway::start(&["--rate", "200", "--rate-burst", "10", "--demo"]);
+    let (gw, _service) = gateway_with_service(&["--rate", "200", "--rate-burst", "10"], "");
     within(WATCHDOG, async {
         let mut flooder = GatewayClient::connect(&gw.consumer).await.unwrap();
         let mut polite = GatewayClient::connect(&gw.consumer).await.unwrap();
         let flood = async {
             for i in 0..300 {
                 // Throttled, not refused: every call is answered, slowly.
-                let echoed = flooder
-                    .call("demo.echo", "Echo", json!({"i": i}), None)
-                    .await
-                    .unwrap();
-                assert_eq!(echoed, json!({"i": i}));
+                let echoed = echo(&mut flooder, &i.to_string()).await.unwrap();
+                assert_eq!(echoed, i.to_string());
             }
         };
         let calm = async {
             for i in 0..5 {
-                let echoed = polite
-                    .call("demo.echo", "Echo", json!({"i": i}), None)
-                    .await
-                    .unwrap();
+                let echoed = echo(&mut polite, &i.to_string()).await.unwrap();
                 assert_eq!(
                     echoed,
-                    json!({"i": i}),
+                    i.to_string(),
                     "the polite client has its own budget"
                 );
             }
@@ -238,53 +241,73 @@ fn per_peer_connection_limit_refuses_with_a_named_error() {
     assert_eq!(again.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
 }
 
+/// A container's calls in flight are bounded across services and
+/// connections (max_calls_per_peer); a service that hangs holds only its
+/// own callers: the ASIL side's calls and every topic go on, and when the
+/// service goes away its calls end at once and give their slots back.
 #[test]
-fn calls_per_service_patterns_and_retained_bytes_are_bounded() {
-    let gw = Gateway::start(&[
-        "--max-calls-per-service",
-        "2",
-        "--max-subscription-patterns",
-        "2",
-        "--max-retained-bytes",
-        "1000",
-        "--call-timeout-ms",
-        "30000",
-    ]);
-    within(WATCHDOG, async {
-        // A provider that never replies.
-        let mut provider = GatewayClient::connect(&gw.provider)
-            .await
-            .unwrap()
-            .register(&["slow"])
-            .await
-            .unwrap();
-        let mut a = GatewayClient::connect(&gw.consumer).await.unwrap();
-        let mut b = GatewayClient::connect(&gw.consumer).await.unwrap();
-        let mut c = GatewayClient::connect(&gw.consumer).await.unwrap();
-        let waiting_a = a.call("slow", "X", json!({}), None);
-        let waiting_b = b.call("slow", "X", json!({}), None);
-        let third = async {
-            // Both earlier calls have reached the provider: two in flight.
-            provider.next_request().await.unwrap();
-            provider.next_request().await.unwrap();
-            let err = c.call("slow", "X", json!({}), None).await.unwrap_err();
-            assert_eq!(
-                limit_of(&err).as_deref(),
-                Some("max_calls_per_service"),
-                "{err}"
-            );
-            drop(provider);
-        };
-        let (ra, rb, ()) = tokio::join!(waiting_a, waiting_b, third);
-        assert!(matches!(
-            ra.unwrap_err().remote(),
-            Some(ErrorReply::ServiceUnavailable { .. })
-        ));
-        assert!(matches!(
-            rb.unwrap_err().remote(),
-            Some(ErrorReply::ServiceUnavailable { .. })
-        ));
+fn calls_per_peer_patterns_and_retained_bytes_are_bounded() {
+    let (gw, mut service) = gateway_with_service(
+        &[
+            "--max-calls-per-peer",
+            "2",
+            "--max-subscription-patterns",
+            "2",
+            "--max-retained-bytes",
+            "1000",
+            "--call-timeout-ms",
+            "120000",
+        ],
+        "connections = 8",
+    );
+    // Two calls the service never answers, on two connections of one
+    // container; the service's own share for one peer (4 of 8) is not
+    // reached, the container's is.
+    let mut hung: Vec<Raw> = (0..2).map(|_| Raw::connect(&gw.consumer)).collect();
+    for raw in &mut hung {
+        raw.call(json!({"method": "com.example.Test.Hang"}));
+    }
+    service.wait_hung(2);
+    let mut third = Raw::connect(&gw.consumer);
+    third.call(json!({"method": "com.example.Test.Echo", "parameters": {"text": "x"}}));
+    let refused = third.recv().expect("an answer");
+    assert_eq!(
+        refused["error"], "io.qmipc.Gateway.LimitExceeded",
+        "{refused}"
+    );
+    assert_eq!(
+        refused["parameters"],
+        json!({"limit": "max_calls_per_peer", "max": 2})
+    );
+    let s = stats(&gw);
+    assert_eq!(s["calls_in_flight"], 2, "{s}");
+    assert_eq!(s["limit_hits"]["max_calls_per_peer"], 1, "{s}");
+    // The ASIL side is not under QM's quota, and topics never wait.
+    let mut asil = Raw::connect(&gw.provider);
+    asil.call(json!({"method": "com.example.Test.Echo", "parameters": {"text": "asil"}}));
+    assert_eq!(
+        asil.recv().expect("an answer")["parameters"]["text"],
+        "asil"
+    );
+    asil.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "t", "value": {"v": 1}}}));
+    assert_eq!(asil.recv().expect("an answer")["parameters"]["seq"], 1);
+    // The service goes away: its calls end now, not at their deadline.
+    service.stop();
+    for raw in &mut hung {
+        let reply = raw.recv().expect("an answer");
+        assert_eq!(
+            reply["error"], "io.qmipc.Gateway.ServiceUnavailable",
+            "{reply}"
+        );
+    }
+    wait_stats(&gw, "the calls' slots to come back", |s| {
+        s["calls_in_flight"] == 0
+            && s["accounts"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|a| a["calls"] == 0))
+    });
 
+    within(WATCHDOG, async {
         let err = GatewayClient::connect(&gw.consumer)
             .await
             .unwrap()

@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{run_cli, Gateway, Raw};
+use common::{run_cli, Raw};
 use serde_json::{json, Value};
 
 fn policy(qm_allow: &str) -> String {
     format!(
         "[[rule]]\nname = \"asil-side\"\nsocket = \"provider\"\n\
-         allow = {{ publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], list = true }}\n\n\
+         allow = {{ publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], list = true }}\n\n\
          [[rule]]\nname = \"qm-side\"\nsocket = \"consumer\"\nallow = {{ {qm_allow} }}\n"
     )
 }
@@ -38,13 +38,17 @@ fn list_shows_what_the_policy_lets_the_caller_see() {
     let file = dir.path().join("policy.toml");
     std::fs::write(
         &file,
-        policy(r#"subscribe = ["vehicle.*"], call = ["demo.*"], list = true"#),
+        policy(r#"subscribe = ["vehicle.*"], call = ["com.example.Test.*"], list = true"#),
     )
     .expect("write policy");
-    let mut gw = Gateway::start(&["--demo", "--policy", file.to_str().expect("utf-8")]);
+    // Two services: one QM may call, one it may not (List does not
+    // contact them: the second has no socket at all).
+    let (mut gw, _service) = common::gateway_with_service(
+        &["--demo", "--policy", file.to_str().expect("utf-8")],
+        "\n[[service]]\ninterface = \"com.example.Secret\"\nsocket = \"/nonexistent/secret.socket\"",
+    );
 
-    // The ASIL side publishes two more topics and registers a service QM
-    // may not call.
+    // The ASIL side publishes two more topics.
     let mut asil = Raw::connect(&gw.provider);
     for (topic, value) in [
         ("vehicle.door", json!({"open": false})),
@@ -53,11 +57,8 @@ fn list_shows_what_the_policy_lets_the_caller_see() {
         asil.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": topic, "value": value}}));
         assert!(asil.recv().expect("reply")["parameters"]["seq"].is_u64());
     }
-    let mut provider = Raw::connect(&gw.provider);
-    provider.call(json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": ["secret.tool"]}, "more": true}));
-    assert!(provider.recv().expect("registered")["error"].is_null());
 
-    // QM sees the vehicle topics and the demo service, nothing else.
+    // QM sees the vehicle topics and the service it may call, nothing else.
     let (code, out, err) = list(&gw.consumer, true);
     assert_eq!(code, 0, "{err}");
     let reply: Value = serde_json::from_str(&out).expect("JSON");
@@ -68,8 +69,8 @@ fn list_shows_what_the_policy_lets_the_caller_see() {
     assert_eq!(reply["topics_total"], 2);
     assert_eq!(reply["topics"][0]["seq"], 1);
     assert_eq!(reply["topics"][0]["bytes"], r#"{"open":false}"#.len());
-    assert_eq!(names(&reply, "services", "service"), ["demo.echo"]);
-    assert_eq!(reply["services"][0]["kind"], "registered");
+    assert_eq!(names(&reply, "services", "service"), ["com.example.Test"]);
+    assert_eq!(reply["services"][0]["kind"], "interface");
 
     // The ASIL side sees everything.
     let (code, out, err) = list(&gw.provider, true);
@@ -79,7 +80,7 @@ fn list_shows_what_the_policy_lets_the_caller_see() {
     assert!(topics.contains(&"cabin.temp".to_owned()), "{topics:?}");
     assert_eq!(
         names(&reply, "services", "service"),
-        ["demo.echo", "secret.tool"]
+        ["com.example.Secret", "com.example.Test"]
     );
 
     // As text: one line each, with the totals.
@@ -90,7 +91,7 @@ fn list_shows_what_the_policy_lets_the_caller_see() {
         "{out}"
     );
     assert!(
-        out.contains("services (1 of 1):\n  demo.echo (registered)\n"),
+        out.contains("services (1 of 1):\n  com.example.Test (interface)\n"),
         "{out}"
     );
 
@@ -98,7 +99,7 @@ fn list_shows_what_the_policy_lets_the_caller_see() {
     // read the topics one by one.
     std::fs::write(
         &file,
-        policy(r#"subscribe = ["vehicle.*"], call = ["demo.*"]"#),
+        policy(r#"subscribe = ["vehicle.*"], call = ["com.example.Test.*"]"#),
     )
     .expect("write policy");
     gw.proc.signal(libc::SIGHUP);

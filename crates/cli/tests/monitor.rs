@@ -12,12 +12,12 @@ const POLICY: &str = r#"
 [[rule]]
 name = "asil-side"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"] }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"] }
 
 [[rule]]
 name = "qm-side"
 socket = "consumer"
-allow = { subscribe = ["vehicle.*"], call = ["demo.*"], monitor = true }
+allow = { subscribe = ["vehicle.*"], call = ["com.example.Test.*"], monitor = true }
 "#;
 
 /// The events a monitor printed so far, parsed.
@@ -34,7 +34,8 @@ fn monitor_shows_publishes_calls_and_replies_it_may_see() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, POLICY).expect("write policy");
-    let gw = Gateway::start(&["--demo", "--policy", file.to_str().expect("utf-8")]);
+    let (gw, _service) =
+        common::gateway_with_service(&["--demo", "--policy", file.to_str().expect("utf-8")], "");
     let mut monitor = Proc::spawn({
         let mut c = Command::new(bin());
         c.args(["monitor", "--json", "--socket"]).arg(&gw.consumer);
@@ -60,8 +61,7 @@ fn monitor_shows_publishes_calls_and_replies_it_may_see() {
         "call",
         "--socket",
         gw.consumer.to_str().expect("utf-8"),
-        "demo.echo",
-        "Echo",
+        "com.example.Test.Echo",
         r#"{"text": "hi"}"#,
     ]);
     assert!(status.success(), "{err}");
@@ -71,7 +71,7 @@ fn monitor_shows_publishes_calls_and_replies_it_may_see() {
         .iter()
         .find(|e| e["kind"] == "call")
         .expect("the call was shown");
-    assert_eq!(call["name"], "demo.echo");
+    assert_eq!(call["name"], "com.example.Test");
     assert_eq!(call["method"], "Echo");
     assert!(
         call["peer"].as_str().unwrap_or("").starts_with("consumer"),

@@ -21,7 +21,7 @@ const POLICY: &str = r#"
 [[rule]]
 name = "asil"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 # Needs an SELinux label, which this kernel cannot give: matches nobody.
 [[rule]]
@@ -44,7 +44,22 @@ fn gateway_with_policy(policy: &str) -> (Gateway, std::path::PathBuf) {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, policy).unwrap();
-    let gw = Gateway::start_in(dir, &["--policy", file.to_str().unwrap()]);
+    // A declared service (never reached: the policy is checked first).
+    let services = common::services_file(
+        dir.path(),
+        "io.qmipc.Demo",
+        std::path::Path::new("/nonexistent/io.qmipc.Demo.socket"),
+        "",
+    );
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            "--policy",
+            file.to_str().unwrap(),
+            "--services",
+            services.to_str().unwrap(),
+        ],
+    );
     (gw, file)
 }
 
@@ -121,9 +136,9 @@ fn uid_and_gid_rules_are_enforced_for_real_peers() {
         !ok && err.contains("AccessDenied") && err.contains("publish vehicle.speed"),
         "{err}"
     );
-    let (ok, _, err) = cli_as(1000, 1000, &gw, &["call", "demo.echo", "Echo"]);
+    let (ok, _, err) = cli_as(1000, 1000, &gw, &["call", "io.qmipc.Demo.Echo"]);
     assert!(
-        !ok && err.contains("AccessDenied") && err.contains("call demo.echo"),
+        !ok && err.contains("AccessDenied") && err.contains("call io.qmipc.Demo.Echo"),
         "{err}"
     );
     let (ok, _, err) = cli_as(1000, 1000, &gw, &["stats"]);
@@ -364,7 +379,7 @@ fn policy_check_and_explain() {
         "--label",
         "system_u:system_r:qm_container_ipc_t:s0:c1,c2",
         "call",
-        "demo.echo",
+        "io.qmipc.Demo.Echo",
     ]);
     assert!(
         status.success(),

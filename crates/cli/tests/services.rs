@@ -1,187 +1,124 @@
-//! Services: Register, Call, Reply, timeouts and provider loss.
+//! Calls to an ASIL service behind the gateway, in the fast tier: the
+//! round trip and the service's own errors, a service that goes away or
+//! never answers, and the old provider methods, which are gone.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{within, Gateway};
-use qm_ipc_client::{ErrorReply, GatewayClient, Provider};
-use serde_json::json;
+use common::{gateway_with_service, within, Raw};
+use qm_ipc_client::{ErrorReply, Session};
+use serde_json::{json, Value};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
-/// A provider of `service` on the provider socket and a caller on the
-/// consumer socket.
-async fn provider_and_caller(gw: &Gateway, service: &str) -> (Provider, GatewayClient) {
-    let provider = GatewayClient::connect(&gw.provider)
-        .await
-        .unwrap()
-        .register(&[service])
-        .await
-        .unwrap();
-    let caller = GatewayClient::connect(&gw.consumer).await.unwrap();
-    (provider, caller)
+fn session(gw: &common::Gateway) -> Session {
+    Session::builder(&gw.consumer)
+        .timeout(Duration::from_secs(20))
+        .build()
 }
 
 #[test]
-fn call_round_trip_and_provider_errors() {
-    let gw = Gateway::start(&[]);
+fn call_round_trip_and_service_errors() {
+    let (gw, _service) = gateway_with_service(&[], "");
     within(WATCHDOG, async {
-        let mut provider = GatewayClient::connect(&gw.provider)
-            .await
-            .unwrap()
-            .register(&["calc"])
+        let s = session(&gw);
+        let echoed: Value = s
+            .call("com.example.Test.Echo", &json!({"text": "hi"}))
             .await
             .unwrap();
-        let serve = async {
-            for _ in 0..2 {
-                let req = provider.next_request().await.unwrap();
-                match req.method.as_str() {
-                    "Double" => {
-                        let x = req.parameters["x"].as_i64().unwrap();
-                        provider.reply(req.id, json!({"y": 2 * x})).await.unwrap();
-                    }
-                    _ => provider
-                        .reply_error(
-                            req.id,
-                            "com.example.Calc.NoSuchMethod",
-                            json!({"m": req.method}),
-                        )
-                        .await
-                        .unwrap(),
-                }
-            }
-        };
-        let client = async {
-            let mut c = GatewayClient::connect(&gw.consumer).await.unwrap();
-            assert_eq!(
-                c.call("calc", "Double", json!({"x": 21}), None)
-                    .await
-                    .unwrap(),
-                json!({"y": 42})
-            );
-            let err = c.call("calc", "Triple", json!({}), None).await.unwrap_err();
-            assert_eq!(
-                err.remote(),
-                Some(&ErrorReply::ServiceError {
-                    service: "calc".into(),
-                    method: "Triple".into(),
-                    error: "com.example.Calc.NoSuchMethod".into(),
-                    parameters: json!({"m": "Triple"}),
-                })
-            );
-            let err = c.call("nobody", "X", json!({}), None).await.unwrap_err();
-            assert_eq!(
-                err.remote(),
-                Some(&ErrorReply::ServiceUnavailable {
-                    service: "nobody".into()
-                })
-            );
-        };
-        tokio::join!(serve, client);
-    });
-}
-
-#[test]
-fn a_second_provider_for_the_same_service_is_refused() {
-    let gw = Gateway::start(&[]);
-    within(WATCHDOG, async {
-        let _first = GatewayClient::connect(&gw.provider)
-            .await
-            .unwrap()
-            .register(&["svc"])
-            .await
-            .unwrap();
-        let err = GatewayClient::connect(&gw.provider)
-            .await
-            .unwrap()
-            .register(&["other", "svc"])
+        assert_eq!(echoed, json!({"text": "hi"}));
+        let err = s
+            .call::<Value>("com.example.Test.Echo", &json!({"text": "refuse"}))
             .await
             .unwrap_err();
         assert_eq!(
-            err.remote(),
-            Some(&ErrorReply::AlreadyRegistered {
-                service: "svc".into()
-            })
+            err.remote().map(ErrorReply::name).as_deref(),
+            Some("com.example.Test.Refused"),
+            "{err}"
         );
-    });
-}
-
-#[test]
-fn provider_that_disconnects_fails_in_flight_calls_at_once() {
-    let gw = Gateway::start(&[]);
-    within(WATCHDOG, async {
-        let (mut provider, mut c) = provider_and_caller(&gw, "svc").await;
-        // The call waits up to 60 s; the watchdog is 30 s, so only the
-        // immediate failure lets this test pass.
-        let call = c.call("svc", "Slow", json!({}), Some(60_000));
-        let drop_provider = async {
-            provider.next_request().await.unwrap();
-            drop(provider);
-        };
-        let (result, ()) = tokio::join!(call, drop_provider);
-        assert_eq!(
-            result.unwrap_err().remote(),
-            Some(&ErrorReply::ServiceUnavailable {
-                service: "svc".into()
-            })
-        );
-    });
-}
-
-#[test]
-fn silent_provider_gives_timeout_and_its_late_reply_is_discarded() {
-    let gw = Gateway::start(&[]);
-    within(WATCHDOG, async {
-        let (mut provider, mut c) = provider_and_caller(&gw, "svc").await;
-        let (result, request) = tokio::join!(
-            c.call("svc", "Never", json!({}), Some(200)),
-            provider.next_request()
-        );
-        assert_eq!(
-            result.unwrap_err().remote(),
-            Some(&ErrorReply::Timeout {
-                service: "svc".into(),
-                timeout_ms: 200
-            })
-        );
-        let request = request.unwrap();
-        assert_eq!(request.timeout_ms, 200);
-        // The late reply is dropped; the provider and the caller both go on.
-        provider.reply(request.id, json!("late")).await.unwrap();
-        let (result, next) = tokio::join!(c.call("svc", "Now", json!({}), None), async {
-            let next = provider.next_request().await.unwrap();
-            provider.reply(next.id, json!("on time")).await.unwrap();
-            next
-        });
-        assert_eq!(next.method, "Now");
-        assert_eq!(result.unwrap(), json!("on time"));
-        let err = c
-            .call("svc", "X", json!({}), Some(120_000))
+        let err = s
+            .call::<Value>("com.example.Nobody.X", &json!({}))
             .await
             .unwrap_err();
         assert!(
-            matches!(err.remote(), Some(ErrorReply::InvalidValue { parameter, .. }) if parameter == "timeout_ms")
+            matches!(err.remote(), Some(ErrorReply::InterfaceNotFound { interface }) if interface == "com.example.Nobody"),
+            "{err}"
         );
     });
 }
 
+/// A service that goes away mid-call fails the call at once, with
+/// ServiceUnavailable, not at the call's deadline.
 #[test]
-fn demo_echo_service_answers() {
-    let gw = Gateway::start(&["--demo"]);
-    within(WATCHDOG, async {
-        let mut c = GatewayClient::connect(&gw.consumer).await.unwrap();
-        let echoed = c
-            .call("demo.echo", "Echo", json!({"text": "hello"}), None)
-            .await
-            .unwrap();
-        assert_eq!(echoed, json!({"text": "hello"}));
-        let err = c
-            .call("demo.echo", "Shout", json!({}), None)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err.remote(), Some(ErrorReply::ServiceError { error, .. }) if error == "io.qmipc.demo.UnknownMethod")
+fn a_service_that_goes_away_fails_its_calls_in_flight_at_once() {
+    // The call's deadline is beyond the watchdog: only the immediate
+    // failure lets this test pass.
+    let (gw, mut service) = gateway_with_service(&["--call-timeout-ms", "120000"], "");
+    let mut caller = Raw::connect(&gw.consumer);
+    caller.call(json!({"method": "com.example.Test.Hang"}));
+    service.wait_hung(1);
+    service.stop();
+    let reply = caller.recv().expect("an answer");
+    assert_eq!(
+        reply["error"], "io.qmipc.Gateway.ServiceUnavailable",
+        "{reply}"
+    );
+    assert_eq!(reply["parameters"]["service"], "com.example.Test");
+}
+
+/// A service that never answers costs its caller the call's deadline and
+/// a Timeout; the connection it hung on is not reused, so the next call
+/// gets its own answer and never the late one.
+#[test]
+fn a_silent_service_gives_timeout_and_the_next_call_its_own_answer() {
+    let (gw, service) = gateway_with_service(&["--call-timeout-ms", "200"], "");
+    let mut caller = Raw::connect(&gw.consumer);
+    caller.call(json!({"method": "com.example.Test.Hang"}));
+    let reply = caller.recv().expect("an answer");
+    assert_eq!(reply["error"], "io.qmipc.Gateway.Timeout", "{reply}");
+    assert_eq!(
+        reply["parameters"],
+        json!({"service": "com.example.Test", "timeout_ms": 200})
+    );
+    assert_eq!(service.hung.load(std::sync::atomic::Ordering::SeqCst), 1);
+    caller.call(json!({"method": "com.example.Test.Echo", "parameters": {"text": "now"}}));
+    let reply = caller.recv().expect("an answer");
+    assert_eq!(reply["parameters"], json!({"text": "now"}), "{reply}");
+}
+
+/// Register, Reply and Call were the gateway's own way to serve: a
+/// provider connection streamed requests and answered them. They are
+/// gone: an ASIL service is a varlink server of its own behind the
+/// gateway. Each is answered MethodNotFound, on either socket, and the
+/// connection goes on.
+#[test]
+fn the_old_provider_methods_are_not_found() {
+    let (gw, _service) = gateway_with_service(&[], "");
+    for socket in [&gw.consumer, &gw.provider] {
+        let mut raw = Raw::connect(socket);
+        for (method, parameters, more) in [
+            ("Register", json!({"services": ["com.example.Test"]}), true),
+            ("Reply", json!({"id": 1, "result": {}}), false),
+            (
+                "Call",
+                json!({"service": "com.example.Test", "method": "Echo", "parameters": {"text": "x"}}),
+                false,
+            ),
+        ] {
+            let method = format!("io.qmipc.Gateway.{method}");
+            raw.call(json!({"method": method, "parameters": parameters, "more": more}));
+            let reply = raw.recv().expect("an answer");
+            assert_eq!(
+                reply["error"], "org.varlink.service.MethodNotFound",
+                "{reply}"
+            );
+            assert_eq!(reply["parameters"]["method"], method.as_str());
+        }
+        raw.call(json!({"method": "com.example.Test.Echo", "parameters": {"text": "still here"}}));
+        assert_eq!(
+            raw.recv().expect("an answer")["parameters"]["text"],
+            "still here"
         );
-    });
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use qm_ipc_proto::interface::{GATEWAY_INTERFACE, SERVICE_INTERFACE};
-use qm_ipc_proto::{Sample, ServiceRequest};
+use qm_ipc_proto::Sample;
 use serde_json::{json, Map, Value};
 use tokio::net::UnixStream;
 
@@ -58,30 +58,6 @@ impl GatewayClient {
         field(reply, "sample")
     }
 
-    /// Calls a service method through the gateway. `timeout_ms` of `None`
-    /// uses the gateway's default.
-    pub async fn call(
-        &mut self,
-        service: &str,
-        method_name: &str,
-        parameters: Value,
-        timeout_ms: Option<u64>,
-    ) -> Result<Value, ClientError> {
-        let reply = self
-            .conn
-            .call(
-                &method("Call"),
-                json!({
-                    "service": service,
-                    "method": method_name,
-                    "parameters": parameters,
-                    "timeout_ms": timeout_ms,
-                }),
-            )
-            .await?;
-        field(reply, "result")
-    }
-
     pub async fn stats(&mut self) -> Result<Map<String, Value>, ClientError> {
         self.conn.call(&method("Stats"), json!({})).await
     }
@@ -120,32 +96,6 @@ impl GatewayClient {
             malformed: 0,
         })
     }
-
-    /// Turns this connection into the provider of `services`. Returns once
-    /// the gateway confirmed the registration.
-    pub async fn register<S: AsRef<str>>(
-        mut self,
-        services: &[S],
-    ) -> Result<Provider, ClientError> {
-        let services: Vec<&str> = services.iter().map(AsRef::as_ref).collect();
-        self.conn
-            .call_more(&method("Register"), json!({ "services": services }))
-            .await?;
-        let confirmation = self.conn.recv().await?;
-        if !confirmation.continues {
-            confirmation
-                .clone()
-                .into_result()
-                .map_err(ClientError::Remote)?;
-            return Err(ClientError::UnexpectedReply(
-                "registration ended without a stream".into(),
-            ));
-        }
-        Ok(Provider {
-            conn: self.conn,
-            malformed: 0,
-        })
-    }
 }
 
 /// Is this error about one message only, so that the stream can go on
@@ -159,8 +109,7 @@ fn one_bad_message(error: &ClientError) -> bool {
 }
 
 /// The next item of a stream, skipping (and counting) messages that
-/// cannot be read: one bad message never ends a subscription or a
-/// provider.
+/// cannot be read: one bad message never ends a subscription.
 async fn next_item<T: serde::de::DeserializeOwned>(
     conn: &mut Connection,
     name: &str,
@@ -198,48 +147,6 @@ impl Subscription {
     /// Messages skipped because they could not be read.
     pub fn malformed(&self) -> u64 {
         self.malformed
-    }
-}
-
-/// A registered provider: receives requests, sends replies.
-#[derive(Debug)]
-pub struct Provider {
-    conn: Connection,
-    malformed: u64,
-}
-
-impl Provider {
-    /// The next request to serve. Cancel-safe. A message that cannot be
-    /// read is skipped and counted in [`malformed`](Self::malformed).
-    pub async fn next_request(&mut self) -> Result<ServiceRequest, ClientError> {
-        next_item(&mut self.conn, "request", &mut self.malformed).await
-    }
-
-    /// Messages skipped because they could not be read.
-    pub fn malformed(&self) -> u64 {
-        self.malformed
-    }
-
-    /// Answers request `id` with a result.
-    pub async fn reply(&mut self, id: u64, result: Value) -> Result<(), ClientError> {
-        self.conn
-            .call_oneway(&method("Reply"), json!({ "id": id, "result": result }))
-            .await
-    }
-
-    /// Answers request `id` with an error of the provider's own.
-    pub async fn reply_error(
-        &mut self,
-        id: u64,
-        error: &str,
-        parameters: Value,
-    ) -> Result<(), ClientError> {
-        self.conn
-            .call_oneway(
-                &method("Reply"),
-                json!({ "id": id, "error": error, "error_parameters": parameters }),
-            )
-            .await
     }
 }
 

@@ -46,8 +46,8 @@ mod subscription;
 
 pub use backoff::Backoff;
 pub use connection::{ClientError, Connection, DEFAULT_CLIENT_MAX_FRAME};
-pub use gateway::{GatewayClient, Provider, Subscription as RawSubscription};
+pub use gateway::{GatewayClient, Subscription as RawSubscription};
 pub use qm_ipc_proto::paths;
-pub use qm_ipc_proto::{ErrorReply, Info, Sample, ServiceRequest, Stats, TopicDescription};
+pub use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
 pub use session::{Session, SessionBuilder, DEFAULT_TIMEOUT};
 pub use subscription::{Subscription, MAX_TRACKED_TOPICS};

@@ -65,7 +65,7 @@ pub const DEMO_POLICY: &str = r#"# The access policy of `qm-ipc generate --demo`
 [[rule]]
 name = "asil-side"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 [[rule]]
 name = "qm-side"

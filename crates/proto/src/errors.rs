@@ -25,17 +25,6 @@ pub enum ErrorReply {
     Timeout { service: String, timeout_ms: u64 },
     #[error("invalid parameter {parameter}: {reason}")]
     InvalidValue { parameter: String, reason: String },
-    #[error("service {service} is already registered by another connection")]
-    AlreadyRegistered { service: String },
-    #[error("no request {id} is waiting for a reply from this provider")]
-    NoSuchRequest { id: u64 },
-    #[error("{service}.{method} failed: {error} {parameters}")]
-    ServiceError {
-        service: String,
-        method: String,
-        error: String,
-        parameters: Value,
-    },
     #[error("limit {limit} exceeded (maximum {max})")]
     LimitExceeded { limit: String, max: u64 },
     #[error("access denied: {action} {object}")]
@@ -81,9 +70,6 @@ impl ErrorReply {
             Self::Restarting { .. } => (GATEWAY_INTERFACE, "Restarting"),
             Self::Timeout { .. } => (GATEWAY_INTERFACE, "Timeout"),
             Self::InvalidValue { .. } => (GATEWAY_INTERFACE, "InvalidValue"),
-            Self::AlreadyRegistered { .. } => (GATEWAY_INTERFACE, "AlreadyRegistered"),
-            Self::NoSuchRequest { .. } => (GATEWAY_INTERFACE, "NoSuchRequest"),
-            Self::ServiceError { .. } => (GATEWAY_INTERFACE, "ServiceError"),
             Self::LimitExceeded { .. } => (GATEWAY_INTERFACE, "LimitExceeded"),
             Self::AccessDenied { .. } => (GATEWAY_INTERFACE, "AccessDenied"),
             Self::InterfaceNotFound { .. } => (SERVICE_INTERFACE, "InterfaceNotFound"),
@@ -99,9 +85,7 @@ impl ErrorReply {
     pub fn parameters(&self) -> Value {
         match self {
             Self::NoSuchTopic { topic } => json!({ "topic": topic }),
-            Self::ServiceUnavailable { service } | Self::AlreadyRegistered { service } => {
-                json!({ "service": service })
-            }
+            Self::ServiceUnavailable { service } => json!({ "service": service }),
             Self::Timeout {
                 service,
                 timeout_ms,
@@ -109,16 +93,7 @@ impl ErrorReply {
             Self::InvalidValue { parameter, reason } => {
                 json!({ "parameter": parameter, "reason": reason })
             }
-            Self::NoSuchRequest { id } => json!({ "id": id }),
             Self::Restarting { method } => json!({ "method": method }),
-            Self::ServiceError {
-                service,
-                method,
-                error,
-                parameters,
-            } => json!({
-                "service": service, "method": method, "error": error, "parameters": parameters
-            }),
             Self::LimitExceeded { limit, max } => json!({ "limit": limit, "max": max }),
             Self::AccessDenied { action, object } => json!({ "action": action, "object": object }),
             Self::InterfaceNotFound { interface } => json!({ "interface": interface }),
@@ -159,18 +134,8 @@ impl ErrorReply {
                 parameter: s("parameter")?,
                 reason: s("reason")?,
             },
-            (GATEWAY_INTERFACE, "AlreadyRegistered") => Self::AlreadyRegistered {
-                service: s("service")?,
-            },
-            (GATEWAY_INTERFACE, "NoSuchRequest") => Self::NoSuchRequest { id: n("id")? },
             (GATEWAY_INTERFACE, "Restarting") => Self::Restarting {
                 method: s("method")?,
-            },
-            (GATEWAY_INTERFACE, "ServiceError") => Self::ServiceError {
-                service: s("service")?,
-                method: s("method")?,
-                error: s("error")?,
-                parameters: p.get("parameters").cloned().unwrap_or(Value::Null),
             },
             (GATEWAY_INTERFACE, "LimitExceeded") => Self::LimitExceeded {
                 limit: s("limit")?,
@@ -229,17 +194,7 @@ mod tests {
                 timeout_ms: 5,
             },
             ErrorReply::invalid("p", "why"),
-            ErrorReply::AlreadyRegistered {
-                service: "s".into(),
-            },
-            ErrorReply::NoSuchRequest { id: 3 },
             ErrorReply::Restarting { method: "m".into() },
-            ErrorReply::ServiceError {
-                service: "s".into(),
-                method: "M".into(),
-                error: "e".into(),
-                parameters: json!({"k": 1}),
-            },
             ErrorReply::LimitExceeded {
                 limit: "l".into(),
                 max: 1,
@@ -295,18 +250,8 @@ mod tests {
                 timeout_ms: 5,
             },
             ErrorReply::invalid("topic", "empty"),
-            ErrorReply::AlreadyRegistered {
-                service: "echo".into(),
-            },
-            ErrorReply::NoSuchRequest { id: 7 },
             ErrorReply::Restarting {
-                method: "io.qmipc.Gateway.Call".into(),
-            },
-            ErrorReply::ServiceError {
-                service: "s".into(),
-                method: "m".into(),
-                error: "x.Y".into(),
-                parameters: json!({"k": 1}),
+                method: "com.example.Climate.SetTemperature".into(),
             },
             ErrorReply::LimitExceeded {
                 limit: "topics".into(),

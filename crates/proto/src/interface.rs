@@ -39,19 +39,6 @@ pub enum Request {
     Subscribe {
         topics: Vec<TopicPattern>,
     },
-    Register {
-        services: Vec<String>,
-    },
-    Reply {
-        id: u64,
-        outcome: ReplyOutcome,
-    },
-    Call {
-        service: String,
-        method: String,
-        parameters: RawJson,
-        timeout_ms: Option<u64>,
-    },
     Stats,
     Instance,
     Describe {
@@ -61,13 +48,6 @@ pub enum Request {
     Monitor {
         patterns: Vec<TopicPattern>,
     },
-}
-
-/// A provider's answer to one request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReplyOutcome {
-    Result(RawJson),
-    Error { error: String, parameters: RawJson },
 }
 
 /// A subscription pattern: one topic, every topic below a prefix
@@ -220,58 +200,6 @@ impl Request {
             (GATEWAY_INTERFACE, "Subscribe") => Self::Subscribe {
                 topics: patterns(&mut p, "topics", "no topic given")?,
             },
-            (GATEWAY_INTERFACE, "Register") => {
-                let services = p.string_array("services")?;
-                if services.is_empty() {
-                    return Err(ErrorReply::invalid("services", "no service given"));
-                }
-                for s in &services {
-                    check_name("services", s)?;
-                }
-                Self::Register { services }
-            }
-            (GATEWAY_INTERFACE, "Reply") => {
-                let id = p.uint("id")?;
-                let result = p
-                    .opt_value("result")
-                    .map(|v| strict("result", v))
-                    .transpose()?;
-                let error = p.opt_string("error")?;
-                let error_parameters = p
-                    .opt_value("error_parameters")
-                    .map(|v| strict("error_parameters", v))
-                    .transpose()?;
-                let outcome = match (result, error) {
-                    (Some(_), Some(_)) => {
-                        return Err(ErrorReply::invalid(
-                            "error",
-                            "give either result or error, not both",
-                        ))
-                    }
-                    (_, Some(error)) => ReplyOutcome::Error {
-                        error,
-                        parameters: error_parameters.unwrap_or_else(RawJson::empty_object),
-                    },
-                    (result, None) => {
-                        ReplyOutcome::Result(result.unwrap_or_else(RawJson::empty_object))
-                    }
-                };
-                Self::Reply { id, outcome }
-            }
-            (GATEWAY_INTERFACE, "Call") => {
-                let service = p.string("service")?;
-                check_name("service", &service)?;
-                Self::Call {
-                    service,
-                    method: p.string("method")?,
-                    parameters: strict(
-                        "parameters",
-                        p.opt_value("parameters")
-                            .unwrap_or_else(RawJson::empty_object),
-                    )?,
-                    timeout_ms: p.opt_uint("timeout_ms")?,
-                }
-            }
             (GATEWAY_INTERFACE, "Stats") => Self::Stats,
             (GATEWAY_INTERFACE, "Instance") => Self::Instance,
             (GATEWAY_INTERFACE, "Describe") => {
@@ -300,10 +228,7 @@ impl Request {
 
     /// Streaming methods must be called with `"more": true`.
     pub fn requires_more(&self) -> bool {
-        matches!(
-            self,
-            Self::Subscribe { .. } | Self::Register { .. } | Self::Monitor { .. }
-        )
+        matches!(self, Self::Subscribe { .. } | Self::Monitor { .. })
     }
 }
 
@@ -450,12 +375,6 @@ mod tests {
             ("Publish", json!({"topic": "a.b", "value": {"k": 1}})),
             ("Get", json!({"topic": "a.b"})),
             ("Subscribe", json!({"topics": ["a.*"]})),
-            ("Register", json!({"services": ["demo.echo"]})),
-            ("Reply", json!({"id": 1, "result": {"ok": true}})),
-            (
-                "Call",
-                json!({"service": "demo.echo", "method": "Echo", "parameters": {}, "timeout_ms": 100}),
-            ),
             ("Stats", json!({})),
             ("Instance", json!({})),
             ("Describe", json!({"topic": "a.b"})),
@@ -546,16 +465,6 @@ mod tests {
                 ]
             })
         );
-        assert_eq!(
-            req("io.qmipc.Gateway.Reply", json!({"id": 4, "error": "x.Y"})),
-            Ok(Request::Reply {
-                id: 4,
-                outcome: ReplyOutcome::Error {
-                    error: "x.Y".into(),
-                    parameters: RawJson::empty_object()
-                }
-            })
-        );
     }
 
     #[test]
@@ -566,12 +475,16 @@ mod tests {
                 interface: "com.example.Foo".into()
             })
         );
-        assert_eq!(
-            req("io.qmipc.Gateway.Nope", json!({})),
-            Err(ErrorReply::MethodNotFound {
-                method: "io.qmipc.Gateway.Nope".into()
-            })
-        );
+        // Register, Reply and Call were the old provider methods: an ASIL
+        // service is a varlink server of its own behind the gateway now.
+        for method in ["Nope", "Register", "Reply", "Call"] {
+            assert_eq!(
+                req(&format!("io.qmipc.Gateway.{method}"), json!({})),
+                Err(ErrorReply::MethodNotFound {
+                    method: format!("io.qmipc.Gateway.{method}")
+                })
+            );
+        }
         assert_eq!(
             req("io.qmipc.Gateway.Get", json!({"topic": 3})),
             Err(ErrorReply::VarlinkInvalidParameter {
@@ -580,13 +493,6 @@ mod tests {
         );
         assert!(matches!(
             req("io.qmipc.Gateway.Get", json!({"topic": "a..b"})),
-            Err(ErrorReply::InvalidValue { .. })
-        ));
-        assert!(matches!(
-            req(
-                "io.qmipc.Gateway.Reply",
-                json!({"id": 1, "result": {}, "error": "e"})
-            ),
             Err(ErrorReply::InvalidValue { .. })
         ));
     }

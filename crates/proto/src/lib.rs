@@ -30,7 +30,7 @@ pub use errors::ErrorReply;
 pub use framing::{FrameDecoder, FrameError};
 pub use interface::{Request, GATEWAY_IDL, GATEWAY_INTERFACE, SERVICE_INTERFACE};
 pub use message::{Call, MessageError, Reply};
-pub use types::{Info, Sample, ServiceRequest, Stats, TopicDescription};
+pub use types::{Info, Sample, Stats, TopicDescription};
 pub use validate::{check_value, ValueError, ValueLimits};
 
 /// Default upper bound of one frame (request or reply), in bytes, NUL included.

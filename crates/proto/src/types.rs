@@ -98,16 +98,6 @@ pub struct Stats {
     pub per_connection: Vec<ConnectionStats>,
 }
 
-/// A request forwarded to a provider (see `type ServiceRequest` in the IDL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRequest {
-    pub id: u64,
-    pub service: String,
-    pub method: String,
-    pub parameters: Value,
-    pub timeout_ms: u64,
-}
-
 /// A sample whose topic and value are already JSON text, so that a gateway
 /// can send one published value to many subscribers without serialising it
 /// again for each.
@@ -150,72 +140,11 @@ impl EncodedSample<'_> {
     }
 }
 
-/// Appends the streaming reply that hands a provider one request, with the
-/// caller's parameters (JSON text) copied in as they are.
-pub fn encode_service_request(
-    out: &mut Vec<u8>,
-    id: u64,
-    service: &str,
-    method: &str,
-    parameters_json: &str,
-    timeout_ms: u64,
-) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{{\"parameters\":{{\"request\":{{\"id\":{id},\"service\":"
-    );
-    let _ = serde_json::to_writer(&mut *out, service);
-    out.extend_from_slice(b",\"method\":");
-    let _ = serde_json::to_writer(&mut *out, method);
-    out.extend_from_slice(b",\"parameters\":");
-    out.extend_from_slice(parameters_json.as_bytes());
-    let _ = write!(out, ",\"timeout_ms\":{timeout_ms}}}}},\"continues\":true}}");
-    out.push(0);
-}
-
-/// Appends the reply `{"parameters":{"result":...}}` with the result as
-/// JSON text.
-pub fn encode_result_reply(out: &mut Vec<u8>, result_json: &str) {
-    out.extend_from_slice(b"{\"parameters\":{\"result\":");
-    out.extend_from_slice(result_json.as_bytes());
-    out.extend_from_slice(b"}}\0");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::Reply;
     use serde_json::json;
-
-    #[test]
-    fn service_request_and_result_frames_parse() {
-        let mut out = Vec::new();
-        encode_service_request(&mut out, 7, "demo.echo", "Ech\"o", r#"{"a": [1]}"#, 250);
-        assert_eq!(out.pop(), Some(0));
-        let reply = Reply::parse(&out).unwrap();
-        assert!(reply.continues);
-        let request: ServiceRequest =
-            serde_json::from_value(reply.parameters["request"].clone()).unwrap();
-        assert_eq!(
-            request,
-            ServiceRequest {
-                id: 7,
-                service: "demo.echo".into(),
-                method: "Ech\"o".into(),
-                parameters: json!({"a": [1]}),
-                timeout_ms: 250
-            }
-        );
-        let mut out = Vec::new();
-        encode_result_reply(&mut out, r#"{"b":2}"#);
-        assert_eq!(out.pop(), Some(0));
-        assert_eq!(
-            Reply::parse(&out).unwrap().parameters["result"],
-            json!({"b": 2})
-        );
-    }
 
     #[test]
     fn encoded_sample_is_a_valid_streaming_reply() {

@@ -51,13 +51,10 @@ pub struct Limits {
     pub max_topics_per_peer: usize,
     /// Retained bytes one QM peer's last values may hold.
     pub max_retained_bytes_per_peer: usize,
-    /// Calls one QM peer may have in flight at once, so one container
-    /// cannot take every call slot of a service.
+    /// Calls to ASIL services one QM peer may have in flight at once,
+    /// whichever services they go to (each service also keeps a share of
+    /// its connections from any one peer).
     pub max_calls_per_peer: usize,
-    /// Service names registered at once, by everyone.
-    pub max_services: usize,
-    /// Service names one QM peer may register.
-    pub max_services_per_peer: usize,
     /// Topic patterns one subscription may name.
     pub max_subscription_patterns: usize,
     /// Samples queued per subscription before conflation (newest value per
@@ -67,12 +64,9 @@ pub struct Limits {
     /// connection is closed), and separately the bytes of sample values
     /// queued for it (past it samples are conflated).
     pub max_queued_bytes: usize,
-    /// Calls waiting for one service's provider at once.
-    pub max_calls_per_service: usize,
-    /// Call timeout when the caller gives none.
+    /// How long a call to an ASIL service may take (its answer, or the
+    /// first reply of its stream).
     pub default_call_timeout: Duration,
-    /// Longest call timeout a caller may ask for.
-    pub max_call_timeout: Duration,
     /// A frame that has started must be complete within this time.
     pub frame_timeout: Duration,
     /// A connection that cannot be written to for this long while data is
@@ -92,7 +86,7 @@ pub struct Limits {
     /// of its own that QM connections can never use.
     pub max_provider_connections: usize,
     /// A connection on any listener but the provider's that holds nothing
-    /// (no subscription, no registration, no call) and sends nothing for
+    /// (no subscription, no monitor, no call) and sends nothing for
     /// this long is closed. `None`: never.
     pub idle_timeout: Option<Duration>,
 }
@@ -108,14 +102,10 @@ impl Default for Limits {
             max_topics_per_peer: 256,
             max_retained_bytes_per_peer: 2 * 1024 * 1024,
             max_calls_per_peer: 8,
-            max_services: 256,
-            max_services_per_peer: 16,
             max_subscription_patterns: 64,
             subscription_queue: 64,
             max_queued_bytes: 128 * 1024,
-            max_calls_per_service: 64,
             default_call_timeout: Duration::from_secs(5),
-            max_call_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
             rate: Some(RateLimit {

@@ -3,8 +3,8 @@
 //!
 //! Calls on a connection are answered strictly in order (varlink has no
 //! request ids), so the reader handles one call at a time. A streaming call
-//! (Subscribe, Register) keeps its connection: from then on only `oneway`
-//! calls are accepted there, such as a provider's Reply.
+//! (Subscribe, Monitor) keeps its connection: from then on only `oneway`
+//! calls are accepted there, such as a Publish.
 //!
 //! Time bounds: a frame that has started must complete within
 //! `frame_timeout` (slow-loris), and a write that makes no progress for
@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_IDL, SERVICE_INTERFACE};
 use qm_ipc_proto::message::{encode_error, encode_reply};
-use qm_ipc_proto::raw::{RawCall, RawJson};
-use qm_ipc_proto::types::{encode_result_reply, EncodedSample};
+use qm_ipc_proto::raw::RawCall;
+use qm_ipc_proto::types::EncodedSample;
 use qm_ipc_proto::{ErrorReply, FrameDecoder, MessageError, Request, GATEWAY_IDL};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
@@ -28,9 +28,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::broker::account::Account;
+use crate::broker::account::{Account, Resource};
 use crate::config::{Limits, RateLimit};
-use crate::hub::{CallId, ConnId, Hub, Snapshot};
+use crate::hub::{ConnId, Hub, Snapshot};
 use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision, Policy};
@@ -90,8 +90,6 @@ enum Answer {
     Json(Value),
     /// A topic's current sample, written from its encoded form.
     Sample(Arc<TopicName>, Arc<PublishedValue>),
-    /// A provider's result, passed through as JSON text.
-    CallResult(RawJson),
     /// A service's whole reply frame, relayed as it is.
     Relayed(Vec<u8>),
 }
@@ -157,10 +155,10 @@ pub struct Registered {
 }
 
 /// Registers a connection carried from the previous gateway instance and
-/// puts it back in the state it was in: its subscription, its services,
-/// its unread bytes. Every carried connection is registered before any is
-/// served, so that a call or a publish carried unread on one finds the
-/// provider or the subscriber carried on another.
+/// puts it back in the state it was in: its subscription, its unread
+/// bytes. Every carried connection is registered before any is served, so
+/// that a publish carried unread on one finds the subscriber carried on
+/// another.
 pub fn register_carried(
     hub: &Hub,
     peer: &Peer,
@@ -171,7 +169,7 @@ pub fn register_carried(
     decoder.extend(&state.unread_bytes());
     if let Err(e) = resume(hub, conn, &state.carried) {
         // The state was valid when stored; what it asks may still be
-        // refused now (a service another connection registered first).
+        // refused now (a pattern the next instance cannot parse).
         hub.disconnect(conn, "handover_refused");
         return Err(e);
     }
@@ -349,7 +347,6 @@ fn resume(hub: &Hub, conn: ConnId, carried: &crate::fdstore::Carried) -> Result<
                 .collect::<Result<Vec<_>, _>>()?;
             hub.resubscribe(conn, patterns)
         }
-        Carried::Providing { services } => hub.register(conn, services.clone()),
     }
 }
 
@@ -431,8 +428,9 @@ struct Session<'a> {
     conn: ConnId,
     peer: &'a Peer,
     /// The peer's account: its request bucket is shared by all the
-    /// connections of the peer's container.
-    account: &'a Account,
+    /// connections of the peer's container, and its calls in flight are
+    /// charged to it.
+    account: &'a Arc<Account>,
     /// For answering at once when the writer is idle (see Outbox::write_now).
     write: &'a OwnedWriteHalf,
     outbox: &'a Arc<Outbox>,
@@ -568,16 +566,12 @@ impl Session<'_> {
             .and_then(|_| self.hub.services().for_method(&method).cloned());
         if self.mode == Mode::Streaming {
             // A running stream owns the connection's replies: only calls
-            // that answer nothing may share it (a provider's Reply, a
-            // Publish). A second Subscribe or Register would stream twice.
-            let allowed = oneway
-                && matches!(
-                    request,
-                    Ok(Request::Reply { .. }) | Ok(Request::Publish { .. })
-                );
+            // that answer nothing may share it (a Publish). A second
+            // Subscribe or Monitor would stream twice.
+            let allowed = oneway && matches!(request, Ok(Request::Publish { .. }));
             if !allowed {
                 return Some(Ended::Protocol(format!(
-                    "call {} on a connection with a running stream (only oneway Reply and Publish are allowed there)",
+                    "call {} on a connection with a running stream (only a oneway Publish is allowed there)",
                     truncate_for_log(&method)
                 )));
             }
@@ -597,15 +591,12 @@ impl Session<'_> {
                 )
                 .await
             }
-            (None, request) => self.gateway_request(request, upgrade, more, shutdown).await,
+            (None, request) => self.gateway_request(request, upgrade, more).await,
         };
         let result = match outcome {
             Ok(Some(Answer::Json(parameters))) if !oneway => self
                 .outbox
                 .push_reply(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
-            Ok(Some(Answer::CallResult(result))) if !oneway => self
-                .outbox
-                .push_reply(|out| encode_result_reply(out, result.get())),
             Ok(Some(Answer::Relayed(frame))) if !oneway => self
                 .outbox
                 .push_reply(|out| qm_ipc_proto::framing::encode_frame(out, &frame)),
@@ -643,7 +634,6 @@ impl Session<'_> {
         request: Result<Request, ErrorReply>,
         upgrade: bool,
         more: bool,
-        shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Answer>, ErrorReply> {
         match request {
             Err(e) => Err(e),
@@ -651,7 +641,7 @@ impl Session<'_> {
                 parameter: "upgrade".into(),
             }),
             Ok(request) if request.requires_more() && !more => Err(ErrorReply::ExpectedMore),
-            Ok(request) => self.dispatch(request, shutdown).await,
+            Ok(request) => self.dispatch(request).await,
         }
     }
 
@@ -668,8 +658,21 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Answer>, ErrorReply> {
         self.authorize(Action::Call, method)?;
-        // Monitors see the call and how it ended.
         let (hub, conn) = (self.hub, self.conn);
+        // Charged to the caller's account until it ends, however it ends:
+        // one QM container holds at most max_calls_per_peer calls in
+        // flight, whichever services they go to, on however many
+        // connections (each service also bounds its own share of them).
+        let max = hub.limits().max_calls_per_peer;
+        let _in_flight = self
+            .account
+            .try_charge(
+                Resource::Calls,
+                1,
+                (!self.peer.is_provider()).then_some(max),
+            )
+            .map_err(|_| hub.limit_exceeded("max_calls_per_peer", max))?;
+        // Monitors see the call and how it ended.
         let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
         let id = hub.next_proxied_id();
         hub.observe_proxied_call(conn, service.interface(), member, id, None);
@@ -929,11 +932,7 @@ impl Session<'_> {
     }
 
     /// Carries out a request. `Ok(None)` means nothing to send now.
-    async fn dispatch(
-        &mut self,
-        request: Request,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Answer>, ErrorReply> {
+    async fn dispatch(&mut self, request: Request) -> Result<Option<Answer>, ErrorReply> {
         let hub = self.hub;
         match request {
             Request::GetInfo => {
@@ -991,78 +990,6 @@ impl Session<'_> {
                 self.mode = Mode::Streaming;
                 Ok(None)
             }
-            Request::Register { services } => {
-                // One line per gateway run, not per call: the users to
-                // reach are the deployments still serving this way.
-                static DEPRECATED: std::sync::Once = std::sync::Once::new();
-                DEPRECATED.call_once(|| {
-                    tracing::warn!(
-                        "Register/Reply/Call are deprecated and go in 2.0: serve the interface on a varlink socket of its own and declare it to the gateway (docs/design.md, \"ASIL services behind the gateway\")"
-                    )
-                });
-                for service in &services {
-                    self.authorize(Action::Register, service)?;
-                }
-                hub.register(self.conn, services)?;
-                self.mode = Mode::Streaming;
-                Ok(Some(Answer::Json(json!({}))))
-            }
-            Request::Reply { id, outcome } => {
-                hub.reply(self.conn, id, outcome)?;
-                Ok(Some(Answer::Json(json!({}))))
-            }
-            Request::Call {
-                service,
-                method,
-                parameters,
-                timeout_ms,
-            } => {
-                self.authorize(Action::Call, &service)?;
-                let limits = hub.limits();
-                let timeout = match timeout_ms {
-                    None => limits.default_call_timeout,
-                    Some(0) => return Err(ErrorReply::invalid("timeout_ms", "must be positive")),
-                    Some(ms) if Duration::from_millis(ms) > limits.max_call_timeout => {
-                        return Err(ErrorReply::invalid(
-                            "timeout_ms",
-                            format!("at most {} ms allowed", limits.max_call_timeout.as_millis()),
-                        ))
-                    }
-                    Some(ms) => Duration::from_millis(ms),
-                };
-                let (id, reply) =
-                    hub.start_call(self.conn, &service, method, parameters, timeout)?;
-                // However this call ends (answered, timed out, or this task
-                // dropped because the connection's writer ended), the
-                // connection is idle again and the call's charges are
-                // released (a no-op once answered).
-                let _release = AbandonOnDrop {
-                    hub,
-                    caller: self.conn,
-                    id,
-                };
-                let outcome = tokio::select! {
-                    r = tokio::time::timeout(timeout, reply) => r,
-                    _ = shutdown.wait_for(|stop| *stop) => {
-                        return Err(self.cut_by_stop("io.qmipc.Gateway.Call", ErrorReply::ServiceUnavailable { service }));
-                    }
-                    // A caller that leaves gives its call up at once, not
-                    // at the deadline: its slot, its charges and its
-                    // connection are free again.
-                    _ = hangup(self.write.as_ref()) => {
-                        return Err(ErrorReply::ServiceUnavailable { service });
-                    }
-                };
-                match outcome {
-                    Ok(Ok(Ok(result))) => Ok(Some(Answer::CallResult(result))),
-                    Ok(Ok(Err(error))) => Err(error),
-                    Ok(Err(_)) => Err(ErrorReply::ServiceUnavailable { service }),
-                    Err(_elapsed) => Err(ErrorReply::Timeout {
-                        service,
-                        timeout_ms: timeout.as_millis() as u64,
-                    }),
-                }
-            }
             Request::Instance => Ok(Some(Answer::Json(json!({
                 "instance": serde_json::from_str::<Value>(&hub.instance_json())
                     .unwrap_or(Value::Null)
@@ -1097,24 +1024,15 @@ impl Session<'_> {
             Request::List => {
                 self.authorize(Action::List, "gateway")?;
                 let identity = self.peer.identity();
-                let (topics, registered) = hub.listing(
-                    |topic| self.policy.may_read(&identity, topic),
-                    |service| {
-                        self.policy
-                            .check(&identity, Action::Call, service)
-                            .allowed()
-                    },
-                );
-                let mut services: Vec<(String, &str)> =
-                    registered.into_iter().map(|s| (s, "registered")).collect();
-                services.extend(
-                    hub.services()
-                        .iter()
-                        .map(|s| s.interface())
-                        .filter(|i| self.may_use_service(i))
-                        .map(|i| (i.to_owned(), "interface")),
-                );
-                services.sort();
+                let topics = hub.listing(|topic| self.policy.may_read(&identity, topic));
+                // Sorted already: the services are kept by interface name.
+                let services: Vec<(String, &str)> = hub
+                    .services()
+                    .iter()
+                    .map(|s| s.interface())
+                    .filter(|i| self.may_use_service(i))
+                    .map(|i| (i.to_owned(), "interface"))
+                    .collect();
                 Ok(Some(Answer::Json(list_reply(&topics, &services))))
             }
         }
@@ -1146,20 +1064,6 @@ pub fn truncate_for_log(text: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
-}
-
-/// Ends a call when dropped: the caller's connection is idle again, and a
-/// call still waiting is given up.
-struct AbandonOnDrop<'a> {
-    hub: &'a Hub,
-    caller: ConnId,
-    id: CallId,
-}
-
-impl Drop for AbandonOnDrop<'_> {
-    fn drop(&mut self) {
-        self.hub.abandon_call(self.caller, self.id);
-    }
 }
 
 /// Resolves once the peer has closed its end with nothing left unread, or
@@ -1353,7 +1257,7 @@ mod tests {
             connections: 1,
             topics: 1,
             retained_bytes: 3,
-            services: vec!["demo.echo".into()],
+            services: vec!["io.qmipc.Demo".into()],
             services_total: 1,
             subscriptions: 1,
             calls_in_flight: 0,
@@ -1395,16 +1299,16 @@ mod tests {
                 value_json: r#"{"kmh":50}"#,
             },
             Event::Call {
-                service: "demo.echo",
+                service: "io.qmipc.Demo",
                 method: "Echo",
                 id: 4,
             },
             Event::Reply {
-                service: "demo.echo",
+                service: "io.qmipc.Demo",
                 id: 4,
             },
             Event::Error {
-                service: "demo.echo",
+                service: "io.qmipc.Demo",
                 id: 4,
                 error: "com.example.Broken",
             },
@@ -1424,9 +1328,8 @@ mod tests {
                 subscribers: usize::MAX,
             })
             .collect();
-        let services: Vec<(String, &str)> = (0..Limits::default().max_services)
-            .map(|i| (name(i), "registered"))
-            .collect();
+        // More services than List shows: it lists the first 64.
+        let services: Vec<(String, &str)> = (0..256).map(|i| (name(i), "interface")).collect();
         let list = list_reply(&topics, &services);
         if let Err(e) = idl.check_output("List", &list) {
             panic!("List reply: {e}");
@@ -1436,14 +1339,15 @@ mod tests {
             bytes < Limits::default().max_queued_bytes / 2,
             "the largest List reply is {bytes} bytes"
         );
-        // Regression: QM registrations made the Stats reply larger than the
-        // reply queue, and the ASIL side's Stats connection was closed.
-        // The largest reply the bounds allow still fits.
+        // Regression: the Stats reply grew larger than the reply queue (QM
+        // registered service names, before services were declared), and
+        // the ASIL side's Stats connection was closed. The largest reply
+        // the bounds allow still fits.
         let limits = Limits::default();
         let name = |i: usize| format!("{i:0>255}");
         let worst = Snapshot {
             services: (0..crate::broker::LISTED_SERVICES).map(name).collect(),
-            services_total: limits.max_services,
+            services_total: usize::MAX,
             denials: (0..65).map(|i| (name(i), u64::MAX)).collect(),
             accounts: (0..crate::broker::LISTED_ACCOUNTS)
                 .map(|i| AccountSnapshot {
@@ -1459,16 +1363,15 @@ mod tests {
                 .map(|i| ConnectionSnapshot {
                     id: u64::MAX,
                     peer: format!("consumer pid=2147483647 uid=4294967295 gid=4294967295 cgroup#18446744073709551615 label={}", name(i)),
-                    state: "providing",
+                    state: "monitoring",
                     queue: Default::default(),
                 })
                 .collect(),
             limit_hits: [
                 "max_connections_per_peer", "connection_rate", "rate", "max_topics", "qm_topics",
                 "max_retained_bytes", "qm_retained_bytes", "max_topics_per_peer",
-                "max_retained_bytes_per_peer", "max_calls_per_peer", "max_calls_per_service",
-                "max_services", "qm_services", "max_services_per_peer", "max_queued_bytes",
-                "max_subscription_patterns",
+                "max_retained_bytes_per_peer", "max_calls_per_peer", "service_calls_per_peer",
+                "max_queued_bytes", "max_subscription_patterns", "max_subscriptions_per_peer",
             ]
             .into_iter()
             .map(|l| (l, u64::MAX))

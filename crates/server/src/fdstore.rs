@@ -42,7 +42,9 @@ pub const CONN_FD_PREFIX: &str = "qmipc-conn-";
 pub const STORE_PREFIX: &str = "qmipc-";
 
 const MAGIC: &[u8; 8] = b"QMIPCFD\0";
-pub const VERSION: u32 = 1;
+/// 2: a connection no longer carries a provider's services (Register is
+/// gone), so a store of version 1 is refused, not misread.
+pub const VERSION: u32 = 2;
 /// Magic, version, body length, checksum.
 const HEADER: usize = 8 + 4 + 8 + 8;
 /// Bytes of a store on top of what the limits allow to be in it: the
@@ -120,8 +122,6 @@ pub enum Carried {
     /// Streaming a subscription to these patterns; every sample up to the
     /// topics' seqs in the store was written to it.
     Streaming { patterns: Vec<String> },
-    /// Providing these services.
-    Providing { services: Vec<String> },
 }
 
 impl ConnState {
@@ -197,12 +197,7 @@ pub fn max_store_bytes(limits: &Limits) -> usize {
     let per_conn = max_unread(limits)
         .saturating_mul(2)
         .saturating_add(OVERHEAD_PER_ITEM)
-        .saturating_add(
-            limits
-                .max_subscription_patterns
-                .max(limits.max_services)
-                .saturating_mul(260),
-        );
+        .saturating_add(limits.max_subscription_patterns.saturating_mul(260));
     HEADER
         .saturating_add(values)
         .saturating_add(topics)
@@ -362,20 +357,6 @@ impl State {
                     for p in patterns {
                         TopicPattern::parse(p)
                             .map_err(|e| format!("connection {}: pattern: {e}", c.id))?;
-                    }
-                }
-                Carried::Providing { services } => {
-                    if services.is_empty() || services.len() > limits.max_services.max(1) {
-                        return Err(format!(
-                            "connection {}: {} services (1 to {} allowed)",
-                            c.id,
-                            services.len(),
-                            limits.max_services
-                        ));
-                    }
-                    for s in services {
-                        check_name("service", s)
-                            .map_err(|e| format!("connection {}: service: {e}", c.id))?;
                     }
                 }
             }

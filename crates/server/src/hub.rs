@@ -8,16 +8,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use qm_ipc_proto::interface::{ReplyOutcome, TopicPattern};
+use qm_ipc_proto::interface::TopicPattern;
 use qm_ipc_proto::raw::RawJson;
 use qm_ipc_proto::ErrorReply;
-use tokio::sync::oneshot;
 
 use crate::broker::account::Account;
 use crate::broker::{Broker, Now};
-pub use crate::broker::{CallId, CallOutcome, ConnId, ConnectionSnapshot, Snapshot};
+pub use crate::broker::{ConnId, ConnectionSnapshot, Snapshot};
 use crate::config::Limits;
 use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
@@ -330,39 +328,25 @@ impl Hub {
         self.proxied_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn register(&self, conn: ConnId, services: Vec<String>) -> Result<(), ErrorReply> {
-        self.lock().register(conn, services)
-    }
-
-    pub fn start_call(
-        &self,
-        caller: ConnId,
-        service: &str,
-        method: String,
-        parameters: RawJson,
-        timeout: Duration,
-    ) -> Result<(CallId, oneshot::Receiver<CallOutcome>), ErrorReply> {
-        self.lock()
-            .start_call(caller, service, method, parameters, timeout)
-    }
-
-    pub fn abandon_call(&self, caller: ConnId, id: CallId) {
-        self.lock().abandon_call(caller, id);
-    }
-
-    pub fn reply(&self, conn: ConnId, id: CallId, outcome: ReplyOutcome) -> Result<(), ErrorReply> {
-        self.lock().reply(conn, id, outcome)
-    }
-
+    /// The counters, with the ASIL services behind the gateway.
     pub fn snapshot(&self) -> Snapshot {
-        self.lock().snapshot()
+        let services = self.services();
+        let mut snapshot = self.lock().snapshot();
+        snapshot.services_total = services.iter().count();
+        snapshot.services = services
+            .iter()
+            .take(crate::broker::LISTED_SERVICES)
+            .map(|s| s.interface().to_owned())
+            .collect();
+        snapshot
     }
 
+    /// The topics `visible_topic` admits (the caller's policy), sorted by
+    /// name, for `List`.
     pub fn listing(
         &self,
         visible_topic: impl Fn(&str) -> bool,
-        visible_service: impl Fn(&str) -> bool,
-    ) -> (Vec<crate::broker::topics::TopicSummary>, Vec<String>) {
-        self.lock().listing(visible_topic, visible_service)
+    ) -> Vec<crate::broker::topics::TopicSummary> {
+        self.lock().listing(visible_topic)
     }
 }

@@ -15,7 +15,7 @@
 //!   file descriptor store, and its validation.
 //! - [`provider_thread`]: the ASIL side's own thread, priority and CPUs.
 //! - [`peer`]: who is on the other end of a connection.
-//! - [`policy`]: who may publish, subscribe, call and register what.
+//! - [`policy`]: who may publish, subscribe and call what.
 //! - [`rate`]: the token bucket for an account's requests and connections.
 //! - [`services`]: ASIL varlink services behind the gateway, and the proxy.
 //! - [`config`]: every limit and path, with its default.

@@ -3,8 +3,9 @@
 //! (`FDSTORE=1` datagrams with `SCM_RIGHTS`), and the next one takes them
 //! back. Clients on real sockets see no disconnect: the subscriber's seqs
 //! go on without a gap or a duplicate, a half-sent call completes, the
-//! instance stays, a call in flight is answered `Restarting`, and a
-//! provider serves on. A foreign store is discarded.
+//! instance stays, a call in flight to an ASIL service is answered
+//! `Restarting`, and the service is served on. A foreign store is
+//! discarded.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -54,6 +55,21 @@ impl Client {
             let n = self.stream.read(&mut chunk).expect("a reply in time");
             assert!(n > 0, "the gateway closed the connection");
             self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next frame, or `None` once the peer closed the connection.
+    fn try_read(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == 0) {
+                let frame: Vec<u8> = self.buf.drain(..=end).collect();
+                return serde_json::from_slice(&frame[..end]).ok();
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
         }
     }
 
@@ -147,6 +163,16 @@ impl Running {
 /// A gateway on `socket` (the provider listener: every action allowed),
 /// notifying `notify` with a store of 64 fds; `stored` taken back first.
 fn start(socket: &Path, notify: &Path, stored: Vec<(String, OwnedFd)>) -> Running {
+    start_with(socket, notify, stored, None)
+}
+
+/// [`start`] with the ASIL services declared in `services`.
+fn start_with(
+    socket: &Path,
+    notify: &Path,
+    stored: Vec<(String, OwnedFd)>,
+    services: Option<PathBuf>,
+) -> Running {
     let (socket, notify) = (socket.to_owned(), notify.to_owned());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -167,6 +193,9 @@ fn start(socket: &Path, notify: &Path, stored: Vec<(String, OwnedFd)>) -> Runnin
                 limits,
                 Notifier::to_socket(&notify, 64).unwrap(),
             );
+            if let Some(services) = &services {
+                gateway.load_services(services).unwrap();
+            }
             gateway.restore(stored);
             ready_tx.send(()).unwrap();
             gateway
@@ -182,6 +211,53 @@ fn start(socket: &Path, notify: &Path, stored: Vec<(String, OwnedFd)>) -> Runnin
         stop: Some(stop_tx),
         thread: Some(thread),
     }
+}
+
+const ECHO_IDL: &str =
+    "interface com.example.Echo\n\nmethod Echo(n: int) -> (n: int)\n\n# Never answers.\nmethod Hang() -> ()\n";
+
+/// An ASIL service on `socket`, written by hand on threads so the test
+/// sees exactly what it does: it describes itself, answers Echo, and never
+/// answers Hang (a call in flight at the restart). Each Hang that reached
+/// it is sent on the returned channel.
+fn serve_echo(socket: &Path) -> std::sync::mpsc::Receiver<()> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let (hung_tx, hung) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let hung_tx = hung_tx.clone();
+            std::thread::spawn(move || {
+                let mut client = Client {
+                    stream,
+                    buf: Vec::new(),
+                };
+                // The gateway's pool keeps connections: no read timeout.
+                client.stream.set_read_timeout(None).unwrap();
+                loop {
+                    let Some(call) = client.try_read() else {
+                        return;
+                    };
+                    let reply = match call["method"].as_str() {
+                        Some("org.varlink.service.GetInterfaceDescription") => {
+                            json!({"parameters": {"description": ECHO_IDL}})
+                        }
+                        Some("com.example.Echo.Echo") => {
+                            json!({"parameters": {"n": call["parameters"]["n"]}})
+                        }
+                        Some("com.example.Echo.Hang") => {
+                            let _ = hung_tx.send(());
+                            continue;
+                        }
+                        _ => json!({"error": "org.varlink.service.MethodNotFound",
+                            "parameters": {"method": call["method"]}}),
+                    };
+                    client.call(reply);
+                }
+            });
+        }
+    });
+    hung
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, UnixDatagram) {
@@ -204,8 +280,19 @@ fn wait_listening(socket: &Path) {
 
 #[test]
 fn clients_go_on_across_a_restart_through_the_store() {
-    let (_dir, socket, notify_path, notify) = setup();
-    let first = start(&socket, &notify_path, Vec::new());
+    let (dir, socket, notify_path, notify) = setup();
+    let service_socket = dir.path().join("com.example.Echo.socket");
+    let hung = serve_echo(&service_socket);
+    let services = dir.path().join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\ninterface = \"com.example.Echo\"\nsocket = \"{}\"\n",
+            service_socket.display()
+        ),
+    )
+    .unwrap();
+    let first = start_with(&socket, &notify_path, Vec::new(), Some(services.clone()));
     wait_listening(&socket);
     let before = instance(&socket);
 
@@ -222,21 +309,12 @@ fn clients_go_on_across_a_restart_through_the_store() {
     assert_eq!(publish(&mut publisher, 4), 4);
     assert_eq!(subscriber.read()["parameters"]["sample"]["seq"], 4);
 
-    // A provider, and a caller whose call it never answers: in flight at
-    // the restart.
-    let mut provider = Client::connect(&socket);
-    provider.call(json!({"method": "io.qmipc.Gateway.Register",
-        "parameters": {"services": ["demo.echo"]}, "more": true}));
-    let registered = provider.read();
-    assert_eq!(registered["continues"], true, "{registered}");
+    // A caller whose call the service never answers: in flight at the
+    // restart.
     let mut caller = Client::connect(&socket);
-    caller.call(json!({"method": "io.qmipc.Gateway.Call",
-        "parameters": {"service": "demo.echo", "method": "Echo", "parameters": {"n": 1}}}));
-    let request = provider.read();
-    assert_eq!(
-        request["parameters"]["request"]["method"], "Echo",
-        "{request}"
-    );
+    caller.call(json!({"method": "com.example.Echo.Hang"}));
+    hung.recv_timeout(TIMEOUT)
+        .expect("the call reaches the service");
 
     // Half a call: the rest follows after the restart.
     let mut idle = Client::connect(&socket);
@@ -252,7 +330,7 @@ fn clients_go_on_across_a_restart_through_the_store() {
     let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.last(), Some(&"qmipc-state"), "{names:?}");
     assert!(
-        names.len() >= 6,
+        names.len() >= 5,
         "every client connection is stored: {names:?}"
     );
 
@@ -260,7 +338,7 @@ fn clients_go_on_across_a_restart_through_the_store() {
     let cut = caller.read();
     assert_eq!(cut["error"], "io.qmipc.Gateway.Restarting", "{cut}");
 
-    let second = start(&socket, &notify_path, stored);
+    let second = start_with(&socket, &notify_path, stored, Some(services));
     // Values, seq and instance go on.
     idle.send_raw(&get[20..]);
     idle.send_raw(b"\0");
@@ -280,20 +358,11 @@ fn clients_go_on_across_a_restart_through_the_store() {
         assert_eq!(s["parameters"]["sample"]["dropped"], 0);
     }
     assert_eq!(instance(&socket), before);
-    // The provider serves on: a new call reaches it and its answer the
-    // caller.
-    caller.call(json!({"method": "io.qmipc.Gateway.Call",
-        "parameters": {"service": "demo.echo", "method": "Echo", "parameters": {"n": 2}}}));
-    let request = provider.read();
-    assert_eq!(
-        request["parameters"]["request"]["parameters"]["n"], 2,
-        "{request}"
-    );
-    let id = request["parameters"]["request"]["id"].clone();
-    provider.call(json!({"method": "io.qmipc.Gateway.Reply", "oneway": true,
-        "parameters": {"id": id, "result": {"n": 2}}}));
+    // The service is served on: the caller's next call, on the same
+    // connection, reaches it and its answer the caller.
+    caller.call(json!({"method": "com.example.Echo.Echo", "parameters": {"n": 2}}));
     let answer = caller.read();
-    assert_eq!(answer["parameters"]["result"]["n"], 2, "{answer}");
+    assert_eq!(answer["parameters"]["n"], 2, "{answer}");
     second.stop();
 }
 

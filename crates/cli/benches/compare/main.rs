@@ -383,7 +383,6 @@ fn main() {
                 "1024",
             ],
         );
-        let _provider = spawn_echo_provider_on(server, &gw.provider, "bench.echo");
         pin_to(client);
         let mut client_conn = Blocking::connect(&gw.consumer);
         let mut publisher = Blocking::connect(&gw.provider);
@@ -415,10 +414,6 @@ fn main() {
                 ));
             }
         };
-        calls("qm-ipc Call (two hops)", &mut client_conn, &|payload| {
-            json!({"method": "io.qmipc.Gateway.Call",
-                "parameters": {"service": "bench.echo", "method": "Echo", "parameters": {"p": "c".repeat(payload)}}})
-        });
         // The same ASIL service called directly, then through the gateway.
         let echo = |payload: usize| json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}});
         let mut direct = Blocking::connect(&service_socket);

@@ -61,7 +61,7 @@ pub fn markdown(figures: &[Figure], quick: bool, dbus_skipped: Option<&str>, run
          every ratio is against the raw Unix socket figure of the same run, placement and payload \
          (latency: p50 / raw echo p50; throughput: messages per second / raw one-way streaming). \
          \"one CPU\": every process and thread pinned to CPU 0; \"split\": clients on CPU 0, \
-         servers (gateway, provider, dbus-daemon, D-Bus service) on CPU 1.\n",
+         servers (gateway, ASIL service, dbus-daemon, D-Bus service) on CPU 1.\n",
         if quick { " -- --quick" } else { "" },
         run.commit,
         run.machine,
@@ -124,11 +124,11 @@ pub fn markdown(figures: &[Figure], quick: bool, dbus_skipped: Option<&str>, run
         target(
             &mut rows,
             &format!("Call p50 / raw ≤ {call_limit}"),
-            "p50 of a call from a client through the gateway to a provider and back (two hops, 64 B) / raw echo p50",
-            ratio("qm-ipc Call (two hops)", 64),
+            "p50 of a call from a QM client through the gateway to an ASIL service and back (two hops, 64 B) / raw echo p50",
+            ratio("qm-ipc proxied call", 64),
             |v| v <= call_limit,
         );
-        let call = find(figures, placement, "qm-ipc Call (two hops)", 64).and_then(|f| f.p50);
+        let call = find(figures, placement, "qm-ipc proxied call", 64).and_then(|f| f.p50);
         let dbus = find(figures, placement, "D-Bus method call", 64).and_then(|f| f.p50);
         target(
             &mut rows,

@@ -32,7 +32,7 @@ impl GatewayProcess {
         // which the built-in policy does not allow.
         Self::start_with_policy(
             cpu,
-            "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], register = [\"*\"], stats = true }\n",
+            "[[rule]]\nname = \"bench\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], stats = true }\n",
             extra,
         )
     }
@@ -217,50 +217,72 @@ pub fn is_error(reply: &[u8]) -> bool {
     reply.starts_with(b"{\"error\"")
 }
 
-/// Requests the echo providers received that `serde_json` could not parse
-/// (the gateway must never forward such a value).
-pub static PROVIDER_UNPARSEABLE: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
+/// The interface of the benchmarks' echo service.
+pub const ECHO_INTERFACE: &str = "io.qmipc.BenchEcho";
+const ECHO_IDL: &str = "interface io.qmipc.BenchEcho\n\n# Answers with its parameter.\nmethod Echo(p: object) -> (p: object)\n";
 
-/// A provider thread that answers every call of `service` with its
-/// parameters (oneway Reply), until its connection closes.
-pub fn spawn_echo_provider(provider_socket: &Path, service: &str) -> std::thread::JoinHandle<()> {
-    spawn_echo_provider_on(None, provider_socket, service)
+/// Calls the echo service received that `serde_json` could not parse
+/// (the gateway must never forward such a value).
+pub static SERVICE_UNPARSEABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An ASIL service for the benchmarks' calls through the gateway: a plain
+/// varlink server on `socket` (one thread per connection, on `cpu`) that
+/// describes itself and answers `io.qmipc.BenchEcho.Echo` with its
+/// parameter. Returns the services file (in `dir`) that declares it.
+pub fn spawn_echo_service_on(cpu: Option<usize>, dir: &Path) -> PathBuf {
+    let socket = dir.join("io.qmipc.BenchEcho.socket");
+    let listener = UnixListener::bind(&socket).expect("bind the echo service");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                let mut conn = Blocking::from_stream(stream);
+                // The gateway keeps its connections open between calls.
+                conn.stream.set_read_timeout(None).expect("no timeout");
+                while let Some(received) = conn.recv_raw() {
+                    // A conforming parser must read whatever the gateway
+                    // forwards; count (and skip) anything it cannot.
+                    let Ok(call) = serde_json::from_slice::<Value>(&received) else {
+                        SERVICE_UNPARSEABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    };
+                    let reply = match call["method"].as_str() {
+                        Some("org.varlink.service.GetInterfaceDescription") => {
+                            json!({"parameters": {"description": ECHO_IDL}})
+                        }
+                        _ => json!({"parameters": {"p": call["parameters"]["p"]}}),
+                    };
+                    if call["oneway"] == true {
+                        continue;
+                    }
+                    // The gateway going away (the end of a run) ends it.
+                    if conn.send_raw(&frame(&reply)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let services = dir.join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\ninterface = \"{ECHO_INTERFACE}\"\nsocket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .expect("write the services file");
+    services
 }
 
-/// [`spawn_echo_provider`] with its thread on `cpu`.
-pub fn spawn_echo_provider_on(
-    cpu: Option<usize>,
-    provider_socket: &Path,
-    service: &str,
-) -> std::thread::JoinHandle<()> {
-    let mut conn = Blocking::connect(provider_socket);
-    // A provider waits for requests as long as it takes.
-    conn.stream.set_read_timeout(None).expect("no timeout");
-    conn.send(&json!({"method": "io.qmipc.Gateway.Register", "parameters": {"services": [service]}, "more": true}));
-    let confirmation = conn.recv().expect("registration");
-    assert_eq!(confirmation["continues"], true, "{confirmation}");
-    std::thread::spawn(move || {
-        pin_to(cpu);
-        while let Some(frame) = conn.recv_raw() {
-            // A conforming parser must read whatever the gateway forwards;
-            // count (and skip) anything it cannot.
-            let Ok(request) = serde_json::from_slice::<Value>(&frame) else {
-                PROVIDER_UNPARSEABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
-            };
-            let request = &request["parameters"]["request"];
-            let reply = json!({
-                "method": "io.qmipc.Gateway.Reply",
-                "parameters": {"id": request["id"], "result": request["parameters"]},
-                "oneway": true,
-            });
-            // The gateway going away (the end of a run) ends the provider.
-            if conn.send_raw(&self::frame(&reply)).is_err() {
-                break;
-            }
-        }
-    })
+/// The call `io.qmipc.BenchEcho.Echo` with `p` as its parameter (JSON
+/// text), as a frame.
+pub fn echo_call(p: &str) -> Vec<u8> {
+    let mut out =
+        format!(r#"{{"method":"{ECHO_INTERFACE}.Echo","parameters":{{"p":{p}}}}}"#).into_bytes();
+    out.push(0);
+    out
 }
 
 /// The physical baseline: a raw Unix stream socket echo server (one read,

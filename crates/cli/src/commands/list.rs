@@ -92,13 +92,13 @@ mod tests {
         let reply = json!({
             "topics": [{"topic": "vehicle.speed", "seq": 7, "bytes": 4, "subscribers": 2}],
             "topics_total": 1,
-            "services": [{"service": "demo.echo", "kind": "registered"}],
+            "services": [{"service": "io.qmipc.Demo", "kind": "interface"}],
             "services_total": 3,
         });
         assert_eq!(
             render(&reply),
             "topics (1 of 1):\n  vehicle.speed  seq 7  4 B  2 subscribers\n\
-             services (1 of 3):\n  demo.echo (registered)\n"
+             services (1 of 3):\n  io.qmipc.Demo (interface)\n"
         );
     }
 }

@@ -179,14 +179,13 @@ pub fn remote_exit_code(error: &ErrorReply) -> u8 {
         // Try again: the next gateway instance serves the same connection.
         ErrorReply::Timeout { .. }
         | ErrorReply::Restarting { .. }
-        | ErrorReply::LimitExceeded { .. }
-        | ErrorReply::AlreadyRegistered { .. } => exit::TEMPFAIL,
+        | ErrorReply::LimitExceeded { .. } => exit::TEMPFAIL,
         ErrorReply::InvalidValue { .. } | ErrorReply::VarlinkInvalidParameter { .. } => {
             exit::DATAERR
         }
-        ErrorReply::ExpectedMore | ErrorReply::NoSuchRequest { .. } => exit::PROTOCOL,
+        ErrorReply::ExpectedMore => exit::PROTOCOL,
         // A service's own error, relayed as the service sent it.
-        ErrorReply::ServiceError { .. } | ErrorReply::Other { .. } => exit::SERVICE,
+        ErrorReply::Other { .. } => exit::SERVICE,
     }
 }
 

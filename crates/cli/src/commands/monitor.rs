@@ -1,4 +1,4 @@
-//! `qm-ipc monitor [PATTERN]...`: every publish, call, reply and provider
+//! `qm-ipc monitor [PATTERN]...`: every publish, call, reply and service
 //! error the caller's policy lets it see, as they happen, with when and
 //! who. Bounded at the gateway: a monitor that reads too slowly loses
 //! events and each event says how many were lost just before it.
@@ -128,11 +128,11 @@ mod tests {
         );
         let event = json!({
             "kind": "call", "timestamp_us": 0, "peer": "consumer uid=1000",
-            "name": "demo.echo", "seq": 5, "method": "Echo", "dropped": 0,
+            "name": "io.qmipc.Demo", "seq": 5, "method": "Echo", "dropped": 0,
         });
         assert_eq!(
             render(&event),
-            "1970-01-01T00:00:00.000000Z call demo.echo Echo call 5 by consumer uid=1000"
+            "1970-01-01T00:00:00.000000Z call io.qmipc.Demo Echo call 5 by consumer uid=1000"
         );
     }
 }

@@ -67,16 +67,11 @@ pub struct PublishArgs {
 #[derive(Debug, Args)]
 pub struct CallArgs {
     /// A method of an ASIL service behind the gateway, as varlinkctl takes
-    /// it (INTERFACE.METHOD, e.g. com.example.Climate.SetTemperature); or a
-    /// registered service's name (e.g. demo.echo), followed by its method
-    service: String,
-    /// Parameters, as a JSON object; or, after a registered service's name,
-    /// its method (e.g. Echo) and then the parameters
-    #[arg(num_args = 0..=2, value_name = "PARAMETERS")]
-    rest: Vec<String>,
-    /// How long the gateway waits for the provider (default: the gateway's).
-    #[arg(long, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 86_400_000))]
-    call_timeout_ms: Option<u64>,
+    /// it: INTERFACE.METHOD, e.g. com.example.Climate.SetTemperature
+    method: String,
+    /// Parameters, as a JSON object
+    #[arg(value_name = "PARAMETERS")]
+    parameters: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -213,41 +208,15 @@ pub async fn publish(socket: Option<PathBuf>, args: PublishArgs) -> Result<(), C
 }
 
 pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), CommandError> {
-    // `INTERFACE.METHOD [JSON]` calls the method directly (varlinkctl's
-    // shape); `SERVICE METHOD [JSON]` goes through a registered service.
-    let direct = args
-        .rest
-        .first()
-        .is_none_or(|r| r.trim_start().starts_with('{'));
-    let (method, parameters) = match direct {
-        true => (None, args.rest.first()),
-        false => (args.rest.first().cloned(), args.rest.get(1)),
-    };
-    let parameters = parse_json("the parameters", parameters.map_or("{}", String::as_str))?;
+    let parameters = parse_json("the parameters", args.parameters.as_deref().unwrap_or("{}"))?;
     if !parameters.is_object() {
         return Err(CommandError::Usage(
             "the parameters must be a JSON object, e.g. '{\"text\": \"hi\"}'".into(),
         ));
     }
-    let session = session(socket, &args.common);
-    let result: Value = match method {
-        // A registered provider's service, through the gateway's Call.
-        Some(method) => {
-            let mut reply: serde_json::Map<String, Value> = session
-                .call(
-                    &format!("{GATEWAY_INTERFACE}.Call"),
-                    &serde_json::json!({
-                        "service": args.service,
-                        "method": method,
-                        "parameters": parameters,
-                        "timeout_ms": args.call_timeout_ms,
-                    }),
-                )
-                .await?;
-            reply.remove("result").unwrap_or(Value::Null)
-        }
-        None => session.call(&args.service, &parameters).await?,
-    };
+    let result: Value = session(socket, &args.common)
+        .call(&args.method, &parameters)
+        .await?;
     if args.common.json {
         println!("{result}");
     } else {

@@ -36,7 +36,7 @@ enum PolicyCommand {
 struct ExplainArgs {
     /// The policy file ("-" for the built-in policy).
     file: PathBuf,
-    /// The action: publish, subscribe (or get), call, register, stats, list.
+    /// The action: publish, subscribe (or get), call, stats, list, monitor.
     action: String,
     /// The topic or service (for stats: anything).
     name: String,
@@ -85,7 +85,7 @@ pub fn run(args: PolicyArgs) -> Result<(), CommandError> {
             let policy = load(&a.file, std::slice::from_ref(&a.listener))?;
             let action = Action::parse(&a.action).ok_or_else(|| {
                 CommandError::CommandLine(format!(
-                    "unknown action {:?}; use publish, subscribe, call, register, stats or list",
+                    "unknown action {:?}; use publish, subscribe, call, stats, list or monitor",
                     a.action
                 ))
             })?;

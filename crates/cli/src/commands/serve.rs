@@ -35,8 +35,8 @@ pub struct ServeArgs {
     /// reloaded on SIGHUP. See docs/design.md.
     #[arg(long, value_name = "FILE")]
     topics: Option<PathBuf>,
-    /// Also run the built-in demo provider (vehicle.speed at 10 Hz, the
-    /// demo.echo service, and the log of the client's time).
+    /// Also run the built-in demo provider (vehicle.speed at 10 Hz and the
+    /// log of the client's time).
     #[arg(long)]
     demo: bool,
     /// Nice value of the ASIL thread (which serves the provider socket),
@@ -73,8 +73,7 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().max_provider_connections, value_name = "N", value_parser = range::<usize>(1, 4096))]
     max_provider_connections: usize,
     /// Close a QM connection that holds nothing (no subscription, no
-    /// registration) and sends nothing for this long, in milliseconds. 0:
-    /// never.
+    /// call) and sends nothing for this long, in milliseconds. 0: never.
     #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_millis() as u64), value_name = "MS", value_parser = range::<u64>(0, 86_400_000))]
     idle_timeout_ms: u64,
     /// Connections one QM peer (its container: cgroup, else SELinux label,
@@ -94,15 +93,9 @@ pub struct LimitArgs {
     /// Bytes of last values one QM peer may hold.
     #[arg(long, default_value_t = Limits::default().max_retained_bytes_per_peer, value_name = "BYTES", value_parser = range::<usize>(0, 1 << 32))]
     max_retained_bytes_per_peer: usize,
-    /// Calls one QM peer may have in flight at once.
+    /// Calls to ASIL services one QM peer may have in flight at once.
     #[arg(long, default_value_t = Limits::default().max_calls_per_peer, value_name = "N", value_parser = range::<usize>(1, 65_536))]
     max_calls_per_peer: usize,
-    /// Service names registered at once, by everyone (QM together: 75%).
-    #[arg(long, default_value_t = Limits::default().max_services, value_name = "N", value_parser = range::<usize>(0, 100_000))]
-    max_services: usize,
-    /// Service names one QM peer may register.
-    #[arg(long, default_value_t = Limits::default().max_services_per_peer, value_name = "N", value_parser = range::<usize>(0, 100_000))]
-    max_services_per_peer: usize,
     /// Topic patterns one subscription may name.
     #[arg(long, default_value_t = Limits::default().max_subscription_patterns, value_name = "N", value_parser = range::<usize>(1, 4096))]
     max_subscription_patterns: usize,
@@ -113,10 +106,7 @@ pub struct LimitArgs {
     /// Reply bytes (and, separately, sample bytes) queued per connection.
     #[arg(long, default_value_t = Limits::default().max_queued_bytes, value_name = "BYTES", value_parser = range::<usize>(1024, 1 << 32))]
     max_queued_bytes: usize,
-    /// Calls waiting for one service at once.
-    #[arg(long, default_value_t = Limits::default().max_calls_per_service, value_name = "N", value_parser = range::<usize>(1, 65_536))]
-    max_calls_per_service: usize,
-    /// Call timeout when the caller gives none, in milliseconds.
+    /// How long a call to an ASIL service may take, in milliseconds.
     #[arg(long, default_value_t = Limits::default().default_call_timeout.as_millis() as u64, value_name = "MS", value_parser = range::<u64>(1, 3_600_000))]
     call_timeout_ms: u64,
     /// Time a started frame has to complete, in milliseconds.
@@ -158,12 +148,9 @@ impl LimitArgs {
             max_topics_per_peer: self.max_topics_per_peer,
             max_retained_bytes_per_peer: self.max_retained_bytes_per_peer,
             max_calls_per_peer: self.max_calls_per_peer.max(1),
-            max_services: self.max_services,
-            max_services_per_peer: self.max_services_per_peer,
             max_subscription_patterns: self.max_subscription_patterns,
             subscription_queue: self.subscription_queue,
             max_queued_bytes: self.max_queued_bytes,
-            max_calls_per_service: self.max_calls_per_service,
             default_call_timeout: Duration::from_millis(self.call_timeout_ms),
             frame_timeout: Duration::from_millis(self.frame_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
@@ -179,7 +166,6 @@ impl LimitArgs {
             max_provider_connections: self.max_provider_connections.max(1),
             idle_timeout: (self.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.idle_timeout_ms)),
-            ..Limits::default()
         }
     }
 }

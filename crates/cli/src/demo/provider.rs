@@ -2,7 +2,8 @@
 //! the ASIL side of the qm IPC example's demo where there is no ASIL
 //! partition to run a service in (QM-to-QM, the host runtime). The
 //! ASIL-to-QM deployment runs the demo service instead
-//! (`qm-ipc demo-service`, [`super::service`]). It publishes `vehicle.speed` at 10 Hz, serves `demo.echo`,
+//! (`qm-ipc demo-service`, [`super::service`]), which also serves the
+//! `io.qmipc.Demo` interface. This one publishes `vehicle.speed` at 10 Hz
 //! and logs every time value the QM client publishes, with the exact line
 //! the qm IPC example's server prints.
 
@@ -14,7 +15,6 @@ use serde_json::{json, Value};
 
 pub const SPEED_TOPIC: &str = "vehicle.speed";
 pub const TIME_TOPIC: &str = "demo.time";
-pub const ECHO_SERVICE: &str = "demo.echo";
 pub const SPEED_PERIOD: Duration = Duration::from_millis(100);
 
 /// A simulated speed in km/h: a slow wave between 20 and 100.
@@ -29,10 +29,7 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
     let mut times = GatewayClient::from_stream(gateway.connect_local(listener)?)
         .subscribe(&[TIME_TOPIC])
         .await?;
-    let mut echo = GatewayClient::from_stream(gateway.connect_local(listener)?)
-        .register(&[ECHO_SERVICE])
-        .await?;
-    tracing::info!("demo provider: publishing {SPEED_TOPIC} at 10 Hz, serving {ECHO_SERVICE}");
+    tracing::info!("demo provider: publishing {SPEED_TOPIC} at 10 Hz");
     let mut ticker = tokio::time::interval(SPEED_PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = 0u64;
@@ -47,20 +44,6 @@ pub async fn run(gateway: GatewayHandle, listener: &str) -> Result<(), ClientErr
                 let sample = sample?;
                 if let Some(line) = time_log.line(&sample.value) {
                     println!("{line}");
-                }
-            }
-            request = echo.next_request() => {
-                let request = request?;
-                match request.method.as_str() {
-                    "Echo" => echo.reply(request.id, request.parameters).await?,
-                    other => {
-                        echo.reply_error(
-                            request.id,
-                            "io.qmipc.demo.UnknownMethod",
-                            json!({ "method": other }),
-                        )
-                        .await?
-                    }
                 }
             }
         }

@@ -253,7 +253,7 @@ impl Drop for Proc {
 pub const ALLOW_ALL_POLICY: &str = r#"
 [[rule]]
 name = "tests-allow-all"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 "#;
 
 /// A gateway started by the test, binding its own sockets in a temporary
@@ -554,4 +554,130 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
             .starts_with("cgroup2 ")
             .then(|| left.split(' ').nth(4).map(std::path::PathBuf::from))?
     })
+}
+
+/// The interface of [`TestService`].
+pub const TEST_IDL: &str = "interface com.example.Test
+
+# Answers with the text; \"refuse\" is answered with Refused.
+method Echo(text: string) -> (text: string)
+
+# Never answers (a hung service): counted in TestService::hung.
+method Hang() -> ()
+
+error Refused (why: string)
+";
+
+/// An ASIL service written with the client library, on its own socket in
+/// its own thread and runtime, as a real one runs in its own process.
+/// Stopping it closes its listener and every connection at once (a
+/// service that went away mid-call).
+pub struct TestService {
+    pub socket: PathBuf,
+    /// `Hang` calls that reached the service.
+    pub hung: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestService {
+    /// Listens on `socket` (its directory created) before it returns.
+    pub fn start(socket: &Path) -> Self {
+        use qm_ipc_client::service::{MethodError, Service};
+        use std::sync::atomic::Ordering;
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).expect("the service's directory");
+        }
+        let listener =
+            std::os::unix::net::UnixListener::bind(socket).expect("bind the test service");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let hung = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hung.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+                let service = Service::new(TEST_IDL)
+                    .expect("the test interface")
+                    .method("Echo", |p: Value| async move {
+                        match p["text"].as_str() {
+                            Some("refuse") => Err(MethodError::new(
+                                "Refused",
+                                serde_json::json!({"why": "asked to"}),
+                            )),
+                            _ => Ok(serde_json::json!({"text": p["text"]})),
+                        }
+                    })
+                    .method("Hang", move |_: Value| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<Result<Value, MethodError>>()
+                    });
+                tokio::select! {
+                    _ = service.serve(listener) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops every task: each connection closes.
+            drop(rt);
+        });
+        Self {
+            socket: socket.to_owned(),
+            hung,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `n` Hang calls have reached the service.
+    pub fn wait_hung(&self, n: usize) {
+        wait_until(&format!("{n} Hang calls to reach the service"), || {
+            self.hung.load(std::sync::atomic::Ordering::SeqCst) >= n
+        });
+    }
+
+    /// Stops the service: its socket and every connection close.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes `services.toml` in `dir`, declaring `interface` on `socket` with
+/// `declaration` added to its entry (more settings, or more entries).
+pub fn services_file(dir: &Path, interface: &str, socket: &Path, declaration: &str) -> PathBuf {
+    let services = dir.join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\ninterface = \"{interface}\"\nsocket = \"{}\"\n{declaration}\n",
+            socket.display()
+        ),
+    )
+    .expect("write the services file");
+    services
+}
+
+/// A gateway (started with `extra`) with a [`TestService`] declared in
+/// its services file, with `declaration` added to the service's entry
+/// (e.g. `connections = 2`).
+pub fn gateway_with_service(extra: &[&str], declaration: &str) -> (Gateway, TestService) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = TestService::start(&dir.path().join("asil/com.example.Test.socket"));
+    let services = services_file(dir.path(), "com.example.Test", &service.socket, declaration);
+    let mut args: Vec<String> = vec!["--services".into(), services.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Gateway::start_in(dir, &refs), service)
 }

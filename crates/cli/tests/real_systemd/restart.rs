@@ -1,9 +1,11 @@
 //! Restarts through systemd's file descriptor store, under systemd 257 as
 //! PID 1, with the host service `generate --runtime host` writes: a steady
-//! publisher, a subscriber, a provider and a caller on real sockets go on
-//! across `systemctl restart` and an upgrade of the binary without a
-//! disconnect, a lost or duplicated sample or an unanswered call; after a
-//! SIGKILL (no store) the client library reports the restart and resumes.
+//! publisher, a subscriber, and a caller of an ASIL service declared behind
+//! the gateway, on real sockets, go on across `systemctl restart` and an
+//! upgrade of the binary without a disconnect, a lost or duplicated sample
+//! or an unanswered call (a call the restart cuts is answered `Restarting`);
+//! after a SIGKILL (no store) the client library reports the restart and
+//! resumes.
 //! The restart gap each time, as the subscriber sees it, is printed for
 //! docs/benchmarks.md.
 
@@ -125,25 +127,9 @@ fn run_load(socket: &Path, load: &Arc<Load>) -> Vec<std::thread::JoinHandle<()>>
             }
         }));
     }
-    // The provider of test.echo.
-    let mut provider = Client::connect(socket);
-    provider.call(json!({"method": "io.qmipc.Gateway.Register",
-        "parameters": {"services": ["test.echo"]}, "more": true}));
-    assert_eq!(provider.read()["continues"], true);
-    {
-        let load = load.clone();
-        threads.push(std::thread::spawn(move || {
-            while let Some(request) = provider.read_unless(&load.stop) {
-                let Some(id) = request["parameters"]["request"]["id"].as_u64() else {
-                    continue;
-                };
-                let n = request["parameters"]["request"]["parameters"]["n"].clone();
-                provider.call(json!({"method": "io.qmipc.Gateway.Reply", "oneway": true,
-                    "parameters": {"id": id, "result": {"n": n}}}));
-            }
-        }));
-    }
-    // The caller: every call is answered, by the provider or Restarting.
+    // The caller of the ASIL service, back to back on one connection:
+    // every call is answered, by the service or, when the restart cut it,
+    // with Restarting, and the connection goes on.
     let mut caller = Client::connect(socket);
     {
         let load = load.clone();
@@ -151,12 +137,12 @@ fn run_load(socket: &Path, load: &Arc<Load>) -> Vec<std::thread::JoinHandle<()>>
             let mut n = 0u64;
             while !load.stop.load(Ordering::SeqCst) {
                 n += 1;
-                caller.call(json!({"method": "io.qmipc.Gateway.Call",
-                    "parameters": {"service": "test.echo", "method": "Echo",
-                        "parameters": {"n": n}, "timeout_ms": 10000}}));
+                let text = n.to_string();
+                caller.call(json!({"method": "com.example.Test.Echo",
+                    "parameters": {"text": text}}));
                 let reply = caller.read();
                 match reply["error"].as_str() {
-                    None if reply["parameters"]["result"]["n"] == n => {
+                    None if reply["parameters"]["text"] == text.as_str() => {
                         load.calls_ok.fetch_add(1, Ordering::SeqCst);
                     }
                     Some("io.qmipc.Gateway.Restarting") => {
@@ -232,6 +218,21 @@ fn restarts_through_the_fd_store_lose_nothing() {
         host.property("ipc_server.service", "FileDescriptorStoreMax"),
         "128"
     );
+    // An ASIL service, in this process, on a socket the gateway reaches
+    // through the shared directory; declared in the services file. The
+    // gateway runs as a dynamic user: the socket is open to it.
+    let service_socket = run.join("com.example.Test.socket");
+    let service = common::TestService::start(&service_socket);
+    std::fs::set_permissions(
+        &service_socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    host.ok(&[
+        "sh",
+        "-c",
+        "printf '[[service]]\\ninterface = \"com.example.Test\"\\nsocket = \"/run/qm-ipc/com.example.Test.socket\"\\n' > /etc/qm-ipc/services.toml",
+    ]);
     host.ok(&["systemctl", "start", "ipc_server.service"]);
     let socket = run.join("provider.socket");
     let before = instance(&socket);
@@ -239,6 +240,12 @@ fn restarts_through_the_fd_store_lose_nothing() {
     let load = Arc::new(Load::default());
     let threads = run_load(&socket, &load);
     wait_samples(&load, 200);
+    // A call the service never answers, in flight at the first restart
+    // (the back-to-back caller's calls may or may not be cut): the restart
+    // answers it Restarting, and its connection goes on.
+    let mut cut = Client::connect(&socket);
+    cut.call(json!({"method": "com.example.Test.Hang"}));
+    service.wait_hung(1);
 
     // Restarts, then an upgrade: the binary file replaced by a new one (a
     // new inode, as a package upgrade leaves it) and a restart.
@@ -258,6 +265,13 @@ fn restarts_through_the_fd_store_lose_nothing() {
         let ended = Instant::now();
         assert_ne!(host.property("ipc_server.service", "MainPID"), pid);
         windows.push((started, ended));
+        if round == 0 {
+            let reply = cut.read();
+            assert_eq!(reply["error"], "io.qmipc.Gateway.Restarting", "{reply}");
+            cut.call(json!({"method": "com.example.Test.Echo", "parameters": {"text": "after"}}));
+            let reply = cut.read();
+            assert_eq!(reply["parameters"]["text"], "after", "{reply}");
+        }
         wait_samples(&load, 200);
     }
     let journal = host.journal("ipc_server.service");

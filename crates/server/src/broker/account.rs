@@ -23,10 +23,9 @@ pub enum Resource {
     Calls,
     Topics,
     RetainedBytes,
-    Services,
 }
 
-const RESOURCES: usize = 6;
+const RESOURCES: usize = 5;
 
 /// What all the accounts of one side (QM, or the ASIL side's provider
 /// socket) hold together.
@@ -44,7 +43,6 @@ impl Resource {
             Self::Calls => "calls",
             Self::Topics => "topics",
             Self::RetainedBytes => "retained_bytes",
-            Self::Services => "services",
         }
     }
 }
@@ -69,6 +67,34 @@ impl Account {
 
     pub fn held(&self, resource: Resource) -> usize {
         self.held[resource.index()].load(Ordering::Relaxed)
+    }
+
+    /// Charges `amount` of `resource` to this account without the broker
+    /// (a call to an ASIL service, forwarded by its connection), unless
+    /// that takes it past `quota` (`None`: no quota). Atomic: two
+    /// connections of one account racing for its last slot get one.
+    pub fn try_charge(
+        self: &Arc<Self>,
+        resource: Resource,
+        amount: usize,
+        quota: Option<usize>,
+    ) -> Result<Charge, QuotaExceeded> {
+        let i = resource.index();
+        self.held[i]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                let next = held.saturating_add(amount);
+                quota.is_none_or(|q| next <= q).then_some(next)
+            })
+            .map_err(|_| QuotaExceeded {
+                resource,
+                quota: quota.unwrap_or(usize::MAX),
+            })?;
+        self.side[i].fetch_add(amount, Ordering::Relaxed);
+        Ok(Charge {
+            account: self.clone(),
+            resource,
+            amount,
+        })
     }
 }
 
@@ -173,6 +199,11 @@ impl Accounting {
         self.qm[resource.index()].load(Ordering::Relaxed)
     }
 
+    /// What every account, of both sides, holds together.
+    pub fn held_by_all(&self, resource: Resource) -> usize {
+        self.qm_held(resource) + self.asil[resource.index()].load(Ordering::Relaxed)
+    }
+
     fn take(account: Arc<Account>, resource: Resource, amount: usize) -> Charge {
         account.held[resource.index()].fetch_add(amount, Ordering::Relaxed);
         account.side[resource.index()].fetch_add(amount, Ordering::Relaxed);
@@ -272,6 +303,34 @@ mod tests {
             .expect("another container has its own quota");
         assert_eq!(accounting.live(), 2);
         drop((a, b));
+    }
+
+    /// A call to an ASIL service is charged by its connection, outside
+    /// the broker: under the same quota, counted in the account and its
+    /// side, and given back when dropped.
+    #[test]
+    fn a_charge_taken_outside_the_broker_keeps_the_quota() {
+        let mut accounting = Accounting::default();
+        let key = key(Container::Cgroup(3));
+        let connection = accounting
+            .charge(&key, Resource::Connections, 1, None)
+            .unwrap();
+        let account = connection.account().clone();
+        let first = account.try_charge(Resource::Calls, 1, Some(2)).unwrap();
+        let _second = account.try_charge(Resource::Calls, 1, Some(2)).unwrap();
+        assert_eq!(
+            account.try_charge(Resource::Calls, 1, Some(2)).unwrap_err(),
+            QuotaExceeded {
+                resource: Resource::Calls,
+                quota: 2
+            }
+        );
+        assert_eq!(accounting.held_by_all(Resource::Calls), 2);
+        drop(first);
+        assert_eq!(accounting.qm_held(Resource::Calls), 1);
+        account
+            .try_charge(Resource::Calls, 1, Some(2))
+            .expect("the dropped charge gave its slot back");
     }
 
     #[test]

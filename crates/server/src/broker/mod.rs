@@ -1,5 +1,6 @@
-//! The broker core: topics, connections, services and calls in flight, as
-//! registries owned by one [`Broker`] value.
+//! The broker core: topics and connections, as registries owned by one
+//! [`Broker`] value. (Calls to ASIL services do not pass through it: each
+//! connection forwards its own, see [`crate::services`].)
 //!
 //! The broker does no I/O and reads no clock: connections hand it
 //! validated, authorized commands, the time comes in as a [`Now`], and
@@ -9,7 +10,6 @@
 //!
 //! - [`account`]: per-container charges, released on drop.
 //! - [`topics`]: each topic's last value and its subscribers.
-//! - [`calls`]: the services' providers and the calls waiting for them.
 //! - [`counters`]: limit hits, disconnects and denials, bounded.
 //!
 //! Each connection is in exactly one [`ConnectionState`]; every transition
@@ -17,21 +17,17 @@
 //! error, never a second stream.
 
 pub mod account;
-pub mod calls;
 pub mod counters;
 pub mod monitor;
 #[cfg(test)]
 mod tests;
 pub mod topics;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-use qm_ipc_proto::interface::{ReplyOutcome, TopicPattern};
+use qm_ipc_proto::interface::TopicPattern;
 use qm_ipc_proto::raw::RawJson;
 use qm_ipc_proto::ErrorReply;
-use tokio::sync::oneshot;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::config::{qm_share, Limits};
@@ -40,12 +36,8 @@ use crate::peer::{AccountKey, Peer};
 use crate::policy::{Action, Policy};
 
 use account::{Account, Accounting, Charge, QuotaExceeded, Resource};
-pub use calls::CallId;
-use calls::Calls;
 use counters::Counters;
 use topics::Topics;
-
-pub use calls::CallOutcome;
 
 pub type ConnId = u64;
 
@@ -72,14 +64,11 @@ impl Now {
 /// What a connection is doing.
 #[derive(Debug)]
 pub enum ConnectionState {
-    /// Between calls.
+    /// Between calls, or in a call (a call to an ASIL service is the
+    /// connection's own, forwarded outside the broker).
     Idle,
-    /// Waiting for a provider's answer to a call.
-    InCall(CallId),
     /// Streaming a subscription: every later reply is a sample.
     Streaming(Subscription),
-    /// Serving services as their provider.
-    Providing(Provider),
     /// Watching events (`Monitor`): every later reply is an event.
     Monitoring(monitor::Monitor),
     /// Its last reply is queued; it is written and the connection ends.
@@ -90,9 +79,7 @@ impl ConnectionState {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Idle => "idle",
-            Self::InCall(_) => "in_call",
             Self::Streaming(_) => "streaming",
-            Self::Providing(_) => "providing",
             Self::Monitoring(_) => "monitoring",
             Self::Closing => "closing",
         }
@@ -102,12 +89,6 @@ impl ConnectionState {
 #[derive(Debug)]
 pub struct Subscription {
     patterns: Vec<TopicPattern>,
-    _charge: Charge,
-}
-
-#[derive(Debug)]
-pub struct Provider {
-    services: Vec<String>,
     _charge: Charge,
 }
 
@@ -142,7 +123,7 @@ pub struct ConnectionSnapshot {
 }
 
 /// Service names a snapshot lists (the rest are counted in
-/// `services_total`), so `Stats` fits the reply queue whatever QM does.
+/// `services_total`), so `Stats` fits the reply queue.
 pub const LISTED_SERVICES: usize = 128;
 /// Accounts a snapshot lists (the rest are counted in `accounts_total`).
 pub const LISTED_ACCOUNTS: usize = 64;
@@ -154,7 +135,8 @@ pub struct Snapshot {
     pub connections: usize,
     pub topics: usize,
     pub retained_bytes: usize,
-    /// The first [`LISTED_SERVICES`] service names, sorted.
+    /// The first [`LISTED_SERVICES`] ASIL services' interfaces, sorted
+    /// (filled in by the hub, which holds them).
     pub services: Vec<String>,
     pub services_total: usize,
     pub subscriptions: usize,
@@ -179,7 +161,6 @@ pub struct Broker {
     accounting: Accounting,
     connections: BTreeMap<ConnId, Connection>,
     topics: Topics,
-    calls: Calls,
     /// Refusals at admission, counted by the QM accept thread.
     admission: Arc<crate::admission::AdmissionStats>,
     counters: Counters,
@@ -202,7 +183,6 @@ impl Broker {
             accounting: Accounting::default(),
             connections: BTreeMap::new(),
             topics: Topics::default(),
-            calls: Calls::default(),
             admission: Arc::default(),
             counters: Counters::default(),
             delivery: Arc::default(),
@@ -244,7 +224,6 @@ impl Broker {
             Resource::Topics => "max_topics_per_peer",
             Resource::RetainedBytes => "max_retained_bytes_per_peer",
             Resource::Subscriptions => "max_subscriptions_per_peer",
-            Resource::Services => "max_services_per_peer",
         };
         self.counters.limit(limit, exceeded.quota)
     }
@@ -306,10 +285,9 @@ impl Broker {
         Ok((id, outbox, account))
     }
 
-    /// Forgets a connection and everything it holds: its subscription, its
-    /// services (their waiting calls fail with `ServiceUnavailable` at
-    /// once), and its own call in flight. Its charges go with it. `reason`
-    /// is counted for `Stats`.
+    /// Forgets a connection and everything it holds (its subscription or
+    /// its monitor); its charges go with it. `reason` is counted for
+    /// `Stats`.
     pub fn disconnect(&mut self, conn: ConnId, reason: &'static str) {
         self.counters.disconnect(reason);
         let Some(connection) = self.connections.remove(&conn) else {
@@ -317,12 +295,6 @@ impl Broker {
         };
         match connection.state {
             ConnectionState::Streaming(_) => self.topics.unsubscribe(conn),
-            ConnectionState::Providing(provider) => {
-                self.calls.forget_provider(conn, &provider.services)
-            }
-            ConnectionState::InCall(id) => {
-                self.calls.abandon(id);
-            }
             ConnectionState::Monitoring(_) => self.monitors -= 1,
             ConnectionState::Idle | ConnectionState::Closing => {}
         }
@@ -498,7 +470,7 @@ impl Broker {
         patterns: Vec<TopicPattern>,
         max_patterns: usize,
     ) -> Result<(), ErrorReply> {
-        self.expect_idle(conn, "topics", "this connection already streams or serves")?;
+        self.expect_idle(conn, "topics", "this connection already streams")?;
         if patterns.len() > max_patterns {
             return Err(self
                 .counters
@@ -571,16 +543,13 @@ impl Broker {
     }
 
     /// What the file descriptor store carries of `conn`'s state: `None`
-    /// for a state it cannot carry (a monitor, a call still waiting).
+    /// for a state it cannot carry (a monitor).
     pub fn carried_state(&self, conn: ConnId) -> Option<crate::fdstore::Carried> {
         use crate::fdstore::Carried;
         match &self.connections.get(&conn)?.state {
             ConnectionState::Idle => Some(Carried::Idle),
             ConnectionState::Streaming(sub) => Some(Carried::Streaming {
                 patterns: sub.patterns.iter().map(|p| p.to_string()).collect(),
-            }),
-            ConnectionState::Providing(provider) => Some(Carried::Providing {
-                services: provider.services.clone(),
             }),
             _ => None,
         }
@@ -594,49 +563,8 @@ impl Broker {
         conn: ConnId,
         patterns: Vec<TopicPattern>,
     ) -> Result<(), ErrorReply> {
-        self.expect_idle(conn, "topics", "this connection already streams or serves")?;
+        self.expect_idle(conn, "topics", "this connection already streams")?;
         self.start_streaming(conn, patterns, false);
-        Ok(())
-    }
-
-    /// Idle → Providing: makes `conn` the provider of `services`, all or
-    /// none.
-    pub fn register(&mut self, conn: ConnId, services: Vec<String>) -> Result<(), ErrorReply> {
-        self.expect_idle(
-            conn,
-            "services",
-            "this connection already provides services or streams",
-        )?;
-        let Some(connection) = self.connections.get(&conn) else {
-            return Ok(());
-        };
-        let (key, is_provider) = (connection.account.clone(), connection.peer.is_provider());
-        let n = services.len();
-        if self.calls.service_count() + n > self.limits.max_services {
-            return Err(self
-                .counters
-                .limit("max_services", self.limits.max_services));
-        }
-        let share = qm_share(self.limits.max_services);
-        if !is_provider && self.accounting.qm_held(Resource::Services) + n > share {
-            return Err(self.counters.limit("qm_services", share));
-        }
-        let charge = self
-            .accounting
-            .charge(
-                &key,
-                Resource::Services,
-                n,
-                Self::quota(is_provider, self.limits.max_services_per_peer),
-            )
-            .map_err(|e| self.refuse(e))?;
-        self.calls.register(conn, &services)?;
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.state = ConnectionState::Providing(Provider {
-                services,
-                _charge: charge,
-            });
-        }
         Ok(())
     }
 
@@ -645,129 +573,6 @@ impl Broker {
             Some(ConnectionState::Idle) => Ok(()),
             _ => Err(ErrorReply::invalid(parameter, why)),
         }
-    }
-
-    /// Idle → InCall: forwards a call to its provider. The receiver yields
-    /// the provider's reply, or `ServiceUnavailable` if the provider goes
-    /// away. The call is charged to the caller's account and to the
-    /// service's budget until it is answered, abandoned, or its caller
-    /// leaves.
-    pub fn start_call(
-        &mut self,
-        caller: ConnId,
-        service: &str,
-        method: String,
-        parameters: RawJson,
-        timeout: Duration,
-    ) -> Result<(CallId, oneshot::Receiver<CallOutcome>), ErrorReply> {
-        self.expect_idle(caller, "service", "this connection is not idle")?;
-        let Some(connection) = self.connections.get(&caller) else {
-            return Err(ErrorReply::ServiceUnavailable {
-                service: service.to_owned(),
-            });
-        };
-        let charge = self
-            .accounting
-            .charge(
-                &connection.account,
-                Resource::Calls,
-                1,
-                Self::quota(
-                    connection.peer.is_provider(),
-                    self.limits.max_calls_per_peer,
-                ),
-            )
-            .map_err(|e| self.refuse(e))?;
-        let provider = self.calls.provider_of(service)?;
-        let provider_outbox = match self.connections.get(&provider) {
-            Some(p) => p.outbox.clone(),
-            None => {
-                return Err(ErrorReply::ServiceUnavailable {
-                    service: service.to_owned(),
-                })
-            }
-        };
-        let started = self.calls.start(
-            provider,
-            &provider_outbox,
-            service,
-            method,
-            parameters,
-            timeout,
-            charge,
-            self.limits.max_calls_per_service,
-        );
-        let (id, rx) = started.map_err(|limit| self.counters.limit(limit.0, limit.1))?;
-        if let Some(connection) = self.connections.get_mut(&caller) {
-            connection.state = ConnectionState::InCall(id);
-        }
-        if let Some((service, method)) = self
-            .has_monitors()
-            .then(|| self.calls.pending_call(id))
-            .flatten()
-        {
-            let (service, method) = (service.to_owned(), method.to_owned());
-            self.emit(
-                caller,
-                monitor::Event::Call {
-                    service: &service,
-                    method: &method,
-                    id,
-                },
-                Now::read().wall_us,
-            );
-        }
-        Ok((id, rx))
-    }
-
-    /// InCall → Idle: the caller gave up (its deadline passed, or it went
-    /// away); a later reply is discarded.
-    pub fn abandon_call(&mut self, caller: ConnId, id: CallId) {
-        self.calls.abandon(id);
-        self.end_call(caller, id);
-    }
-
-    /// InCall → Idle once the caller has its answer.
-    pub fn end_call(&mut self, caller: ConnId, id: CallId) {
-        if let Some(connection) = self.connections.get_mut(&caller) {
-            if matches!(connection.state, ConnectionState::InCall(current) if current == id) {
-                connection.state = ConnectionState::Idle;
-            }
-        }
-    }
-
-    /// A provider's reply to call `id`. Only the provider the call was sent
-    /// to may answer it.
-    pub fn reply(
-        &mut self,
-        conn: ConnId,
-        id: CallId,
-        outcome: ReplyOutcome,
-    ) -> Result<(), ErrorReply> {
-        let service = self
-            .has_monitors()
-            .then(|| self.calls.pending_call(id).map(|(s, _)| s.to_owned()))
-            .flatten();
-        let error = match &outcome {
-            ReplyOutcome::Error { error, .. } => Some(error.clone()),
-            ReplyOutcome::Result(_) => None,
-        };
-        self.calls.reply(conn, id, outcome)?;
-        if let Some(service) = service {
-            let event = match &error {
-                None => monitor::Event::Reply {
-                    service: &service,
-                    id,
-                },
-                Some(error) => monitor::Event::Error {
-                    service: &service,
-                    id,
-                    error,
-                },
-            };
-            self.emit(conn, event, Now::read().wall_us);
-        }
-        Ok(())
     }
 
     /// Idle → Monitoring: `conn` sees the events of the names `patterns`
@@ -779,11 +584,7 @@ impl Broker {
         patterns: Vec<TopicPattern>,
         max_patterns: usize,
     ) -> Result<(), ErrorReply> {
-        self.expect_idle(
-            conn,
-            "patterns",
-            "this connection already streams or serves",
-        )?;
+        self.expect_idle(conn, "patterns", "this connection already streams")?;
         if patterns.len() > max_patterns {
             return Err(self
                 .counters
@@ -883,8 +684,8 @@ impl Broker {
     }
 
     /// Replaces the policy. Running subscriptions are re-filtered at once;
-    /// a subscription or a registration the new policy no longer grants
-    /// ends with `AccessDenied` (Streaming/Providing → Closing), and its
+    /// a subscription or a monitor the new policy no longer grants ends
+    /// with `AccessDenied` (Streaming/Monitoring → Closing), and its
     /// connection is closed once that is written.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = Arc::new(policy);
@@ -898,11 +699,6 @@ impl Broker {
                     .iter()
                     .find(|p| !policy.may_subscribe(&identity, p))
                     .map(|p| (Action::Subscribe, p.to_string())),
-                ConnectionState::Providing(provider) => provider
-                    .services
-                    .iter()
-                    .find(|s| !policy.check(&identity, Action::Register, s).allowed())
-                    .map(|s| (Action::Register, s.clone())),
                 ConnectionState::Monitoring(_)
                     if !policy
                         .check(&identity, Action::Monitor, "gateway")
@@ -922,9 +718,6 @@ impl Broker {
             };
             match std::mem::replace(&mut connection.state, ConnectionState::Closing) {
                 ConnectionState::Streaming(_) => self.topics.unsubscribe(conn),
-                ConnectionState::Providing(provider) => {
-                    self.calls.forget_provider(conn, &provider.services)
-                }
                 ConnectionState::Monitoring(_) => self.monitors -= 1,
                 _ => {}
             }
@@ -936,17 +729,10 @@ impl Broker {
         }
     }
 
-    /// The topics and registered services the filters admit (the caller's
-    /// policy), each sorted by name, for `List`.
-    pub fn listing(
-        &self,
-        visible_topic: impl Fn(&str) -> bool,
-        visible_service: impl Fn(&str) -> bool,
-    ) -> (Vec<topics::TopicSummary>, Vec<String>) {
-        let topics = self.topics.summaries(visible_topic);
-        let mut services = self.calls.services();
-        services.retain(|s| visible_service(s));
-        (topics, services)
+    /// The topics the filter admits (the caller's policy), sorted by
+    /// name, for `List`.
+    pub fn listing(&self, visible_topic: impl Fn(&str) -> bool) -> Vec<topics::TopicSummary> {
+        self.topics.summaries(visible_topic)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -958,19 +744,14 @@ impl Broker {
             connections: self.connections.len(),
             topics: self.topics.len(),
             retained_bytes: self.topics.retained_bytes(),
-            services: self
-                .calls
-                .services()
-                .into_iter()
-                .take(LISTED_SERVICES)
-                .collect(),
-            services_total: self.calls.service_count(),
+            services: Vec::new(),
+            services_total: 0,
             subscriptions: self
                 .connections
                 .values()
                 .filter(|c| matches!(c.state, ConnectionState::Streaming(_)))
                 .count(),
-            calls_in_flight: self.calls.in_flight(),
+            calls_in_flight: self.accounting.held_by_all(Resource::Calls),
             published: self.published,
             delivered: self
                 .delivery

@@ -3,9 +3,7 @@
 //! hostile-client tests in `crates/cli/tests/breaches.rs` cover the same
 //! over real sockets).
 
-use std::time::Duration;
-
-use qm_ipc_proto::interface::{ReplyOutcome, TopicPattern};
+use qm_ipc_proto::interface::TopicPattern;
 use qm_ipc_proto::raw::RawJson;
 use qm_ipc_proto::ErrorReply;
 use serde_json::Value;
@@ -17,12 +15,12 @@ const ASIL_AND_QM: &str = r#"
 [[rule]]
 name = "asil"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 [[rule]]
 name = "qm"
 socket = "consumer"
-allow = { subscribe = ["*"], publish = ["qm.*"], call = ["*"], register = ["qm.*"] }
+allow = { subscribe = ["*"], publish = ["qm.*"], call = ["*"] }
 "#;
 
 fn policy(text: &str) -> Policy {
@@ -56,27 +54,6 @@ fn json(text: &str) -> RawJson {
 fn connect(broker: &mut Broker, peer: &Peer) -> (ConnId, Arc<Outbox>) {
     let (id, outbox, _account) = broker.connect(peer).expect("connection admitted");
     (id, outbox)
-}
-
-/// A provider of `svc` on the provider socket.
-fn serve_svc(broker: &mut Broker) -> (ConnId, Arc<Outbox>) {
-    let (provider, requests) = connect(broker, &asil());
-    broker.register(provider, vec!["svc".into()]).unwrap();
-    (provider, requests)
-}
-
-/// Calls `svc` from `caller` with 1 s to answer.
-fn call_svc(
-    broker: &mut Broker,
-    caller: ConnId,
-) -> Result<(CallId, oneshot::Receiver<CallOutcome>), ErrorReply> {
-    broker.start_call(
-        caller,
-        "svc",
-        "M".into(),
-        json("{}"),
-        Duration::from_secs(1),
-    )
 }
 
 /// Every frame queued for a connection, parsed.
@@ -117,116 +94,6 @@ fn a_second_subscribe_on_a_streaming_connection_is_refused_not_duplicated() {
         .publish(provider, "vehicle.speed", json("{\"kmh\":1}"), now())
         .unwrap();
     assert_eq!(drain(&outbox).len(), 1, "one publish, one sample");
-}
-
-#[test]
-fn registering_twice_is_refused_and_a_leaving_provider_unmaps_every_name() {
-    // Breach 5: a second Register overwrote the provider entry, and the
-    // first names stayed mapped after the provider left.
-    let mut broker = broker(Limits::default());
-    let (provider, _) = connect(&mut broker, &asil());
-    broker
-        .register(provider, vec!["a.one".into(), "a.two".into()])
-        .unwrap();
-    assert!(broker.register(provider, vec!["a.three".into()]).is_err());
-    broker.disconnect(provider, "peer_closed");
-    assert!(broker.snapshot().services.is_empty());
-    let (next, _) = connect(&mut broker, &asil());
-    broker
-        .register(next, vec!["a.one".into(), "a.two".into()])
-        .expect("the names are free again");
-}
-
-#[test]
-fn a_caller_that_leaves_gives_its_call_slot_back() {
-    // Breach 5: a caller whose connection ended while its call waited leaked
-    // the slot until max_calls_per_service refused everyone.
-    let limits = Limits {
-        max_calls_per_service: 1,
-        ..Limits::default()
-    };
-    let mut broker = broker(limits);
-    serve_svc(&mut broker);
-    for round in 0..5 {
-        let (caller, _) = connect(&mut broker, &qm(10));
-        broker
-            .start_call(
-                caller,
-                "svc",
-                "M".into(),
-                json("{}"),
-                Duration::from_secs(1),
-            )
-            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
-        assert_eq!(broker.state(caller), Some("in_call"));
-        broker.disconnect(caller, "peer_closed");
-        assert_eq!(broker.snapshot().calls_in_flight, 0);
-    }
-    assert!(broker.snapshot().accounts.iter().all(|a| a.calls == 0));
-}
-
-#[test]
-fn a_call_moves_its_caller_through_in_call_and_back_to_idle() {
-    let mut broker = broker(Limits::default());
-    let (provider, requests) = serve_svc(&mut broker);
-    let (caller, _) = connect(&mut broker, &qm(10));
-    let (id, mut answer) = broker
-        .start_call(
-            caller,
-            "svc",
-            "M".into(),
-            json("{\"x\":1}"),
-            Duration::from_secs(1),
-        )
-        .unwrap();
-    assert_eq!(
-        drain(&requests).len(),
-        1,
-        "the request reached the provider"
-    );
-    let second = broker.start_call(
-        caller,
-        "svc",
-        "M".into(),
-        json("{}"),
-        Duration::from_secs(1),
-    );
-    assert!(second.is_err(), "one call at a time per connection");
-    // Only the provider the call went to may answer it.
-    let (stranger, _) = connect(&mut broker, &asil());
-    assert!(matches!(
-        broker.reply(stranger, id, ReplyOutcome::Result(json("{}"))),
-        Err(ErrorReply::NoSuchRequest { .. })
-    ));
-    broker
-        .reply(provider, id, ReplyOutcome::Result(json("{\"y\":2}")))
-        .unwrap();
-    let result = answer.try_recv().expect("answered").expect("a result");
-    assert_eq!(result.get(), "{\"y\":2}");
-    broker.end_call(caller, id);
-    assert_eq!(broker.state(caller), Some("idle"));
-    assert_eq!(broker.snapshot().calls_in_flight, 0);
-}
-
-#[test]
-fn a_provider_that_leaves_fails_its_waiting_calls_at_once() {
-    let mut broker = broker(Limits::default());
-    let (provider, _) = serve_svc(&mut broker);
-    let (caller, _) = connect(&mut broker, &qm(10));
-    let (_, mut answer) = broker
-        .start_call(
-            caller,
-            "svc",
-            "M".into(),
-            json("{}"),
-            Duration::from_secs(1),
-        )
-        .unwrap();
-    broker.disconnect(provider, "peer_closed");
-    assert!(matches!(
-        answer.try_recv(),
-        Ok(Err(ErrorReply::ServiceUnavailable { .. }))
-    ));
 }
 
 #[test]
@@ -358,47 +225,6 @@ fn qm_together_never_takes_the_asil_sides_share_of_topics_and_bytes() {
         .expect("and its value may grow");
 }
 
-/// Regression: registrations had no quota (4096 names per Register, one
-/// Register per connection): 64 QM connections registered 260 000 names,
-/// the gateway's memory passed its bound, and copying the names for
-/// `STATUS=` and Stats stalled the ASIL thread behind the broker lock.
-#[test]
-fn service_registrations_are_bounded_per_container_and_in_total() {
-    let limits = Limits {
-        max_services: 8,
-        max_services_per_peer: 3,
-        ..Limits::default()
-    };
-    let mut broker = broker(limits);
-    let names = |prefix: &str, n: usize| -> Vec<String> {
-        (0..n).map(|i| format!("qm.{prefix}{i}")).collect()
-    };
-    let (a, _) = connect(&mut broker, &qm(10));
-    let refused = broker.register(a, names("a", 4)).unwrap_err();
-    assert_eq!(limit_of(refused), "max_services_per_peer");
-    broker.register(a, names("a", 3)).unwrap();
-    let (b, _) = connect(&mut broker, &qm(11));
-    broker.register(b, names("b", 3)).unwrap();
-    let (c, _) = connect(&mut broker, &qm(12));
-    let refused = broker.register(c, names("c", 1)).unwrap_err();
-    assert_eq!(
-        limit_of(refused),
-        "qm_services",
-        "QM holds 6 of 8: its share"
-    );
-    let (provider, _) = connect(&mut broker, &asil());
-    broker
-        .register(provider, vec!["vehicle.diag".into(), "vehicle.seat".into()])
-        .expect("the ASIL side registers in its share");
-    let (more, _) = connect(&mut broker, &asil());
-    let refused = broker.register(more, vec!["vehicle.x".into()]).unwrap_err();
-    assert_eq!(limit_of(refused), "max_services");
-    broker.disconnect(a, "peer_closed");
-    broker
-        .register(c, names("c", 1))
-        .expect("a's names were given back");
-}
-
 #[test]
 fn retained_bytes_are_charged_to_the_last_publisher() {
     let limits = Limits {
@@ -427,49 +253,15 @@ fn retained_bytes_are_charged_to_the_last_publisher() {
 }
 
 #[test]
-fn one_container_cannot_take_every_call_slot_of_a_service() {
-    let limits = Limits {
-        max_calls_per_peer: 2,
-        max_calls_per_service: 8,
-        ..Limits::default()
-    };
-    let mut broker = broker(limits);
-    serve_svc(&mut broker);
-    let mut calls = Vec::new();
-    for _ in 0..2 {
-        let (caller, _) = connect(&mut broker, &qm(10));
-        calls.push(
-            broker
-                .start_call(
-                    caller,
-                    "svc",
-                    "M".into(),
-                    json("{}"),
-                    Duration::from_secs(1),
-                )
-                .unwrap(),
-        );
-    }
-    let (third, _) = connect(&mut broker, &qm(10));
-    let refused = call_svc(&mut broker, third).unwrap_err();
-    assert_eq!(limit_of(refused), "max_calls_per_peer");
-    assert_eq!(broker.state(third), Some("idle"));
-    let (other, _) = connect(&mut broker, &qm(11));
-    call_svc(&mut broker, other).expect("another container has call slots of its own");
-}
-
-#[test]
 fn a_reload_that_withdraws_a_grant_ends_the_stream_with_access_denied() {
-    // Breach 8: a withdrawn grant used to leave the live subscription and
-    // registration running.
+    // Breach 8: a withdrawn grant used to leave the live subscription
+    // running.
     let mut broker = broker(Limits::default());
     let (provider, _) = connect(&mut broker, &asil());
     let (subscriber, sub_out) = connect(&mut broker, &qm(10));
     broker
         .subscribe(subscriber, vec![TopicPattern::parse("*").unwrap()], 8)
         .unwrap();
-    let (qm_provider, reg_out) = connect(&mut broker, &qm(11));
-    broker.register(qm_provider, vec!["qm.svc".into()]).unwrap();
     broker.set_policy(policy(
         r#"
 [[rule]]
@@ -483,13 +275,10 @@ socket = "consumer"
 allow = { publish = ["qm.status"] }
 "#,
     ));
-    for (conn, outbox) in [(subscriber, &sub_out), (qm_provider, &reg_out)] {
-        assert_eq!(broker.state(conn), Some("closing"));
-        let frames = drain(outbox);
-        let last = frames.last().expect("a last reply");
-        assert_eq!(last["error"], "io.qmipc.Gateway.AccessDenied", "{last}");
-    }
-    assert!(broker.snapshot().services.is_empty());
+    assert_eq!(broker.state(subscriber), Some("closing"));
+    let frames = drain(&sub_out);
+    let last = frames.last().expect("a last reply");
+    assert_eq!(last["error"], "io.qmipc.Gateway.AccessDenied", "{last}");
     broker
         .publish(provider, "vehicle.speed", json("1"), now())
         .unwrap();
@@ -648,7 +437,7 @@ const MONITORED: &str = r#"
 [[rule]]
 name = "asil"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"] }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"] }
 
 [[rule]]
 name = "qm"
@@ -709,10 +498,10 @@ fn a_monitor_sees_what_it_may_and_counts_what_it_lost() {
         "the next event says how many were lost"
     );
 
-    // A call and its provider's error reply, with the caller named.
-    let (provider, _requests) = serve_svc(&mut b);
+    // A call to a service and its error reply, with the caller named.
     let (caller, _) = connect(&mut b, &qm(8));
-    let (id, _reply) = call_svc(&mut b, caller).unwrap();
+    let id = 7;
+    b.observe_proxied_call(caller, "svc", "M", id, None);
     let seen = drain(&events);
     let call = &seen[0]["parameters"]["event"];
     assert_eq!(call["kind"], "call");
@@ -723,15 +512,7 @@ fn a_monitor_sees_what_it_may_and_counts_what_it_lost() {
         call["peer"].as_str().unwrap().starts_with("consumer"),
         "{call}"
     );
-    b.reply(
-        provider,
-        id,
-        ReplyOutcome::Error {
-            error: "com.example.Broken".into(),
-            parameters: json("{}"),
-        },
-    )
-    .unwrap();
+    b.observe_proxied_call(caller, "svc", "M", id, Some(Some("com.example.Broken")));
     let seen = drain(&events);
     let error = &seen[0]["parameters"]["event"];
     assert_eq!(error["kind"], "error");

@@ -57,8 +57,8 @@ struct AllowFile {
     subscribe: Vec<Spanned<String>>,
     #[serde(default)]
     call: Vec<Spanned<String>>,
-    #[serde(default)]
-    register: Vec<Spanned<String>>,
+    /// Gone with Register: read only to say so, with the line.
+    register: Option<Spanned<toml::Value>>,
     #[serde(default)]
     stats: bool,
     #[serde(default)]
@@ -158,6 +158,15 @@ impl Policy {
                     })
                     .collect()
             };
+            if let Some(register) = &r.allow.register {
+                return Err(error(
+                    Some(register.span()),
+                    format!(
+                        "rule {:?}: the register grant is gone: providers no longer register services on the gateway. Serve the interface as a varlink service on a socket of its own, declare it in the services file (serve --services; [[service]] with interface and socket), and grant callers call on its methods, e.g. call = [\"com.example.Climate.*\"] (see docs/policy.md); then remove register from this rule",
+                        r.name
+                    ),
+                ));
+            }
             let rate = match (r.limits.rate, r.limits.rate_burst) {
                 (None, None) => None,
                 (rate, burst) => {
@@ -180,7 +189,6 @@ impl Policy {
                     publish: patterns(r.allow.publish, "publish")?,
                     subscribe: patterns(r.allow.subscribe, "subscribe")?,
                     call: patterns(r.allow.call, "call")?,
-                    register: patterns(r.allow.register, "register")?,
                     stats: r.allow.stats,
                     list: r.allow.list,
                     monitor: r.allow.monitor,
@@ -225,6 +233,23 @@ mod tests {
             .grants
             .allows(super::super::Action::Publish, "demo.time"));
         assert!(!p.rules[1].grants.any(super::super::Action::Call));
+    }
+
+    /// A policy written for Register/Reply/Call is refused at its line,
+    /// saying what to do instead, not read as if the grant were absent.
+    #[test]
+    fn the_register_grant_is_refused_with_what_to_do_instead() {
+        let e = err("[[rule]]\nname = \"asil\"\nsocket = \"provider\"\nallow = { publish = [\"*\"], register = [\"*\"] }\n");
+        assert_eq!((e.file.as_str(), e.line), ("p.toml", 4), "{e}");
+        for needed in [
+            "register grant is gone",
+            "services file",
+            "[[service]]",
+            "call on its methods",
+            "docs/policy.md",
+        ] {
+            assert!(e.message.contains(needed), "{needed}: {e}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Access policy: who may publish, subscribe, call and register what.
+//! Access policy: who may publish, subscribe and call what.
 //!
 //! A policy is an ordered list of rules. A rule matches a connection by the
 //! listener that accepted it, its SELinux type and MCS level, its uid and
@@ -28,7 +28,6 @@ pub enum Action {
     /// Read a topic: `Get` and `Subscribe`.
     Subscribe,
     Call,
-    Register,
     Stats,
     /// See which topics and services there are (`List`).
     List,
@@ -42,7 +41,6 @@ impl Action {
             Self::Publish => "publish",
             Self::Subscribe => "subscribe",
             Self::Call => "call",
-            Self::Register => "register",
             Self::Stats => "stats",
             Self::List => "list",
             Self::Monitor => "monitor",
@@ -54,7 +52,6 @@ impl Action {
             "publish" => Self::Publish,
             "subscribe" | "get" => Self::Subscribe,
             "call" => Self::Call,
-            "register" => Self::Register,
             "stats" => Self::Stats,
             "list" => Self::List,
             "monitor" => Self::Monitor,
@@ -91,7 +88,6 @@ pub struct Grants {
     pub publish: Vec<TopicPattern>,
     pub subscribe: Vec<TopicPattern>,
     pub call: Vec<TopicPattern>,
-    pub register: Vec<TopicPattern>,
     pub stats: bool,
     /// `List`: which topics there are (those the peer may read) and which
     /// services (those it may call). A grant of its own: what exists is
@@ -108,7 +104,6 @@ impl Grants {
             Action::Publish => &self.publish,
             Action::Subscribe => &self.subscribe,
             Action::Call => &self.call,
-            Action::Register => &self.register,
             Action::Stats | Action::List | Action::Monitor => &[],
         }
     }
@@ -276,7 +271,7 @@ mod tests {
 [[rule]]
 name = "asil"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], register = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
 
 [[rule]]
 name = "infotainment"
@@ -364,7 +359,6 @@ allow = { subscribe = ["vehicle.speed"] }
             Action::Publish,
             Action::Subscribe,
             Action::Call,
-            Action::Register,
             Action::Stats,
         ] {
             assert!(p.check(&id, action, "x.y").allowed(), "{action}");
