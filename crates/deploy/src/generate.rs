@@ -758,6 +758,17 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
     if o.demo && !demo_service {
         server_words.push("--demo".into());
     }
+    // ASIL to QM: QM runs in a CPU cgroup of its own (the qm unit's
+    // CPUWeight=), so accepting its connections at SCHED_IDLE costs nothing
+    // it could have had, and a QM connect storm takes only idle CPU. Not
+    // QM to QM: there the gateway's peers share its own cgroup, and a busy
+    // peer at the normal priority would starve the accepts.
+    if topology == Topology::AsilToQm
+        && server_words.first().is_some_and(|w| w == "serve")
+        && !server_words.iter().any(|w| w.starts_with("--qm-accept"))
+    {
+        server_words.extend(["--qm-accept".into(), "idle".into()]);
+    }
     let server_exec = escape_exec(&server_words);
     let client_exec = escape_exec(&exec_words("client-exec", &o.client_exec)?);
     let provider_socket_unit = format!("{server_name}-provider.socket");

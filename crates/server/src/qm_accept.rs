@@ -5,10 +5,14 @@
 //! the peer's identity (four syscalls) and a refusal per connection, tens of
 //! thousands a second: on the QM thread that was a whole CPU taken at the
 //! gateway's priority, and every well-behaved QM client's request waited
-//! behind it. QM's own processes run at `CPUWeight=idle`: a connect from
-//! QM can only happen when the machine has idle time, so accepting it at
-//! `SCHED_IDLE` costs a well-behaved client nothing it could have had, and
-//! a storm then competes only with itself for the CPU the rest leave idle.
+//! behind it. Where QM runs in a CPU cgroup of its own (the qm unit sets
+//! `CPUWeight=`, idle in the qm project's default), its processes get CPU
+//! only as that cgroup's weight allows, and the accept thread, at
+//! `SCHED_IDLE` inside the gateway's cgroup, still beats them to it; yet it
+//! yields to every thread that serves. A storm then costs a well-behaved
+//! client nothing. Where QM peers share the gateway's cgroup at the normal
+//! priority, a busy one would starve a `SCHED_IDLE` thread: there the
+//! thread keeps the normal priority (the default, `--qm-accept normal`).
 //! Admitted connections go to the QM thread over a channel bounded by the
 //! QM connection budget; refusals never leave this thread.
 
@@ -25,10 +29,12 @@ use crate::peer::Peer;
 /// How the QM accept thread is scheduled (`qm-ipc serve --qm-accept`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AcceptScheduling {
-    /// `SCHED_IDLE`: only when no other thread wants the CPU.
-    #[default]
+    /// `SCHED_IDLE`: only when no other thread wants the CPU. For QM in a
+    /// CPU cgroup of its own: where QM peers share the gateway's, a busy
+    /// one at the normal priority would starve the accepts.
     Idle,
     /// As the gateway's other threads.
+    #[default]
     Normal,
 }
 

@@ -50,10 +50,13 @@ pub struct ServeArgs {
     /// 2-3.
     #[arg(long, value_name = "LIST")]
     provider_cpus: Option<String>,
-    /// How the thread that accepts QM connections is scheduled: idle
-    /// (SCHED_IDLE, the priority QM itself runs at, so a connect storm
-    /// takes only CPU nothing else wants) or normal.
-    #[arg(long, value_name = "SCHED", default_value = "idle", value_parser = ["idle", "normal"])]
+    /// How the thread that accepts QM connections is scheduled: normal, or
+    /// idle (SCHED_IDLE: a QM connect storm then takes only CPU nothing
+    /// else wants). Idle is for QM in a CPU cgroup of its own (the qm
+    /// unit's CPUWeight=), as `generate asil-to-qm` sets it; where QM
+    /// peers share the gateway's cgroup, a busy one would starve the
+    /// accepts.
+    #[arg(long, value_name = "SCHED", default_value = "normal", value_parser = ["idle", "normal"])]
     qm_accept: String,
     #[command(flatten)]
     limits: LimitArgs,
@@ -197,8 +200,8 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
     let mut gateway = Gateway::start(config)?;
     gateway.set_provider_placement(placement);
     gateway.set_qm_accept(match args.qm_accept.as_str() {
-        "normal" => qm_ipc_server::qm_accept::AcceptScheduling::Normal,
-        _ => qm_ipc_server::qm_accept::AcceptScheduling::Idle,
+        "idle" => qm_ipc_server::qm_accept::AcceptScheduling::Idle,
+        _ => qm_ipc_server::qm_accept::AcceptScheduling::Normal,
     });
     if let Some(path) = &args.policy {
         gateway.load_policy(path)?;

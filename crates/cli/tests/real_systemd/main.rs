@@ -608,8 +608,9 @@ fn host_runtime_service_is_hardened_and_serves_qm() {
     );
     wait_for_speed(&host);
     assert_eq!(host.property("ipc_server.service", "Type"), "notify-reload");
-    // The hardened unit's system call filter lets the QM accept thread
-    // lower its own priority (no warning, SCHED_IDLE).
+    // The generated unit asks for the QM accept thread at SCHED_IDLE, and
+    // its system call filter lets the thread lower its own priority (no
+    // warning).
     let main_pid = host.property("ipc_server.service", "MainPID");
     assert_eq!(
         accept_thread_policy(&host, &main_pid),
