@@ -227,7 +227,7 @@ fn rpm_builds_from_the_spec() {
         .expect("packaged service");
     assert!(
         service.contains(
-            "ExecStart=/usr/bin/qm-ipc serve --policy /etc/qm-ipc/policy.toml --services /etc/qm-ipc/services.toml"
+            "ExecStart=/usr/bin/qm-ipc serve --qm-accept idle --policy /etc/qm-ipc/policy.toml --services /etc/qm-ipc/services.toml"
         ),
         "{service}"
     );

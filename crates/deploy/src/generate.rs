@@ -1365,7 +1365,7 @@ mod tests {
         let server = &files[4].content;
         assert!(
             server.contains(
-                "Exec=serve --name \"a b\" \"100%%\" \"$$HOME\" \"q\\\"x\" \"back\\\\slash\" --policy"
+                "Exec=serve --name \"a b\" \"100%%\" \"$$HOME\" \"q\\\"x\" \"back\\\\slash\" --qm-accept idle --policy"
             ),
             "{server}"
         );

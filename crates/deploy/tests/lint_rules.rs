@@ -114,7 +114,7 @@ fn qm002_socket_activated_server_behind_a_shell_or_init() {
     edit(
         root.path(),
         SERVER,
-        "Exec=serve --policy",
+        "Exec=serve --qm-accept idle --policy",
         "Exec=/bin/sh -c \"qm-ipc serve\" --policy",
     );
     assert_only(root.path(), "QM002", SERVER);

@@ -81,7 +81,7 @@ fn asil_to_qm_quadlets_give_the_podman_arguments_that_matter() {
         "-v /run/ipc/:/run/ipc/",
         "--network none",
         "--env SOCKET_PATH=/run/ipc/ipc.socket",
-        "localhost/qm-ipc-server:latest serve --policy /etc/qm-ipc/policy.toml --services /etc/qm-ipc/services.toml",
+        "localhost/qm-ipc-server:latest serve --qm-accept idle --policy /etc/qm-ipc/policy.toml --services /etc/qm-ipc/services.toml",
     ] {
         assert!(exec.contains(arg), "server ExecStart lacks {arg:?}: {exec}");
     }
