@@ -21,6 +21,7 @@ fn sample_state() -> State {
                 seq: 42,
                 timestamp_us: 1_700_000_000_000_000,
                 value: Some(r#"{"kmh":50}"#.into()),
+                origin: Some("a3e10123456789abcdef0123456789ab".into()),
                 creator: account("provider"),
                 retainer: Some(account("provider")),
             },
@@ -29,6 +30,7 @@ fn sample_state() -> State {
                 seq: 3,
                 timestamp_us: 0,
                 value: None,
+                origin: None,
                 creator: AccountState {
                     listener: "consumer".into(),
                     container: ContainerState::Label("system_u:system_r:qm_t:s0".into()),
@@ -126,13 +128,16 @@ fn corrupt_truncated_foreign_and_other_versions_are_refused() {
         Err(StoreError::Foreign)
     );
     assert_eq!(decode(b"", &limits), Err(StoreError::Foreign));
-    // A version this gateway does not read.
-    let mut newer = bytes.clone();
-    newer[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(
-        decode(&newer, &limits),
-        Err(StoreError::Version { found: 2 })
-    );
+    // Versions this gateway does not read: a newer one, and the one
+    // before origins were carried (its values would lose theirs).
+    for other in [VERSION + 1, 1] {
+        let mut store = bytes.clone();
+        store[8..12].copy_from_slice(&other.to_le_bytes());
+        assert_eq!(
+            decode(&store, &limits),
+            Err(StoreError::Version { found: other })
+        );
+    }
     // A body that is not the state, with a right checksum.
     let mut forged = Vec::new();
     let body = br#"{"instance":"x","topics":[],"connections":[],"extra":1}"#;
@@ -188,6 +193,16 @@ fn every_field_is_checked() {
         "JSON object",
     );
     refused(&|s| s.topics[0].seq = 0, "seq 0");
+    refused(&|s| s.topics[0].origin = Some("5f0c".into()), "origin");
+    refused(&|s| s.topics[0].origin = Some("z".repeat(32)), "origin");
+    refused(
+        &|s| s.topics[0].origin = Some("a".repeat(1 << 20)),
+        "origin",
+    );
+    refused(
+        &|s| s.topics[1].origin = Some("a3e10123456789abcdef0123456789ab".into()),
+        "origin but no value",
+    );
     refused(
         &|s| {
             s.topics[0].value = Some(format!(
@@ -261,13 +276,14 @@ fn arb_state() -> impl Strategy<Value = State> {
         arb_name(),
         1u64..,
         any::<u64>(),
-        proptest::option::of("[a-z]{0,12}"),
+        proptest::option::of(("[a-z]{0,12}", proptest::option::of("[0-9a-f]{32}"))),
     )
         .prop_map(|(topic, seq, timestamp_us, value)| TopicState {
             topic,
             seq,
             timestamp_us,
-            value: value.map(|v| serde_json::json!({ "v": v }).to_string()),
+            origin: value.as_ref().and_then(|(_, origin)| origin.clone()),
+            value: value.map(|(v, _)| serde_json::json!({ "v": v }).to_string()),
             creator: account("consumer"),
             retainer: Some(account("provider")),
         });
