@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the qm-ipc container images from a statically linked binary, offline:
-#   scripts/build-images.sh [SERVER_IMAGE [CLIENT_IMAGE]]
+#   scripts/build-images.sh [SERVER_IMAGE [CLIENT_IMAGE [BRIDGE_IMAGE]]]
 # Defaults are the names `qm-ipc generate` expects:
-#   localhost/qm-ipc-server:latest and localhost/qm-ipc-client:latest
+#   localhost/qm-ipc-server:latest, localhost/qm-ipc-client:latest and
+#   localhost/qm-ipc-bridge:latest
 # Needs podman (and, on these machines, the containers.conf of
 # scripts/containers.conf; set CONTAINERS_CONF to use another).
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 server_image=${1:-localhost/qm-ipc-server:latest}
 client_image=${2:-localhost/qm-ipc-client:latest}
+bridge_image=${3:-localhost/qm-ipc-bridge:latest}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/scripts/containers.conf}
 
 command -v podman >/dev/null || { echo "build-images: podman is not installed (apt-get install podman runc)" >&2; exit 1; }
@@ -22,17 +24,21 @@ target=$(rustc -vV | sed -n 's/^host: //p')
 # normal one (and may run while tests hold it). The dist profile is the
 # release build with debug info, which is split off below.
 RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --profile dist --bin qm-ipc --target "$target" --target-dir target/static
+    cargo build --locked --profile dist --bin qm-ipc --bin qm-ipc-bridge --target "$target" --target-dir target/static
 out=target/static/$target/dist
-# The images get the stripped binary; its debug info and symbols stay
-# beside it as qm-ipc.debug (what a -debuginfo package would hold), linked
+# The images get the stripped binaries; their debug info and symbols stay
+# beside them as NAME.debug (what a -debuginfo package would hold), linked
 # by .gnu_debuglink so gdb finds them when pointed at that directory.
-objcopy --only-keep-debug "$out/qm-ipc" "$out/qm-ipc.debug"
-objcopy --strip-all --add-gnu-debuglink="$out/qm-ipc.debug" "$out/qm-ipc" images/qm-ipc
-chmod 0755 images/qm-ipc
+for bin in qm-ipc qm-ipc-bridge; do
+    objcopy --only-keep-debug "$out/$bin" "$out/$bin.debug"
+    objcopy --strip-all --add-gnu-debuglink="$out/$bin.debug" "$out/$bin" "images/$bin"
+    chmod 0755 "images/$bin"
+done
 
 podman build --quiet --target server -t "$server_image" -f images/Containerfile images >/dev/null
 podman build --quiet --target client -t "$client_image" -f images/Containerfile images >/dev/null
+podman build --quiet --target bridge -t "$bridge_image" -f images/Containerfile images >/dev/null
 size=$(stat -c %s images/qm-ipc)
-rm -f images/qm-ipc
-echo "built $server_image and $client_image (binary $size bytes; its debug info: $out/qm-ipc.debug)"
+bridge_size=$(stat -c %s images/qm-ipc-bridge)
+rm -f images/qm-ipc images/qm-ipc-bridge
+echo "built $server_image and $client_image (binary $size bytes) and $bridge_image (binary $bridge_size bytes); debug info: $out/*.debug"

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use qm_ipc_client::service::{MethodError, Service};
 use qm_ipc_client::{ClientError, ErrorReply, Session};
-use qm_ipc_proto::interface::TopicPattern;
+use qm_ipc_proto::interface::{check_instance_id, TopicPattern};
 use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
@@ -593,8 +593,20 @@ async fn publisher(
             .await;
         }
         // The gap goes into the topic's seq at the local gateway too, so a
-        // subscriber there counts it in `dropped` as a local one would.
-        match gateway.publish_after(&topic, &envelope.value, missed).await {
+        // subscriber there counts it in `dropped` as a local one would; and
+        // the origin gateway's instance goes with the value, so a
+        // subscriber there sees that gateway restart as a restart
+        // (`OriginRestarted`), not only on the events topic. An instance
+        // that is not one (a far bridge of another make) is left out
+        // rather than have the gateway refuse the value.
+        let origin = envelope
+            .instance
+            .as_deref()
+            .filter(|i| check_instance_id("origin", i).is_ok());
+        match gateway
+            .publish_relayed(&topic, &envelope.value, missed, origin)
+            .await
+        {
             Ok(_) => bump(&counters.in_published),
             Err(e) => {
                 bump(&counters.in_publish_failed);

@@ -587,6 +587,16 @@ struct Seen {
     missed: u64,
     /// Origin restarts B's bridge reported.
     origin_restarts: u64,
+    /// `OriginRestarted` reports B's subscriber got from the client
+    /// library (A's gateway restarted, B's did not).
+    origin_restarted: u64,
+    /// The origin (A's gateway instance) of the last value B saw.
+    origin: Option<String>,
+    /// The new origin an `OriginRestarted` announced, until its first
+    /// value.
+    announced: Option<String>,
+    /// What went wrong in the order of reports and values.
+    problems: Vec<String>,
 }
 
 type Shared = std::sync::Arc<std::sync::Mutex<Seen>>;
@@ -626,8 +636,42 @@ fn start_collector(b: &Session) -> Shared {
                 Ok(s) => {
                     seen.n.push(s.value["n"].as_u64().expect("n"));
                     seen.dropped += s.dropped;
+                    // The first value from a new origin instance comes
+                    // right after its OriginRestarted, never without.
+                    let announced = seen.announced.take();
+                    match (&seen.origin, &s.origin) {
+                        (Some(previous), Some(current))
+                            if previous != current && announced.as_ref() != Some(current) =>
+                        {
+                            let problem = format!(
+                                "value {} from origin {current} after {previous}, announced {announced:?}",
+                                s.value["n"]
+                            );
+                            seen.problems.push(problem);
+                        }
+                        (_, None) => seen
+                            .problems
+                            .push(format!("value {} without its origin", s.value["n"])),
+                        _ => {}
+                    }
+                    seen.origin = s.origin;
                 }
                 Err(ClientError::Restarted { .. }) => seen.restarted += 1,
+                Err(ClientError::OriginRestarted {
+                    topic,
+                    previous,
+                    current,
+                }) => {
+                    seen.origin_restarted += 1;
+                    if topic != "vehicle.counter" || seen.origin.as_ref() != Some(&previous) {
+                        let problem = format!(
+                            "OriginRestarted {topic} {previous}->{current} after origin {:?}",
+                            seen.origin
+                        );
+                        seen.problems.push(problem);
+                    }
+                    seen.announced = Some(current);
+                }
                 Err(_) => {}
             }
         }
@@ -813,8 +857,12 @@ fn bridges_and_gateways_restart_on_either_side() {
         )),
     );
 
-    // A's gateway restarts: the origin's seq begins again, and B's
-    // bridge reports the origin restart.
+    // A's gateway restarts: the origin's seq begins again. B's gateway
+    // did not restart, yet B's subscriber is told, by the client library
+    // (OriginRestarted, before the first value from A's new instance), and
+    // B's bridge reports it on its events topic.
+    let origin_before = seen.lock().unwrap().origin.clone();
+    assert!(origin_before.is_some(), "values at B name their origin");
     let services_a = pair.a.path("services.toml");
     pair.a.stop_gateway();
     pair.a.start_gateway(Some(&services_a));
@@ -824,9 +872,14 @@ fn bridges_and_gateways_restart_on_either_side() {
         Box::pin(wait_seen(
             &seen,
             "the origin restart reported at B",
-            move |s| s.origin_restarts >= 1 && last_n(s) > target,
+            move |s| s.origin_restarts >= 1 && s.origin_restarted >= 1 && last_n(s) > target,
         )),
     );
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.restarted, 0, "B's gateway did not restart");
+        assert_ne!(s.origin, origin_before, "values come from A's new instance");
+    }
 
     // B's gateway restarts: B's subscriber is told, as for any local
     // restart, and values come again.
@@ -843,7 +896,12 @@ fn bridges_and_gateways_restart_on_either_side() {
         )),
     );
 
-    assert_no_duplicates(&seen.lock().unwrap());
+    let s = seen.lock().unwrap();
+    assert_no_duplicates(&s);
+    assert!(s.problems.is_empty(), "{:#?}", s.problems);
+    // B's own restart is not an origin's: A's gateway restarted once.
+    assert_eq!(s.origin_restarted, 1);
+    drop(s);
     drop(rt);
     for host in [&mut pair.a, &mut pair.b] {
         host.stop_bridge();

@@ -160,6 +160,13 @@ fn rpm_builds_from_the_spec() {
     if !tier_enabled("packaging", NEEDS) {
         return;
     }
+    // The bridge's binary, beside qm-ipc's (built with the workspace).
+    let bridge = std::path::Path::new(bin()).with_file_name("qm-ipc-bridge");
+    assert!(
+        bridge.exists(),
+        "{} is missing: build it first (cargo build -p qm-ipc-bridge)",
+        bridge.display()
+    );
     let top = tempfile::tempdir().expect("tempdir");
     let sources = top.path().join("SOURCES");
     std::fs::create_dir_all(&sources).expect("SOURCES");
@@ -180,13 +187,30 @@ fn rpm_builds_from_the_spec() {
         .args(["--define", "_binary_payload w1.gzdio"])
         .arg(repo().join("packaging/qm-ipc.spec")));
     let log = String::from_utf8_lossy(&out.stdout);
-    let rpm = log
+    let written: Vec<&str> = log
         .lines()
-        .find_map(|l| l.strip_prefix("Wrote: "))
-        .unwrap_or_else(|| panic!("rpmbuild wrote no package:\n{log}"))
-        .to_owned();
-    let files = run(Command::new("rpm").args(["-qlp", &rpm]));
-    let files = String::from_utf8_lossy(&files.stdout);
+        .filter_map(|l| l.strip_prefix("Wrote: "))
+        .collect();
+    let package = |name: &str| -> String {
+        written
+            .iter()
+            .find(|p| {
+                std::path::Path::new(p)
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(|f| f.strip_prefix(name))
+                    .is_some_and(|rest| rest.starts_with("-0"))
+            })
+            .unwrap_or_else(|| panic!("rpmbuild wrote no {name} package:\n{log}"))
+            .to_string()
+    };
+    let rpm = package("qm-ipc");
+    let bridge_rpm = package("qm-ipc-bridge");
+    let query = |flag: &str, package: &str| -> String {
+        let out = run(Command::new("rpm").args([flag, package]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let files = query("-qlp", &rpm);
     for file in [
         "/usr/bin/qm-ipc",
         "/usr/share/man/man1/qm-ipc.1",
@@ -206,6 +230,28 @@ fn rpm_builds_from_the_spec() {
             "{file} in the package:\n{files}"
         );
     }
+    // The gateway's package has nothing of the bridge (nor Zenoh).
+    assert!(!files.contains("bridge"), "{files}");
+    let bridge_files = query("-qlp", &bridge_rpm);
+    for file in [
+        "/usr/bin/qm-ipc-bridge",
+        "/usr/lib/systemd/system/qm-ipc-bridge.service",
+        "/usr/lib/sysusers.d/qm-ipc-bridge.conf",
+        "/etc/qm-ipc/bridge.toml",
+        "/etc/qm-ipc/zenoh.json5",
+    ] {
+        assert!(
+            bridge_files.lines().any(|l| l == file),
+            "{file} in the bridge package:\n{bridge_files}"
+        );
+    }
+    assert!(
+        query("-qRp", &bridge_rpm)
+            .lines()
+            .any(|l| l.starts_with("qm-ipc = 0.1.0")),
+        "the bridge needs the gateway's package (its socket units)"
+    );
+    assert!(query("-qcp", &bridge_rpm).contains("/etc/qm-ipc/bridge.toml"));
     // %license (qm-ipc/ on Fedora, qm-ipc-VERSION/ with older macros).
     assert!(
         files
@@ -214,15 +260,16 @@ fn rpm_builds_from_the_spec() {
         "the license in the package:\n{files}"
     );
     // The policy is the administrator's: kept on upgrade.
-    let config = run(Command::new("rpm").args(["-qcp", &rpm]));
-    assert!(String::from_utf8_lossy(&config.stdout).contains("/etc/qm-ipc/policy.toml"));
+    assert!(query("-qcp", &rpm).contains("/etc/qm-ipc/policy.toml"));
     // The packaged service runs the packaged binary with the packaged files.
     let extract = top.path().join("root");
     std::fs::create_dir_all(&extract).expect("root");
-    run(Command::new("sh")
-        .current_dir(&extract)
-        .arg("-c")
-        .arg(format!("rpm2cpio '{rpm}' | cpio -id --quiet")));
+    for package in [&rpm, &bridge_rpm] {
+        run(Command::new("sh")
+            .current_dir(&extract)
+            .arg("-c")
+            .arg(format!("rpm2cpio '{package}' | cpio -id --quiet")));
+    }
     let service = std::fs::read_to_string(extract.join("usr/lib/systemd/system/qm-ipc.service"))
         .expect("packaged service");
     assert!(
@@ -231,6 +278,16 @@ fn rpm_builds_from_the_spec() {
         ),
         "{service}"
     );
+    let bridge_unit =
+        std::fs::read_to_string(extract.join("usr/lib/systemd/system/qm-ipc-bridge.service"))
+            .expect("packaged bridge service");
+    for line in [
+        "ExecStart=/usr/bin/qm-ipc-bridge --config /etc/qm-ipc/bridge.toml\n",
+        "Requires=qm-ipc.socket\n",
+        "User=qm-ipc-bridge\n",
+    ] {
+        assert!(bridge_unit.contains(line), "{line:?} in:\n{bridge_unit}");
+    }
     let (status, out, err) = run_cli(&["lint", extract.to_str().expect("utf-8")]);
     assert!(status.success(), "lint of the packaged files: {out}{err}");
     // rpmlint: no errors but the two that belong to a distribution's build
@@ -238,6 +295,7 @@ fn rpm_builds_from_the_spec() {
     // not judged: this build takes the test's unoptimized binary.
     let lint = Command::new("rpmlint")
         .arg(&rpm)
+        .arg(&bridge_rpm)
         .output()
         .expect("run rpmlint");
     let report = String::from_utf8_lossy(&lint.stdout);

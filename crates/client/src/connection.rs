@@ -51,6 +51,19 @@ pub enum ClientError {
         "the gateway restarted (instance {previous} is now {current}); seq numbers began again"
     )]
     Restarted { previous: String, current: String },
+    /// The gateway where `topic`'s values are first published (another
+    /// machine's, whose values a bridge relays to this one) restarted:
+    /// the values it held were lost and its own seq began again, while
+    /// this gateway went on. A subscription reports this once, just before
+    /// the first sample from the new origin instance, then goes on.
+    #[error(
+        "the gateway {topic} comes from restarted (instance {previous} is now {current}); values published there before it were lost"
+    )]
+    OriginRestarted {
+        topic: String,
+        previous: String,
+        current: String,
+    },
 }
 
 impl ClientError {

@@ -50,4 +50,4 @@ pub use gateway::{GatewayClient, Subscription as RawSubscription};
 pub use qm_ipc_proto::paths;
 pub use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
 pub use session::{Session, SessionBuilder, DEFAULT_TIMEOUT};
-pub use subscription::{Subscription, MAX_TRACKED_TOPICS};
+pub use subscription::{Subscription, MAX_TRACKED_ORIGINS, MAX_TRACKED_TOPICS};

@@ -213,12 +213,32 @@ impl Session {
         value: &T,
         missed: u64,
     ) -> Result<u64, ClientError> {
+        self.publish_relayed(topic, value, missed, None).await
+    }
+
+    /// Publishes a value relayed from another gateway, as a bridge does:
+    /// after `missed` updates lost on the way (see
+    /// [`publish_after`](Self::publish_after)), and with `origin`, the
+    /// instance id of the gateway where it was first published (32 hex
+    /// digits, as that gateway's samples give it). The gateway keeps the
+    /// origin with the value and sends it in every sample of it
+    /// (`Sample::origin`), so a subscriber here sees that gateway restart
+    /// ([`ClientError::OriginRestarted`]) though this one did not.
+    pub async fn publish_relayed<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        missed: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, ClientError> {
         #[derive(Serialize)]
         struct Publish<'a, T: ?Sized> {
             topic: &'a str,
             value: &'a T,
             #[serde(skip_serializing_if = "is_zero")]
             missed: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            origin: Option<&'a str>,
         }
         fn is_zero(n: &u64) -> bool {
             *n == 0
@@ -234,6 +254,7 @@ impl Session {
                     topic,
                     value,
                     missed,
+                    origin,
                 },
                 Retry::OnlyIfUnsent,
                 self.inner.timeout,
@@ -398,7 +419,7 @@ impl Session {
             .clone()
     }
 
-    fn note_instance(&self, instance: Option<String>) {
+    pub(crate) fn note_instance(&self, instance: Option<String>) {
         if instance.is_some() {
             *self
                 .inner

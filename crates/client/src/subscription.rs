@@ -23,6 +23,12 @@ use crate::session::{fetch_instance, field, Session};
 /// through as the gateway sends them.
 pub const MAX_TRACKED_TOPICS: usize = 16 * 1024;
 
+/// Topics whose origin gateway (`Sample::origin`, for values a bridge
+/// relays from another gateway) a subscription remembers, to report that
+/// gateway's restarts. Beyond it, the origin of further topics is not
+/// followed and their origins' restarts are not reported.
+pub const MAX_TRACKED_ORIGINS: usize = 16 * 1024;
+
 /// A stream of samples decoded into `T`, from [`Session::subscribe`].
 ///
 /// It does its work when polled: the first poll connects and subscribes,
@@ -47,6 +53,11 @@ pub const MAX_TRACKED_TOPICS: usize = 16 * 1024;
 ///   and retried with backoff.
 /// - `Err(ClientError::Restarted { .. })`: it reconnected to a new gateway
 ///   instance: the old values are gone and seq began again at 1.
+/// - `Err(ClientError::OriginRestarted { topic, .. })`: the gateway a
+///   relayed topic comes from (another machine's, through a bridge)
+///   restarted: its old values are gone and its seq began again, though
+///   this gateway's seq of the topic goes on. Reported once, just before
+///   the first sample from the new origin instance.
 /// - `Err(ClientError::Remote(e))`: the gateway refused the subscription
 ///   (access denied, a bad pattern). This ends the stream, except for
 ///   `LimitExceeded`, which is retried with backoff.
@@ -145,6 +156,9 @@ impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for Subscription
 struct Continuity {
     instance: Option<String>,
     last_seq: HashMap<String, u64>,
+    /// Per topic, the origin gateway of its last relayed sample; kept
+    /// across this gateway's restarts (that gateway is another one).
+    origins: HashMap<String, String>,
 }
 
 impl Continuity {
@@ -193,17 +207,47 @@ impl Continuity {
 }
 
 impl Continuity {
-    /// Takes a sample in: the restart it shows, if any (a current value
-    /// from a new instance; reported before the sample), and whether to
-    /// deliver it (`false` for a repeat).
-    fn take<V>(&mut self, sample: &mut Sample<V>) -> (Option<ClientError>, bool) {
-        let restart = match &sample.instance {
-            Some(instance) if self.instance.as_ref() != Some(instance) => {
-                self.connected(Some(instance.clone()))
+    /// Takes a sample in: the restarts it shows (a current value from a
+    /// new instance of this gateway, a value from a new instance of its
+    /// origin gateway; reported before the sample, in that order), and
+    /// whether to deliver it (`false` for a repeat).
+    fn take<V>(&mut self, sample: &mut Sample<V>) -> (Vec<ClientError>, bool) {
+        let mut restarts = Vec::new();
+        if let Some(instance) = &sample.instance {
+            if self.instance.as_ref() != Some(instance) {
+                restarts.extend(self.connected(Some(instance.clone())));
             }
-            _ => None,
-        };
-        (restart, self.admit(sample))
+        }
+        let deliver = self.admit(sample);
+        if deliver {
+            restarts.extend(self.origin(sample));
+        }
+        (restarts, deliver)
+    }
+
+    /// Notes the origin gateway of a sample to be delivered; an
+    /// `OriginRestarted` event when it is not the one its topic's previous
+    /// relayed sample came from. A value published at this gateway (no
+    /// origin) leaves the topic's origin as it was.
+    fn origin<V>(&mut self, sample: &Sample<V>) -> Option<ClientError> {
+        let current = sample.origin.as_ref()?;
+        match self.origins.get_mut(&sample.topic) {
+            Some(previous) if previous != current => {
+                let previous = std::mem::replace(previous, current.clone());
+                Some(ClientError::OriginRestarted {
+                    topic: sample.topic.clone(),
+                    previous,
+                    current: current.clone(),
+                })
+            }
+            Some(_) => None,
+            None => {
+                if self.origins.len() < MAX_TRACKED_ORIGINS {
+                    self.origins.insert(sample.topic.clone(), current.clone());
+                }
+                None
+            }
+        }
     }
 }
 
@@ -278,22 +322,22 @@ impl Driver {
 
     /// Reads one message of a connected stream.
     async fn read<T: DeserializeOwned>(&mut self, mut conn: Connection, items: &mut Vec<Item<T>>) {
-        let (restart, item) = match conn.recv_typed::<SampleReply<T>>().await {
+        let (restarts, item) = match conn.recv_typed::<SampleReply<T>>().await {
             Ok(Ok(SampleReply { mut sample })) => {
-                let (restart, deliver) = self.continuity.take(&mut sample);
-                (restart, deliver.then_some(Ok(sample)))
+                let (restarts, deliver) = self.continuity.take(&mut sample);
+                (restarts, deliver.then_some(Ok(sample)))
             }
             // Readable as a sample but not as a `T`: taken in, reported.
             Ok(Err(misfit)) => match field::<Sample>(misfit.parameters, "sample") {
                 Ok(mut sample) => {
-                    let (restart, deliver) = self.continuity.take(&mut sample);
+                    let (restarts, deliver) = self.continuity.take(&mut sample);
                     let error = ClientError::Decode {
                         what: format!("{} seq {}", sample.topic, sample.seq),
                         error: misfit.error,
                     };
-                    (restart, deliver.then_some(Err(error)))
+                    (restarts, deliver.then_some(Err(error)))
                 }
-                Err(e) => (None, Some(Err(e))),
+                Err(e) => (Vec::new(), Some(Err(e))),
             },
             Err(ClientError::Remote(refusal)) => {
                 // The stream ends here; a limit is tried again later.
@@ -304,13 +348,13 @@ impl Driver {
                 return;
             }
             Err(e) if e.is_disconnect() => return self.lost(e, items),
-            Err(e) => (None, Some(Err(e))),
+            Err(e) => (Vec::new(), Some(Err(e))),
         };
         if !self.subscribed {
             self.subscribed = true;
             self.backoff.reset();
         }
-        items.extend(restart.map(Err));
+        items.extend(restarts.into_iter().map(Err));
         items.extend(item);
         self.conn = Some(conn);
     }
@@ -322,6 +366,10 @@ async fn open(
 ) -> Result<(Connection, Option<String>), ClientError> {
     let mut conn = Connection::connect(&session.inner.path).await?;
     let instance = fetch_instance(&mut conn).await?;
+    // The session's own view too: `last_instance()` answers from the
+    // moment a subscription connected (a bridge names the instance of
+    // every sample it sends on, the first ones included).
+    session.note_instance(instance.clone());
     #[derive(serde::Serialize)]
     struct Subscribe<'a> {
         topics: &'a [String],
@@ -354,7 +402,101 @@ mod tests {
             timestamp_us: 0,
             dropped,
             instance: None,
+            origin: None,
         }
+    }
+
+    fn relayed(topic: &str, seq: u64, origin: &str) -> Sample {
+        Sample {
+            origin: Some(origin.into()),
+            ..s(topic, seq, 0)
+        }
+    }
+
+    fn names(events: &[ClientError]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                ClientError::Restarted { previous, current } => {
+                    format!("restarted {previous}->{current}")
+                }
+                ClientError::OriginRestarted {
+                    topic,
+                    previous,
+                    current,
+                } => format!("origin of {topic} {previous}->{current}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_origin_instance_is_reported_once_before_its_first_sample() {
+        let mut c = Continuity::default();
+        c.connected(Some("local".into()));
+        // The first relayed sample of a topic: nothing to compare with.
+        let (events, deliver) = c.take(&mut relayed("far.speed", 1, "o1"));
+        assert!(events.is_empty() && deliver);
+        assert!(c.take(&mut relayed("far.speed", 2, "o1")).0.is_empty());
+        // The origin gateway restarted; this one did not, so seq goes on.
+        let (events, deliver) = c.take(&mut relayed("far.speed", 3, "o2"));
+        assert_eq!(names(&events), ["origin of far.speed o1->o2"]);
+        assert!(deliver);
+        assert!(c.take(&mut relayed("far.speed", 4, "o2")).0.is_empty());
+        // A repeat of a delivered value is dropped and reports nothing.
+        let (events, deliver) = c.take(&mut relayed("far.speed", 4, "o2"));
+        assert!(events.is_empty() && !deliver);
+        // Origins are per topic: another topic from o1 knows no o2 yet.
+        assert!(c.take(&mut relayed("far.gear", 1, "o1")).0.is_empty());
+        // A value published at this gateway has no origin and changes
+        // nothing; the topic's next relayed value is compared with o2.
+        assert!(c.take(&mut s("far.speed", 5, 0)).0.is_empty());
+        assert!(c.take(&mut relayed("far.speed", 6, "o2")).0.is_empty());
+    }
+
+    #[test]
+    fn the_origin_outlives_a_restart_of_this_gateway() {
+        // This gateway restarts and the bridge offers the value again from
+        // the same origin: only this gateway's restart is reported. When
+        // both restarted, both are, this gateway's first.
+        let mut c = Continuity::default();
+        c.connected(Some("local1".into()));
+        c.take(&mut relayed("far.speed", 7, "o1"));
+        let mut again = Sample {
+            instance: Some("local2".into()),
+            ..relayed("far.speed", 1, "o1")
+        };
+        let (events, deliver) = c.take(&mut again);
+        assert_eq!(names(&events), ["restarted local1->local2"]);
+        assert!(deliver);
+        let mut both = Sample {
+            instance: Some("local3".into()),
+            ..relayed("far.speed", 1, "o2")
+        };
+        let (events, deliver) = c.take(&mut both);
+        assert_eq!(
+            names(&events),
+            ["restarted local2->local3", "origin of far.speed o1->o2"]
+        );
+        assert!(deliver);
+    }
+
+    #[test]
+    fn the_origin_memory_is_bounded() {
+        let mut c = Continuity::default();
+        c.connected(Some("a".into()));
+        for i in 0..MAX_TRACKED_ORIGINS + 10 {
+            assert!(c.take(&mut relayed(&format!("t{i}"), 1, "o1")).1);
+        }
+        assert_eq!(c.origins.len(), MAX_TRACKED_ORIGINS);
+        // A topic past the bound is passed through, its origin not
+        // followed: a new one is not reported (nothing to compare with).
+        let past = format!("t{}", MAX_TRACKED_ORIGINS + 5);
+        let (events, deliver) = c.take(&mut relayed(&past, 2, "o2"));
+        assert!(events.is_empty() && deliver);
+        // A tracked topic still reports.
+        let (events, _) = c.take(&mut relayed("t0", 2, "o2"));
+        assert_eq!(names(&events), ["origin of t0 o1->o2"]);
     }
 
     #[test]

@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 
 use crate::unit::{split_words_checked, SplitError, UnitFile};
 
+mod bridge;
+pub use bridge::{
+    bridge_name, BridgeSide, BRIDGE_CONFIG_PATH, BRIDGE_USER, DEFAULT_BRIDGE_BINARY,
+    DEFAULT_BRIDGE_IMAGE, ZENOH_CONFIG_PATH,
+};
+
 /// The host's systemd units.
 pub const HOST_UNIT_DIR: &str = "/etc/systemd/system";
 /// The host's (ASIL side) quadlets.
@@ -213,6 +219,33 @@ pub struct Options {
         arg(long, default_value_t = Options::default().pod_name, value_name = "NAME")
     )]
     pub pod_name: String,
+    /// Also write qm-ipc-bridge's unit beside the gateway's (asil-to-qm):
+    /// NAME-bridge.service with --runtime host, NAME-bridge.container
+    /// otherwise, and its starting configuration, /etc/qm-ipc/bridge.toml
+    /// (no routes: nothing crosses until you add them) and
+    /// /etc/qm-ipc/zenoh.json5.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub bridge: bool,
+    /// Which of the gateway's sockets the bridge connects to.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_enum, default_value_t = BridgeSide::Consumer, requires = "bridge")
+    )]
+    pub bridge_side: BridgeSide,
+    /// Image of the bridge container (runs `qm-ipc-bridge` as its
+    /// entrypoint).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().bridge_image, requires = "bridge")
+    )]
+    pub bridge_image: String,
+    /// The qm-ipc-bridge binary on the host (--runtime host).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = Options::default().bridge_binary, value_name = "PATH",
+            requires = "bridge")
+    )]
+    pub bridge_binary: String,
 }
 
 /// How a QM-to-QM server and client are laid out (the qm IPC example names
@@ -304,6 +337,10 @@ impl Default for Options {
             demo: false,
             form: Form::Containers,
             pod_name: "ipc".into(),
+            bridge: false,
+            bridge_side: BridgeSide::Consumer,
+            bridge_image: DEFAULT_BRIDGE_IMAGE.into(),
+            bridge_binary: DEFAULT_BRIDGE_BINARY.into(),
         }
     }
 }
@@ -490,6 +527,7 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
     for (option, image) in [
         ("server-image", &o.server_image),
         ("client-image", &o.client_image),
+        ("bridge-image", &o.bridge_image),
     ] {
         plain_value(option, image, ":@+", "an image reference")?;
     }
@@ -523,9 +561,18 @@ fn check_options(topology: Topology, o: &Options, socket: &str) -> Result<(), Ge
             "QM-to-QM servers run in the QM partition's podman; --runtime host is for asil-to-qm",
         ));
     }
-    plain_value("binary", &o.binary, "", "an absolute path")?;
-    if !o.binary.starts_with('/') {
-        return Err(bad("binary", &o.binary, "an absolute path is required"));
+    for (option, binary) in [("binary", &o.binary), ("bridge-binary", &o.bridge_binary)] {
+        plain_value(option, binary, "", "an absolute path")?;
+        if !binary.starts_with('/') {
+            return Err(bad(option, binary, "an absolute path is required"));
+        }
+    }
+    if o.bridge && topology != Topology::AsilToQm {
+        return Err(bad(
+            "bridge",
+            "qm-to-qm",
+            "the bridge runs beside an ASIL-to-QM gateway on the host, which talks to other machines; a QM-to-QM gateway has no network",
+        ));
     }
     plain_value(
         "socket-path",
@@ -608,6 +655,13 @@ struct ContainerSpec<'a> {
     service_extra: Vec<(&'static str, String)>,
     /// Units that pull this one in besides `multi-user.target`.
     wanted_by: Vec<String>,
+    /// `Network=` when not a pod's member: `none` for every IPC container;
+    /// the bridge's is the host's (it talks to other machines).
+    network: &'static str,
+    /// More of `[Container]`, after the label.
+    container_extra: Vec<(&'static str, String)>,
+    /// `Restart=`: `always` for the IPC containers.
+    restart: &'static str,
 }
 
 fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
@@ -628,7 +682,7 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     match &spec.pod {
         // podman refuses --network on a pod's member.
         Some(pod) => c.push_entry("Pod", pod),
-        None => c.push_entry("Network", "none"),
+        None => c.push_entry("Network", spec.network),
     };
     for env in &spec.env {
         c.push_entry("Environment", env);
@@ -637,6 +691,9 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
         c.push_entry("Volume", volume);
     }
     c.push_entry(spec.label.0, spec.label.1);
+    for (key, value) in &spec.container_extra {
+        c.push_entry(key, value);
+    }
     if spec.notify {
         c.push_entry("Notify", "true");
     }
@@ -644,7 +701,8 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
     // priority of each line (conmon's journald driver would log every line
     // at one priority, with the prefix as text).
     c.push_entry("LogDriver", "passthrough");
-    c.push_section("Service").push_entry("Restart", "always");
+    c.push_section("Service")
+        .push_entry("Restart", spec.restart);
     for (key, value) in &spec.service_extra {
         c.push_entry(key, value);
     }
@@ -661,8 +719,16 @@ fn container_quadlet(topology: Topology, spec: ContainerSpec<'_>) -> UnitFile {
 /// needs: it reads its policy and services file, talks on the Unix sockets
 /// systemd passes and to the services' sockets, and nothing else. Not `PrivateUsers=`: peers' uids would
 /// read as the overflow uid and uid rules of the policy would never match.
+/// The gateway's own: no network at all, a user of its own.
 const HOST_HARDENING: &[(&str, &str)] = &[
     ("DynamicUser", "yes"),
+    ("PrivateNetwork", "yes"),
+    ("RestrictAddressFamilies", "AF_UNIX"),
+    ("IPAddressDeny", "any"),
+];
+
+/// The hardening the gateway's and the bridge's host services share.
+const HARDENING: &[(&str, &str)] = &[
     ("NoNewPrivileges", "yes"),
     ("CapabilityBoundingSet", ""),
     ("AmbientCapabilities", ""),
@@ -670,7 +736,6 @@ const HOST_HARDENING: &[(&str, &str)] = &[
     ("ProtectHome", "yes"),
     ("PrivateTmp", "yes"),
     ("PrivateDevices", "yes"),
-    ("PrivateNetwork", "yes"),
     ("PrivateIPC", "yes"),
     ("ProtectProc", "invisible"),
     ("ProcSubset", "pid"),
@@ -680,7 +745,6 @@ const HOST_HARDENING: &[(&str, &str)] = &[
     ("ProtectControlGroups", "yes"),
     ("ProtectClock", "yes"),
     ("ProtectHostname", "yes"),
-    ("RestrictAddressFamilies", "AF_UNIX"),
     ("RestrictNamespaces", "yes"),
     ("RestrictRealtime", "yes"),
     ("RestrictSUIDSGID", "yes"),
@@ -694,7 +758,6 @@ const HOST_HARDENING: &[(&str, &str)] = &[
     // RestrictRealtime=yes).
     ("SystemCallFilter", "sched_setscheduler"),
     ("SystemCallErrorNumber", "EPERM"),
-    ("IPAddressDeny", "any"),
     ("DevicePolicy", "closed"),
     ("KeyringMode", "private"),
     ("UMask", "0077"),
@@ -899,6 +962,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                             service_extra,
                             wanted_by: vec![],
                             unit_extra: vec![],
+                            network: "none",
+                            container_extra: vec![],
+                            restart: "always",
                         },
                     );
                     files.push(file(
@@ -943,7 +1009,7 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     // No RuntimeDirectory=qm-ipc: the provider socket unit
                     // owns /run/qm-ipc, and a runtime directory would be
                     // removed, socket file and all, when the gateway stops.
-                    for (key, value) in HOST_HARDENING {
+                    for (key, value) in HOST_HARDENING.iter().chain(HARDENING) {
                         u.push_entry(key, value);
                     }
                     u.push_section("Install")
@@ -967,6 +1033,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     service_extra: vec![],
                     wanted_by: vec![],
                     unit_extra: vec![],
+                    network: "none",
+                    container_extra: vec![],
+                    restart: "always",
                 },
             );
             files.push(file(
@@ -986,6 +1055,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                 "10-extra-volume.conf".into(),
                 d,
             ));
+            if o.bridge {
+                files.extend(bridge::files(topology, o, &socket));
+            }
         }
         Topology::QmToQm => {
             let runtime_dir = Path::new(&socket)
@@ -1070,6 +1142,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     service_extra: vec![],
                     wanted_by: vec![],
                     unit_extra: vec![],
+                    network: "none",
+                    container_extra: vec![],
+                    restart: "always",
                 },
             );
             files.push(file(
@@ -1098,6 +1173,9 @@ pub fn generate(topology: Topology, o: &Options) -> Result<Vec<GeneratedFile>, G
                     service_extra,
                     wanted_by: vec![],
                     unit_extra: vec![],
+                    network: "none",
+                    container_extra: vec![],
+                    restart: "always",
                 },
             );
             files.push(file(
@@ -1169,6 +1247,9 @@ fn demo_service_files(
                 ("PartOf", format!("{}.service", o.server_name)),
                 ("After", format!("{}.service", o.server_name)),
             ],
+            network: "none",
+            container_extra: vec![],
+            restart: "always",
         },
     );
     Ok(vec![
@@ -1293,6 +1374,135 @@ mod tests {
             .content
             .contains("Sockets=ipc_server.socket ipc_server-provider.socket\n"));
         assert!(!files[4].content.contains("--demo"), "the demo is opt-in");
+    }
+
+    /// The file `path` of a generated set.
+    fn file<'a>(files: &'a [GeneratedFile], path: &str) -> &'a str {
+        files
+            .iter()
+            .find(|f| f.path == Path::new(path))
+            .map(|f| f.content.as_str())
+            .unwrap_or_else(|| panic!("{path} not generated"))
+    }
+
+    #[test]
+    fn the_bridge_is_written_beside_the_gateway_when_asked() {
+        let plain = generate(Topology::AsilToQm, &Options::default()).unwrap();
+        assert!(
+            !plain
+                .iter()
+                .any(|f| f.path.to_string_lossy().contains("bridge")),
+            "the bridge is opt-in"
+        );
+        // Containers, on QM's socket.
+        let o = Options {
+            bridge: true,
+            ..Options::default()
+        };
+        let files = generate(Topology::AsilToQm, &o).unwrap();
+        let unit = file(
+            &files,
+            "/etc/containers/systemd/ipc_server-bridge.container",
+        );
+        for line in [
+            "Requires=ipc_server.socket\n",
+            "After=ipc_server.socket\n",
+            "Wants=network-online.target\n",
+            "Image=localhost/qm-ipc-bridge:latest\n",
+            "Exec=--config /etc/qm-ipc/bridge.toml\n",
+            "Environment=NO_COLOR=1\n",
+            "Network=host\n",
+            "Volume=/run/ipc/:/run/ipc/\n",
+            "Volume=/etc/qm-ipc/bridge.toml:/etc/qm-ipc/bridge.toml:ro\n",
+            "Volume=/etc/qm-ipc/zenoh.json5:/etc/qm-ipc/zenoh.json5:ro\n",
+            "ReadOnly=true\n",
+            "DropCapability=all\n",
+            "Restart=on-failure\n",
+            "RestartPreventExitStatus=78\n",
+        ] {
+            assert!(unit.contains(line), "{line:?} in:\n{unit}");
+        }
+        assert!(!unit.contains("/etc/qm-ipc/:"), "only its own two files");
+        let routes = file(&files, BRIDGE_CONFIG_PATH);
+        assert!(routes.contains("socket = \"/run/ipc/ipc.socket\"\nside = \"consumer\"\n"));
+        assert!(routes.contains("config = \"zenoh.json5\""));
+        assert!(
+            !routes.lines().any(|l| l.starts_with("[[")),
+            "no route: nothing crosses until the administrator says so"
+        );
+        assert!(file(&files, ZENOH_CONFIG_PATH).contains("mode: \"peer\""));
+
+        // On the host, on the ASIL side's socket.
+        let o = Options {
+            bridge: true,
+            bridge_side: BridgeSide::Provider,
+            runtime: Runtime::Host,
+            server_name: "qm-ipc".into(),
+            ..Options::default()
+        };
+        let files = generate(Topology::AsilToQm, &o).unwrap();
+        let unit = file(&files, "/etc/systemd/system/qm-ipc-bridge.service");
+        for line in [
+            "Requires=qm-ipc-provider.socket\n",
+            "ExecStart=/usr/bin/qm-ipc-bridge --config /etc/qm-ipc/bridge.toml\n",
+            "Restart=on-failure\n",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n",
+            "ProtectSystem=strict\n",
+            "CapabilityBoundingSet=\n",
+        ] {
+            assert!(unit.contains(line), "{line:?} in:\n{unit}");
+        }
+        // The provider socket admits root only; the gateway's own
+        // network lock-down is not the bridge's.
+        for absent in ["DynamicUser", "PrivateNetwork", "IPAddressDeny"] {
+            assert!(!unit.contains(absent), "{absent} in:\n{unit}");
+        }
+        assert!(file(&files, BRIDGE_CONFIG_PATH)
+            .contains("socket = \"/run/qm-ipc/provider.socket\"\nside = \"provider\"\n"));
+        // On QM's socket, a user of its own.
+        let o = Options {
+            bridge_side: BridgeSide::Consumer,
+            ..o
+        };
+        let files = generate(Topology::AsilToQm, &o).unwrap();
+        let unit = file(&files, "/etc/systemd/system/qm-ipc-bridge.service");
+        assert!(unit.contains("Requires=qm-ipc.socket\n"), "{unit}");
+        assert!(
+            unit.contains("DynamicUser=yes\nUser=qm-ipc-bridge\n"),
+            "{unit}"
+        );
+
+        // Not beside a QM-to-QM gateway, which has no network.
+        let o = Options {
+            bridge: true,
+            ..Options::default()
+        };
+        let e = generate(Topology::QmToQm, &o).unwrap_err();
+        assert!(e.to_string().starts_with("--bridge"), "{e}");
+    }
+
+    #[test]
+    fn generated_bridge_units_pass_lint() {
+        for runtime in [Runtime::Container, Runtime::Host] {
+            for bridge_side in [BridgeSide::Consumer, BridgeSide::Provider] {
+                let root = tempfile::tempdir().unwrap();
+                let o = Options {
+                    bridge: true,
+                    bridge_side,
+                    runtime,
+                    demo: true,
+                    ..Options::default()
+                };
+                let files = generate(Topology::AsilToQm, &o).unwrap();
+                write_root(root.path(), &files, false).unwrap();
+                let report = crate::lint::lint_paths(&[root.path().to_owned()]).unwrap();
+                assert!(
+                    report.findings.is_empty(),
+                    "{runtime:?} {bridge_side:?}: {}",
+                    report.to_text()
+                );
+            }
+        }
     }
 
     #[test]

@@ -526,3 +526,97 @@ fn demo_service_units_pass_quadlet_and_systemd_analyze_verify() {
     assert!(report.findings.is_empty(), "{}", report.to_text());
     assert!(report.notes.is_empty(), "{:?}", report.notes);
 }
+
+/// `--bridge`: qm-ipc-bridge's quadlet beside the gateway's, which quadlet
+/// makes a service on the host's network that follows the gateway's
+/// socket, with its two files mounted read-only; systemd-analyze verifies
+/// it with the sockets, and so does the host runtime's service; lint with
+/// both tools finds nothing.
+#[test]
+fn bridge_units_pass_quadlet_and_systemd_analyze_verify() {
+    if !tier_enabled(
+        "quadlet",
+        "podman's quadlet generator and systemd-analyze (scripts/install-test-deps.sh)",
+    ) {
+        return;
+    }
+    use qm_ipc_deploy::generate::{BridgeSide, Runtime};
+    use qm_ipc_deploy::lint::lint_paths_deep;
+    let options = Options {
+        bridge: true,
+        ..Options::default()
+    };
+    let root = generated_root_with(Topology::AsilToQm, &options);
+    let host = quadlet_dryrun(&root.path().join("etc/containers/systemd"));
+    let bridge = &host["ipc_server-bridge.service"];
+    let podman = exec_start(bridge);
+    let wanted = [
+        (podman, "--network host"),
+        (podman, "--security-opt label=type:ipc_t"),
+        (podman, "--read-only"),
+        (podman, "--cap-drop all"),
+        (podman, "-v /run/ipc/:/run/ipc/"),
+        (
+            podman,
+            "-v /etc/qm-ipc/bridge.toml:/etc/qm-ipc/bridge.toml:ro",
+        ),
+        (
+            podman,
+            "-v /etc/qm-ipc/zenoh.json5:/etc/qm-ipc/zenoh.json5:ro",
+        ),
+        (
+            podman,
+            "localhost/qm-ipc-bridge:latest --config /etc/qm-ipc/bridge.toml",
+        ),
+        (bridge, "Requires=ipc_server.socket"),
+        (bridge, "After=ipc_server.socket"),
+        (bridge, "Restart=on-failure"),
+    ];
+    for (text, part) in wanted {
+        assert!(text.contains(part), "{part:?} in:\n{text}");
+    }
+    verify_with_quadlet(
+        root.path(),
+        &["ipc_server.socket", "ipc_server-provider.socket"],
+        &["ipc_server.service", "ipc_server-bridge.service"],
+    );
+    let report = lint_paths_deep(&[root.path().to_owned()], true).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+
+    // The host runtime: the bridge's own service, on either socket
+    // (an executable that is there stands in for the binaries).
+    for bridge_side in [BridgeSide::Consumer, BridgeSide::Provider] {
+        let options = Options {
+            bridge: true,
+            bridge_side,
+            runtime: Runtime::Host,
+            binary: "/bin/true".into(),
+            bridge_binary: "/bin/true".into(),
+            ..Options::default()
+        };
+        let root = generated_root_with(Topology::AsilToQm, &options);
+        let units = root.path().join("etc/systemd/system");
+        let output = Command::new("systemd-analyze")
+            .arg("verify")
+            .args([
+                "ipc_server.socket",
+                "ipc_server-provider.socket",
+                "ipc_server.service",
+                "ipc_server-bridge.service",
+            ])
+            .current_dir(&units)
+            .output()
+            .expect("run systemd-analyze");
+        assert!(
+            output.status.success(),
+            "{bridge_side:?}: systemd-analyze verify failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Not --deep: it verifies socket units without the host runtime's
+        // gateway service beside them, and says the service is not loaded
+        // whether the bridge is there or not.
+        let report = qm_ipc_deploy::lint::lint_paths(&[root.path().to_owned()]).unwrap();
+        assert!(report.findings.is_empty(), "{}", report.to_text());
+    }
+}

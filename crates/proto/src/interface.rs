@@ -19,6 +19,8 @@ pub const MAX_NAME_LEN: usize = 128;
 /// beyond any real gap, and far from the end of a seq's range, so no
 /// publisher can run a topic's seq out.
 pub const MAX_MISSED: u64 = 1_000_000_000;
+/// Length of a gateway instance id: 128 random bits in hex.
+pub const INSTANCE_ID_LEN: usize = 32;
 
 /// What a call asks for, with its parameters checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +34,9 @@ pub enum Request {
         value: RawJson,
         /// Updates lost upstream before this value (a bridge's gap).
         missed: u64,
+        /// The instance of the gateway where the value was first
+        /// published (a relayed value), checked by [`check_instance_id`].
+        origin: Option<String>,
     },
     Get {
         topic: String,
@@ -138,6 +143,24 @@ pub fn check_name(parameter: &str, name: &str) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// Checks a gateway instance id given in `parameter`: exactly
+/// [`INSTANCE_ID_LEN`] hex digits, as every gateway makes them. A relay
+/// passes another gateway's id on; anything else is refused before it is
+/// stored or sent to a subscriber.
+pub fn check_instance_id(parameter: &str, id: &str) -> Result<(), ErrorReply> {
+    if id.len() != INSTANCE_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let shown: String = id.chars().take(INSTANCE_ID_LEN + 8).collect();
+        return Err(ErrorReply::invalid(
+            parameter,
+            format!(
+                "{shown:?} is not a gateway instance id: give the {INSTANCE_ID_LEN} hex digits \
+                 the origin gateway's Instance (or its samples' instance) gives"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Request {
     /// Interprets a call (the client-side type; tests and tools).
     pub fn from_call(call: Call) -> Result<Self, ErrorReply> {
@@ -186,10 +209,15 @@ impl Request {
                         format!("at most {MAX_MISSED} updates missed in one publish"),
                     ));
                 }
+                let origin = p.opt_string("origin")?;
+                if let Some(origin) = &origin {
+                    check_instance_id("origin", origin)?;
+                }
                 Self::Publish {
                     topic,
                     value,
                     missed,
+                    origin,
                 }
             }
             (GATEWAY_INTERFACE, "Get") => {
@@ -372,7 +400,11 @@ mod tests {
     fn every_idl_method_is_parsed_with_its_declared_parameters() {
         let idl = crate::idl::Interface::parse(GATEWAY_IDL).expect("our IDL parses");
         let examples = [
-            ("Publish", json!({"topic": "a.b", "value": {"k": 1}})),
+            (
+                "Publish",
+                json!({"topic": "a.b", "value": {"k": 1}, "missed": 2,
+                       "origin": "0123456789abcdef0123456789abcdef"}),
+            ),
             ("Get", json!({"topic": "a.b"})),
             ("Subscribe", json!({"topics": ["a.*"]})),
             ("Stats", json!({})),
@@ -413,19 +445,54 @@ mod tests {
                 topic: "a.b".into(),
                 value: RawJson::from_value(&json!({"kmh": 1.5})),
                 missed: 0,
+                origin: None,
             })
         );
         assert_eq!(
             req(
                 "io.qmipc.Gateway.Publish",
-                json!({"topic": "a.b", "value": {}, "missed": 3})
+                json!({"topic": "a.b", "value": {}, "missed": 3,
+                       "origin": "5f0c0123456789abcdef0123456789AB"})
             ),
             Ok(Request::Publish {
                 topic: "a.b".into(),
                 value: RawJson::from_value(&json!({})),
                 missed: 3,
+                origin: Some("5f0c0123456789abcdef0123456789AB".into()),
             })
         );
+        // An origin is a gateway instance id, nothing longer, shorter or
+        // else: it is stored with the value and sent to every subscriber.
+        for bad in [
+            "".to_owned(),
+            "5f0c".to_owned(),
+            "g".repeat(INSTANCE_ID_LEN),
+            "a".repeat(INSTANCE_ID_LEN + 1),
+            "a".repeat(100_000),
+            format!("{}\"", "a".repeat(INSTANCE_ID_LEN - 1)),
+        ] {
+            match req(
+                "io.qmipc.Gateway.Publish",
+                json!({"topic": "a.b", "value": {}, "origin": bad}),
+            ) {
+                Err(ErrorReply::InvalidValue { parameter, reason }) => {
+                    assert_eq!(parameter, "origin");
+                    assert!(reason.contains("32 hex digits"), "{reason}");
+                    assert!(
+                        reason.len() < 200,
+                        "the reason quotes a bounded part: {reason}"
+                    );
+                }
+                other => panic!("{bad:.40}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            req(
+                "io.qmipc.Gateway.Publish",
+                json!({"topic": "a.b", "value": {}, "origin": 5})
+            ),
+            Err(ErrorReply::VarlinkInvalidParameter { ref parameter }) if parameter == "origin"
+        ));
         // A publisher cannot run a topic's seq to the end of its range.
         assert!(matches!(
             req(

@@ -17,6 +17,11 @@ pub struct Sample<V = Value> {
     /// starts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// For a value a relay (qm-ipc-bridge) brought from another gateway:
+    /// the instance of the gateway where it was first published. `None`
+    /// for a value published at this gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl Sample<Value> {
@@ -29,6 +34,7 @@ impl Sample<Value> {
             timestamp_us: self.timestamp_us,
             dropped: self.dropped,
             instance: self.instance,
+            origin: self.origin,
         })
     }
 }
@@ -112,6 +118,9 @@ pub struct EncodedSample<'a> {
     /// The gateway instance as a JSON string literal, quotes included;
     /// `None` leaves it out.
     pub instance_json: Option<&'a str>,
+    /// The origin gateway's instance of a relayed value; `None` leaves it
+    /// out.
+    pub origin: Option<&'a str>,
 }
 
 impl EncodedSample<'_> {
@@ -131,6 +140,10 @@ impl EncodedSample<'_> {
         if let Some(instance) = self.instance_json {
             out.extend_from_slice(b",\"instance\":");
             out.extend_from_slice(instance.as_bytes());
+        }
+        if let Some(origin) = self.origin {
+            out.extend_from_slice(b",\"origin\":");
+            let _ = serde_json::to_writer(&mut *out, origin);
         }
         out.extend_from_slice(b"}}");
         if continues {
@@ -159,6 +172,7 @@ mod tests {
             timestamp_us: 11,
             dropped: 2,
             instance_json: Some("\"4f1c\""),
+            origin: Some("a3e1"),
         }
         .encode_reply(&mut out, true);
         assert_eq!(out.pop(), Some(0));
@@ -174,7 +188,14 @@ mod tests {
                 timestamp_us: 11,
                 dropped: 2,
                 instance: Some("4f1c".into()),
+                origin: Some("a3e1".into()),
             }
         );
+        // What the gateway sends is what its IDL declares.
+        let idl = crate::idl::Interface::parse(crate::GATEWAY_IDL).unwrap();
+        let parameters = Value::Object(reply.parameters);
+        for method in ["Subscribe", "Get"] {
+            assert_eq!(idl.check_output(method, &parameters), Ok(()), "{method}");
+        }
     }
 }

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::account::{Account, Resource};
+use crate::broker::Upstream;
 use crate::config::{Limits, RateLimit};
 use crate::hub::{ConnId, Hub, Snapshot};
 use crate::outbox::{Outbox, PublishedValue, TopicName};
@@ -608,6 +609,7 @@ impl Session<'_> {
                     timestamp_us: value.timestamp_us,
                     dropped: 0,
                     instance_json: Some(&self.instance_json),
+                    origin: value.origin.as_deref(),
                 }
                 .encode_reply(out, false)
             }),
@@ -970,10 +972,19 @@ impl Session<'_> {
                 topic,
                 value,
                 missed,
+                origin,
             } => {
                 self.authorize(Action::Publish, &topic)?;
                 // Checked against the topic's declared type, if any, there.
-                let seq = hub.publish(self.conn, &topic, value, missed)?;
+                let seq = hub.publish(
+                    self.conn,
+                    &topic,
+                    value,
+                    Upstream {
+                        missed,
+                        origin: origin.map(String::into_boxed_str),
+                    },
+                )?;
                 Ok(Some(Answer::Json(json!({ "seq": seq }))))
             }
             // The hot read path: the stored encoding goes out as it is.

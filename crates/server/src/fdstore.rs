@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use qm_ipc_proto::interface::{check_name, TopicPattern};
+use qm_ipc_proto::interface::{check_instance_id, check_name, TopicPattern};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Limits;
@@ -43,7 +43,8 @@ pub const STORE_PREFIX: &str = "qmipc-";
 
 const MAGIC: &[u8; 8] = b"QMIPCFD\0";
 /// 2: a connection no longer carries a provider's services (Register is
-/// gone), so a store of version 1 is refused, not misread.
+/// gone), and a topic's value carries its origin (the gateway a relayed
+/// value came from); a store of version 1 is refused, not misread.
 pub const VERSION: u32 = 2;
 /// Magic, version, body length, checksum.
 const HEADER: usize = 8 + 4 + 8 + 8;
@@ -78,6 +79,9 @@ pub struct TopicState {
     /// Its retained value (a JSON object); `None` when it has none (it was
     /// withdrawn by a reload of the topic types).
     pub value: Option<String>,
+    /// The instance of the gateway where a relayed value was first
+    /// published (`Publish`'s `origin`); `None` for a value published here.
+    pub origin: Option<String>,
     /// The account that created the topic (charged for it).
     pub creator: AccountState,
     /// The account charged for the value's bytes.
@@ -275,12 +279,7 @@ impl State {
     /// if it had been received from peers.
     pub fn validate(&self, limits: &Limits) -> Result<(), String> {
         let hex_digits = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-        if self.instance.len() != 32 || !hex_digits(&self.instance) {
-            return Err(format!(
-                "instance {:?} is not 32 hex digits",
-                cut(&self.instance)
-            ));
-        }
+        check_instance_id("instance", &self.instance).map_err(|e| e.to_string())?;
         if self.topics.len() > limits.max_topics {
             return Err(format!(
                 "{} topics, more than max_topics {}",
@@ -298,6 +297,13 @@ impl State {
             check_account(&t.creator)?;
             if let Some(retainer) = &t.retainer {
                 check_account(retainer)?;
+            }
+            if let Some(origin) = &t.origin {
+                if t.value.is_none() {
+                    return Err(format!("topic {} has an origin but no value", t.topic));
+                }
+                check_instance_id("origin", origin)
+                    .map_err(|e| format!("topic {}: {e}", t.topic))?;
             }
             if let Some(value) = &t.value {
                 if t.seq == 0 {

@@ -14,7 +14,7 @@ use qm_ipc_proto::raw::RawJson;
 use qm_ipc_proto::ErrorReply;
 
 use crate::broker::account::Account;
-use crate::broker::{Broker, Now};
+use crate::broker::{Broker, Now, Upstream};
 pub use crate::broker::{ConnId, ConnectionSnapshot, Snapshot};
 use crate::config::Limits;
 use crate::outbox::{Outbox, PublishedValue, TopicName};
@@ -263,14 +263,14 @@ impl Hub {
     /// reload put other types in force meanwhile, the value is checked
     /// again against those under the lock, so no value of the old types
     /// lands after the reload withdrew the misfits.
-    /// `missed`: updates lost upstream before this value (see
+    /// `upstream`: what a relay says of the value's way here (see
     /// [`crate::broker::Broker::publish_after`]).
     pub fn publish(
         &self,
         conn: ConnId,
         topic: &str,
         value: RawJson,
-        missed: u64,
+        upstream: Upstream,
     ) -> Result<u64, ErrorReply> {
         let types = self.topic_types();
         if let Some(declared) = types.get(topic) {
@@ -284,7 +284,7 @@ impl Hub {
                 declared.check(value.get())?;
             }
         }
-        broker.publish_after(conn, topic, value, missed, now)
+        broker.publish_after(conn, topic, value, upstream, now)
     }
 
     pub fn get(&self, topic: &str) -> Result<(Arc<TopicName>, Arc<PublishedValue>), ErrorReply> {

@@ -27,6 +27,10 @@ pub struct PublishedValue {
     pub seq: u64,
     pub value_json: Box<str>,
     pub timestamp_us: u64,
+    /// The instance of the gateway where a relayed value was first
+    /// published (validated as an instance id); `None` for a value
+    /// published here.
+    pub origin: Option<Box<str>>,
 }
 
 /// A topic's name, encoded once as a JSON string.
@@ -354,6 +358,7 @@ impl Outbox {
                 dropped: sample.dropped,
                 instance_json: (sample.first && !self.instance_json.is_empty())
                     .then_some(&*self.instance_json),
+                origin: sample.value.origin.as_deref(),
             }
             .encode_reply(out, true);
             delivered += 1;
@@ -470,6 +475,7 @@ mod tests {
             seq,
             value_json: text.into(),
             timestamp_us: 0,
+            origin: None,
         })
     }
 

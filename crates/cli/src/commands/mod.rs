@@ -214,7 +214,7 @@ impl CommandError {
                 C::Decode { .. } => exit::PROTOCOL,
                 // A subscription's report that the gateway restarted; it
                 // goes on, so a command only sees it when it stops there.
-                C::Restarted { .. } => exit::IOERR,
+                C::Restarted { .. } | C::OriginRestarted { .. } => exit::IOERR,
             },
             Self::Start(e) => match e {
                 S::Policy(_) | S::Services(_) | S::UnknownListener { .. } => exit::CONFIG,

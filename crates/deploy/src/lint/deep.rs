@@ -124,7 +124,8 @@ pub fn check(ipc: &Ipc<'_>, report: &mut Report) {
     };
     let mut staging = Staging::default();
     let services_dir = tmp.path().join("services");
-    let host: Vec<&Unit> = ipc.servers.clone();
+    let mut host: Vec<&Unit> = ipc.servers.clone();
+    host.extend(&ipc.host_clients);
     let mut qm: Vec<&Unit> = ipc.misplaced.clone();
     qm.extend(&ipc.clients);
     qm.extend(&ipc.kubes);
@@ -270,6 +271,7 @@ fn systemd_analyze(
             .or_else(|| {
                 ipc.servers
                     .iter()
+                    .chain(&ipc.host_clients)
                     .find(|u| quadlet_service(u) == name)
                     .copied()
             })?;

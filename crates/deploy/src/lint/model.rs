@@ -231,6 +231,11 @@ pub struct Ipc<'a> {
     /// Host containers the IPC sockets activate, or that serve in an IPC
     /// directory.
     pub servers: Vec<&'a Unit>,
+    /// Host containers that require an IPC socket no IPC socket activates
+    /// them by: clients of the gateway on the host (qm-ipc-bridge, an ASIL
+    /// service publishing through the provider socket). Not servers: they
+    /// report no readiness anyone waits for, and a bridge needs the network.
+    pub host_clients: Vec<&'a Unit>,
     /// QM quadlets that are ASIL servers by what they do (activated by a
     /// host IPC socket, or labelled ipc_t): misplaced.
     pub misplaced: Vec<&'a Unit>,
@@ -305,13 +310,25 @@ impl<'a> Ipc<'a> {
         }
 
         let activated = |c: &Unit| sockets.iter().any(|s| s.service == quadlet_service(c));
+        let host_client = |c: &Unit| {
+            !activated(c)
+                && sockets
+                    .iter()
+                    .any(|s| names_unit(c, "Requires", &s.unit.name))
+        };
+        let host_clients: Vec<&Unit> = d
+            .host_containers
+            .iter()
+            .filter(|c| host_client(c))
+            .collect();
         let servers: Vec<&Unit> = d
             .host_containers
             .iter()
             .filter(|c| {
-                activated(c)
-                    || label(c).as_deref() == Some(SERVER_TYPE)
-                    || volumes(c).iter().any(|v| in_dirs(&v.source))
+                !host_client(c)
+                    && (activated(c)
+                        || label(c).as_deref() == Some(SERVER_TYPE)
+                        || volumes(c).iter().any(|v| in_dirs(&v.source)))
             })
             .collect();
         let misplaced: Vec<&Unit> = d
@@ -412,6 +429,7 @@ impl<'a> Ipc<'a> {
             dirs,
             sockets,
             servers,
+            host_clients,
             misplaced,
             clients,
             qm_servers,
@@ -434,6 +452,7 @@ impl<'a> Ipc<'a> {
     pub fn units(&self) -> Vec<&'a Unit> {
         let mut out = self.socket_units();
         out.extend(&self.servers);
+        out.extend(&self.host_clients);
         out.extend(&self.misplaced);
         out.extend(&self.clients);
         for (c, s) in &self.qm_clients {

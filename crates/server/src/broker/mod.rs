@@ -41,6 +41,16 @@ use topics::Topics;
 
 pub type ConnId = u64;
 
+/// What a relay (a bridge publishing another gateway's topic) says of a
+/// value's way here; the default for a value published here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upstream {
+    /// Updates of the topic lost before the value reached its publisher.
+    pub missed: u64,
+    /// The instance of the gateway where the value was first published.
+    pub origin: Option<Box<str>>,
+}
+
 /// The time, as the caller read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
@@ -316,21 +326,24 @@ impl Broker {
         value: RawJson,
         now: Now,
     ) -> Result<u64, ErrorReply> {
-        self.publish_after(conn, topic, value, 0, now)
+        self.publish_after(conn, topic, value, Upstream::default(), now)
     }
 
-    /// Publishes a value that comes after `missed` updates lost upstream
-    /// (a bridge relaying another gateway's topic across a gap): seq moves
+    /// Publishes a value a relay (a bridge) brought from another gateway.
+    /// `upstream.missed`: updates lost on the way before it; seq moves
     /// past them and each subscriber counts them in `dropped`, so for every
     /// topic `seq - previous seq - 1 == dropped` still holds.
+    /// `upstream.origin`: the instance of the gateway where it was first
+    /// published, kept with the value and sent in every sample of it.
     pub fn publish_after(
         &mut self,
         conn: ConnId,
         topic: &str,
         value: RawJson,
-        missed: u64,
+        upstream: Upstream,
         now: Now,
     ) -> Result<u64, ErrorReply> {
+        let missed = upstream.missed;
         let Some(connection) = self.connections.get(&conn) else {
             return Err(ErrorReply::NoSuchTopic {
                 topic: topic.to_owned(),
@@ -402,7 +415,7 @@ impl Broker {
             value_json,
             bytes,
             now.wall_us,
-            missed,
+            upstream,
             |conn, name, value| {
                 if let Some(c) = self.connections.get(&conn) {
                     if let ConnectionState::Streaming(_) = c.state {

@@ -562,7 +562,7 @@ fn updates_missed_upstream_move_seq_on_and_count_in_dropped() {
         [(Some(1), Some(0))]
     );
     assert_eq!(
-        broker.publish_after(bridge, "far.speed", json("{\"kmh\":2}"), 3, now()),
+        broker.publish_after(bridge, "far.speed", json("{\"kmh\":2}"), missed(3), now()),
         Ok(5),
         "seq moves past the 3 missed"
     );
@@ -573,7 +573,7 @@ fn updates_missed_upstream_move_seq_on_and_count_in_dropped() {
     // The stalled subscriber holds seq 1 unread; 5 replaced it (conflated),
     // then 6 after one more missed replaces that: 1 + 3 + 1 + 1 = 6 lost.
     assert_eq!(
-        broker.publish_after(bridge, "far.speed", json("{\"kmh\":3}"), 1, now()),
+        broker.publish_after(bridge, "far.speed", json("{\"kmh\":3}"), missed(1), now()),
         Ok(7)
     );
     let stalled_samples = drain(&stalled_box);
@@ -582,6 +582,85 @@ fn updates_missed_upstream_move_seq_on_and_count_in_dropped() {
         [(Some(7), Some(6))],
         "seq 7 after seq 0: all six before it counted"
     );
+}
+
+/// A QM container's connection (its cgroup `cgroup`) subscribed to
+/// `pattern`; its outbox.
+fn subscriber(broker: &mut Broker, cgroup: u64, pattern: &str) -> Arc<Outbox> {
+    let (conn, outbox) = connect(broker, &qm(cgroup));
+    broker
+        .subscribe(conn, vec![TopicPattern::parse(pattern).unwrap()], 8)
+        .unwrap();
+    outbox
+}
+
+fn missed(missed: u64) -> Upstream {
+    Upstream {
+        missed,
+        origin: None,
+    }
+}
+
+fn from_origin(origin: &str) -> Upstream {
+    Upstream {
+        missed: 0,
+        origin: Some(origin.into()),
+    }
+}
+
+const ORIGIN_A: &str = "5f0c0123456789abcdef0123456789ab";
+const ORIGIN_B: &str = "a3e10123456789abcdef0123456789ab";
+
+#[test]
+fn a_relayed_value_keeps_its_origin_for_subscribers_get_and_the_next_instance() {
+    // A bridge relays another gateway's topic and names the gateway each
+    // value came from. Every way a value leaves this gateway carries it:
+    // live samples, the current value a new subscription starts with, Get,
+    // and the store handed to the next instance; a value published here
+    // has none, and a new origin replaces the old with the value.
+    let mut broker = broker(Limits::default());
+    let (bridge, _) = connect(&mut broker, &asil());
+    let reading = subscriber(&mut broker, 10, "far.*");
+    let origin_of = |v: &Value| {
+        let s = &v["parameters"]["sample"];
+        (s["seq"].as_u64(), s["origin"].as_str().map(str::to_owned))
+    };
+    // The second value comes after the origin gateway restarted: it names
+    // the new instance; this gateway did not restart, so seq goes on.
+    for (seq, origin) in [(1, ORIGIN_A), (2, ORIGIN_B)] {
+        let value = json(&format!("{{\"kmh\":{seq}}}"));
+        broker
+            .publish_after(bridge, "far.speed", value, from_origin(origin), now())
+            .unwrap();
+        assert_eq!(
+            drain(&reading).iter().map(origin_of).collect::<Vec<_>>(),
+            [(Some(seq), Some(origin.to_owned()))]
+        );
+    }
+    let (_, current) = broker.get("far.speed").unwrap();
+    assert_eq!(current.origin.as_deref(), Some(ORIGIN_B));
+    // A late subscriber's current value names it too.
+    let late_box = subscriber(&mut broker, 11, "far.speed");
+    assert_eq!(
+        drain(&late_box).iter().map(origin_of).collect::<Vec<_>>(),
+        [(Some(2), Some(ORIGIN_B.to_owned()))]
+    );
+    // Carried through the store to the next instance.
+    let topics = broker.export_topics();
+    assert_eq!(topics[0].origin.as_deref(), Some(ORIGIN_B));
+    let mut next = self::broker(Limits::default());
+    next.restore_topics(&topics);
+    let (_, carried) = next.get("far.speed").unwrap();
+    assert_eq!(carried.origin.as_deref(), Some(ORIGIN_B));
+    // A value published here has no origin, and takes the old one's place.
+    broker
+        .publish(bridge, "far.speed", json("{\"kmh\":3}"), now())
+        .unwrap();
+    assert_eq!(
+        drain(&reading).iter().map(origin_of).collect::<Vec<_>>(),
+        [(Some(3), None)]
+    );
+    assert_eq!(broker.get("far.speed").unwrap().1.origin, None);
 }
 
 /// A restart through the file descriptor store: the next broker has the

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::account::Charge;
-use super::ConnId;
+use super::{ConnId, Upstream};
 use crate::outbox::{PublishedValue, TopicName};
 
 struct Topic {
@@ -79,6 +79,7 @@ impl Topics {
                     seq: 0,
                     value_json: "".into(),
                     timestamp_us: 0,
+                    origin: None,
                 }),
                 subscribers,
                 _created: charge,
@@ -90,26 +91,32 @@ impl Topics {
     /// Stores a topic's new value (its bytes charged by `bytes`) and hands
     /// it to `deliver` for each subscriber. Returns its seq; 0 if the topic
     /// does not exist (the caller creates it first).
-    /// `missed`: updates lost upstream before this one; seq moves past
-    /// them.
+    /// `upstream.missed`: updates lost upstream before this one; seq moves
+    /// past them. `upstream.origin`: the gateway where a relayed value was
+    /// first published, kept with it.
     pub fn set(
         &mut self,
         topic: &str,
         value_json: Box<str>,
         bytes: Charge,
         timestamp_us: u64,
-        missed: u64,
+        upstream: Upstream,
         mut deliver: impl FnMut(ConnId, &Arc<TopicName>, &Arc<PublishedValue>),
     ) -> u64 {
         let Some(entry) = self.topics.get_mut(topic) else {
             return 0;
         };
         self.retained_bytes = self.retained_bytes - entry.last.value_json.len() + value_json.len();
-        let seq = entry.last.seq.saturating_add(missed).saturating_add(1);
+        let seq = entry
+            .last
+            .seq
+            .saturating_add(upstream.missed)
+            .saturating_add(1);
         entry.last = Arc::new(PublishedValue {
             seq,
             value_json,
             timestamp_us,
+            origin: upstream.origin,
         });
         entry.retained = Some(bytes);
         for conn in &entry.subscribers {
@@ -161,6 +168,7 @@ impl Topics {
                 seq: topic.last.seq,
                 value_json: "".into(),
                 timestamp_us: 0,
+                origin: None,
             });
             topic.retained = None;
             withdrawn.push(name.clone());
@@ -205,6 +213,7 @@ impl Topics {
                 seq: t.last.seq,
                 timestamp_us: t.last.timestamp_us,
                 value: (!t.last.value_json.is_empty()).then(|| t.last.value_json.to_string()),
+                origin: t.last.origin.as_deref().map(str::to_owned),
                 creator: AccountState::from(t._created.account().key()),
                 retainer: t
                     .retained
@@ -237,6 +246,9 @@ impl Topics {
                     } else {
                         topic.timestamp_us
                     },
+                    origin: (!value.is_empty())
+                        .then(|| topic.origin.as_deref().map(Box::from))
+                        .flatten(),
                     value_json: value,
                 }),
                 subscribers: Vec::new(),

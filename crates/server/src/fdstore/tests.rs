@@ -21,6 +21,7 @@ fn sample_state() -> State {
                 seq: 42,
                 timestamp_us: 1_700_000_000_000_000,
                 value: Some(r#"{"kmh":50}"#.into()),
+                origin: Some("a3e10123456789abcdef0123456789ab".into()),
                 creator: account("provider"),
                 retainer: Some(account("provider")),
             },
@@ -29,6 +30,7 @@ fn sample_state() -> State {
                 seq: 3,
                 timestamp_us: 0,
                 value: None,
+                origin: None,
                 creator: AccountState {
                     listener: "consumer".into(),
                     container: ContainerState::Label("system_u:system_r:qm_t:s0".into()),
@@ -125,7 +127,8 @@ fn corrupt_truncated_foreign_and_other_versions_are_refused() {
     );
     assert_eq!(decode(b"", &limits), Err(StoreError::Foreign));
     // A version this gateway does not read: a newer one, or version 1,
-    // whose connections could carry a provider's services.
+    // whose connections could carry a provider's services and whose values
+    // carry no origin.
     for other in [1, VERSION + 1] {
         let mut stored = bytes.clone();
         stored[8..12].copy_from_slice(&other.to_le_bytes());
@@ -189,6 +192,16 @@ fn every_field_is_checked() {
         "JSON object",
     );
     refused(&|s| s.topics[0].seq = 0, "seq 0");
+    refused(&|s| s.topics[0].origin = Some("5f0c".into()), "origin");
+    refused(&|s| s.topics[0].origin = Some("z".repeat(32)), "origin");
+    refused(
+        &|s| s.topics[0].origin = Some("a".repeat(1 << 20)),
+        "origin",
+    );
+    refused(
+        &|s| s.topics[1].origin = Some("a3e10123456789abcdef0123456789ab".into()),
+        "origin but no value",
+    );
     refused(
         &|s| {
             s.topics[0].value = Some(format!(
@@ -254,13 +267,14 @@ fn arb_state() -> impl Strategy<Value = State> {
         arb_name(),
         1u64..,
         any::<u64>(),
-        proptest::option::of("[a-z]{0,12}"),
+        proptest::option::of(("[a-z]{0,12}", proptest::option::of("[0-9a-f]{32}"))),
     )
         .prop_map(|(topic, seq, timestamp_us, value)| TopicState {
             topic,
             seq,
             timestamp_us,
-            value: value.map(|v| serde_json::json!({ "v": v }).to_string()),
+            origin: value.as_ref().and_then(|(_, origin)| origin.clone()),
+            value: value.map(|(v, _)| serde_json::json!({ "v": v }).to_string()),
             creator: account("consumer"),
             retainer: Some(account("provider")),
         });

@@ -68,6 +68,7 @@ pub fn check(ipc: &Ipc<'_>, findings: &mut Vec<Finding>) {
             }
         }
         let mut depending: Vec<&Unit> = ipc.servers.clone();
+        depending.extend(&ipc.host_clients);
         depending.extend(d.qm_partition.iter());
         for unit in depending {
             let mut words: Vec<(String, Located<'_>)> = Vec::new();
