@@ -93,6 +93,21 @@ fn publisher(
     (go_tx, handle)
 }
 
+/// The `at` stamp in a sample frame, read from the JSON text as a raw
+/// client would (the value has exactly one `"at":`).
+fn stamp_in(frame: &[u8]) -> Option<u64> {
+    let key = b"\"at\":";
+    let start = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = frame[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 const RAW_TOPIC: &str = "latency.raw";
 const LIBRARY_TOPIC: &str = "latency.library";
 
@@ -138,11 +153,9 @@ fn interleaved_subscribe(
                 } else {
                     go.send(RAW_TOPIC).expect("publisher");
                     loop {
-                        let sample = raw_sub.recv().expect("sample");
+                        let frame = raw_sub.recv_raw().expect("sample");
                         let now = base.elapsed().as_nanos() as u64;
-                        let sent = sample["parameters"]["sample"]["value"]["at"]
-                            .as_u64()
-                            .unwrap_or(u64::MAX);
+                        let sent = stamp_in(&frame).unwrap_or(u64::MAX);
                         if sent <= now {
                             if warm {
                                 let _ = raw.record(now.saturating_sub(sent).max(1));
