@@ -449,7 +449,22 @@ fn memory_stays_under_64_mib_with_the_defaults_whatever_clients_do() {
 
 #[test]
 fn connection_storm_of_one_peer_is_refused_past_its_connection_rate() {
-    let gw = Gateway::start(&["--connection-rate", "1", "--connection-burst", "3"]);
+    // Accepting on the QM thread (the default) and on the SCHED_IDLE
+    // accept thread: the same admission, the same refusal, counted alike.
+    for accept in ["normal", "idle"] {
+        refused_past_the_connection_rate(accept);
+    }
+}
+
+fn refused_past_the_connection_rate(accept: &str) {
+    let gw = Gateway::start(&[
+        "--connection-rate",
+        "1",
+        "--connection-burst",
+        "3",
+        "--qm-accept",
+        accept,
+    ]);
     // Three connections are the burst; the fourth, a moment later, is
     // refused with the limit's name (a token takes a second to return).
     let held = served_connections(&gw, 3);
@@ -460,6 +475,7 @@ fn connection_storm_of_one_peer_is_refused_past_its_connection_rate() {
     fourth.expect_closed();
     // The provider socket is not subject to it.
     let s = stats(&gw);
-    assert_eq!(s["limit_hits"]["connection_rate"], 1, "{s}");
+    assert_eq!(s["limit_hits"]["connection_rate"], 1, "{accept}: {s}");
+    assert_eq!(s["disconnects"]["refused"], 1, "{accept}: {s}");
     drop(held);
 }

@@ -45,7 +45,7 @@ pub enum StartError {
     TopicTypes(#[from] crate::topic_types::TopicTypesError),
     #[error("{0}")]
     ProviderThread(#[from] crate::provider_thread::PlacementError),
-    #[error("cannot start the QM accept thread: {0}")]
+    #[error("cannot start accepting on the QM listeners: {0}")]
     AcceptThread(io::Error),
     #[error(
         "listener {name:?} ({origin}) is not known to the policy {policy}: every request on it would be denied. \
@@ -58,9 +58,6 @@ pub enum StartError {
         policy: String,
     },
 }
-
-/// How long a stop waits for the QM accept thread to see it.
-const ACCEPT_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Counts live connection tasks so shutdown can wait for them.
 #[derive(Default)]
@@ -404,35 +401,19 @@ impl Gateway {
             tracing::info!("listening on {}", listener.describe());
             qm_listeners.push((std_listener, name));
         }
-        // Accepted on a thread of their own (see crate::qm_accept), served
-        // on this one.
-        let (accept_thread, mut admitted) = crate::qm_accept::spawn(
+        // Accepted on this thread or one of its own (see crate::qm_accept),
+        // served on this one.
+        let qm_accept = crate::qm_accept::start(
             qm_listeners,
-            self.hub.clone(),
             qm_permits.clone(),
             self.qm_accept,
+            crate::qm_accept::Serving {
+                hub: self.hub.clone(),
+                tracker: self.tracker.clone(),
+                shutdown: self.shutdown_tx.subscribe(),
+            },
         )
         .map_err(StartError::AcceptThread)?;
-        let receiving = {
-            let hub = self.hub.clone();
-            let tracker = self.tracker.clone();
-            let shutdown = self.shutdown_tx.subscribe();
-            tokio::spawn(async move {
-                while let Some(a) = admitted.recv().await {
-                    match UnixStream::from_std(a.stream) {
-                        Ok(stream) => spawn_connection(
-                            &hub,
-                            &tracker,
-                            stream,
-                            a.peer,
-                            shutdown.clone(),
-                            Some(a.permit),
-                        ),
-                        Err(e) => tracing::warn!("cannot serve an accepted connection: {e}"),
-                    }
-                }
-            })
-        };
         if self.listeners.is_empty() {
             tracing::info!("no listening socket; serving in-process connections only");
         }
@@ -490,24 +471,8 @@ impl Gateway {
         self.notifier
             .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         tracing::info!("stopping: draining connections");
-        // No new connection from here on; the admitted ones still on their
-        // way are served (and see the stop like every other). The accept
-        // thread, at SCHED_IDLE, sees the stop when it next gets a CPU: on
-        // a machine busy at normal priority that can take a while, so the
-        // stop waits for it only so long; a connection it accepts after
-        // that is closed instead of handed on.
-        let accept_stopped = tokio::task::spawn_blocking(move || accept_thread.stop());
-        match tokio::time::timeout(ACCEPT_STOP_WAIT, accept_stopped).await {
-            Ok(_) => {
-                let _ = receiving.await;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "the QM accept thread did not stop within {ACCEPT_STOP_WAIT:?} (no idle CPU); stopping without it"
-                );
-                receiving.abort();
-            }
-        }
+        // No new connection from here on.
+        qm_accept.stop().await;
         let handover = self.notifier.fd_store_max() > 0;
         if handover {
             // Before the signal: every connection that sees it then hands

@@ -21,8 +21,14 @@ use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixS
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use std::time::Duration;
+
+use qm_ipc_proto::ErrorReply;
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::Admission;
+use crate::gateway::Tracker;
 use crate::hub::Hub;
 use crate::peer::Peer;
 
@@ -49,98 +55,203 @@ impl std::str::FromStr for AcceptScheduling {
     }
 }
 
+/// What the QM thread needs to serve an admitted connection.
+pub(crate) struct Serving {
+    pub hub: Arc<Hub>,
+    pub tracker: Arc<Tracker>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// An admitted connection on its way to the QM thread.
-pub(crate) struct Admitted {
-    pub stream: StdUnixStream,
-    pub peer: Peer,
-    pub permit: OwnedSemaphorePermit,
+struct Admitted {
+    stream: StdUnixStream,
+    peer: Peer,
+    permit: OwnedSemaphorePermit,
 }
 
-/// The running accept thread.
-pub(crate) struct AcceptThread {
-    handle: JoinHandle<()>,
-    stop: watch::Sender<bool>,
+/// The QM listeners' accepting, running.
+pub(crate) enum QmAccept {
+    /// On the QM thread, between the connections' turns (`normal`).
+    OnThisLoop(Vec<tokio::task::JoinHandle<()>>),
+    /// On a thread of its own (`idle`), handing admitted connections to
+    /// the QM thread.
+    Thread {
+        handle: JoinHandle<()>,
+        stop: watch::Sender<bool>,
+        receiving: tokio::task::JoinHandle<()>,
+    },
 }
 
-impl AcceptThread {
-    /// Stops accepting and waits for the thread to end.
-    pub fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.handle.join();
+/// Starts accepting on `listeners`, as `scheduling` says; connections are
+/// served on the calling thread's event loop, at most as many at once as
+/// `permits` has.
+pub(crate) fn start(
+    listeners: Vec<(StdUnixListener, Arc<str>)>,
+    permits: Arc<Semaphore>,
+    scheduling: AcceptScheduling,
+    serving: Serving,
+) -> io::Result<QmAccept> {
+    let admission = Arc::new(std::sync::Mutex::new(serving.hub.admission()));
+    match scheduling {
+        AcceptScheduling::Normal => {
+            let mut loops = Vec::new();
+            for (listener, name) in listeners {
+                let listener = crate::listen::on_this_loop(listener)?;
+                let Serving {
+                    hub,
+                    tracker,
+                    shutdown,
+                } = &serving;
+                let (hub, tracker, shutdown) = (hub.clone(), tracker.clone(), shutdown.clone());
+                loops.push(tokio::spawn(crate::gateway::accept_loop(
+                    listener,
+                    name,
+                    permits.clone(),
+                    admit_with(admission.clone()),
+                    move |stream, peer, permit| {
+                        crate::gateway::spawn_connection(
+                            &hub,
+                            &tracker,
+                            stream,
+                            peer,
+                            shutdown.clone(),
+                            Some(permit),
+                        )
+                    },
+                )));
+            }
+            Ok(QmAccept::OnThisLoop(loops))
+        }
+        AcceptScheduling::Idle => {
+            // Every message holds a permit, so the channel never holds more.
+            let (tx, mut rx) = mpsc::channel(permits.available_permits().max(1));
+            let (stop, stopped) = watch::channel(false);
+            let handle = std::thread::Builder::new()
+                .name("qm-ipc-accept".into())
+                .spawn(move || accept_thread(listeners, permits, admission, tx, stopped))?;
+            let receiving = tokio::spawn(async move {
+                while let Some(a) = rx.recv().await {
+                    match UnixStream::from_std(a.stream) {
+                        Ok(stream) => crate::gateway::spawn_connection(
+                            &serving.hub,
+                            &serving.tracker,
+                            stream,
+                            a.peer,
+                            serving.shutdown.clone(),
+                            Some(a.permit),
+                        ),
+                        Err(e) => tracing::warn!("cannot serve an accepted connection: {e}"),
+                    }
+                }
+            });
+            Ok(QmAccept::Thread {
+                handle,
+                stop,
+                receiving,
+            })
+        }
     }
 }
 
-/// Starts accepting on `listeners`; admitted connections arrive on the
-/// returned receiver, at most as many at once as `permits` has.
-pub(crate) fn spawn(
-    listeners: Vec<(StdUnixListener, Arc<str>)>,
-    hub: Arc<Hub>,
-    permits: Arc<Semaphore>,
-    scheduling: AcceptScheduling,
-) -> io::Result<(AcceptThread, mpsc::Receiver<Admitted>)> {
-    // Every message holds a permit, so the channel never holds more.
-    let (tx, rx) = mpsc::channel(permits.available_permits().max(1));
-    let (stop, stopped) = watch::channel(false);
-    let handle = std::thread::Builder::new()
-        .name("qm-ipc-accept".into())
-        .spawn(move || {
-            if scheduling == AcceptScheduling::Idle {
-                set_idle();
+impl QmAccept {
+    /// Stops accepting. Connections admitted on the accept thread and not
+    /// yet served are served (and see the stop like every other). The
+    /// thread, at SCHED_IDLE, sees the stop when it next gets a CPU: on a
+    /// machine busy at normal priority that can take a while, so the stop
+    /// waits for it only [`STOP_WAIT`]; a connection it accepts after that
+    /// is closed instead of served or handed on.
+    pub async fn stop(self) {
+        match self {
+            QmAccept::OnThisLoop(loops) => loops.iter().for_each(|l| l.abort()),
+            QmAccept::Thread {
+                handle,
+                stop,
+                receiving,
+            } => {
+                let _ = stop.send(true);
+                let joined = tokio::task::spawn_blocking(move || handle.join());
+                match tokio::time::timeout(STOP_WAIT, joined).await {
+                    Ok(_) => {
+                        let _ = receiving.await;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "the QM accept thread did not stop within {STOP_WAIT:?} (no idle CPU); stopping without it"
+                        );
+                        receiving.abort();
+                    }
+                }
             }
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
+        }
+    }
+}
+
+/// How long a stop waits for the accept thread to see it.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+type SharedAdmission = Arc<std::sync::Mutex<Admission>>;
+
+/// Admission shared by the listeners' loops, all on one thread: never
+/// contended.
+fn admit_with(admission: SharedAdmission) -> impl FnMut(&Peer) -> Result<(), ErrorReply> {
+    move |peer| {
+        admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(peer, tokio::time::Instant::now())
+    }
+}
+
+/// The body of the `SCHED_IDLE` accept thread.
+fn accept_thread(
+    listeners: Vec<(StdUnixListener, Arc<str>)>,
+    permits: Arc<Semaphore>,
+    admission: SharedAdmission,
+    tx: mpsc::Sender<Admitted>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    set_idle();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("QM accept thread: cannot start its event loop: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut loops = tokio::task::JoinSet::new();
+        for (listener, name) in listeners {
+            let listener = match crate::listen::on_this_loop(listener) {
+                Ok(listener) => listener,
                 Err(e) => {
-                    tracing::error!("QM accept thread: cannot start its event loop: {e}");
-                    return;
+                    tracing::error!("QM accept thread: cannot listen on {name}: {e}");
+                    continue;
                 }
             };
-            runtime.block_on(async move {
-                // Shared by the listeners' loops, all on this thread:
-                // never contended.
-                let admission = Arc::new(std::sync::Mutex::new(hub.admission()));
-                let mut loops = tokio::task::JoinSet::new();
-                for (listener, name) in listeners {
-                    let listener = match crate::listen::on_this_loop(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            tracing::error!("QM accept thread: cannot listen on {name}: {e}");
-                            continue;
-                        }
-                    };
-                    let admission = admission.clone();
-                    let permits = permits.clone();
-                    let tx = tx.clone();
-                    loops.spawn(crate::gateway::accept_loop(
-                        listener,
-                        name,
-                        permits,
-                        move |peer| {
-                            admission
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .admit(peer, tokio::time::Instant::now())
-                        },
-                        move |stream, peer, permit| match stream.into_std() {
-                            Ok(stream) => {
-                                let _ = tx.try_send(Admitted {
-                                    stream,
-                                    peer,
-                                    permit,
-                                });
-                            }
-                            Err(e) => tracing::debug!("accepted connection lost: {e}"),
-                        },
-                    ));
-                }
-                let mut stopped = stopped;
-                let _ = stopped.wait_for(|stop| *stop).await;
-                loops.abort_all();
-            });
-        })?;
-    Ok((AcceptThread { handle, stop }, rx))
+            let tx = tx.clone();
+            loops.spawn(crate::gateway::accept_loop(
+                listener,
+                name,
+                permits.clone(),
+                admit_with(admission.clone()),
+                move |stream, peer, permit| match stream.into_std() {
+                    Ok(stream) => {
+                        let _ = tx.try_send(Admitted {
+                            stream,
+                            peer,
+                            permit,
+                        });
+                    }
+                    Err(e) => tracing::debug!("accepted connection lost: {e}"),
+                },
+            ));
+        }
+        let _ = stopped.wait_for(|stop| *stop).await;
+        loops.abort_all();
+    });
 }
 
 /// Puts the calling thread in `SCHED_IDLE`. Lowering a thread's priority
