@@ -223,23 +223,18 @@ async fn serve(side: ProviderSide) {
         }
     };
     let accept = {
-        let (hub, tracker, shutdown) = (hub.clone(), tracker.clone(), shutdown.clone());
+        let serving = crate::qm_accept::Serving {
+            hub: hub.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        };
         tokio::spawn(crate::gateway::accept_loop(
             listener,
             name,
             permits,
             // The ASIL side: no connection rate, nothing to refuse.
             |_| Ok(()),
-            move |stream, peer, permit| {
-                crate::gateway::spawn_connection(
-                    &hub,
-                    &tracker,
-                    stream,
-                    peer,
-                    shutdown.clone(),
-                    Some(permit),
-                )
-            },
+            move |stream, peer, permit| serving.serve(stream, peer, permit),
         ))
     };
     let _ = shutdown.wait_for(|stop| *stop).await;

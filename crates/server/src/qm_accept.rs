@@ -55,11 +55,27 @@ impl std::str::FromStr for AcceptScheduling {
     }
 }
 
-/// What the QM thread needs to serve an admitted connection.
+/// What a thread needs to serve an admitted connection on its event loop.
+#[derive(Clone)]
 pub(crate) struct Serving {
     pub hub: Arc<Hub>,
     pub tracker: Arc<Tracker>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl Serving {
+    /// Serves `stream` on the calling thread's event loop; `permit` is
+    /// given back when the connection ends.
+    pub fn serve(&self, stream: UnixStream, peer: Peer, permit: OwnedSemaphorePermit) {
+        crate::gateway::spawn_connection(
+            &self.hub,
+            &self.tracker,
+            stream,
+            peer,
+            self.shutdown.clone(),
+            Some(permit),
+        )
+    }
 }
 
 /// An admitted connection on its way to the QM thread.
@@ -97,27 +113,13 @@ pub(crate) fn start(
             let mut loops = Vec::new();
             for (listener, name) in listeners {
                 let listener = crate::listen::on_this_loop(listener)?;
-                let Serving {
-                    hub,
-                    tracker,
-                    shutdown,
-                } = &serving;
-                let (hub, tracker, shutdown) = (hub.clone(), tracker.clone(), shutdown.clone());
+                let serving = serving.clone();
                 loops.push(tokio::spawn(crate::gateway::accept_loop(
                     listener,
                     name,
                     permits.clone(),
                     admit_with(admission.clone()),
-                    move |stream, peer, permit| {
-                        crate::gateway::spawn_connection(
-                            &hub,
-                            &tracker,
-                            stream,
-                            peer,
-                            shutdown.clone(),
-                            Some(permit),
-                        )
-                    },
+                    move |stream, peer, permit| serving.serve(stream, peer, permit),
                 )));
             }
             Ok(QmAccept::OnThisLoop(loops))
@@ -132,14 +134,7 @@ pub(crate) fn start(
             let receiving = tokio::spawn(async move {
                 while let Some(a) = rx.recv().await {
                     match UnixStream::from_std(a.stream) {
-                        Ok(stream) => crate::gateway::spawn_connection(
-                            &serving.hub,
-                            &serving.tracker,
-                            stream,
-                            a.peer,
-                            serving.shutdown.clone(),
-                            Some(a.permit),
-                        ),
+                        Ok(stream) => serving.serve(stream, a.peer, a.permit),
                         Err(e) => tracing::warn!("cannot serve an accepted connection: {e}"),
                     }
                 }
