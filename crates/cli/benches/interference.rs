@@ -26,8 +26,10 @@
 //! one costs what (kinds: flood-publish, flood-call, duplicate-subscribe,
 //! stalled-subscribe, poison, slow-loris, storm, hold); the report says so.
 //!
-//! `QM_IPC_BENCH_GATEWAY_ARGS="--qm-accept normal"` adds gateway options,
-//! to compare settings; the report lists every option the gateway had.
+//! The gateway runs with `--qm-accept idle`, as the generated ASIL-to-QM
+//! deployment runs it. `QM_IPC_BENCH_GATEWAY_ARGS="--qm-accept normal"`
+//! adds or replaces gateway options, to compare settings; the report lists
+//! every option the gateway had.
 //!
 //! Writes its tables to docs/benchmarks.md (section "interference").
 
@@ -1517,9 +1519,13 @@ fn main() {
         bound_args.extend(["--provider-nice".to_owned(), ASIL_NICE.to_string()]);
     }
     // More gateway options, to compare settings (the report lists them).
-    if let Ok(extra) = std::env::var("QM_IPC_BENCH_GATEWAY_ARGS") {
-        bound_args.extend(extra.split_whitespace().map(str::to_owned));
+    let extra = std::env::var("QM_IPC_BENCH_GATEWAY_ARGS").unwrap_or_default();
+    // QM accepted at SCHED_IDLE, as the generated ASIL-to-QM deployment
+    // runs the gateway (QM in a CPU cgroup of its own).
+    if !extra.contains("--qm-accept") {
+        bound_args.extend(["--qm-accept".to_owned(), "idle".to_owned()]);
     }
+    bound_args.extend(extra.split_whitespace().map(str::to_owned));
     // The ASIL service the calls go to, behind the gateway.
     let service_dir = tempfile::tempdir().expect("tempdir");
     let services = spawn_echo_service_on(None, service_dir.path());
