@@ -189,11 +189,21 @@ fn call_flood_is_throttled_and_others_are_unaffected() {
 /// listener held a connection slot, and consumers got one fewer.
 #[test]
 fn connection_storm_waits_at_the_limit_and_is_served_when_a_slot_frees() {
+    // Accepting on the QM thread (a slot taken before each accept) and on
+    // the SCHED_IDLE thread (a slot taken after admission, polled for).
+    for accept in ["normal", "idle"] {
+        storm_waits_at_the_limit(accept);
+    }
+}
+
+fn storm_waits_at_the_limit(accept: &str) {
     let gw = Gateway::start(&[
         "--max-connections",
         "6",
         "--max-connections-per-peer",
         "100",
+        "--qm-accept",
+        accept,
     ]);
     // Six connections, each proven served.
     let mut held = served_connections(&gw, 6);
@@ -206,7 +216,7 @@ fn connection_storm_waits_at_the_limit_and_is_served_when_a_slot_frees() {
     let s = held[0].recv().unwrap();
     assert_eq!(
         s["parameters"]["connections"], 6,
-        "never more than the limit at once"
+        "{accept}: never more than the limit at once"
     );
     // Free every slot: all waiting connections get served, in turn.
     drop(held);

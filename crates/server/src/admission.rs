@@ -1,7 +1,8 @@
 //! Admission of new QM connections: each container's connection rate, and
 //! the refusal of a connection whose process has already exited.
 //!
-//! Owned by the QM accept thread ([`crate::qm_accept`]), which runs at
+//! Owned by whichever thread accepts on the QM listeners
+//! ([`crate::qm_accept`]), with `--qm-accept idle` a thread at
 //! `SCHED_IDLE`. It therefore shares no lock with the threads that serve:
 //! a thread at that priority, preempted while holding the broker's lock,
 //! would stall the ASIL thread until the machine next had idle time. What

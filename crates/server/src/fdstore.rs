@@ -6,8 +6,9 @@
 //! memfd named `qmipc-state` with what those connections and the topics
 //! need: the instance id, every topic's retained value, seq and accounts,
 //! and per connection its listener, the bytes it sent that were not yet
-//! handled, and what it was doing (idle, the patterns of its
-//! subscription, the services it provides). systemd passes them back to
+//! handled, and what it was doing (idle, or the patterns of its
+//! subscription); a topic's value keeps its origin (the gateway a relayed
+//! value came from). systemd passes them back to
 //! the next instance with `LISTEN_FDS`/`LISTEN_FDNAMES`, after the
 //! listening sockets of the socket units.
 //!

@@ -226,13 +226,13 @@ impl Gateway {
         }
     }
 
-    /// Sets where and how eagerly the ASIL thread runs (applied when it
-    /// starts, in [`run`](Self::run)).
-    /// Sets how the QM accept thread is scheduled.
+    /// Sets where QM connections are accepted (see [`crate::qm_accept`]).
     pub fn set_qm_accept(&mut self, scheduling: crate::qm_accept::AcceptScheduling) {
         self.qm_accept = scheduling;
     }
 
+    /// Sets where and how eagerly the ASIL thread runs (applied when it
+    /// starts, in [`run`](Self::run)).
     pub fn set_provider_placement(&mut self, placement: crate::provider_thread::ThreadPlacement) {
         self.provider_placement = placement;
     }
@@ -675,13 +675,19 @@ fn status_line(s: &Snapshot) -> String {
 pub(crate) async fn accept_loop(
     listener: UnixListener,
     name: Arc<str>,
-    permits: Arc<Semaphore>,
+    budget: Budget,
     mut admit: impl FnMut(&Peer) -> Result<(), qm_ipc_proto::ErrorReply>,
     mut deliver: impl FnMut(UnixStream, Peer, tokio::sync::OwnedSemaphorePermit),
 ) {
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        // Waiting for a slot before accepting leaves the connections
+        // beyond the budget in the listen backlog.
+        let early = match &budget {
+            Budget::BeforeAccept(permits) => match permits.clone().acquire_owned().await {
+                Ok(permit) => Some(permit),
+                Err(_closed) => return,
+            },
+            Budget::AfterAdmission(_) => None,
         };
         let result = listener.accept().await;
         match result {
@@ -690,7 +696,19 @@ pub(crate) async fn accept_loop(
                 // account's, and the account is the peer's container.
                 let peer = Peer::of(&stream, name.clone());
                 match admit(&peer) {
-                    Ok(()) => deliver(stream, peer, permit),
+                    Ok(()) => {
+                        let permit = match (early, &budget) {
+                            (Some(permit), _) => permit,
+                            (None, Budget::AfterAdmission(permits)) => {
+                                match poll_for_slot(permits).await {
+                                    Some(permit) => permit,
+                                    None => return,
+                                }
+                            }
+                            (None, Budget::BeforeAccept(_)) => return,
+                        };
+                        deliver(stream, peer, permit)
+                    }
                     Err(error) => {
                         // Refuse in one non-blocking write and go on
                         // accepting at once: a storm of one identity costs
@@ -700,7 +718,7 @@ pub(crate) async fn accept_loop(
                         let mut frame = Vec::new();
                         encode_error(&mut frame, &error);
                         crate::connection::write_refusal(stream, &frame);
-                        drop(permit);
+                        drop(early);
                         // One refusal per turn: the connections already
                         // served take their turns between a storm's
                         // refusals instead of waiting for a batch of them.
@@ -712,9 +730,36 @@ pub(crate) async fn accept_loop(
                 // EMFILE/ENFILE and friends: back off instead of spinning;
                 // the error clears when connections close.
                 tracing::warn!(listener = %name, "accept failed: {e}");
-                drop(permit);
+                drop(early);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// How an accept loop keeps to its listeners' connection budget.
+pub(crate) enum Budget {
+    /// A slot is taken before each accept (waiting if need be) and given
+    /// back on a refusal.
+    BeforeAccept(Arc<Semaphore>),
+    /// A slot is taken only for an admitted connection, without ever
+    /// waiting in the semaphore: for the `SCHED_IDLE` accept thread, which
+    /// must take no lock a serving thread takes (giving a slot back, or
+    /// queueing for one, locks the semaphore's waiter list).
+    AfterAdmission(Arc<Semaphore>),
+}
+
+/// How often a full budget is looked at again ([`Budget::AfterAdmission`]).
+const SLOT_POLL: Duration = Duration::from_millis(10);
+
+/// A slot of `permits`, taken without locking: polled while the budget is
+/// full (a state only hostile peers cause). `None` once it is closed.
+async fn poll_for_slot(permits: &Arc<Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => return Some(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::time::sleep(SLOT_POLL).await,
         }
     }
 }

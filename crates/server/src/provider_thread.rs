@@ -231,7 +231,7 @@ async fn serve(side: ProviderSide) {
         tokio::spawn(crate::gateway::accept_loop(
             listener,
             name,
-            permits,
+            crate::gateway::Budget::BeforeAccept(permits),
             // The ASIL side: no connection rate, nothing to refuse.
             |_| Ok(()),
             move |stream, peer, permit| serving.serve(stream, peer, permit),

@@ -1,25 +1,29 @@
-//! The QM listeners are accepted on a thread of their own, at the
-//! priority QM itself runs at.
+//! Accepting on the QM listeners: on the QM thread, one refusal per turn
+//! (`--qm-accept normal`, the default), or on a thread of its own at
+//! `SCHED_IDLE` (`--qm-accept idle`).
 //!
-//! Why: a connect storm from one QM container costs the gateway an accept,
-//! the peer's identity (four syscalls) and a refusal per connection, tens of
-//! thousands a second: on the QM thread that was a whole CPU taken at the
-//! gateway's priority, and every well-behaved QM client's request waited
-//! behind it. Where QM runs in a CPU cgroup of its own (the qm unit sets
-//! `CPUWeight=`, idle in the qm project's default), its processes get CPU
-//! only as that cgroup's weight allows, and the accept thread, at
-//! `SCHED_IDLE` inside the gateway's cgroup, still beats them to it; yet it
-//! yields to every thread that serves. A storm then costs a well-behaved
-//! client nothing. Where QM peers share the gateway's cgroup at the normal
-//! priority, a busy one would starve a `SCHED_IDLE` thread: there the
-//! thread keeps the normal priority (the default, `--qm-accept normal`).
-//! Admitted connections go to the QM thread over a channel bounded by the
-//! QM connection budget; refusals never leave this thread.
+//! Why idle: a connect storm from one QM container costs the gateway an
+//! accept, the peer's identity (four syscalls) and a refusal per
+//! connection, tens of thousands a second: on the QM thread that is a
+//! whole CPU at the gateway's priority, and every well-behaved QM client's
+//! request waits behind it. Where QM runs in a CPU cgroup of its own (the
+//! qm unit sets `CPUWeight=`, idle in the qm project's default), its
+//! processes get CPU only as that cgroup's weight allows, and the accept
+//! thread, at `SCHED_IDLE` inside the gateway's cgroup, still beats them
+//! to it, yet yields to every thread that serves. Where QM peers share the
+//! gateway's cgroup at the normal priority, a busy one would starve a
+//! `SCHED_IDLE` thread: hence the default.
+//!
+//! The idle thread takes no lock a serving thread takes: admission is its
+//! own ([`crate::admission`]), a slot of the QM budget is taken only for
+//! an admitted connection and never queued for ([`Budget::AfterAdmission`]),
+//! and admitted connections go to the QM thread over a channel with room
+//! for the whole budget. (It logs only an accept error, at most ten times
+//! a second, through the process's log lock.)
 
 use std::io;
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use std::time::Duration;
 
@@ -28,7 +32,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::Admission;
-use crate::gateway::Tracker;
+use crate::gateway::{Budget, Tracker};
 use crate::hub::Hub;
 use crate::peer::Peer;
 
@@ -92,7 +96,8 @@ pub(crate) enum QmAccept {
     /// On a thread of its own (`idle`), handing admitted connections to
     /// the QM thread.
     Thread {
-        handle: JoinHandle<()>,
+        /// Sent when the thread's loop has ended.
+        done: tokio::sync::oneshot::Receiver<()>,
         stop: watch::Sender<bool>,
         receiving: tokio::task::JoinHandle<()>,
     },
@@ -117,7 +122,7 @@ pub(crate) fn start(
                 loops.push(tokio::spawn(crate::gateway::accept_loop(
                     listener,
                     name,
-                    permits.clone(),
+                    Budget::BeforeAccept(permits.clone()),
                     admit_with(admission.clone()),
                     move |stream, peer, permit| serving.serve(stream, peer, permit),
                 )));
@@ -128,9 +133,27 @@ pub(crate) fn start(
             // Every message holds a permit, so the channel never holds more.
             let (tx, mut rx) = mpsc::channel(permits.available_permits().max(1));
             let (stop, stopped) = watch::channel(false);
-            let handle = std::thread::Builder::new()
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
                 .name("qm-ipc-accept".into())
-                .spawn(move || accept_thread(listeners, permits, admission, tx, stopped))?;
+                .spawn(move || {
+                    let thread = AcceptThread {
+                        permits,
+                        admission,
+                        tx,
+                        stopped,
+                    };
+                    thread.run(listeners, ready_tx);
+                    let _ = done_tx.send(());
+                })?;
+            // The setup runs before the thread lowers its priority: a
+            // failure stops the start, as it would on this thread.
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("the QM accept thread ended at its start")),
+            }
             let receiving = tokio::spawn(async move {
                 while let Some(a) = rx.recv().await {
                     match UnixStream::from_std(a.stream) {
@@ -140,7 +163,7 @@ pub(crate) fn start(
                 }
             });
             Ok(QmAccept::Thread {
-                handle,
+                done,
                 stop,
                 receiving,
             })
@@ -153,19 +176,22 @@ impl QmAccept {
     /// yet served are served (and see the stop like every other). The
     /// thread, at SCHED_IDLE, sees the stop when it next gets a CPU: on a
     /// machine busy at normal priority that can take a while, so the stop
-    /// waits for it only [`STOP_WAIT`]; a connection it accepts after that
-    /// is closed instead of served or handed on.
+    /// waits for it only [`STOP_WAIT`], and then leaves it behind (it ends
+    /// with the process, which never waits for it); connections it admitted
+    /// and did not hand over by then are closed, and their clients connect
+    /// again.
     pub async fn stop(self) {
         match self {
             QmAccept::OnThisLoop(loops) => loops.iter().for_each(|l| l.abort()),
             QmAccept::Thread {
-                handle,
+                done,
                 stop,
                 receiving,
             } => {
                 let _ = stop.send(true);
-                let joined = tokio::task::spawn_blocking(move || handle.join());
-                match tokio::time::timeout(STOP_WAIT, joined).await {
+                match tokio::time::timeout(STOP_WAIT, done).await {
+                    // Its sender is gone with it: the receiving task ends
+                    // once it has served what is queued.
                     Ok(_) => {
                         let _ = receiving.await;
                     }
@@ -197,56 +223,77 @@ fn admit_with(admission: SharedAdmission) -> impl FnMut(&Peer) -> Result<(), Err
     }
 }
 
-/// The body of the `SCHED_IDLE` accept thread.
-fn accept_thread(
-    listeners: Vec<(StdUnixListener, Arc<str>)>,
+/// What the `SCHED_IDLE` accept thread owns.
+struct AcceptThread {
     permits: Arc<Semaphore>,
     admission: SharedAdmission,
     tx: mpsc::Sender<Admitted>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    set_idle();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!("QM accept thread: cannot start its event loop: {e}");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let mut loops = tokio::task::JoinSet::new();
-        for (listener, name) in listeners {
-            let listener = match crate::listen::on_this_loop(listener) {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::error!("QM accept thread: cannot listen on {name}: {e}");
-                    continue;
-                }
-            };
-            let tx = tx.clone();
-            loops.spawn(crate::gateway::accept_loop(
-                listener,
-                name,
-                permits.clone(),
-                admit_with(admission.clone()),
-                move |stream, peer, permit| match stream.into_std() {
-                    Ok(stream) => {
-                        let _ = tx.try_send(Admitted {
-                            stream,
-                            peer,
-                            permit,
-                        });
+    stopped: watch::Receiver<bool>,
+}
+
+impl AcceptThread {
+    /// Sets up (reporting on `ready`), lowers its priority, then accepts
+    /// until stopped.
+    fn run(
+        self,
+        listeners: Vec<(StdUnixListener, Arc<str>)>,
+        ready: std::sync::mpsc::SyncSender<io::Result<()>>,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let AcceptThread {
+            permits,
+            admission,
+            tx,
+            mut stopped,
+        } = self;
+        runtime.block_on(async move {
+            let mut loops = tokio::task::JoinSet::new();
+            for (listener, name) in listeners {
+                let listener = match crate::listen::on_this_loop(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = ready.send(Err(io::Error::other(format!(
+                            "cannot listen on {name}: {e}"
+                        ))));
+                        return;
                     }
-                    Err(e) => tracing::debug!("accepted connection lost: {e}"),
-                },
-            ));
-        }
-        let _ = stopped.wait_for(|stop| *stop).await;
-        loops.abort_all();
-    });
+                };
+                let tx = tx.clone();
+                loops.spawn(crate::gateway::accept_loop(
+                    listener,
+                    name,
+                    // Never a lock the QM thread takes: no slot for a
+                    // refused connection, no queueing for one.
+                    Budget::AfterAdmission(permits.clone()),
+                    admit_with(admission.clone()),
+                    move |stream, peer, permit| {
+                        // Cannot fail: the channel has room for every
+                        // permit (a failure would close the connection).
+                        if let Ok(stream) = stream.into_std() {
+                            let _ = tx.try_send(Admitted {
+                                stream,
+                                peer,
+                                permit,
+                            });
+                        }
+                    },
+                ));
+            }
+            let _ = ready.send(Ok(()));
+            set_idle();
+            let _ = stopped.wait_for(|stop| *stop).await;
+            loops.abort_all();
+        });
+    }
 }
 
 /// Puts the calling thread in `SCHED_IDLE`. Lowering a thread's priority

@@ -248,13 +248,12 @@ impl Broker {
         self.counters.denial(identity);
     }
 
-    /// Counts a refused connection (never registered).
-    /// Where the QM accept thread counts its refusals (see
-    /// [`crate::admission`]).
+    /// Where admission counts its refusals (see [`crate::admission`]).
     pub fn admission_stats(&self) -> Arc<crate::admission::AdmissionStats> {
         self.admission.clone()
     }
 
+    /// Counts a refused connection (never registered).
     pub fn record_refused(&mut self, reason: &'static str) {
         self.counters.disconnect(reason);
     }
