@@ -694,27 +694,42 @@ fn start_collector(b: &Session) -> Shared {
     seen
 }
 
-/// Waits until `condition` holds of what B has seen (deadline 30 s).
-async fn wait_seen(seen: &Shared, what: &str, condition: impl Fn(&Seen) -> bool) {
-    let end = Instant::now() + Duration::from_secs(30);
+/// Polls `condition` until it returns `Ok`; after `limit`, panics with
+/// `what` and what `condition` last reported. The async form of
+/// `common::wait_for_within`, for tests already inside the runtime.
+async fn poll_until(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> Result<(), String>,
+) {
+    let end = Instant::now() + limit;
     loop {
-        {
-            let s = seen.lock().unwrap();
-            if condition(&s) {
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}; B saw {} values (last {:?}), missed {}, restarts {}/{}",
-                s.n.len(),
-                s.n.last(),
-                s.missed,
-                s.restarted,
-                s.origin_restarts
-            );
-        }
+        let last = match condition() {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(Instant::now() < end, "timed out waiting for {what}: {last}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `condition` holds of what B has seen (deadline 30 s).
+async fn wait_seen(seen: &Shared, what: &str, condition: impl Fn(&Seen) -> bool) {
+    poll_until(what, Duration::from_secs(30), || {
+        let s = seen.lock().unwrap();
+        if condition(&s) {
+            return Ok(());
+        }
+        Err(format!(
+            "B saw {} values (last {:?}), missed {}, restarts {}/{}",
+            s.n.len(),
+            s.n.last(),
+            s.missed,
+            s.restarted,
+            s.origin_restarts
+        ))
+    })
+    .await;
 }
 
 fn last_n(s: &Seen) -> u64 {
@@ -743,11 +758,15 @@ fn a_cut_link_is_restored_with_drops_counted_and_no_duplicates() {
         // values, longer than the Zenoh lease (1 s), so the session ends.
         pair.link.set(false);
         let at_cut = published.load(Ordering::SeqCst);
-        let end = Instant::now() + Duration::from_secs(30);
-        while published.load(Ordering::SeqCst) < at_cut + 200 {
-            assert!(Instant::now() < end, "the publisher stalled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(
+            "the publisher to go on",
+            Duration::from_secs(30),
+            || match published.load(Ordering::SeqCst) {
+                n if n >= at_cut + 200 => Ok(()),
+                n => Err(format!("published up to {n}")),
+            },
+        )
+        .await;
         pair.link.set(true);
         // Nothing restarted: the bridges reconnect by themselves.
         wait_seen(&seen, "values after the link came back", |s| {
