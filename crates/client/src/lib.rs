@@ -13,6 +13,9 @@
 //! - [`GatewayClient`] and [`Connection`]: the protocol itself on one
 //!   connection, for tools and tests that want every message as it is.
 //! - [`Backoff`]: capped exponential backoff with jitter.
+//! - [`UnixConn`]: a Unix stream connection that wakes its task only when
+//!   there is something to read (what [`service::Service`] and the
+//!   gateway's connections to services use).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), qm_ipc_client::ClientError> {
@@ -42,6 +45,7 @@ mod connection;
 mod gateway;
 pub mod service;
 mod session;
+pub mod stream;
 mod subscription;
 
 pub use backoff::Backoff;
@@ -50,4 +54,5 @@ pub use gateway::{GatewayClient, Subscription as RawSubscription};
 pub use qm_ipc_proto::paths;
 pub use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
 pub use session::{Session, SessionBuilder, DEFAULT_TIMEOUT};
+pub use stream::UnixConn;
 pub use subscription::{Subscription, MAX_TRACKED_ORIGINS, MAX_TRACKED_TOPICS};

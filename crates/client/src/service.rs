@@ -57,7 +57,6 @@ use qm_ipc_proto::{Call, ErrorReply, FrameDecoder};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
@@ -256,7 +255,12 @@ impl Service {
     }
 
     /// One connection: calls in order, one reply each (none for oneway).
-    async fn connection(&self, mut stream: UnixStream) {
+    async fn connection(&self, stream: UnixStream) {
+        // Watched for reading only: a caller's reading of a reply does not
+        // wake this task between calls.
+        let Ok(stream) = crate::stream::UnixConn::from_tokio(stream) else {
+            return;
+        };
         let mut decoder = FrameDecoder::new(self.max_frame);
         let mut out = Vec::new();
         // When the first byte of the call now arriving came.

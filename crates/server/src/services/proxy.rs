@@ -22,10 +22,11 @@ use qm_ipc_proto::idl::{Interface, ParameterError};
 use qm_ipc_proto::validate::{check_value, ValueLimits};
 use qm_ipc_proto::{ErrorReply, FrameDecoder};
 
+// Watched for reading only: the service's reading of a request does not
+// wake the gateway (see qm_ipc_client::stream).
 use crate::peer::AccountKey;
+use qm_ipc_client::UnixConn as ServiceConn;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 
@@ -45,7 +46,7 @@ pub struct ServiceProxy {
     connections: usize,
     /// Connections with no call on them, ready for the next, each with
     /// its read buffer (kept: a new one is 16 KiB to allocate and zero).
-    idle: Mutex<Vec<(UnixStream, FrameDecoder)>>,
+    idle: Mutex<Vec<(ServiceConn, FrameDecoder)>>,
     description: Mutex<Option<Arc<Interface>>>,
 }
 
@@ -181,7 +182,7 @@ impl ServiceProxy {
             Ok(Err(_closed)) => return Err(self.unavailable()),
             Err(_) => return Err(self.timed_out(timeout)),
         };
-        let mut stream = match timeout_at(deadline, UnixStream::connect(&self.socket)).await {
+        let stream = match timeout_at(deadline, ServiceConn::connect(&self.socket)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(_)) => {
                 self.forget();
@@ -299,9 +300,9 @@ impl ServiceProxy {
             Ok(Err(_closed)) => return Err(self.unavailable()),
             Err(_) => return Err(self.timed_out(timeout)),
         };
-        let (mut stream, mut decoder) = match self.pooled() {
+        let (stream, mut decoder) = match self.pooled() {
             Some(pooled) => pooled,
-            None => match timeout_at(deadline, UnixStream::connect(&self.socket)).await {
+            None => match timeout_at(deadline, ServiceConn::connect(&self.socket)).await {
                 Ok(Ok(stream)) => (stream, FrameDecoder::new(self.max_frame)),
                 Ok(Err(e)) => {
                     tracing::debug!(service = %self.interface, socket = %self.socket.display(), "cannot connect: {e}");
@@ -381,7 +382,7 @@ impl ServiceProxy {
     }
 
     /// An idle connection the service has not closed in the meantime.
-    fn pooled(&self) -> Option<(UnixStream, FrameDecoder)> {
+    fn pooled(&self) -> Option<(ServiceConn, FrameDecoder)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((stream, decoder)) = idle.pop() {
             let mut probe = [0u8; 1];
@@ -399,7 +400,7 @@ impl ServiceProxy {
 
     /// Keeps a connection whose call is complete (its decoder holds no
     /// byte: checked by the caller) for the next call.
-    fn give_back(&self, stream: UnixStream, decoder: FrameDecoder) {
+    fn give_back(&self, stream: ServiceConn, decoder: FrameDecoder) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.connections {
             idle.push((stream, decoder));
@@ -435,7 +436,7 @@ pub struct ServiceStream<'a> {
     // pool has room for the next one.
     _share: Option<Share<'a>>,
     _slot: tokio::sync::SemaphorePermit<'a>,
-    stream: UnixStream,
+    stream: ServiceConn,
     decoder: FrameDecoder,
     ended: bool,
 }
