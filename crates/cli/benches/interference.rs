@@ -11,9 +11,8 @@
 //!
 //! Figures 1 and 2 are also measured with every CPU kept busy by processes
 //! at SCHED_IDLE that do no IPC (phase 1b): on these virtual machines that
-//! alone lengthens the wake-ups of everything else, so the attack is judged
-//! against it too, which leaves the share of the interference that passes
-//! through the gateway.
+//! alone changes the wake-up times of everything else, so the attack is
+//! shown against it too.
 //!
 //! Every attacker identity, the well-behaved client and the other container
 //! are processes of their own (this binary, run again with `--attacker` or
@@ -150,8 +149,8 @@ enum Kind {
     SlowLoris,
     Storm,
     Hold,
-    /// No IPC at all: spins on a CPU at SCHED_IDLE, as the attackers'
-    /// processes do between their requests (phase 1b).
+    /// No IPC at all: a thread per CPU spinning at SCHED_IDLE, taking the
+    /// idle CPU the attackers take (phase 1b).
     CpuLoad,
 }
 
@@ -1582,8 +1581,10 @@ fn main() {
     // virtual machines that alone lengthens everyone's wake-ups, whatever
     // the gateway does; measured apart, so the attack's own cost is seen.
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    // Only with separate processes: without root, stopping an attack stops
+    // every attacker thread of this process for good.
     let loaded = (peers.separate() && !skipped_kinds().contains(&Kind::CpuLoad)).then(|| {
-        println!("phase 1b: alone, with {cpus} processes at SCHED_IDLE keeping every CPU busy");
+        println!("phase 1b: alone, with {cpus} threads at SCHED_IDLE keeping every CPU busy");
         peers.start_attack(&storm_id, &[Kind::CpuLoad], cpus, &gw.consumer);
         let phase = run_phase(
             &mut peers, &gw, &client_id, &probe_id, 4, iterations, probes, &published,
@@ -1872,9 +1873,9 @@ fn main() {
          every topic and call the ASIL echo service behind the gateway (`io.qmipc.BenchEcho`, a plain varlink server), so the \
          attackers are held back by the bounds, not by the policy. A provider \
          publishes `bench.stream` at {}/s throughout. Unpinned.\n\n\
-         Phases: 1. alone; 1b. alone again, with one process per CPU spinning at SCHED_IDLE and doing no IPC at all \
-         (the idle CPU the attackers take; on these virtual machines that alone lengthens every wake-up, so the attack is \
-         also judged against it, to show what the gateway lets the attack cost on top); 2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
+         Phases: 1. alone; 1b. alone again (with root only), with an attacker process at SCHED_IDLE spinning one thread per CPU and doing \
+         no IPC at all (the idle CPU the attackers take; on these virtual machines that alone changes wake-up times, so \
+         the attack is also shown against it); 2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
          a flooding publisher to its own topic and a flooding caller of the echo service ({FLOOD_PIPELINE} pipelined requests \
          at a time), a duplicate subscriber (Subscribe `*`, then Subscribe again on the stream; reconnects when the gateway \
          ends it), a stalled subscriber to `*` that never reads (reconnects when closed), a poison publisher (values with \

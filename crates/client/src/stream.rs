@@ -16,20 +16,21 @@
 //! registered for writing, through a duplicate of its descriptor, for as
 //! long as that wait lasts.
 //!
-//! A read that returns fewer bytes than asked for has emptied the socket,
-//! so the readiness is cleared then and there: the next read waits for the
-//! next wake-up rather than asking the kernel once more and hearing
-//! `EAGAIN`. A close that came with the bytes is never cleared.
+//! Each read and each write spends a unit of tokio's cooperative budget,
+//! as tokio's own sockets do: a peer that keeps a connection busy cannot
+//! keep its task from giving the thread to the others.
 //!
-//! Measured before it was used: a proxied call (client, gateway, and a
+//! Measured before it was used, in quick runs of the `compare` benchmark
+//! (300 calls per figure, old and new binaries alternating, medians of
+//! five each): a proxied call (client, gateway, and a
 //! [`Service`](crate::service::Service) behind it) went from 78.6 to 68.0 µs
 //! p50 with the gateway and the service on one CPU and the client on
-//! another, and from 81.7 to 74.1 µs with all three on one CPU (medians of
-//! five interleaved runs each). The gateway client's own
+//! another, and from 81.7 to 74.1 µs with all three on one CPU. The
+//! gateway client's own
 //! [`Connection`](crate::Connection) keeps tokio's stream: its `Get` round
-//! trip measured no faster with this one, on these benchmark machines whose
-//! virtual CPUs halt when idle (1.21-1.34x a blocking raw client, against
-//! 1.15-1.19x, three interleaved runs each).
+//! trip measured no faster with this one on the benchmark machines
+//! (typed `Get` 1.21-1.34x a blocking raw client, against 1.15-1.19x with
+//! tokio's stream, three runs of the library benchmark each, alternating).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -79,18 +80,15 @@ impl UnixConn {
         if buf.is_empty() {
             return Ok(0);
         }
+        tokio::task::consume_budget().await;
         loop {
+            // A short read is not taken to mean the socket is empty: the
+            // kernel also stops a read at passed descriptors or at another
+            // writer's credentials, with bytes still queued behind them.
+            // Only `EAGAIN` clears the readiness.
             let mut ready = self.fd.readable().await?;
             match ready.try_io(|fd| fd.get_ref().read(buf)) {
-                Ok(Ok(n)) => {
-                    // Short of what was asked: the socket is empty now. A
-                    // close already seen stays seen, or the end would
-                    // never be read.
-                    if n > 0 && n < buf.len() && !ready.ready().is_read_closed() {
-                        ready.clear_ready();
-                    }
-                    return Ok(n);
-                }
+                Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -106,6 +104,7 @@ impl UnixConn {
     /// Writes all of `buf`. Not cancel-safe: a cancelled write may have
     /// sent part of `buf`, so a caller that gives up drops the connection.
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        tokio::task::consume_budget().await;
         while !buf.is_empty() {
             match self.fd.get_ref().write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -193,8 +192,7 @@ mod tests {
         );
     }
 
-    /// A short read clears the readiness; bytes that come after it must
-    /// still wake the next read (the clear is tied to the wake-up it saw).
+    /// Bytes that come after a read must wake the next one.
     #[tokio::test]
     async fn bytes_after_a_short_read_are_read() {
         let (_dir, conn, mut peer) = pair().await;
@@ -206,8 +204,54 @@ mod tests {
         }
     }
 
-    /// Bytes and the close in one wake-up: the bytes are read short, and
-    /// the close must still be read after them.
+    /// A peer that keeps the socket full must not keep the reading task
+    /// on the thread: the thread's other tasks get their turns. (Failing,
+    /// the reader would hold the thread for good, so the runtime runs on
+    /// a thread of its own and the test waits for it with a deadline.)
+    #[test]
+    fn a_connection_kept_busy_gives_the_thread_to_other_tasks() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let (_dir, conn, peer) = pair().await;
+                let peer = peer.into_std().expect("std stream");
+                peer.set_nonblocking(false).expect("blocking");
+                // Far faster than a reader taking a byte at a time: the
+                // socket never runs dry.
+                std::thread::spawn(move || {
+                    let chunk = [1u8; 64 << 10];
+                    while (&peer).write_all(&chunk).is_ok() {}
+                });
+                let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let reader = tokio::spawn({
+                    let read = read.clone();
+                    async move {
+                        let mut byte = [0u8; 1];
+                        while conn.read(&mut byte).await.unwrap_or(0) > 0 {
+                            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+                // Sees the reader's progress only if it gets turns while
+                // the reader has bytes to read.
+                while read.load(std::sync::atomic::Ordering::Relaxed) < 10_000 {
+                    tokio::task::yield_now().await;
+                }
+                reader.abort();
+            });
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(DEADLINE)
+            .expect("the other task got its turns while the reader had bytes");
+    }
+
+    /// Bytes and the close in one wake-up: the close must still be read
+    /// after the bytes.
     #[tokio::test]
     async fn a_close_that_came_with_the_last_bytes_is_read() {
         let (_dir, conn, mut peer) = pair().await;

@@ -22,9 +22,9 @@ use qm_ipc_proto::idl::{Interface, ParameterError};
 use qm_ipc_proto::validate::{check_value, ValueLimits};
 use qm_ipc_proto::{ErrorReply, FrameDecoder};
 
+use crate::peer::AccountKey;
 // Watched for reading only: the service's reading of a request does not
 // wake the gateway (see qm_ipc_client::stream).
-use crate::peer::AccountKey;
 use qm_ipc_client::UnixConn as ServiceConn;
 use serde_json::Value;
 use tokio::sync::Semaphore;
