@@ -958,8 +958,12 @@ impl Session<'_> {
                     let services = hub.services();
                     match services.get(&interface) {
                         Some(service) if self.may_use_service(&interface) => {
-                            let described =
-                                service.describe(hub.limits().default_call_timeout).await?;
+                            let described = service
+                                .describe(
+                                    hub.limits().default_call_timeout,
+                                    crate::services::proxy::Side::of_peer(self.peer),
+                                )
+                                .await?;
                             Ok(Some(Answer::Json(
                                 json!({ "description": described.description }),
                             )))

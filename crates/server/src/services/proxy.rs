@@ -46,7 +46,10 @@ pub struct ServiceProxy {
     connections: usize,
     /// Connections with no call on them, ready for the next, each with
     /// its read buffer (kept: a new one is 16 KiB to allocate and zero).
-    idle: Mutex<Vec<(ServiceConn, FrameDecoder)>>,
+    /// One pool per side: a connection is watched by the event loop of
+    /// the thread that opened it, and a call from the ASIL thread must
+    /// never wait for the QM thread's loop to see its reply.
+    idle: [Mutex<Vec<(ServiceConn, FrameDecoder)>>; 2],
     description: Mutex<Option<Arc<Interface>>>,
 }
 
@@ -65,7 +68,7 @@ impl ServiceProxy {
             qm_calls: Mutex::new(std::collections::HashMap::new()),
             per_account: qm_share_of_pool(connections).div_ceil(2),
             connections,
-            idle: Mutex::new(Vec::new()),
+            idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             description: Mutex::new(None),
         }
     }
@@ -101,11 +104,17 @@ impl ServiceProxy {
     /// The service went away: its next caller describes it anew.
     fn forget(&self) {
         *self.description.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for pool in &self.idle {
+            pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 
     /// The service's interface description, as it gave it.
-    pub async fn describe(&self, timeout: Duration) -> Result<Arc<Interface>, ErrorReply> {
+    pub async fn describe(
+        &self,
+        timeout: Duration,
+        side: Side,
+    ) -> Result<Arc<Interface>, ErrorReply> {
         if let Some(known) = self.cached() {
             return Ok(known);
         }
@@ -117,7 +126,7 @@ impl ServiceProxy {
             self.interface
         );
         let reply = self
-            .exchange(request.as_bytes(), false, deadline, timeout)
+            .exchange(request.as_bytes(), false, deadline, timeout, side)
             .await?
             .ok_or_else(|| self.unavailable())?;
         let description = serde_json::from_slice::<Value>(&reply)
@@ -155,11 +164,13 @@ impl ServiceProxy {
         qm_caller: Option<&AccountKey>,
     ) -> Result<Option<Relayed>, ErrorReply> {
         let deadline = Instant::now() + timeout;
+        let side = Side::of(qm_caller);
         let _share = self.take_share(qm_caller, deadline, timeout).await?;
         let request = self
-            .checked_request(method, parameters, Flag::Oneway(oneway), timeout)
+            .checked_request(method, parameters, Flag::Oneway(oneway), timeout, side)
             .await?;
-        self.exchange(&request, oneway, deadline, timeout).await
+        self.exchange(&request, oneway, deadline, timeout, side)
+            .await
     }
 
     /// Starts a streaming call (`"more": true`) on a connection of its own,
@@ -175,7 +186,7 @@ impl ServiceProxy {
         let deadline = Instant::now() + timeout;
         let share = self.take_share(qm_caller, deadline, timeout).await?;
         let mut request = self
-            .checked_request(method, parameters, Flag::More, timeout)
+            .checked_request(method, parameters, Flag::More, timeout, Side::of(qm_caller))
             .await?;
         let slot = match timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -237,9 +248,10 @@ impl ServiceProxy {
         parameters: Option<&str>,
         flag: Flag,
         timeout: Duration,
+        side: Side,
     ) -> Result<Vec<u8>, ErrorReply> {
         let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
-        let described = self.describe(timeout).await?;
+        let described = self.describe(timeout, side).await?;
         let parameters = parameters.filter(|p| p.trim() != "null");
         let value = match parameters {
             Some(text) => {
@@ -294,13 +306,14 @@ impl ServiceProxy {
         oneway: bool,
         deadline: Instant,
         timeout: Duration,
+        side: Side,
     ) -> Result<Option<Relayed>, ErrorReply> {
         let _slot = match timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => return Err(self.unavailable()),
             Err(_) => return Err(self.timed_out(timeout)),
         };
-        let (stream, mut decoder) = match self.pooled() {
+        let (stream, mut decoder) = match self.pooled(side) {
             Some(pooled) => pooled,
             None => match timeout_at(deadline, ServiceConn::connect(&self.socket)).await {
                 Ok(Ok(stream)) => (stream, FrameDecoder::new(self.max_frame)),
@@ -324,7 +337,7 @@ impl ServiceProxy {
             Err(_) => return Err(self.timed_out(timeout)),
         }
         if oneway {
-            self.give_back(stream, decoder);
+            self.give_back(stream, decoder, side);
             return Ok(None);
         }
         let reply = loop {
@@ -357,7 +370,7 @@ impl ServiceProxy {
             tracing::warn!(service = %self.interface, "reply not relayed: {e}");
             return Err(self.unavailable());
         }
-        self.give_back(stream, decoder);
+        self.give_back(stream, decoder, side);
         Ok(Some(reply))
     }
 
@@ -382,8 +395,10 @@ impl ServiceProxy {
     }
 
     /// An idle connection the service has not closed in the meantime.
-    fn pooled(&self) -> Option<(ServiceConn, FrameDecoder)> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    fn pooled(&self, side: Side) -> Option<(ServiceConn, FrameDecoder)> {
+        let mut idle = self.idle[side as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while let Some((stream, decoder)) = idle.pop() {
             let mut probe = [0u8; 1];
             match stream.try_read(&mut probe) {
@@ -400,10 +415,37 @@ impl ServiceProxy {
 
     /// Keeps a connection whose call is complete (its decoder holds no
     /// byte: checked by the caller) for the next call.
-    fn give_back(&self, stream: ServiceConn, decoder: FrameDecoder) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    fn give_back(&self, stream: ServiceConn, decoder: FrameDecoder, side: Side) {
+        let mut idle = self.idle[side as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.connections {
             idle.push((stream, decoder));
+        }
+    }
+}
+
+/// Where a call comes from: the ASIL thread (the provider socket) or the
+/// QM thread. Each has its own pool of idle connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Asil = 0,
+    Qm = 1,
+}
+
+impl Side {
+    /// A QM caller is one with a QM account.
+    fn of(qm_caller: Option<&AccountKey>) -> Self {
+        match qm_caller {
+            Some(_) => Side::Qm,
+            None => Side::Asil,
+        }
+    }
+
+    pub fn of_peer(peer: &crate::peer::Peer) -> Self {
+        match peer.is_provider() {
+            true => Side::Asil,
+            false => Side::Qm,
         }
     }
 }
@@ -567,7 +609,30 @@ fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_relayable;
+    use super::{check_relayable, ServiceConn, ServiceProxy, Side};
+    use qm_ipc_proto::FrameDecoder;
+
+    /// A connection is watched by the event loop of the thread that
+    /// opened it: one the QM thread gave back must never serve a call of
+    /// the ASIL thread, whose reply would then wait for the QM thread's
+    /// loop (and the other way round).
+    #[tokio::test]
+    async fn idle_connections_go_back_to_the_side_that_opened_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("service.socket");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let proxy = ServiceProxy::new("com.example.S".into(), socket.clone(), 4, 4096);
+        let mut accepted = Vec::new();
+        for side in [Side::Qm, Side::Asil] {
+            let conn = ServiceConn::connect(&socket).await.expect("connect");
+            accepted.push(listener.accept().await.expect("accept"));
+            proxy.give_back(conn, FrameDecoder::new(4096), side);
+        }
+        for side in [Side::Qm, Side::Asil] {
+            assert!(proxy.pooled(side).is_some(), "{side:?} gets its own back");
+            assert!(proxy.pooled(side).is_none(), "{side:?} gets no other");
+        }
+    }
 
     #[test]
     fn only_replies_of_the_varlink_shape_are_relayed() {
