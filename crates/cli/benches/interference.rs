@@ -1583,7 +1583,8 @@ fn main() {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     // Only with separate processes: without root, stopping an attack stops
     // every attacker thread of this process for good.
-    let loaded = (peers.separate() && !skipped_kinds().contains(&Kind::CpuLoad)).then(|| {
+    let separate_peers = peers.separate();
+    let loaded = (separate_peers && !skipped_kinds().contains(&Kind::CpuLoad)).then(|| {
         println!("phase 1b: alone, with {cpus} threads at SCHED_IDLE keeping every CPU busy");
         peers.start_attack(&storm_id, &[Kind::CpuLoad], cpus, &gw.consumer);
         let phase = run_phase(
@@ -1849,6 +1850,23 @@ fn main() {
     if let Some(e) = alone.first_error.as_ref().or(attacked.first_error.as_ref()) {
         notes.push(format!("First error of the well-behaved client: `{e}`."));
     }
+    // Phase 1b is a baseline: errors or lost samples there make it one no
+    // figure should be judged against.
+    if let Some(loaded) = loaded.as_ref() {
+        let lost = loaded.asil_lost + loaded.asil_dropped;
+        if loaded.errors > 0 || lost > 0 {
+            notes.push(format!(
+                "**Phase 1b is no clean baseline:** the well-behaved client had {} errors{} and the ASIL \
+                 subscriber lost {lost} samples with every CPU busy and no attacker doing IPC.",
+                loaded.errors,
+                loaded
+                    .first_error
+                    .as_ref()
+                    .map(|e| format!(" (first: `{e}`)"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
     if let Some(e) = alone
         .first_other_failure
         .as_ref()
@@ -1873,9 +1891,7 @@ fn main() {
          every topic and call the ASIL echo service behind the gateway (`io.qmipc.BenchEcho`, a plain varlink server), so the \
          attackers are held back by the bounds, not by the policy. A provider \
          publishes `bench.stream` at {}/s throughout. Unpinned.\n\n\
-         Phases: 1. alone; 1b. alone again (with root only), with an attacker process at SCHED_IDLE spinning one thread per CPU and doing \
-         no IPC at all (the idle CPU the attackers take; on these virtual machines that alone changes wake-up times, so \
-         the attack is also shown against it); 2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
+         Phases: 1. alone; {}2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
          a flooding publisher to its own topic and a flooding caller of the echo service ({FLOOD_PIPELINE} pipelined requests \
          at a time), a duplicate subscriber (Subscribe `*`, then Subscribe again on the stream; reconnects when the gateway \
          ends it), a stalled subscriber to `*` that never reads (reconnects when closed), a poison publisher (values with \
@@ -1898,6 +1914,13 @@ fn main() {
         machine(),
         bound_args.join(" "),
         1_000_000 / STREAM_PACE.as_micros(),
+        match (&loaded, separate_peers) {
+            (Some(_), _) => "1b. alone again, with an attacker process at SCHED_IDLE spinning one thread per CPU and \
+                 doing no IPC at all (the idle CPU the attackers take; on these virtual machines that alone changes \
+                 wake-up times, so the attack is also shown against it); ",
+            (None, true) => "(1b, every CPU kept busy, left out of this run); ",
+            (None, false) => "(1b, every CPU kept busy, needs root: not run); ",
+        },
         attacker_ids.len(),
         if storm {
             format!(

@@ -45,7 +45,6 @@ mod connection;
 mod gateway;
 pub mod service;
 mod session;
-pub mod stream;
 mod subscription;
 
 pub use backoff::Backoff;
@@ -53,6 +52,6 @@ pub use connection::{ClientError, Connection, DEFAULT_CLIENT_MAX_FRAME};
 pub use gateway::{GatewayClient, Subscription as RawSubscription};
 pub use qm_ipc_proto::paths;
 pub use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
+pub use qm_ipc_transport::UnixConn;
 pub use session::{Session, SessionBuilder, DEFAULT_TIMEOUT};
-pub use stream::UnixConn;
 pub use subscription::{Subscription, MAX_TRACKED_ORIGINS, MAX_TRACKED_TOPICS};

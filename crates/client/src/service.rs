@@ -258,7 +258,7 @@ impl Service {
     async fn connection(&self, stream: UnixStream) {
         // Watched for reading only: a caller's reading of a reply does not
         // wake this task between calls.
-        let Ok(stream) = crate::stream::UnixConn::from_tokio(stream) else {
+        let Ok(stream) = crate::UnixConn::from_tokio(stream) else {
             return;
         };
         let mut decoder = FrameDecoder::new(self.max_frame);

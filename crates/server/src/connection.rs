@@ -36,7 +36,7 @@ use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision, Policy};
 use crate::rate::TokenBucket;
-use crate::services::proxy::{ServiceStream, StreamReply};
+use crate::services::proxy::{Caller, ServiceStream, StreamReply};
 use crate::services::ServiceProxy;
 
 /// Bytes the writer gathers into one write.
@@ -706,13 +706,13 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Answer>, ErrorReply> {
         let timeout = self.hub.limits().default_call_timeout;
-        let qm_caller = (!self.peer.is_provider()).then(|| self.peer.account_key());
+        let caller = Caller::of(self.peer);
         let unavailable = || ErrorReply::ServiceUnavailable {
             service: service.interface().to_owned(),
         };
         if streaming {
             let stream = tokio::select! {
-                r = service.open_stream(method, parameters.as_deref(), timeout, qm_caller.as_ref()) => r?,
+                r = service.open_stream(method, parameters.as_deref(), timeout, &caller) => r?,
                 _ = shutdown.wait_for(|stop| *stop) => return Err(self.cut_by_stop(method, unavailable())),
                 _ = hangup(self.write.as_ref()) => return Err(unavailable()),
             };
@@ -720,7 +720,7 @@ impl Session<'_> {
             return Ok(None);
         }
         let relayed = tokio::select! {
-            r = service.call(method, parameters.as_deref(), oneway, timeout, qm_caller.as_ref()) => r?,
+            r = service.call(method, parameters.as_deref(), oneway, timeout, &caller) => r?,
             _ = shutdown.wait_for(|stop| *stop) => {
                 return Err(self.cut_by_stop(method, unavailable()));
             }
@@ -961,7 +961,7 @@ impl Session<'_> {
                             let described = service
                                 .describe(
                                     hub.limits().default_call_timeout,
-                                    crate::services::proxy::Side::of_peer(self.peer),
+                                    Caller::of(self.peer).side(),
                                 )
                                 .await?;
                             Ok(Some(Answer::Json(

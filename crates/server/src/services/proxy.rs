@@ -24,8 +24,8 @@ use qm_ipc_proto::{ErrorReply, FrameDecoder};
 
 use crate::peer::AccountKey;
 // Watched for reading only: the service's reading of a request does not
-// wake the gateway (see qm_ipc_client::stream).
-use qm_ipc_client::UnixConn as ServiceConn;
+// wake the gateway (see qm_ipc_transport).
+use qm_ipc_transport::UnixConn as ServiceConn;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
@@ -154,22 +154,26 @@ impl ServiceProxy {
     /// Forwards `method` (`interface.Method`) with its parameters (JSON
     /// text, `None` for none) once they pass the service's description.
     /// `Ok(None)` for a oneway call, which is written and not waited for.
-    /// `qm_caller` is the caller's account when it is a QM peer.
     pub async fn call(
         &self,
         method: &str,
         parameters: Option<&str>,
         oneway: bool,
         timeout: Duration,
-        qm_caller: Option<&AccountKey>,
+        caller: &Caller,
     ) -> Result<Option<Relayed>, ErrorReply> {
         let deadline = Instant::now() + timeout;
-        let side = Side::of(qm_caller);
-        let _share = self.take_share(qm_caller, deadline, timeout).await?;
+        let _share = self.take_share(caller, deadline, timeout).await?;
         let request = self
-            .checked_request(method, parameters, Flag::Oneway(oneway), timeout, side)
+            .checked_request(
+                method,
+                parameters,
+                Flag::Oneway(oneway),
+                timeout,
+                caller.side(),
+            )
             .await?;
-        self.exchange(&request, oneway, deadline, timeout, side)
+        self.exchange(&request, oneway, deadline, timeout, caller.side())
             .await
     }
 
@@ -181,12 +185,12 @@ impl ServiceProxy {
         method: &str,
         parameters: Option<&str>,
         timeout: Duration,
-        qm_caller: Option<&AccountKey>,
+        caller: &Caller,
     ) -> Result<ServiceStream<'_>, ErrorReply> {
         let deadline = Instant::now() + timeout;
-        let share = self.take_share(qm_caller, deadline, timeout).await?;
+        let share = self.take_share(caller, deadline, timeout).await?;
         let mut request = self
-            .checked_request(method, parameters, Flag::More, timeout, Side::of(qm_caller))
+            .checked_request(method, parameters, Flag::More, timeout, caller.side())
             .await?;
         let slot = match timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -224,11 +228,11 @@ impl ServiceProxy {
     /// QM caller; nothing for an ASIL one.
     async fn take_share(
         &self,
-        qm_caller: Option<&AccountKey>,
+        caller: &Caller,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Option<Share<'_>>, ErrorReply> {
-        let Some(account) = qm_caller else {
+        let Caller::Qm(account) = caller else {
             return Ok(None);
         };
         let turn = self.take_account_turn(account)?;
@@ -425,29 +429,38 @@ impl ServiceProxy {
     }
 }
 
-/// Where a call comes from: the ASIL thread (the provider socket) or the
+/// Who a forwarded call is for, told once per call from the peer: a peer
+/// of the provider socket, served on the ASIL thread, or a QM peer, served
+/// on the QM thread and charged by its account for its share of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Asil,
+    Qm(AccountKey),
+}
+
+impl Caller {
+    pub fn of(peer: &crate::peer::Peer) -> Self {
+        match peer.is_provider() {
+            true => Caller::Asil,
+            false => Caller::Qm(peer.account_key()),
+        }
+    }
+
+    /// The thread the call runs on.
+    pub fn side(&self) -> Side {
+        match self {
+            Caller::Asil => Side::Asil,
+            Caller::Qm(_) => Side::Qm,
+        }
+    }
+}
+
+/// The thread a call runs on: the ASIL thread (the provider socket) or the
 /// QM thread. Each has its own pool of idle connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Asil = 0,
     Qm = 1,
-}
-
-impl Side {
-    /// A QM caller is one with a QM account.
-    fn of(qm_caller: Option<&AccountKey>) -> Self {
-        match qm_caller {
-            Some(_) => Side::Qm,
-            None => Side::Asil,
-        }
-    }
-
-    pub fn of_peer(peer: &crate::peer::Peer) -> Self {
-        match peer.is_provider() {
-            true => Side::Asil,
-            false => Side::Qm,
-        }
-    }
 }
 
 /// How a forwarded call is flagged.

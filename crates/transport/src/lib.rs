@@ -22,15 +22,22 @@
 //!
 //! Measured before it was used, in quick runs of the `compare` benchmark
 //! (300 calls per figure, old and new binaries alternating, medians of
-//! five each): a proxied call (client, gateway, and a
-//! [`Service`](crate::service::Service) behind it) went from 78.6 to 68.0 µs
+//! five each): a proxied call (client, gateway, and a service written with
+//! `qm_ipc_client::service::Service` behind it) went from 78.6 to 68.0 µs
 //! p50 with the gateway and the service on one CPU and the client on
-//! another, and from 81.7 to 74.1 µs with all three on one CPU. The
-//! gateway client's own
-//! [`Connection`](crate::Connection) keeps tokio's stream: its `Get` round
-//! trip measured no faster with this one on the benchmark machines
-//! (typed `Get` 1.21-1.34x a blocking raw client, against 1.15-1.19x with
-//! tokio's stream, three runs of the library benchmark each, alternating).
+//! another, and from 81.7 to 74.1 µs with all three on one CPU.
+//!
+//! The gateway client's own `qm_ipc_client::Connection` keeps tokio's
+//! stream. With this type (and a short read taken to empty the socket, as
+//! tokio does), its typed `Get` measured 1.18, 1.40 and 1.30 times a
+//! blocking raw client with the client and the gateway on separate CPUs,
+//! against 1.15, 1.16 and 1.14 with tokio's stream; with both on one CPU,
+//! 1.15, 1.13 and 1.11 against 1.40, 1.39 and 1.41 (library benchmark,
+//! old and new alternating). On one CPU the wake-up saved is a context
+//! switch. On separate CPUs of these virtual machines the useless
+//! wake-up seems to get the client's halted CPU running before the reply
+//! comes. The library's target is set on separate CPUs, so the client
+//! keeps tokio's stream.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
