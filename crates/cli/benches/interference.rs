@@ -1583,8 +1583,7 @@ fn main() {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     // Only with separate processes: without root, stopping an attack stops
     // every attacker thread of this process for good.
-    let separate_peers = peers.separate();
-    let loaded = (separate_peers && !skipped_kinds().contains(&Kind::CpuLoad)).then(|| {
+    let loaded = (separate && !skipped_kinds().contains(&Kind::CpuLoad)).then(|| {
         println!("phase 1b: alone, with {cpus} threads at SCHED_IDLE keeping every CPU busy");
         peers.start_attack(&storm_id, &[Kind::CpuLoad], cpus, &gw.consumer);
         let phase = run_phase(
@@ -1856,8 +1855,8 @@ fn main() {
         let lost = loaded.asil_lost + loaded.asil_dropped;
         if loaded.errors > 0 || lost > 0 {
             notes.push(format!(
-                "**Phase 1b is no clean baseline:** the well-behaved client had {} errors{} and the ASIL \
-                 subscriber lost {lost} samples with every CPU busy and no attacker doing IPC.",
+                "**Phase 1b is no clean baseline:** with every CPU busy and no attacker doing IPC, the \
+                 well-behaved client had {} errors{}, and the ASIL subscriber lost or dropped {lost} samples.",
                 loaded.errors,
                 loaded
                     .first_error
@@ -1914,7 +1913,7 @@ fn main() {
         machine(),
         bound_args.join(" "),
         1_000_000 / STREAM_PACE.as_micros(),
-        match (&loaded, separate_peers) {
+        match (&loaded, separate) {
             (Some(_), _) => "1b. alone again, with an attacker process at SCHED_IDLE spinning one thread per CPU and \
                  doing no IPC at all (the idle CPU the attackers take; on these virtual machines that alone changes \
                  wake-up times, so the attack is also shown against it); ",

@@ -46,7 +46,7 @@ use std::path::Path;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// A Unix stream connection watched for reading only (see the module
+/// A Unix stream connection watched for reading only (see the crate
 /// documentation). Must be created inside a tokio runtime with I/O
 /// enabled, like tokio's own sockets.
 #[derive(Debug)]
