@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qm_ipc_proto::interface::{TopicPattern, GATEWAY_INTERFACE, SERVICE_INTERFACE};
+use qm_ipc_proto::interface::{TopicPattern, SERVICE_INTERFACE};
 use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -120,8 +120,12 @@ pub(crate) fn field<T: DeserializeOwned>(
         .map_err(|e| ClientError::UnexpectedReply(format!("field {name:?}: {e}")))
 }
 
-fn gateway(method: &str) -> String {
-    format!("{GATEWAY_INTERFACE}.{method}")
+/// The full name of a method of the gateway's interface, known when
+/// compiling (a call's hot path formats nothing).
+macro_rules! gateway {
+    ($method:literal) => {
+        concat!("io.qmipc.Gateway.", $method)
+    };
 }
 
 impl Session {
@@ -171,7 +175,7 @@ impl Session {
         }
         let reply = self
             .request_within::<_, Got<T>>(
-                &gateway("Get"),
+                gateway!("Get"),
                 &Get { topic },
                 Retry::Idempotent,
                 self.inner.timeout,
@@ -249,7 +253,7 @@ impl Session {
         }
         let reply = self
             .request_within::<_, Published>(
-                &gateway("Publish"),
+                gateway!("Publish"),
                 &Publish {
                     topic,
                     value,
@@ -356,7 +360,7 @@ impl Session {
     pub async fn describe(&self, topic: &str) -> Result<TopicDescription, ClientError> {
         let reply = self
             .request(
-                &gateway("Describe"),
+                gateway!("Describe"),
                 json!({ "topic": topic }),
                 Retry::Idempotent,
             )
@@ -394,7 +398,7 @@ impl Session {
     /// The gateway's counters (needs the `stats` grant).
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         let reply = self
-            .request(&gateway("Stats"), json!({}), Retry::Idempotent)
+            .request(gateway!("Stats"), json!({}), Retry::Idempotent)
             .await?;
         serde_json::from_value(Value::Object(reply))
             .map_err(|e| ClientError::UnexpectedReply(format!("Stats: {e}")))
@@ -403,7 +407,7 @@ impl Session {
     /// The gateway instance now: new at every gateway start.
     pub async fn instance(&self) -> Result<String, ClientError> {
         let reply = self
-            .request(&gateway("Instance"), json!({}), Retry::Idempotent)
+            .request(gateway!("Instance"), json!({}), Retry::Idempotent)
             .await?;
         let instance: String = field(reply, "instance")?;
         self.note_instance(Some(instance.clone()));
@@ -528,11 +532,21 @@ pub(crate) fn misfit_of_sample(topic: &str, misfit: Misfit) -> ClientError {
 /// that does not know the method (an older release), or from a varlink
 /// service that is no gateway (a session can call any varlink service).
 pub(crate) async fn fetch_instance(conn: &mut Connection) -> Result<Option<String>, ClientError> {
-    match conn.call(&gateway("Instance"), json!({})).await {
+    match conn.call(gateway!("Instance"), json!({})).await {
         Ok(reply) => Ok(Some(field(reply, "instance")?)),
         Err(ClientError::Remote(
             ErrorReply::MethodNotFound { .. } | ErrorReply::InterfaceNotFound { .. },
         )) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qm_ipc_proto::interface::GATEWAY_INTERFACE;
+
+    #[test]
+    fn the_method_names_written_out_are_the_interface_s() {
+        assert_eq!(gateway!("Get"), format!("{GATEWAY_INTERFACE}.Get"));
     }
 }

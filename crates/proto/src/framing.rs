@@ -83,7 +83,9 @@ impl FrameDecoder {
 
     fn next_range(&mut self) -> Result<Option<Range<usize>>, FrameError> {
         let from = self.start + self.scanned;
-        match self.buf[from..self.filled].iter().position(|&b| b == 0) {
+        // memchr looks at a word or a vector at a time: a byte at a time
+        // was a twelfth of a client's instructions per `Get`.
+        match memchr::memchr(0, &self.buf[from..self.filled]) {
             Some(offset) => {
                 let end = from + offset;
                 if end + 1 - self.start > self.max_frame {
