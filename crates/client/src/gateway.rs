@@ -2,17 +2,13 @@
 
 use std::path::Path;
 
-use qm_ipc_proto::interface::{GATEWAY_INTERFACE, SERVICE_INTERFACE};
+use qm_ipc_proto::interface::SERVICE_INTERFACE;
 use qm_ipc_proto::Sample;
 use serde_json::{json, Map, Value};
 use tokio::net::UnixStream;
 
 use crate::connection::{ClientError, Connection};
 use crate::session::field;
-
-fn method(name: &str) -> String {
-    format!("{GATEWAY_INTERFACE}.{name}")
-}
 
 /// A connection speaking `io.qmipc.Gateway`.
 #[derive(Debug)]
@@ -43,7 +39,7 @@ impl GatewayClient {
         let reply = self
             .conn
             .call(
-                &method("Publish"),
+                gateway!("Publish"),
                 json!({ "topic": topic, "value": value }),
             )
             .await?;
@@ -53,13 +49,13 @@ impl GatewayClient {
     pub async fn get(&mut self, topic: &str) -> Result<Sample, ClientError> {
         let reply = self
             .conn
-            .call(&method("Get"), json!({ "topic": topic }))
+            .call(gateway!("Get"), json!({ "topic": topic }))
             .await?;
         field(reply, "sample")
     }
 
     pub async fn stats(&mut self) -> Result<Map<String, Value>, ClientError> {
-        self.conn.call(&method("Stats"), json!({})).await
+        self.conn.call(gateway!("Stats"), json!({})).await
     }
 
     /// `org.varlink.service.GetInfo`.
@@ -89,7 +85,7 @@ impl GatewayClient {
     ) -> Result<Subscription, ClientError> {
         let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
         self.conn
-            .call_more(&method("Subscribe"), json!({ "topics": topics }))
+            .call_more(gateway!("Subscribe"), json!({ "topics": topics }))
             .await?;
         Ok(Subscription {
             conn: self.conn,

@@ -40,6 +40,15 @@
 //! Every example in these docs is compiled, and run against a real
 //! gateway by `crates/cli/tests/client_library.rs`.
 
+/// The full name of a method of the gateway's interface, known when
+/// compiling (a call's hot path formats nothing). Defined before the
+/// modules, which use it.
+macro_rules! gateway {
+    ($method:literal) => {
+        concat!("io.qmipc.Gateway.", $method)
+    };
+}
+
 mod backoff;
 mod connection;
 mod gateway;
@@ -55,3 +64,13 @@ pub use qm_ipc_proto::{ErrorReply, Info, Sample, Stats, TopicDescription};
 pub use qm_ipc_transport::UnixConn;
 pub use session::{Session, SessionBuilder, DEFAULT_TIMEOUT};
 pub use subscription::{Subscription, MAX_TRACKED_ORIGINS, MAX_TRACKED_TOPICS};
+
+#[cfg(test)]
+mod tests {
+    use qm_ipc_proto::interface::GATEWAY_INTERFACE;
+
+    #[test]
+    fn the_method_names_written_out_are_the_interface_s() {
+        assert_eq!(gateway!("Get"), format!("{GATEWAY_INTERFACE}.Get"));
+    }
+}

@@ -120,14 +120,6 @@ pub(crate) fn field<T: DeserializeOwned>(
         .map_err(|e| ClientError::UnexpectedReply(format!("field {name:?}: {e}")))
 }
 
-/// The full name of a method of the gateway's interface, known when
-/// compiling (a call's hot path formats nothing).
-macro_rules! gateway {
-    ($method:literal) => {
-        concat!("io.qmipc.Gateway.", $method)
-    };
-}
-
 impl Session {
     /// A session with the gateway at `path`. Connects on first use.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -538,15 +530,5 @@ pub(crate) async fn fetch_instance(conn: &mut Connection) -> Result<Option<Strin
             ErrorReply::MethodNotFound { .. } | ErrorReply::InterfaceNotFound { .. },
         )) => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use qm_ipc_proto::interface::GATEWAY_INTERFACE;
-
-    #[test]
-    fn the_method_names_written_out_are_the_interface_s() {
-        assert_eq!(gateway!("Get"), format!("{GATEWAY_INTERFACE}.Get"));
     }
 }

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use qm_ipc_proto::interface::GATEWAY_INTERFACE;
 use qm_ipc_proto::Sample;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -374,12 +373,8 @@ async fn open(
     struct Subscribe<'a> {
         topics: &'a [String],
     }
-    conn.send_typed(
-        &format!("{GATEWAY_INTERFACE}.Subscribe"),
-        &Subscribe { topics: patterns },
-        true,
-    )
-    .await?;
+    conn.send_typed(gateway!("Subscribe"), &Subscribe { topics: patterns }, true)
+        .await?;
     Ok((conn, instance))
 }
 
