@@ -14,19 +14,11 @@ use serde_json::{json, Value};
 const WATCHDOG: Duration = Duration::from_secs(60);
 
 fn stats(gw: &Gateway) -> Value {
-    let mut raw = Raw::connect(&gw.provider);
-    raw.call(json!({"method": "io.qmipc.Gateway.Stats"}));
-    raw.recv().expect("stats reply")["parameters"].clone()
+    gw.stats()
 }
 
-/// Polls Stats until `condition` holds (deadline: the fixture's).
 fn wait_stats(gw: &Gateway, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    common::wait_until(what, || {
-        last = stats(gw);
-        condition(&last)
-    });
-    last
+    gw.wait_stats(what, condition)
 }
 
 /// `n` consumer connections, each proven served by a GetInfo round trip.

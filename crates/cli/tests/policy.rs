@@ -88,9 +88,7 @@ fn publish_from_provider(gw: &Gateway, topic: &str, value: Value) {
 }
 
 fn stats(gw: &Gateway) -> Value {
-    let mut raw = Raw::connect(&gw.provider);
-    raw.call(json!({"method": "io.qmipc.Gateway.Stats"}));
-    raw.recv().unwrap()["parameters"].clone()
+    gw.stats()
 }
 
 #[test]

@@ -754,9 +754,13 @@ const HARDENING: &[(&str, &str)] = &[
     ("SystemCallFilter", "@system-service"),
     ("SystemCallFilter", "~@privileged @resources"),
     // Back from @resources: the QM accept thread lowers its own priority to
-    // SCHED_IDLE. Raising one stays impossible (no CAP_SYS_NICE,
-    // RestrictRealtime=yes).
-    ("SystemCallFilter", "sched_setscheduler"),
+    // SCHED_IDLE, the held thread its own to nice 19, and the QM and ASIL
+    // threads shorten their scheduler slice. Raising a priority stays
+    // impossible (no CAP_SYS_NICE, RestrictRealtime=yes).
+    (
+        "SystemCallFilter",
+        "sched_setscheduler setpriority sched_setattr",
+    ),
     ("SystemCallErrorNumber", "EPERM"),
     ("DevicePolicy", "closed"),
     ("KeyringMode", "private"),

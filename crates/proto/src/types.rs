@@ -102,6 +102,16 @@ pub struct Stats {
     pub accounts: Vec<AccountStats>,
     pub accounts_total: u64,
     pub per_connection: Vec<ConnectionStats>,
+    /// QM accounts held back by a bound now (served on the held thread).
+    /// Zero from a gateway that does not send it (an older one).
+    #[serde(default)]
+    pub held_accounts: u64,
+    /// Connections served on the held thread now.
+    #[serde(default)]
+    pub held_connections: u64,
+    /// Times an account became held.
+    #[serde(default)]
+    pub holds: u64,
 }
 
 /// A sample whose topic and value are already JSON text, so that a gateway

@@ -89,6 +89,11 @@ pub struct Limits {
     /// (no subscription, no monitor, no call) and sends nothing for
     /// this long is closed. `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// How long a QM container that a bound held back (throttled, refused
+    /// a limit, a protocol or value error, a full queue, a timed-out frame
+    /// or write) is served on the held thread, apart from the containers
+    /// in good standing (see `crate::standing`). `None`: one QM thread.
+    pub held_for: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -119,6 +124,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(2),
             max_provider_connections: 16,
             idle_timeout: Some(Duration::from_secs(60)),
+            held_for: Some(Duration::from_secs(10)),
         }
     }
 }

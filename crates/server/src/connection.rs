@@ -38,6 +38,7 @@ use crate::policy::{Action, Decision, Policy};
 use crate::rate::TokenBucket;
 use crate::services::proxy::{Caller, ServiceStream, StreamReply};
 use crate::services::ServiceProxy;
+use crate::standing::{ServingLoop, StandingWatch};
 
 /// Bytes the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -60,6 +61,9 @@ pub enum Ended {
     Refused(ErrorReply),
     /// Handed to the next gateway instance (see [`crate::fdstore`]).
     HandedOver,
+    /// To go on on another thread's loop (see [`crate::standing`]): not an
+    /// end, and never counted as one.
+    Moving(ServingLoop),
 }
 
 impl Ended {
@@ -82,8 +86,64 @@ impl Ended {
             Self::SendQueueFull => "send_queue_full",
             Self::Refused(_) => "refused",
             Self::HandedOver => "handed_over",
+            Self::Moving(_) => "moved",
         }
     }
+
+    /// Does this end say the peer broke a bound (its container is then
+    /// held: see [`crate::standing`])?
+    fn breaks_a_bound(&self) -> bool {
+        matches!(
+            self,
+            Self::Protocol(_) | Self::FrameTimeout | Self::WriteTimeout | Self::SendQueueFull
+        )
+    }
+}
+
+/// Does this error reply say the peer was held back by a bound or sent what
+/// it must not (its container is then held: see [`crate::standing`])? Not
+/// the errors that are the service's doing or the normal course of things
+/// (a topic without a value yet).
+fn holds_back(error: &ErrorReply) -> bool {
+    matches!(
+        error,
+        ErrorReply::InvalidValue { .. }
+            | ErrorReply::LimitExceeded { .. }
+            | ErrorReply::AccessDenied { .. }
+            | ErrorReply::InterfaceNotFound { .. }
+            | ErrorReply::MethodNotFound { .. }
+            | ErrorReply::MethodNotImplemented { .. }
+            | ErrorReply::VarlinkInvalidParameter { .. }
+            | ErrorReply::ExpectedMore
+    )
+}
+
+/// How a connection's task ended: for good, or to go on elsewhere.
+pub enum Served {
+    Ended(Ended),
+    Moving(Box<Moving>),
+}
+
+/// A connection on its way to another thread's loop, with all it has: its
+/// registration (queue, subscription), its unread bytes and the unwritten
+/// rest of a write in progress. Taken up with [`serve_moved`] on the loop
+/// it goes to.
+pub struct Moving {
+    pub to: ServingLoop,
+    stream: std::os::unix::net::UnixStream,
+    peer: Peer,
+    shutdown: watch::Receiver<bool>,
+    registered: Registered,
+    unwritten: Unwritten,
+}
+
+/// What the writer took from the outbox and has not written yet; kept
+/// outside the writer so that a connection can stop between two writes
+/// and go on elsewhere without losing or cutting a frame.
+#[derive(Default)]
+struct Unwritten {
+    bytes: Vec<u8>,
+    written: usize,
 }
 
 /// A successful answer to a call.
@@ -142,8 +202,29 @@ pub async fn serve(
     stream: UnixStream,
     peer: Peer,
     shutdown: watch::Receiver<bool>,
-) -> Ended {
+) -> Served {
     serve_carried(hub, stream, peer, shutdown, None).await
+}
+
+/// Goes on serving a connection moved here from another thread's loop.
+pub async fn serve_moved(hub: Arc<Hub>, moving: Moving) -> Served {
+    let Moving {
+        to: _,
+        stream,
+        peer,
+        shutdown,
+        registered,
+        unwritten,
+    } = moving;
+    match UnixStream::from_std(stream) {
+        Ok(stream) => serve_on(hub, stream, peer, shutdown, Some(registered), unwritten).await,
+        Err(e) => {
+            tracing::warn!(conn = registered.conn, %peer, "cannot serve the connection on this thread: {e}");
+            hub.disconnect(registered.conn, "read_failed");
+            registered.outbox.close();
+            Served::Ended(Ended::ReadFailed(e))
+        }
+    }
 }
 
 /// A connection registered with the hub, ready to be served.
@@ -196,10 +277,30 @@ pub async fn serve_carried(
     hub: Arc<Hub>,
     stream: UnixStream,
     peer: Peer,
+    shutdown: watch::Receiver<bool>,
+    registered: Option<Registered>,
+) -> Served {
+    serve_on(
+        hub,
+        stream,
+        peer,
+        shutdown,
+        registered,
+        Unwritten::default(),
+    )
+    .await
+}
+
+async fn serve_on(
+    hub: Arc<Hub>,
+    stream: UnixStream,
+    peer: Peer,
     mut shutdown: watch::Receiver<bool>,
     registered: Option<Registered>,
-) -> Ended {
+    mut unwritten: Unwritten,
+) -> Served {
     let limits = hub.limits().clone();
+    let fresh = registered.is_none();
     let registered = match registered {
         Some(registered) => registered,
         None => match hub.connect(&peer) {
@@ -218,7 +319,7 @@ pub async fn serve_carried(
                 write_refusal(stream, &frame);
                 tracing::debug!(%peer, %error, "connection refused");
                 hub.record_refused("refused");
-                return Ended::Refused(error);
+                return Served::Ended(Ended::Refused(error));
             }
         },
     };
@@ -229,11 +330,28 @@ pub async fn serve_carried(
         mut decoder,
         mode,
     } = registered;
-    tracing::debug!(conn, %peer, "connected");
+    match fresh {
+        true => tracing::debug!(conn, %peer, "connected"),
+        false => tracing::debug!(conn, %peer, on = ?ServingLoop::current(), "serving"),
+    }
     let (mut read, write) = stream.into_split();
-    // Boxed so that it can be dropped, ending its borrow of `write`, when
-    // the connection is handed over.
-    let mut writer = Box::pin(write_loop(&write, outbox.clone(), limits.write_timeout));
+    // Boxed so that it can be dropped, ending its borrows of `write` and
+    // `unwritten`, when the connection is handed over or moves.
+    let mut writer = Box::pin(write_loop(
+        &write,
+        outbox.clone(),
+        limits.write_timeout,
+        &mut unwritten,
+    ));
+    let standing = hub.serving_loops().and_then(|_| {
+        (!peer.is_provider()).then(|| {
+            StandingWatch::new(
+                hub.standings(),
+                account.key().clone(),
+                ServingLoop::current(),
+            )
+        })
+    });
     let policy_generation = hub.policy_generation();
     let policy = hub.policy();
     let (rate, max_patterns) = peer_limits(&limits, &policy, &peer);
@@ -251,6 +369,7 @@ pub async fn serve_carried(
         rate,
         max_patterns,
         denial_log: DenialLog::default(),
+        standing,
     };
     let reading = hub.reader_running();
     let (ended, mut writer_done) = tokio::select! {
@@ -258,7 +377,38 @@ pub async fn serve_carried(
         ended = &mut writer => (ended, true),
     };
     drop(reading);
+    let mode = session.mode;
     drop(session);
+    if let Ended::Moving(to) = ended {
+        // Between two frames and two writes: what the writer holds stays
+        // in `unwritten`, what was read and not handled in the decoder.
+        drop(writer);
+        return match read.reunite(write).map(UnixStream::into_std) {
+            Ok(Ok(stream)) => Served::Moving(Box::new(Moving {
+                to,
+                stream,
+                peer,
+                shutdown,
+                registered: Registered {
+                    conn,
+                    outbox,
+                    account,
+                    decoder,
+                    mode,
+                },
+                unwritten,
+            })),
+            _ => {
+                tracing::warn!(conn, %peer, "cannot move the connection to another thread; closed");
+                hub.disconnect(conn, "read_failed");
+                outbox.close();
+                Served::Ended(Ended::ReadFailed(std::io::Error::other("cannot move")))
+            }
+        };
+    }
+    if ended.breaks_a_bound() && !peer.is_provider() {
+        hub.hold(account.key());
+    }
     if matches!(ended, Ended::Shutdown) && hub.handing_over() && !writer_done {
         // Every connection stops reading before any is handed over: no
         // publish can then reach a subscriber after its queue was flushed.
@@ -292,17 +442,17 @@ pub async fn serve_carried(
                                 state,
                                 fd: std_stream.into(),
                             });
-                            return Ended::HandedOver;
+                            return Served::Ended(Ended::HandedOver);
                         }
                         _ => {
                             tracing::warn!(conn, %peer, "cannot hand the connection over; closed");
-                            return Ended::Shutdown;
+                            return Served::Ended(Ended::Shutdown);
                         }
                     }
                 }
                 tracing::warn!(conn, %peer, "its queue could not be flushed in time: closed instead of handed over");
                 hub.disconnect(conn, ended.label());
-                return ended;
+                return Served::Ended(ended);
             }
             (Some(_), _) => writer_done = true,
             // A monitor, or a state that cannot go on elsewhere: closed.
@@ -333,7 +483,7 @@ pub async fn serve_carried(
         }
         _ => tracing::warn!(conn, %peer, ?ended, "connection closed"),
     }
-    ended
+    Served::Ended(ended)
 }
 
 /// Puts a carried connection back in the state it was in.
@@ -375,31 +525,44 @@ fn peer_limits(limits: &Limits, policy: &Policy, peer: &Peer) -> (Option<RateLim
     (rate, max_patterns)
 }
 
-async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: Duration) -> Ended {
-    let mut buf = Vec::with_capacity(WRITE_BATCH);
+/// Writes what the outbox queues. Cancel-safe: dropped while it waits, it
+/// leaves what it has not written in `unwritten`, to be written first by
+/// the next writer of the connection (on the loop it moved to).
+async fn write_loop(
+    write: &OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    write_timeout: Duration,
+    unwritten: &mut Unwritten,
+) -> Ended {
     loop {
-        buf.clear();
-        // Register interest before looking, so a push between take() and
-        // wait() is not missed.
-        let notified = outbox.wait();
-        tokio::pin!(notified);
-        if !outbox.take(&mut buf, WRITE_BATCH) {
-            return match outbox.overflowed() {
-                true => Ended::SendQueueFull,
-                false => Ended::PeerClosed,
-            };
-        }
-        if buf.is_empty() {
-            notified.await;
-            continue;
+        if unwritten.written >= unwritten.bytes.len() {
+            unwritten.bytes.clear();
+            unwritten.written = 0;
+            // Give memory back after a large batch.
+            if unwritten.bytes.capacity() > 4 * WRITE_BATCH {
+                unwritten.bytes = Vec::new();
+            }
+            // Register interest before looking, so a push between take()
+            // and wait() is not missed.
+            let notified = outbox.wait();
+            tokio::pin!(notified);
+            if !outbox.take(&mut unwritten.bytes, WRITE_BATCH) {
+                return match outbox.overflowed() {
+                    true => Ended::SendQueueFull,
+                    false => Ended::PeerClosed,
+                };
+            }
+            if unwritten.bytes.is_empty() {
+                notified.await;
+                continue;
+            }
         }
         // Each write must make progress within the timeout; a peer that
         // keeps its socket full (it stopped reading) is cut off.
-        let mut written = 0;
-        while written < buf.len() {
-            match write.try_write(&buf[written..]) {
+        while unwritten.written < unwritten.bytes.len() {
+            match write.try_write(&unwritten.bytes[unwritten.written..]) {
                 Ok(0) => return Ended::PeerClosed,
-                Ok(n) => written += n,
+                Ok(n) => unwritten.written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     match tokio::time::timeout(write_timeout, write.writable()).await {
                         Ok(Ok(())) => {}
@@ -409,10 +572,6 @@ async fn write_loop(write: &OwnedWriteHalf, outbox: Arc<Outbox>, write_timeout: 
                 }
                 Err(e) => return Ended::WriteFailed(e),
             }
-        }
-        // Give memory back after a large batch.
-        if buf.capacity() > 4 * WRITE_BATCH {
-            buf = Vec::with_capacity(WRITE_BATCH);
         }
     }
 }
@@ -439,6 +598,9 @@ struct Session<'a> {
     rate: Option<RateLimit>,
     max_patterns: usize,
     denial_log: DenialLog,
+    /// Where a QM connection runs and should run (see [`crate::standing`]);
+    /// `None` on the provider socket, or with one QM thread.
+    standing: Option<StandingWatch>,
 }
 
 /// Logs denials of one connection at most once a second, with a count of
@@ -483,6 +645,9 @@ impl Session<'_> {
                 // carried to the next instance.
                 if self.hub.handing_over() && *shutdown.borrow() {
                     return Ended::Shutdown;
+                }
+                if let Some(to) = self.moved(shutdown) {
+                    return Ended::Moving(to);
                 }
                 let call = match decoder.next_frame() {
                     Ok(Some(frame)) => match ParsedCall::parse(frame) {
@@ -533,6 +698,7 @@ impl Session<'_> {
                 n = read.read(decoder.spare()) => n,
                 _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
                 _ = sleep_until_opt(deadline) => return timed_out,
+                () = standing_changed(&mut self.standing) => continue,
             };
             match n {
                 Ok(0) => {
@@ -614,10 +780,16 @@ impl Session<'_> {
                 .encode_reply(out, false)
             }),
             Err(error) if !oneway => {
+                if holds_back(&error) {
+                    self.held_back();
+                }
                 tracing::debug!(conn = self.conn, method = %truncate_for_log(&method), error = %truncate_for_log(&error.to_string()), "error reply");
                 self.outbox.push_reply(|out| encode_error(out, &error))
             }
             Err(error) => {
+                if holds_back(&error) {
+                    self.held_back();
+                }
                 tracing::debug!(conn = self.conn, method = %truncate_for_log(&method), error = %truncate_for_log(&error.to_string()), "oneway call failed");
                 Ok(())
             }
@@ -837,6 +1009,23 @@ impl Session<'_> {
 
     /// Spends a token of the account's bucket, waiting for one when it is
     /// empty (the connection is not read meanwhile).
+    /// A bound held this QM peer back: its container is held.
+    fn held_back(&self) {
+        if self.standing.is_some() {
+            self.hub.hold(self.account.key());
+        }
+    }
+
+    /// The loop this connection should go on on, if not this one (never
+    /// while the gateway stops).
+    fn moved(&mut self, shutdown: &watch::Receiver<bool>) -> Option<ServingLoop> {
+        let standing = self.standing.as_mut()?;
+        if *shutdown.borrow() {
+            return None;
+        }
+        standing.moved(self.hub.standings())
+    }
+
     async fn pace(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ended> {
         // A reloaded policy's limits apply from the next request on.
         let generation = self.hub.policy_generation();
@@ -874,6 +1063,7 @@ impl Session<'_> {
             if !throttled {
                 // Counted once per throttled request.
                 self.hub.limit_exceeded("rate", rate.per_second as usize);
+                self.held_back();
                 throttled = true;
             }
             tokio::select! {
@@ -959,10 +1149,7 @@ impl Session<'_> {
                     match services.get(&interface) {
                         Some(service) if self.may_use_service(&interface) => {
                             let described = service
-                                .describe(
-                                    hub.limits().default_call_timeout,
-                                    Caller::of(self.peer).side(),
-                                )
+                                .describe(hub.limits().default_call_timeout, ServingLoop::current())
                                 .await?;
                             Ok(Some(Answer::Json(
                                 json!({ "description": described.description }),
@@ -1173,6 +1360,15 @@ fn relayed_error(frame: &[u8]) -> Option<String> {
     serde_json::from_slice::<ErrorName>(frame).ok()?.error
 }
 
+/// Resolves when the connection's standing may have changed; never
+/// without one.
+async fn standing_changed(standing: &mut Option<StandingWatch>) {
+    match standing {
+        Some(standing) => standing.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -1253,6 +1449,9 @@ fn stats_reply(s: &Snapshot) -> Value {
             "queued_samples": c.queue.samples,
             "dropped": c.queue.dropped,
         })).collect::<Vec<_>>(),
+        "held_accounts": s.held_accounts,
+        "held_connections": s.held_connections,
+        "holds": s.holds,
     })
 }
 
@@ -1297,6 +1496,9 @@ mod tests {
                 state: "streaming",
                 queue: Default::default(),
             }],
+            held_accounts: 1,
+            held_connections: 2,
+            holds: 3,
         };
         if let Err(e) = idl.check_output("Stats", &stats_reply(&snapshot)) {
             panic!("Stats reply: {e}");

@@ -25,6 +25,7 @@ use crate::listen::{ListenError, Listener};
 use crate::notify::{Notifier, NotifyState};
 use crate::peer::Peer;
 use crate::policy::Policy;
+use crate::standing::ServingLoop;
 use qm_ipc_proto::message::encode_error;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum StartError {
     ProviderThread(#[from] crate::provider_thread::PlacementError),
     #[error("cannot start accepting on the QM listeners: {0}")]
     AcceptThread(io::Error),
+    #[error("{0}")]
+    HeldThread(#[from] crate::held_thread::HeldThreadError),
     #[error(
         "listener {name:?} ({origin}) is not known to the policy {policy}: every request on it would be denied. \
          Name the fd consumer or provider with FileDescriptorName= in the socket unit, \
@@ -120,6 +123,28 @@ impl GatewayHandle {
     }
 }
 
+/// What a connection's task holds for as long as the connection lives,
+/// whichever loop serves it: its slot of the connection budget and its
+/// place in the count of live connections.
+struct Lease {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _guard: TrackGuard,
+    /// Counted on the held thread while it is there.
+    on_held_thread: Option<crate::standing::OnHeldThread>,
+}
+
+impl Lease {
+    /// The connection is served on `serving` from now on.
+    fn now_on(&mut self, serving: ServingLoop, hub: &Hub) {
+        self.on_held_thread = match serving {
+            ServingLoop::Held => Some(hub.standings().on_held_thread()),
+            _ => None,
+        };
+    }
+}
+
+/// Serves a new connection: on the QM thread, or on the held thread when
+/// its container is held (see [`crate::standing`]).
 pub(crate) fn spawn_connection(
     hub: &Arc<Hub>,
     tracker: &Arc<Tracker>,
@@ -129,11 +154,66 @@ pub(crate) fn spawn_connection(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let hub = hub.clone();
-    let guard = tracker.enter();
-    tokio::spawn(async move {
-        connection::serve(hub, stream, peer, shutdown).await;
-        drop(permit);
-        drop(guard);
+    let lease = Lease {
+        _permit: permit,
+        _guard: tracker.enter(),
+        on_held_thread: None,
+    };
+    let held = match peer.is_provider() {
+        true => None,
+        false => match hub.loop_for(&peer.account_key()) {
+            ServingLoop::Held => hub.serving_loops().map(|l| l.held.clone()),
+            _ => None,
+        },
+    };
+    let Some(held) = held else {
+        tokio::spawn(async move {
+            let served = connection::serve(hub.clone(), stream, peer, shutdown).await;
+            follow(hub, served, lease);
+        });
+        return;
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot serve the connection on the held thread: {e}");
+            return;
+        }
+    };
+    held.spawn(async move {
+        let mut lease = lease;
+        lease.now_on(ServingLoop::Held, &hub);
+        let stream = match UnixStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot serve the connection on the held thread: {e}");
+                return;
+            }
+        };
+        let served = connection::serve(hub.clone(), stream, peer, shutdown).await;
+        follow(hub, served, lease);
+    });
+}
+
+/// After a connection's task: done, or the connection goes on on another
+/// loop, with its lease.
+fn follow(hub: Arc<Hub>, served: connection::Served, mut lease: Lease) {
+    let connection::Served::Moving(moving) = served else {
+        return;
+    };
+    let Some(target) = hub
+        .serving_loops()
+        .and_then(|l| l.handle(moving.to))
+        .cloned()
+    else {
+        // Never asked for: the loops exist whenever a connection moves.
+        tracing::error!("a connection was to move to a loop that does not run; closed");
+        return;
+    };
+    target.spawn(async move {
+        lease.now_on(moving.to, &hub);
+        let served = connection::serve_moved(hub.clone(), *moving).await;
+        follow(hub, served, lease);
     });
 }
 
@@ -153,6 +233,11 @@ pub struct Gateway {
     provider_placement: crate::provider_thread::ThreadPlacement,
     /// Scheduling of the QM accept thread.
     qm_accept: crate::qm_accept::AcceptScheduling,
+    /// The held thread's nice value (see [`crate::held_thread`]).
+    held_nice: i32,
+    /// The QM and ASIL threads' scheduler slice (see
+    /// [`set_serving_slice`](Self::set_serving_slice)).
+    serving_slice: Option<Duration>,
     /// Connections taken back from the previous instance, served from
     /// [`run`](Self::run) on.
     restored: Vec<crate::fdstore::RestoredConn>,
@@ -222,8 +307,24 @@ impl Gateway {
             tracker: Arc::default(),
             provider_placement: Default::default(),
             qm_accept: Default::default(),
+            held_nice: crate::held_thread::DEFAULT_NICE,
+            serving_slice: None,
             restored: Vec::new(),
         }
+    }
+
+    /// Sets the held thread's nice value (see [`crate::held_thread`]).
+    pub fn set_held_nice(&mut self, nice: i32) {
+        self.held_nice = nice;
+    }
+
+    /// Sets the scheduler slice of the QM and ASIL threads (Linux 6.12's
+    /// custom slice for normal threads; `None`: the kernel's default). A
+    /// short one lets them preempt, as soon as they wake, a thread that
+    /// runs with a longer one, such as the held thread: their requests
+    /// then wait for no other thread's slice to end.
+    pub fn set_serving_slice(&mut self, slice: Option<Duration>) {
+        self.serving_slice = slice;
     }
 
     /// Sets where QM connections are accepted (see [`crate::qm_accept`]).
@@ -369,6 +470,18 @@ impl Gateway {
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
         self.check_listeners(&self.hub.policy())?;
         let limits = self.hub.limits().clone();
+        // Set here, before the other threads start: the ASIL thread takes
+        // it over with the rest of this thread's scheduling, the held
+        // thread puts the kernel's default back.
+        if let Some(slice) = self.serving_slice {
+            match crate::provider_thread::set_slice(slice) {
+                Ok(()) => tracing::debug!(?slice, "QM and ASIL threads' scheduler slice"),
+                Err(e) => tracing::warn!(
+                    ?slice,
+                    "cannot set the serving threads' scheduler slice ({e}); they keep the kernel's"
+                ),
+            }
+        }
         // The provider listener has a budget of its own, and its own thread;
         // every other listener shares the QM budget and this thread.
         let qm_permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -401,6 +514,24 @@ impl Gateway {
             tracing::info!("listening on {}", listener.describe());
             qm_listeners.push((std_listener, name));
         }
+        // QM containers held back by a bound are served on a thread of
+        // their own (see crate::standing).
+        let held_thread = match limits.held_for.filter(|d| !d.is_zero()) {
+            Some(_) => {
+                let held = crate::held_thread::spawn(
+                    self.held_nice,
+                    self.tracker.clone(),
+                    self.shutdown_tx.subscribe(),
+                    limits.drain_timeout,
+                )?;
+                self.hub.set_serving_loops(crate::hub::ServingLoops {
+                    qm: tokio::runtime::Handle::current(),
+                    held: held.handle,
+                });
+                Some(held.thread)
+            }
+            None => None,
+        };
         // Accepted on this thread or one of its own (see crate::qm_accept),
         // served on this one.
         let qm_accept = crate::qm_accept::start(
@@ -432,14 +563,23 @@ impl Gateway {
                 true => &provider_permits,
                 false => &qm_permits,
             };
-            let permit = permits.clone().try_acquire_owned().ok();
+            let lease = Lease {
+                _permit: permits.clone().try_acquire_owned().ok(),
+                _guard: self.tracker.enter(),
+                on_held_thread: None,
+            };
             let hub = self.hub.clone();
             let shutdown = self.shutdown_tx.subscribe();
-            let guard = self.tracker.enter();
             tokio::spawn(async move {
-                connection::serve_carried(hub, stream, peer, shutdown, Some(registered)).await;
-                drop(permit);
-                drop(guard);
+                let served = connection::serve_carried(
+                    hub.clone(),
+                    stream,
+                    peer,
+                    shutdown,
+                    Some(registered),
+                )
+                .await;
+                follow(hub, served, lease);
             });
         }
         warn_if_labels_unavailable(&self.hub.policy());
@@ -496,6 +636,9 @@ impl Gateway {
         }
         if let Some(thread) = provider_thread {
             // It stops with the shutdown signal; its drain is bounded.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(thread) = held_thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         if handover {

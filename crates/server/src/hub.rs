@@ -7,7 +7,7 @@
 //! the broker ever waits for a peer. Lock order: hub, then an outbox.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use qm_ipc_proto::interface::TopicPattern;
 use qm_ipc_proto::raw::RawJson;
@@ -21,6 +21,7 @@ use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::services::Services;
+use crate::standing::{ServingLoop, Standings};
 use crate::topic_types::TopicTypes;
 
 /// A new gateway instance id: 128 random bits from the kernel, in hex.
@@ -53,6 +54,11 @@ pub struct Hub {
     proxied_ids: AtomicU64,
     /// The stop that hands connections to the next instance.
     handover: Handover,
+    /// The QM containers held back by a bound (see [`crate::standing`]).
+    standings: Standings,
+    /// The QM and held threads' loops, once the held thread runs (never
+    /// without a hold time).
+    loops: OnceLock<ServingLoops>,
 }
 
 /// A stop for a restart (see [`crate::fdstore`]): connections stop reading
@@ -66,6 +72,22 @@ struct Handover {
     readers: AtomicUsize,
     readers_stopped: tokio::sync::Notify,
     carried: Mutex<Vec<crate::fdstore::RestoredConn>>,
+}
+
+/// The loops QM connections are served on.
+pub(crate) struct ServingLoops {
+    pub qm: tokio::runtime::Handle,
+    pub held: tokio::runtime::Handle,
+}
+
+impl ServingLoops {
+    pub fn handle(&self, serving: ServingLoop) -> Option<&tokio::runtime::Handle> {
+        match serving {
+            ServingLoop::Qm => Some(&self.qm),
+            ServingLoop::Held => Some(&self.held),
+            ServingLoop::Asil => None,
+        }
+    }
 }
 
 /// Counts a running reader while it lives.
@@ -85,10 +107,12 @@ impl Hub {
             broker: Mutex::new(Broker::new(limits.clone(), policy, &new_instance_id())),
             services: Default::default(),
             topic_types: Default::default(),
-            limits,
             policy_generation: AtomicU64::new(0),
             proxied_ids: AtomicU64::new(0),
             handover: Handover::default(),
+            standings: Standings::new(limits.held_for),
+            loops: OnceLock::new(),
+            limits,
         }
     }
 
@@ -328,10 +352,45 @@ impl Hub {
         self.proxied_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    pub fn standings(&self) -> &Standings {
+        &self.standings
+    }
+
+    /// The QM and held threads' loops (set once, when the held thread
+    /// starts).
+    pub(crate) fn set_serving_loops(&self, loops: ServingLoops) {
+        let _ = self.loops.set(loops);
+    }
+
+    /// The QM and held threads' loops, when QM connections move between
+    /// them.
+    pub(crate) fn serving_loops(&self) -> Option<&ServingLoops> {
+        self.loops.get()
+    }
+
+    /// The loop to serve a QM account's new connection on now.
+    pub(crate) fn loop_for(&self, key: &crate::peer::AccountKey) -> ServingLoop {
+        match self.loops.get() {
+            Some(_) => self.standings.loop_for(key, tokio::time::Instant::now()),
+            None => ServingLoop::Qm,
+        }
+    }
+
+    /// A bound held a QM account back (see [`crate::standing`]).
+    pub fn hold(&self, key: &crate::peer::AccountKey) {
+        if self.loops.get().is_some() {
+            self.standings.hold(key, tokio::time::Instant::now());
+        }
+    }
+
     /// The counters, with the ASIL services behind the gateway.
     pub fn snapshot(&self) -> Snapshot {
         let services = self.services();
         let mut snapshot = self.lock().snapshot();
+        let now = tokio::time::Instant::now();
+        snapshot.held_accounts = self.standings.held_now(now);
+        snapshot.held_connections = self.standings.connections_on_held_thread();
+        snapshot.holds = self.standings.holds() as u64;
         snapshot.services_total = services.iter().count();
         snapshot.services = services
             .iter()

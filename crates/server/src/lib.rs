@@ -14,6 +14,9 @@
 //! - [`fdstore`]: the state handed to the next instance through systemd's
 //!   file descriptor store, and its validation.
 //! - [`provider_thread`]: the ASIL side's own thread, priority and CPUs.
+//! - [`standing`]: which QM containers a bound held back, and which
+//!   thread's loop serves each connection.
+//! - [`held_thread`]: the thread that serves held containers, at nice 19.
 //! - [`peer`]: who is on the other end of a connection.
 //! - [`policy`]: who may publish, subscribe and call what.
 //! - [`rate`]: the token bucket for an account's requests and connections.
@@ -26,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod fdstore;
 pub mod gateway;
+pub mod held_thread;
 pub mod hub;
 pub mod listen;
 pub mod notify;
@@ -36,6 +40,7 @@ pub mod provider_thread;
 pub mod qm_accept;
 pub mod rate;
 pub mod services;
+pub mod standing;
 pub mod topic_types;
 
 pub use config::{Config, Limits};

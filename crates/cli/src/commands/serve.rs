@@ -58,6 +58,17 @@ pub struct ServeArgs {
     /// accepts.
     #[arg(long, value_name = "SCHED", default_value = "normal", value_parser = ["idle", "normal"])]
     qm_accept: String,
+    /// Nice value of the held thread, which serves the QM containers a
+    /// bound held back (see --qm-held-ms), 0 to 19.
+    #[arg(long, value_name = "NICE", default_value_t = qm_ipc_server::held_thread::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    qm_held_nice: i32,
+    /// Scheduler slice of the QM and ASIL threads, in microseconds (Linux
+    /// 6.12's custom slice, 100 to 100000; earlier kernels ignore it). A
+    /// short one lets them preempt the held thread, and any process with
+    /// the kernel's default slice, as soon as they wake. 0: the kernel's
+    /// default.
+    #[arg(long, value_name = "US", default_value_t = 100, value_parser = serving_slice)]
+    serving_slice_us: u64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -135,6 +146,12 @@ pub struct LimitArgs {
     /// applies.
     #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.burst), value_name = "N", value_parser = range::<u32>(1, 1_000_000))]
     connection_burst: u32,
+    /// How long a QM container that a bound held back (throttled, refused
+    /// a limit, a protocol or value error, a full queue, a timed-out frame
+    /// or write) is served on the held thread, apart from the others, in
+    /// milliseconds. 0: one thread serves all of QM.
+    #[arg(long, default_value_t = Limits::default().held_for.map_or(0, |d| d.as_millis() as u64), value_name = "MS", value_parser = range::<u64>(0, 86_400_000))]
+    qm_held_ms: u64,
     /// How long to keep flushing replies when stopping, in milliseconds.
     #[arg(long, default_value_t = Limits::default().drain_timeout.as_millis() as u64, value_name = "MS", value_parser = range::<u64>(0, 3_600_000))]
     drain_timeout_ms: u64,
@@ -169,6 +186,7 @@ impl LimitArgs {
             max_provider_connections: self.max_provider_connections.max(1),
             idle_timeout: (self.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.idle_timeout_ms)),
+            held_for: (self.qm_held_ms > 0).then(|| Duration::from_millis(self.qm_held_ms)),
         }
     }
 }
@@ -199,6 +217,10 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
     };
     let mut gateway = Gateway::start(config)?;
     gateway.set_provider_placement(placement);
+    gateway.set_held_nice(args.qm_held_nice);
+    gateway.set_serving_slice(
+        (args.serving_slice_us > 0).then(|| Duration::from_micros(args.serving_slice_us)),
+    );
     gateway.set_qm_accept(match args.qm_accept.as_str() {
         "idle" => qm_ipc_server::qm_accept::AcceptScheduling::Idle,
         _ => qm_ipc_server::qm_accept::AcceptScheduling::Normal,
@@ -222,4 +244,13 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
     }
     gateway.run(termination()).await?;
     Ok(())
+}
+
+/// `--serving-slice-us`: 0, or within what the kernel takes (0.1-100 ms).
+fn serving_slice(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Ok(0),
+        Ok(us) if (100..=100_000).contains(&us) => Ok(us),
+        _ => Err("use 0 (the kernel's default) or 100 to 100000 microseconds".into()),
+    }
 }

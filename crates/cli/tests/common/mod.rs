@@ -681,3 +681,26 @@ pub fn gateway_with_service(extra: &[&str], declaration: &str) -> (Gateway, Test
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     (Gateway::start_in(dir, &refs), service)
 }
+
+impl Gateway {
+    /// The gateway's counters (`Stats`), asked on the provider socket.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut raw = Raw::connect(&self.provider);
+        raw.call(serde_json::json!({"method": "io.qmipc.Gateway.Stats"}));
+        raw.recv().expect("stats reply")["parameters"].clone()
+    }
+
+    /// Polls `Stats` until `condition` holds (deadline: [`DEADLINE`]).
+    pub fn wait_stats(
+        &self,
+        what: &str,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_until(what, || {
+            last = self.stats();
+            condition(&last)
+        });
+        last
+    }
+}

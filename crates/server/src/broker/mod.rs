@@ -161,6 +161,12 @@ pub struct Snapshot {
     pub accounts: Vec<AccountSnapshot>,
     pub accounts_total: usize,
     pub per_connection: Vec<ConnectionSnapshot>,
+    /// QM accounts held back by a bound now, connections served on the
+    /// held thread now, and holds so far (filled in by the hub, which
+    /// keeps the standings: see [`crate::standing`]).
+    pub held_accounts: usize,
+    pub held_connections: usize,
+    pub holds: u64,
 }
 
 pub struct Broker {
@@ -801,6 +807,9 @@ impl Broker {
                     queue: c.outbox.depth(),
                 })
                 .collect(),
+            held_accounts: 0,
+            held_connections: 0,
+            holds: 0,
         }
     }
 }

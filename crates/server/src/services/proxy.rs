@@ -23,6 +23,7 @@ use qm_ipc_proto::validate::{check_value, ValueLimits};
 use qm_ipc_proto::{ErrorReply, FrameDecoder};
 
 use crate::peer::AccountKey;
+use crate::standing::{ServingLoop, SERVING_LOOPS};
 // Watched for reading only: the service's reading of a request does not
 // wake the gateway (see qm_ipc_transport).
 use qm_ipc_transport::UnixConn as ServiceConn;
@@ -46,10 +47,11 @@ pub struct ServiceProxy {
     connections: usize,
     /// Connections with no call on them, ready for the next, each with
     /// its read buffer (kept: a new one is 16 KiB to allocate and zero).
-    /// One pool per side: a connection is watched by the event loop of
-    /// the thread that opened it, and a call from the ASIL thread must
-    /// never wait for the QM thread's loop to see its reply.
-    idle: [Mutex<Vec<(ServiceConn, FrameDecoder)>>; 2],
+    /// One pool per serving loop: a connection is watched by the event
+    /// loop of the thread that opened it, and a call from the ASIL thread
+    /// must never wait for the QM thread's loop to see its reply, nor one
+    /// from the QM thread for the held thread's.
+    idle: [Mutex<Vec<(ServiceConn, FrameDecoder)>>; SERVING_LOOPS],
     description: Mutex<Option<Arc<Interface>>>,
 }
 
@@ -68,7 +70,7 @@ impl ServiceProxy {
             qm_calls: Mutex::new(std::collections::HashMap::new()),
             per_account: qm_share_of_pool(connections).div_ceil(2),
             connections,
-            idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
             description: Mutex::new(None),
         }
     }
@@ -113,7 +115,7 @@ impl ServiceProxy {
     pub async fn describe(
         &self,
         timeout: Duration,
-        side: Side,
+        serving: ServingLoop,
     ) -> Result<Arc<Interface>, ErrorReply> {
         if let Some(known) = self.cached() {
             return Ok(known);
@@ -126,7 +128,7 @@ impl ServiceProxy {
             self.interface
         );
         let reply = self
-            .exchange(request.as_bytes(), false, deadline, timeout, side)
+            .exchange(request.as_bytes(), false, deadline, timeout, serving)
             .await?
             .ok_or_else(|| self.unavailable())?;
         let description = serde_json::from_slice::<Value>(&reply)
@@ -170,10 +172,10 @@ impl ServiceProxy {
                 parameters,
                 Flag::Oneway(oneway),
                 timeout,
-                caller.side(),
+                ServingLoop::current(),
             )
             .await?;
-        self.exchange(&request, oneway, deadline, timeout, caller.side())
+        self.exchange(&request, oneway, deadline, timeout, ServingLoop::current())
             .await
     }
 
@@ -190,7 +192,13 @@ impl ServiceProxy {
         let deadline = Instant::now() + timeout;
         let share = self.take_share(caller, deadline, timeout).await?;
         let mut request = self
-            .checked_request(method, parameters, Flag::More, timeout, caller.side())
+            .checked_request(
+                method,
+                parameters,
+                Flag::More,
+                timeout,
+                ServingLoop::current(),
+            )
             .await?;
         let slot = match timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -252,10 +260,10 @@ impl ServiceProxy {
         parameters: Option<&str>,
         flag: Flag,
         timeout: Duration,
-        side: Side,
+        serving: ServingLoop,
     ) -> Result<Vec<u8>, ErrorReply> {
         let member = method.rsplit_once('.').map_or(method, |(_, m)| m);
-        let described = self.describe(timeout, side).await?;
+        let described = self.describe(timeout, serving).await?;
         let parameters = parameters.filter(|p| p.trim() != "null");
         let value = match parameters {
             Some(text) => {
@@ -310,14 +318,14 @@ impl ServiceProxy {
         oneway: bool,
         deadline: Instant,
         timeout: Duration,
-        side: Side,
+        serving: ServingLoop,
     ) -> Result<Option<Relayed>, ErrorReply> {
         let _slot = match timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => return Err(self.unavailable()),
             Err(_) => return Err(self.timed_out(timeout)),
         };
-        let (stream, mut decoder) = match self.pooled(side) {
+        let (stream, mut decoder) = match self.pooled(serving) {
             Some(pooled) => pooled,
             None => match timeout_at(deadline, ServiceConn::connect(&self.socket)).await {
                 Ok(Ok(stream)) => (stream, FrameDecoder::new(self.max_frame)),
@@ -341,7 +349,7 @@ impl ServiceProxy {
             Err(_) => return Err(self.timed_out(timeout)),
         }
         if oneway {
-            self.give_back(stream, decoder, side);
+            self.give_back(stream, decoder, serving);
             return Ok(None);
         }
         let reply = loop {
@@ -374,7 +382,7 @@ impl ServiceProxy {
             tracing::warn!(service = %self.interface, "reply not relayed: {e}");
             return Err(self.unavailable());
         }
-        self.give_back(stream, decoder, side);
+        self.give_back(stream, decoder, serving);
         Ok(Some(reply))
     }
 
@@ -399,8 +407,8 @@ impl ServiceProxy {
     }
 
     /// An idle connection the service has not closed in the meantime.
-    fn pooled(&self, side: Side) -> Option<(ServiceConn, FrameDecoder)> {
-        let mut idle = self.idle[side as usize]
+    fn pooled(&self, serving: ServingLoop) -> Option<(ServiceConn, FrameDecoder)> {
+        let mut idle = self.idle[serving as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         while let Some((stream, decoder)) = idle.pop() {
@@ -419,8 +427,8 @@ impl ServiceProxy {
 
     /// Keeps a connection whose call is complete (its decoder holds no
     /// byte: checked by the caller) for the next call.
-    fn give_back(&self, stream: ServiceConn, decoder: FrameDecoder, side: Side) {
-        let mut idle = self.idle[side as usize]
+    fn give_back(&self, stream: ServiceConn, decoder: FrameDecoder, serving: ServingLoop) {
+        let mut idle = self.idle[serving as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.connections {
@@ -445,22 +453,6 @@ impl Caller {
             false => Caller::Qm(peer.account_key()),
         }
     }
-
-    /// The thread the call runs on.
-    pub fn side(&self) -> Side {
-        match self {
-            Caller::Asil => Side::Asil,
-            Caller::Qm(_) => Side::Qm,
-        }
-    }
-}
-
-/// The thread a call runs on: the ASIL thread (the provider socket) or the
-/// QM thread. Each has its own pool of idle connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Asil = 0,
-    Qm = 1,
 }
 
 /// How a forwarded call is flagged.
@@ -622,13 +614,13 @@ fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_relayable, ServiceConn, ServiceProxy, Side};
+    use super::{check_relayable, ServiceConn, ServiceProxy, ServingLoop};
     use qm_ipc_proto::FrameDecoder;
 
     /// A connection is watched by the event loop of the thread that
     /// opened it: one the QM thread gave back must never serve a call of
     /// the ASIL thread, whose reply would then wait for the QM thread's
-    /// loop (and the other way round).
+    /// loop (and so on between the three loops).
     #[tokio::test]
     async fn idle_connections_go_back_to_the_side_that_opened_them() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -636,12 +628,12 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
         let proxy = ServiceProxy::new("com.example.S".into(), socket.clone(), 4, 4096);
         let mut accepted = Vec::new();
-        for side in [Side::Qm, Side::Asil] {
+        for side in [ServingLoop::Qm, ServingLoop::Held, ServingLoop::Asil] {
             let conn = ServiceConn::connect(&socket).await.expect("connect");
             accepted.push(listener.accept().await.expect("accept"));
             proxy.give_back(conn, FrameDecoder::new(4096), side);
         }
-        for side in [Side::Qm, Side::Asil] {
+        for side in [ServingLoop::Qm, ServingLoop::Held, ServingLoop::Asil] {
             assert!(proxy.pooled(side).is_some(), "{side:?} gets its own back");
             assert!(proxy.pooled(side).is_none(), "{side:?} gets no other");
         }

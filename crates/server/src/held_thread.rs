@@ -1,0 +1,107 @@
+//! The held thread: the event loop that serves the connections of QM
+//! containers held back by a bound (see [`crate::standing`]), at nice 19
+//! by default (`qm-ipc serve --qm-held-nice`).
+//!
+//! Why nice and not `SCHED_IDLE`: the held thread takes the locks the
+//! serving threads take (the broker's, an outbox's). Preempted while it
+//! holds one, it must get the CPU back before any QM process does, or the
+//! QM thread and the ASIL thread would wait on it behind every busy QM
+//! process (a `SCHED_IDLE` thread shares its CPU time with the QM
+//! processes, themselves often idle-scheduled). At nice 19 it is still a
+//! normal thread: it runs before every idle one, and yields to the QM and
+//! ASIL threads as soon as they wake.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use crate::gateway::Tracker;
+use crate::standing::ServingLoop;
+
+/// The held thread's nice value unless `--qm-held-nice` says otherwise.
+pub const DEFAULT_NICE: i32 = 19;
+
+/// The held thread, running.
+pub(crate) struct HeldThread {
+    pub handle: Handle,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeldThreadError {
+    #[error(
+        "cannot set the held thread's nice value to {nice}: {source} (below the gateway's own value needs \
+         CAP_SYS_NICE; a system call filter may refuse setpriority: allow it, as the generated unit \
+         does with SystemCallFilter=setpriority; or serve all of QM on one thread with --qm-held-ms 0)"
+    )]
+    Nice { nice: i32, source: io::Error },
+    #[error("cannot start the held thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// Starts the held thread and returns once its loop runs. It serves until
+/// `shutdown`, then keeps its connections draining for at most `drain`.
+pub(crate) fn spawn(
+    nice: i32,
+    tracker: Arc<Tracker>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<HeldThread, HeldThreadError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("qm-ipc-held".into())
+        .spawn(move || {
+            ServingLoop::Held.enter();
+            // The kernel's slice, not the QM thread's short one (taken
+            // over when this thread was spawned): the serving threads
+            // preempt this one as soon as they wake.
+            let _ = crate::provider_thread::set_slice(Duration::ZERO);
+            // SAFETY: gettid has no preconditions; setpriority on a thread
+            // id changes that thread only (Linux). Raising one's own nice
+            // value needs no privilege.
+            let rc = unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice)
+            };
+            let started = match rc {
+                0 => Ok(()),
+                _ => Err(HeldThreadError::Nice {
+                    nice,
+                    source: io::Error::last_os_error(),
+                }),
+            };
+            let started = started.and_then(|()| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(HeldThreadError::Spawn)
+            });
+            let runtime = match started {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                // Connections moved here run on this loop: keep it turning
+                // while they drain (the gateway bounds the drain as a whole).
+                let _ = tokio::time::timeout(drain, tracker.wait_idle()).await;
+            });
+        })
+        .map_err(HeldThreadError::Spawn)?;
+    match ready_rx.recv() {
+        Ok(Ok(handle)) => Ok(HeldThread { handle, thread }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(HeldThreadError::Spawn(io::Error::other(
+            "the held thread ended before it started",
+        ))),
+    }
+}
