@@ -90,9 +90,10 @@ pub struct Limits {
     /// this long is closed. `None`: never.
     pub idle_timeout: Option<Duration>,
     /// How long a QM container that a bound held back (throttled, refused
-    /// a limit, a protocol or value error, a full queue, a timed-out frame
-    /// or write) is served on the held thread, apart from the containers
-    /// in good standing (see `crate::standing`). `None`: one QM thread.
+    /// a limit of its own, a protocol or value error, a full queue, a
+    /// timed-out frame or write) is served on the held thread, apart from
+    /// the containers in good standing (see `crate::standing`). `None`:
+    /// one QM thread.
     pub held_for: Option<Duration>,
 }
 

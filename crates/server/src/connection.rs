@@ -100,15 +100,33 @@ impl Ended {
     }
 }
 
-/// Does this error reply say the peer was held back by a bound or sent what
-/// it must not (its container is then held: see [`crate::standing`])? Not
-/// the errors that are the service's doing or the normal course of things
-/// (a topic without a value yet).
+/// Does this error reply say the peer was held back by a bound of its own or
+/// sent what it must not (its container is then held: see
+/// [`crate::standing`])? Not the errors that are the service's doing, a
+/// bound all of QM shares, or the normal course of things (a topic without
+/// a value yet).
 fn holds_back(error: &ErrorReply) -> bool {
+    match error {
+        // A bound all of QM shares says another container may have filled
+        // it: not this one's doing.
+        ErrorReply::LimitExceeded { limit, .. } => !SHARED_LIMITS.contains(&limit.as_str()),
+        other => holds_back_always(other),
+    }
+}
+
+/// The limits QM's containers share (topics and retained bytes, QM's part
+/// and the gateway's), as `LimitExceeded` names them.
+const SHARED_LIMITS: [&str; 4] = [
+    "max_topics",
+    "qm_topics",
+    "max_retained_bytes",
+    "qm_retained_bytes",
+];
+
+fn holds_back_always(error: &ErrorReply) -> bool {
     matches!(
         error,
         ErrorReply::InvalidValue { .. }
-            | ErrorReply::LimitExceeded { .. }
             | ErrorReply::AccessDenied { .. }
             | ErrorReply::InterfaceNotFound { .. }
             | ErrorReply::MethodNotFound { .. }
@@ -135,6 +153,47 @@ pub struct Moving {
     shutdown: watch::Receiver<bool>,
     registered: Registered,
     unwritten: Unwritten,
+    clock: ReadClock,
+    /// Disconnects the connection if this is dropped on the way (the loop
+    /// it goes to stopped first).
+    cleanup: DisconnectOnDrop,
+}
+
+/// The read side's time bounds, carried when a connection moves so that a
+/// move restarts neither its idle time nor a frame's.
+#[derive(Debug, Clone, Copy)]
+struct ReadClock {
+    /// When the first byte of the frame now being received arrived.
+    frame_started: Option<Instant>,
+    /// Since when the connection has been idle between frames.
+    idle_since: Instant,
+}
+
+impl ReadClock {
+    fn new() -> Self {
+        Self {
+            frame_started: None,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+/// Takes a connection off the hub when dropped, unless disarmed.
+struct DisconnectOnDrop {
+    hub: Arc<Hub>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    armed: bool,
+}
+
+impl Drop for DisconnectOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::debug!(conn = self.conn, "dropped on its way to another thread");
+            self.hub.disconnect(self.conn, "shutdown");
+            self.outbox.close();
+        }
+    }
 }
 
 /// What the writer took from the outbox and has not written yet; kept
@@ -215,9 +274,23 @@ pub async fn serve_moved(hub: Arc<Hub>, moving: Moving) -> Served {
         shutdown,
         registered,
         unwritten,
+        clock,
+        mut cleanup,
     } = moving;
+    cleanup.armed = false;
     match UnixStream::from_std(stream) {
-        Ok(stream) => serve_on(hub, stream, peer, shutdown, Some(registered), unwritten).await,
+        Ok(stream) => {
+            serve_on(
+                hub,
+                stream,
+                peer,
+                shutdown,
+                Some(registered),
+                unwritten,
+                clock,
+            )
+            .await
+        }
         Err(e) => {
             tracing::warn!(conn = registered.conn, %peer, "cannot serve the connection on this thread: {e}");
             hub.disconnect(registered.conn, "read_failed");
@@ -287,6 +360,7 @@ pub async fn serve_carried(
         shutdown,
         registered,
         Unwritten::default(),
+        ReadClock::new(),
     )
     .await
 }
@@ -298,6 +372,7 @@ async fn serve_on(
     mut shutdown: watch::Receiver<bool>,
     registered: Option<Registered>,
     mut unwritten: Unwritten,
+    mut clock: ReadClock,
 ) -> Served {
     let limits = hub.limits().clone();
     let fresh = registered.is_none();
@@ -373,7 +448,7 @@ async fn serve_on(
     };
     let reading = hub.reader_running();
     let (ended, mut writer_done) = tokio::select! {
-        ended = session.read_loop(&mut read, &mut decoder, &mut shutdown) => (ended, false),
+        ended = session.read_loop(&mut read, &mut decoder, &mut shutdown, &mut clock) => (ended, false),
         ended = &mut writer => (ended, true),
     };
     drop(reading);
@@ -389,6 +464,12 @@ async fn serve_on(
                 stream,
                 peer,
                 shutdown,
+                cleanup: DisconnectOnDrop {
+                    hub: hub.clone(),
+                    conn,
+                    outbox: outbox.clone(),
+                    armed: true,
+                },
                 registered: Registered {
                     conn,
                     outbox,
@@ -397,6 +478,7 @@ async fn serve_on(
                     mode,
                 },
                 unwritten,
+                clock,
             })),
             _ => {
                 tracing::warn!(conn, %peer, "cannot move the connection to another thread; closed");
@@ -633,10 +715,9 @@ impl Session<'_> {
         read: &mut OwnedReadHalf,
         decoder: &mut FrameDecoder,
         shutdown: &mut watch::Receiver<bool>,
+        clock: &mut ReadClock,
     ) -> Ended {
         let limits = self.hub.limits();
-        // When the first byte of the frame now being received arrived.
-        let mut frame_started: Option<Instant> = None;
         loop {
             let mut handled = 0;
             loop {
@@ -647,6 +728,9 @@ impl Session<'_> {
                     return Ended::Shutdown;
                 }
                 if let Some(to) = self.moved(shutdown) {
+                    if handled > 0 {
+                        clock.idle_since = Instant::now();
+                    }
                     return Ended::Moving(to);
                 }
                 let call = match decoder.next_frame() {
@@ -676,7 +760,10 @@ impl Session<'_> {
                     tokio::task::yield_now().await;
                 }
             }
-            frame_started = match (decoder.pending(), frame_started) {
+            if handled > 0 {
+                clock.idle_since = Instant::now();
+            }
+            clock.frame_started = match (decoder.pending(), clock.frame_started) {
                 (0, _) => None,
                 (_, Some(started)) if handled == 0 => Some(started),
                 _ => Some(Instant::now()),
@@ -684,21 +771,33 @@ impl Session<'_> {
             // A started frame must complete in time; between frames, a QM
             // connection that holds nothing (no stream) may stay idle only
             // so long.
-            let (deadline, timed_out) = match frame_started {
+            let (deadline, timed_out) = match clock.frame_started {
                 Some(started) => (Some(started + limits.frame_timeout), Ended::FrameTimeout),
                 None => (
                     limits
                         .idle_timeout
                         .filter(|_| self.mode == Mode::Requests && !self.peer.is_provider())
-                        .map(|idle| Instant::now() + idle),
+                        .map(|idle| clock.idle_since + idle),
                     Ended::IdleTimeout,
                 ),
             };
-            let n = tokio::select! {
-                n = read.read(decoder.spare()) => n,
-                _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
-                _ = sleep_until_opt(deadline) => return timed_out,
-                () = standing_changed(&mut self.standing) => continue,
+            // A change of standing that does not move this connection
+            // leaves its deadline as it was.
+            let n = loop {
+                let read_or_woken = tokio::select! {
+                    n = read.read(decoder.spare()) => Some(n),
+                    _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
+                    _ = sleep_until_opt(deadline) => return timed_out,
+                    () = standing_changed(&mut self.standing) => None,
+                };
+                match read_or_woken {
+                    Some(n) => break n,
+                    None => {
+                        if let Some(to) = self.moved(shutdown) {
+                            return Ended::Moving(to);
+                        }
+                    }
+                }
             };
             match n {
                 Ok(0) => {
@@ -1007,8 +1106,6 @@ impl Session<'_> {
             .is_some_and(|r| r.grants.overlaps(Action::Call, &pattern))
     }
 
-    /// Spends a token of the account's bucket, waiting for one when it is
-    /// empty (the connection is not read meanwhile).
     /// A bound held this QM peer back: its container is held.
     fn held_back(&self) {
         if self.standing.is_some() {
@@ -1026,6 +1123,8 @@ impl Session<'_> {
         standing.moved(self.hub.standings())
     }
 
+    /// Spends a token of the account's bucket, waiting for one when it is
+    /// empty (the connection is not read meanwhile).
     async fn pace(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ended> {
         // A reloaded policy's limits apply from the next request on.
         let generation = self.hub.policy_generation();

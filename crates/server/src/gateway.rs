@@ -518,11 +518,12 @@ impl Gateway {
         // their own (see crate::standing).
         let held_thread = match limits.held_for.filter(|d| !d.is_zero()) {
             Some(_) => {
+                // As long as the longest drain below (a handover's flush).
                 let held = crate::held_thread::spawn(
                     self.held_nice,
                     self.tracker.clone(),
                     self.shutdown_tx.subscribe(),
-                    limits.drain_timeout,
+                    limits.drain_timeout.max(limits.write_timeout) + Duration::from_millis(100),
                 )?;
                 self.hub.set_serving_loops(crate::hub::ServingLoops {
                     qm: tokio::runtime::Handle::current(),

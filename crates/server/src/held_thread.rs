@@ -3,13 +3,16 @@
 //! by default (`qm-ipc serve --qm-held-nice`).
 //!
 //! Why nice and not `SCHED_IDLE`: the held thread takes the locks the
-//! serving threads take (the broker's, an outbox's). Preempted while it
-//! holds one, it must get the CPU back before any QM process does, or the
-//! QM thread and the ASIL thread would wait on it behind every busy QM
-//! process (a `SCHED_IDLE` thread shares its CPU time with the QM
-//! processes, themselves often idle-scheduled). At nice 19 it is still a
-//! normal thread: it runs before every idle one, and yields to the QM and
-//! ASIL threads as soon as they wake.
+//! serving threads take (the broker's, an outbox's; it encodes outside
+//! them). Preempted while it holds one, it must get the CPU back soon, or
+//! the QM and ASIL threads wait on it. A `SCHED_IDLE` thread gets the CPU
+//! only when nothing else wants it. At nice 19 it is still a normal
+//! thread: it runs before every idle one, and once a serving thread
+//! blocks on the lock it holds, it is the one that runs. A nice value
+//! weighs only within the CPU cgroup: in the generated deployments QM has
+//! one of its own, so the held thread competes with the gateway's threads
+//! only; where QM peers share the gateway's cgroup, busy ones can delay it
+//! (and through its locks the serving threads) by their share of the CPU.
 
 use std::io;
 use std::sync::Arc;

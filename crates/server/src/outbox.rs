@@ -65,6 +65,11 @@ impl QueuedSample {
     }
 }
 
+/// About the bytes a sample's reply adds to its topic and value (the
+/// envelope, seq, timestamp, dropped, and the instance on the first), to
+/// keep a writer's batch near its budget without encoding under the lock.
+const SAMPLE_ENVELOPE: usize = 160;
+
 /// Why an outbox refused more data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -331,25 +336,43 @@ impl Outbox {
     /// Moves queued data into `out` (frames first, then samples, up to about
     /// `budget` bytes). Returns false once the outbox is closing and empty,
     /// or overflowed.
+    ///
+    /// The samples are taken under the lock and encoded after it is
+    /// released: the lock is shared with every publisher, and a writer on
+    /// the held thread (nice 19) preempted mid-encoding must not keep a
+    /// publish on the ASIL thread waiting for it.
     pub fn take(&self, out: &mut Vec<u8>, budget: usize) -> bool {
-        let mut inner = self.lock();
-        // The writer calls take() when it has written all it took before.
-        inner.writer_busy = false;
-        if inner.overflowed {
-            return false;
+        let mut taken = Vec::new();
+        {
+            let mut inner = self.lock();
+            // The writer calls take() when it has written all it took before.
+            inner.writer_busy = false;
+            if inner.overflowed {
+                return false;
+            }
+            if out.is_empty() {
+                std::mem::swap(out, &mut inner.frames);
+            } else {
+                out.append(&mut inner.frames);
+            }
+            self.drained.notify_waiters();
+            let mut estimate = out.len();
+            while estimate < budget {
+                let Some(sample) = inner.samples.pop_front() else {
+                    break;
+                };
+                inner.sample_bytes -= sample.bytes();
+                estimate += sample.bytes() + sample.topic.json.len() + SAMPLE_ENVELOPE;
+                taken.push(sample);
+            }
+            // Set before the lock is released: nobody writes to the socket
+            // between this writer's bytes.
+            inner.writer_busy = !(out.is_empty() && taken.is_empty());
+            if !inner.writer_busy && inner.closing {
+                return false;
+            }
         }
-        if out.is_empty() {
-            std::mem::swap(out, &mut inner.frames);
-        } else {
-            out.append(&mut inner.frames);
-        }
-        self.drained.notify_waiters();
-        let mut delivered = 0;
-        while out.len() < budget {
-            let Some(sample) = inner.samples.pop_front() else {
-                break;
-            };
-            inner.sample_bytes -= sample.bytes();
+        for sample in &taken {
             EncodedSample {
                 topic_json: &sample.topic.json,
                 seq: sample.value.seq,
@@ -361,11 +384,11 @@ impl Outbox {
                 origin: sample.value.origin.as_deref(),
             }
             .encode_reply(out, true);
-            delivered += 1;
         }
-        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-        inner.writer_busy = !out.is_empty();
-        !(out.is_empty() && inner.closing)
+        self.stats
+            .delivered
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        true
     }
 
     /// Writes queued replies right away with `try_write` (a non-blocking

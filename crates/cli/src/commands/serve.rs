@@ -147,9 +147,9 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.burst), value_name = "N", value_parser = range::<u32>(1, 1_000_000))]
     connection_burst: u32,
     /// How long a QM container that a bound held back (throttled, refused
-    /// a limit, a protocol or value error, a full queue, a timed-out frame
-    /// or write) is served on the held thread, apart from the others, in
-    /// milliseconds. 0: one thread serves all of QM.
+    /// a limit of its own, a protocol or value error, a full queue, a
+    /// timed-out frame or write) is served on the held thread, apart from
+    /// the others, in milliseconds. 0: one thread serves all of QM.
     #[arg(long, default_value_t = Limits::default().held_for.map_or(0, |d| d.as_millis() as u64), value_name = "MS", value_parser = range::<u64>(0, 86_400_000))]
     qm_held_ms: u64,
     /// How long to keep flushing replies when stopping, in milliseconds.

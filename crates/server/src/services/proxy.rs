@@ -36,8 +36,11 @@ pub struct ServiceProxy {
     interface: String,
     socket: PathBuf,
     max_frame: usize,
-    /// One permit per connection the service may be given; a call holds
-    /// one from before it connects until its reply is read.
+    /// One permit per call the service may be given at once; a call holds
+    /// one from before it connects until its reply is read. (Idle
+    /// connections are kept per serving loop, up to this many each, so a
+    /// service may see up to three times as many connections open, all
+    /// but this many idle.)
     slots: Semaphore,
     /// The part of `slots` QM's calls may hold together.
     qm_slots: Semaphore,
@@ -439,7 +442,8 @@ impl ServiceProxy {
 
 /// Who a forwarded call is for, told once per call from the peer: a peer
 /// of the provider socket, served on the ASIL thread, or a QM peer, served
-/// on the QM thread and charged by its account for its share of the pool.
+/// on the QM thread (or the held thread, see `crate::standing`) and
+/// charged by its account for its share of the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Asil,
