@@ -64,14 +64,7 @@ fn a_second_subscribe_on_a_streaming_connection_ends_it_and_duplicates_nothing()
 #[test]
 fn qm_holding_every_consumer_slot_does_not_lock_the_provider_out() {
     let gw = Gateway::start(&["--max-connections", "4", "--max-connections-per-peer", "8"]);
-    let _held: Vec<Raw> = (0..4)
-        .map(|_| {
-            let mut raw = Raw::connect(&gw.consumer);
-            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
-            assert!(raw.recv().is_some());
-            raw
-        })
-        .collect();
+    let _held = gw.served_connections(4);
     let mut provider = Raw::connect(&gw.provider);
     provider.call(json!({"method": "org.varlink.service.GetInfo"}));
     assert_eq!(provider.recv().unwrap()["parameters"]["vendor"], "qm-ipc");

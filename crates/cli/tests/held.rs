@@ -142,29 +142,54 @@ fn a_held_containers_connections_come_back_when_the_hold_ends() {
 }
 
 /// Frames already read when the hold begins move with the connection and
-/// are answered in order on the held thread.
+/// are answered in order on the held thread, and a frame whose first half
+/// was read before the move is completed after it.
 #[test]
 fn frames_read_before_the_move_are_answered_after_it_in_order() {
     let gw = Gateway::start(&["--qm-held-ms", "60000"]);
     let mut raw = Raw::connect(&gw.consumer);
-    // One write: the bad call, then two more, all in the decoder at once.
+    // One write: the bad call, a whole one, and half of a third.
     let mut bytes = b"{\"method\":\"io.qmipc.Gateway.Publish\",\"parameters\":{\"topic\":\"x\",\"value\":{\"v\":1e999}}}\0".to_vec();
-    for call in [
-        json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "nothing.yet"}}),
-        json!({"method": "org.varlink.service.GetInfo"}),
-    ] {
-        bytes.extend_from_slice(call.to_string().as_bytes());
-        bytes.push(0);
-    }
+    let get = json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "nothing.yet"}});
+    bytes.extend_from_slice(get.to_string().as_bytes());
+    bytes.push(0);
+    let mut info = json!({"method": "org.varlink.service.GetInfo"})
+        .to_string()
+        .into_bytes();
+    info.push(0);
+    let (first_half, second_half) = info.split_at(info.len() / 2);
+    bytes.extend_from_slice(first_half);
     raw.send(&bytes);
     assert_eq!(
         raw.recv().unwrap()["error"],
         "io.qmipc.Gateway.InvalidValue"
     );
     assert_eq!(raw.recv().unwrap()["error"], "io.qmipc.Gateway.NoSuchTopic");
+    wait_stats(&gw, "the connection on the held thread", |s| {
+        s["held_connections"] == 1
+    });
+    raw.send(second_half);
     assert_eq!(raw.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
-    let s = stats(&gw);
-    assert_eq!(s["held_connections"], 1, "{s}");
+}
+
+/// A connection refused for its container's connection count holds the
+/// container: its next connections are refused on the held thread.
+#[test]
+fn a_container_past_its_connections_is_held() {
+    let gw = Gateway::start(&["--max-connections-per-peer", "2", "--qm-held-ms", "60000"]);
+    let _kept = gw.served_connections(2);
+    assert_eq!(stats(&gw)["holds"], 0);
+    // Refused at once, in one write, before it asks anything.
+    let mut refused = Raw::connect(&gw.consumer);
+    let reply = refused.recv().expect("the refusal");
+    assert_eq!(
+        reply["parameters"]["limit"], "max_connections_per_peer",
+        "{reply}"
+    );
+    let s = wait_stats(&gw, "the container held, its two connections moved", |s| {
+        s["held_connections"] == 2
+    });
+    assert_eq!(s["holds"], 1, "{s}");
 }
 
 /// A bound all of QM shares (here QM's part of the topics) says nothing of

@@ -21,16 +21,8 @@ fn wait_stats(gw: &Gateway, what: &str, condition: impl Fn(&Value) -> bool) -> V
     gw.wait_stats(what, condition)
 }
 
-/// `n` consumer connections, each proven served by a GetInfo round trip.
 fn served_connections(gw: &Gateway, n: usize) -> Vec<Raw> {
-    (0..n)
-        .map(|_| {
-            let mut raw = Raw::connect(&gw.consumer);
-            raw.call(json!({"method": "org.varlink.service.GetInfo"}));
-            assert!(raw.recv().is_some());
-            raw
-        })
-        .collect()
+    gw.served_connections(n)
 }
 
 /// Calls the test service's Echo through the gateway.

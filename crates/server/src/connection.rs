@@ -394,6 +394,11 @@ async fn serve_on(
                 write_refusal(stream, &frame);
                 tracing::debug!(%peer, %error, "connection refused");
                 hub.record_refused("refused");
+                // Past its own connections: held, so that its next ones
+                // are refused on the held thread, not this one.
+                if !peer.is_provider() && holds_back(&error) {
+                    hub.hold(&peer.account_key());
+                }
                 return Served::Ended(Ended::Refused(error));
             }
         },
@@ -729,7 +734,11 @@ impl Session<'_> {
                 }
                 if let Some(to) = self.moved(shutdown) {
                     if handled > 0 {
+                        // As after a turn below: the frames handled end
+                        // the idle time, and the frame started in the
+                        // decoder, if any, counts from now.
                         clock.idle_since = Instant::now();
+                        clock.frame_started = (decoder.pending() > 0).then(Instant::now);
                     }
                     return Ended::Moving(to);
                 }

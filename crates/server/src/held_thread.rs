@@ -8,7 +8,8 @@
 //! the QM and ASIL threads wait on it. A `SCHED_IDLE` thread gets the CPU
 //! only when nothing else wants it. At nice 19 it is still a normal
 //! thread: it runs before every idle one, and once a serving thread
-//! blocks on the lock it holds, it is the one that runs. A nice value
+//! blocks on a lock it holds, it competes only with what else is runnable
+//! in its CPU cgroup (a nice-0 thread there weighs 68 times as much). A nice value
 //! weighs only within the CPU cgroup: in the generated deployments QM has
 //! one of its own, so the held thread competes with the gateway's threads
 //! only; where QM peers share the gateway's cgroup, busy ones can delay it

@@ -690,6 +690,19 @@ impl Gateway {
         raw.recv().expect("stats reply")["parameters"].clone()
     }
 
+    /// `n` consumer connections, each proven served by a GetInfo round
+    /// trip.
+    pub fn served_connections(&self, n: usize) -> Vec<Raw> {
+        (0..n)
+            .map(|_| {
+                let mut raw = Raw::connect(&self.consumer);
+                raw.call(serde_json::json!({"method": "org.varlink.service.GetInfo"}));
+                assert!(raw.recv().is_some(), "a GetInfo reply");
+                raw
+            })
+            .collect()
+    }
+
     /// Polls `Stats` until `condition` holds (deadline: [`DEADLINE`]).
     pub fn wait_stats(
         &self,

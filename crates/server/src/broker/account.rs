@@ -187,6 +187,30 @@ impl Accounting {
         Ok(Self::take(account, resource, amount))
     }
 
+    /// Would [`Self::charge_replacing`] refuse this charge for the quota?
+    /// Asks without charging (and without creating an account).
+    pub fn would_exceed(
+        &self,
+        key: &AccountKey,
+        resource: Resource,
+        amount: usize,
+        quota: usize,
+        replaced: Option<&Charge>,
+    ) -> Option<QuotaExceeded> {
+        let account = self.accounts.get(key).and_then(Weak::upgrade);
+        let held = account.as_ref().map_or(0, |a| a.held(resource));
+        let credit = replaced
+            .filter(|old| {
+                old.resource == resource
+                    && account
+                        .as_ref()
+                        .is_some_and(|a| Arc::ptr_eq(&old.account, a))
+            })
+            .map_or(0, |old| old.amount);
+        ((held - credit).saturating_add(amount) > quota)
+            .then_some(QuotaExceeded { resource, quota })
+    }
+
     /// A charge under no quota: it only counts.
     pub fn count(&mut self, key: &AccountKey, resource: Resource, amount: usize) -> Charge {
         let account = self.account(key);

@@ -357,6 +357,35 @@ impl Broker {
         let is_provider = connection.peer.is_provider();
         let key = connection.account.clone();
         let value_json = value.into_inner();
+        if !is_provider {
+            // A container's own quotas before the bounds all of QM shares:
+            // one over its own is told so (and held back, see
+            // crate::standing), not told that QM's part is full, which
+            // says nothing of who filled it.
+            let own = [
+                (
+                    Resource::RetainedBytes,
+                    value_json.len(),
+                    self.limits.max_retained_bytes_per_peer,
+                    self.topics.retained_charge(topic),
+                ),
+                (
+                    Resource::Topics,
+                    usize::from(!self.topics.contains(topic)),
+                    self.limits.max_topics_per_peer,
+                    None,
+                ),
+            ];
+            let exceeded = own
+                .into_iter()
+                .find_map(|(resource, amount, quota, replaced)| {
+                    self.accounting
+                        .would_exceed(&key, resource, amount, quota, replaced)
+                });
+            if let Some(exceeded) = exceeded {
+                return Err(self.refuse(exceeded));
+            }
+        }
         let old_size = self.topics.retained_size(topic);
         if self.topics.retained_bytes() - old_size + value_json.len()
             > self.limits.max_retained_bytes

@@ -225,6 +225,49 @@ fn qm_together_never_takes_the_asil_sides_share_of_topics_and_bytes() {
         .expect("and its value may grow");
 }
 
+/// A container over its own quota is told so, even when QM's part of the
+/// bound is full too: a refusal for QM's part says nothing of who filled
+/// it, and is not held against the container (see crate::standing), so
+/// containers at their own quotas could otherwise fill QM's part and never
+/// be held back.
+#[test]
+fn a_containers_own_quota_is_checked_before_qms_share() {
+    let limits = Limits {
+        max_topics: 8,
+        max_topics_per_peer: 2,
+        max_retained_bytes: 1000,
+        max_retained_bytes_per_peer: 100,
+        ..Limits::default()
+    };
+    let mut broker = broker(limits);
+    let mut conns = Vec::new();
+    for container in 0..3u64 {
+        let (conn, _) = connect(&mut broker, &qm(200 + container));
+        for i in 0..2 {
+            broker
+                .publish(conn, &format!("q{container}.{i}"), json("1"), now())
+                .unwrap();
+        }
+        conns.push(conn);
+    }
+    // QM holds its share (6 of 8 topics), each container its quota.
+    let refused = broker
+        .publish(conns[0], "q0.new", json("1"), now())
+        .unwrap_err();
+    assert_eq!(limit_of(refused), "max_topics_per_peer");
+    let (newcomer, _) = connect(&mut broker, &qm(300));
+    let refused = broker
+        .publish(newcomer, "q3.new", json("1"), now())
+        .unwrap_err();
+    assert_eq!(limit_of(refused), "qm_topics");
+    // And bytes: over its own 100 bytes, whatever QM's part holds.
+    let big = format!("\"{}\"", "x".repeat(150));
+    let refused = broker
+        .publish(conns[1], "q1.0", json(&big), now())
+        .unwrap_err();
+    assert_eq!(limit_of(refused), "max_retained_bytes_per_peer");
+}
+
 #[test]
 fn retained_bytes_are_charged_to_the_last_publisher() {
     let limits = Limits {
