@@ -59,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SCHED", default_value = "normal", value_parser = ["idle", "normal"])]
     qm_accept: String,
     /// Nice value of the held thread, which serves the QM containers a
-    /// bound held back (see --qm-held-ms), 0 to 19.
+    /// bound held back (see --qm-held-ms), 0 to 19; below the current
+    /// value needs CAP_SYS_NICE.
     #[arg(long, value_name = "NICE", default_value_t = qm_ipc_server::held_thread::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     qm_held_nice: i32,
     /// Scheduler slice of the QM and ASIL threads, in microseconds (Linux
@@ -147,9 +148,10 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().connection_rate.map_or(0, |r| r.burst), value_name = "N", value_parser = range::<u32>(1, 1_000_000))]
     connection_burst: u32,
     /// How long a QM container that a bound held back (throttled, refused
-    /// a limit of its own, a protocol or value error, a full queue, a
+    /// for a limit of its own, a protocol or value error, a full queue, a
     /// timed-out frame or write) is served on the held thread, apart from
-    /// the others, in milliseconds. 0: one thread serves all of QM.
+    /// the others, after the last time, in milliseconds. 0: one thread
+    /// serves all of QM.
     #[arg(long, default_value_t = Limits::default().held_for.map_or(0, |d| d.as_millis() as u64), value_name = "MS", value_parser = range::<u64>(0, 86_400_000))]
     qm_held_ms: u64,
     /// How long to keep flushing replies when stopping, in milliseconds.
