@@ -27,6 +27,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo bench --locked -p qm-ipc --bench compare -- --quick
 cargo bench --locked -p qm-ipc --bench interference -- --quick
 cargo bench --locked -p qm-ipc --bench library -- --quick
+cargo bench --locked -p qm-ipc-server --bench held_slice -- --quick
 QM_IPC_TEST_TIERS=all cargo test --locked --workspace
 # Every fuzz target (frame decoder, request parser, value validator) for a
 # bounded time; a crash fails the run and leaves its input in fuzz/artifacts.

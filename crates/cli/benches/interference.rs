@@ -2,7 +2,10 @@
 //! can do to the others, measured alone and under attack in one run.
 //!
 //! 1. A well-behaved QM client's Get round trips and calls to an ASIL
-//!    service through the gateway (paced, 400/s).
+//!    service through the gateway (paced, 400/s). Beside each Get, in
+//!    the same slot, a raw echo round trip with no gateway in it: what
+//!    the machine does to any round trip at that moment (the floor of the
+//!    Get's ratio).
 //! 2. An ASIL provider's publish to an ASIL subscriber (both on the
 //!    provider socket).
 //! 3. A provider's connect and GetInfo while QM holds every consumer slot.
@@ -639,8 +642,9 @@ fn cut(bytes: &[u8]) -> String {
 }
 
 enum Measure {
-    /// The well-behaved client: paced Gets, then paced Calls.
-    Client { iterations: usize },
+    /// The well-behaved client: paced Gets (each beside a raw echo round
+    /// trip to `echo`), then paced Calls.
+    Client { iterations: usize, echo: PathBuf },
     /// Connect and GetInfo, paced, `count` times.
     Connects { count: usize },
 }
@@ -648,11 +652,13 @@ enum Measure {
 impl Measure {
     fn args(&self) -> Vec<String> {
         match self {
-            Self::Client { iterations } => vec![
+            Self::Client { iterations, echo } => vec![
                 "--measure".into(),
                 "client".into(),
                 "--count".into(),
                 iterations.to_string(),
+                "--echo".into(),
+                echo.display().to_string(),
             ],
             Self::Connects { count } => vec![
                 "--measure".into(),
@@ -666,12 +672,12 @@ impl Measure {
     /// Runs the measurement; the client uses `client` as its connection
     /// (connecting if there is none).
     fn run(&self, socket: &Path, client: &mut Option<Blocking>) -> Value {
-        match *self {
-            Self::Client { iterations } => {
+        match self {
+            Self::Client { iterations, echo } => {
                 let conn = client.get_or_insert_with(|| reconnect(socket));
-                well_behaved(conn, socket, iterations)
+                well_behaved(conn, socket, echo, *iterations)
             }
-            Self::Connects { count } => connects(socket, count, PROBE_PACE),
+            Self::Connects { count } => connects(socket, *count, PROBE_PACE),
         }
     }
 }
@@ -679,7 +685,10 @@ impl Measure {
 fn measure_main(args: &[String]) -> ! {
     let count: usize = arg(args, "--count").parse().expect("--count");
     let measure = match arg(args, "--measure") {
-        "client" => Measure::Client { iterations: count },
+        "client" => Measure::Client {
+            iterations: count,
+            echo: arg(args, "--echo").into(),
+        },
         "connects" => Measure::Connects { count },
         other => panic!("unknown measurement {other}"),
     };
@@ -736,14 +745,69 @@ fn paced(
 }
 
 /// The well-behaved QM client: paced Gets, then Calls, on one connection.
-fn well_behaved(conn: &mut Blocking, socket: &Path, iterations: usize) -> Value {
+/// Beside each Get, in the same pace slot (which goes first alternates),
+/// a round trip of the same size to a raw echo server: what this
+/// machine's scheduling does to any round trip at that moment, with no
+/// gateway in it (the floor of figure 1).
+fn well_behaved(conn: &mut Blocking, socket: &Path, echo: &Path, iterations: usize) -> Value {
     let get =
         frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "bench.value"}}));
     let call = echo_call(r#"{"n":1}"#);
     let mut errors = Errors::default();
-    let get_ns = paced(conn, socket, &get, iterations, &mut errors);
+    let mut raw = Blocking::connect(echo);
+    let (get_ns, echo_ns) =
+        paced_beside_echo(conn, socket, &mut raw, &get, iterations, &mut errors);
     let call_ns = paced(conn, socket, &call, iterations, &mut errors);
-    json!({"get": get_ns, "call": call_ns, "errors": errors.count, "first_error": errors.first})
+    json!({"get": get_ns, "echo": echo_ns, "call": call_ns, "errors": errors.count, "first_error": errors.first})
+}
+
+/// [`paced`], with a raw echo round trip of the same bytes in each slot.
+fn paced_beside_echo(
+    conn: &mut Blocking,
+    socket: &Path,
+    echo: &mut Blocking,
+    call: &[u8],
+    iterations: usize,
+    errors: &mut Errors,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut call_ns = Vec::with_capacity(iterations);
+    let mut echo_ns = Vec::with_capacity(iterations);
+    let warmup = iterations / 10;
+    let start = Instant::now();
+    let round_trip = |conn: &mut Blocking, errors: &mut Errors, is_echo: bool| {
+        let t = Instant::now();
+        let reply = conn.send_raw(call).ok().and_then(|()| conn.recv_raw());
+        let elapsed = t.elapsed().as_nanos() as u64;
+        match reply {
+            Some(_) if is_echo => {}
+            Some(reply) if is_error(&reply) => errors.note(|| cut(&reply)),
+            Some(_) => {}
+            None if is_echo => panic!("the raw echo server closed"),
+            None => {
+                errors.note(|| "connection closed".into());
+                *conn = reconnect(socket);
+            }
+        }
+        elapsed
+    };
+    for i in 0..(iterations + warmup) {
+        let due = start + PACE * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let (c, e) = if i % 2 == 0 {
+            let c = round_trip(conn, errors, false);
+            (c, round_trip(echo, errors, true))
+        } else {
+            let e = round_trip(echo, errors, true);
+            (round_trip(conn, errors, false), e)
+        };
+        if i >= warmup {
+            call_ns.push(c);
+            echo_ns.push(e);
+        }
+    }
+    (call_ns, echo_ns)
 }
 
 /// A Unix stream connection whose connect waits at most `timeout` (a full
@@ -1288,6 +1352,8 @@ fn asil_latency(provider: &Path, phase: u64, stop: &AtomicBool) -> (Histogram<u6
 /// One phase's figures 1, 2 and 4 (3 is measured apart).
 struct Phase {
     get: Histogram<u64>,
+    /// Raw echo round trips beside the Gets (no gateway in them).
+    echo: Histogram<u64>,
     call: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
@@ -1306,6 +1372,7 @@ fn run_phase(
     gw: &GatewayProcess,
     client: &Identity,
     probe: &Identity,
+    echo: &Path,
     phase: u64,
     iterations: usize,
     probes: usize,
@@ -1318,13 +1385,21 @@ fn run_phase(
         thread::spawn(move || asil_latency(&provider, phase, &stop))
     };
     let before = (published.load(Ordering::Relaxed), Instant::now());
-    let result = peers.measure(client, &Measure::Client { iterations }, &gw.consumer);
+    let result = peers.measure(
+        client,
+        &Measure::Client {
+            iterations,
+            echo: echo.to_owned(),
+        },
+        &gw.consumer,
+    );
     let after = (published.load(Ordering::Relaxed), Instant::now());
     stop.store(true, Ordering::Relaxed);
     let (asil, asil_lost, asil_dropped) = asil.join().expect("ASIL latency");
     let other = peers.measure(probe, &Measure::Connects { count: probes }, &gw.consumer);
     Phase {
         get: histogram_of(&result["get"]),
+        echo: histogram_of(&result["echo"]),
         call: histogram_of(&result["call"]),
         errors: result["errors"].as_u64().unwrap_or(0),
         first_error: result["first_error"].as_str().map(str::to_owned),
@@ -1528,6 +1603,16 @@ fn main() {
 
     let echo = RawEcho::start();
     let baseline = echo.measure(64, iterations * 4);
+    // The well-behaved client, of another uid, echoes beside its Gets.
+    for (path, mode) in [
+        (echo.path.parent(), 0o755),
+        (Some(echo.path.as_path()), 0o666),
+    ] {
+        if let Some(path) = path {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .expect("open the echo socket to the client's uid");
+        }
+    }
 
     let mut attacker_uids: Vec<u32> = attacker_ids.iter().map(|i| i.uid).collect();
     attacker_uids.push(storm_id.uid);
@@ -1573,7 +1658,7 @@ fn main() {
 
     println!("phase 1/3: alone");
     let alone = run_phase(
-        &mut peers, &gw, &client_id, &probe_id, 1, iterations, probes, &published,
+        &mut peers, &gw, &client_id, &probe_id, &echo.path, 1, iterations, probes, &published,
     );
     let provider_alone = connects(&gw.provider, provider_connects, PROVIDER_CONNECT_PACE);
 
@@ -1587,7 +1672,7 @@ fn main() {
         println!("phase 1b: alone, with {cpus} threads at SCHED_IDLE keeping every CPU busy");
         peers.start_attack(&storm_id, &[Kind::CpuLoad], cpus, &gw.consumer);
         let phase = run_phase(
-            &mut peers, &gw, &client_id, &probe_id, 4, iterations, probes, &published,
+            &mut peers, &gw, &client_id, &probe_id, &echo.path, 4, iterations, probes, &published,
         );
         peers.stop_attack();
         phase
@@ -1606,7 +1691,7 @@ fn main() {
     peers.start_attack(&storm_id, &[Kind::Storm], STORM_THREADS, &gw.consumer);
     let in_place = wait_for_slots(&mut stats, mix_connections * 4 / 5, Duration::from_secs(20));
     let attacked = run_phase(
-        &mut peers, &gw, &client_id, &probe_id, 2, iterations, probes, &published,
+        &mut peers, &gw, &client_id, &probe_id, &echo.path, 2, iterations, probes, &published,
     );
 
     println!(
@@ -1648,6 +1733,7 @@ fn main() {
     let bound = bounds.memory_bound() + start_rss_kib * 1024;
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let get_ratio = p99_ratio(&attacked.get, &alone.get);
+    let echo_ratio = p99_ratio(&attacked.echo, &alone.echo);
     let call_ratio = p99_ratio(&attacked.call, &alone.call);
     let asil_ratio = p99_ratio(&attacked.asil, &alone.asil);
     let provider_p99_ms = us(&provider_full_h, 0.99) / 1000.0;
@@ -1672,6 +1758,18 @@ fn main() {
             &attacked.get,
             &baseline,
             Some(attacked.errors),
+        ),
+        row(
+            "1. raw socket echo beside each Get, alone (no gateway)",
+            &alone.echo,
+            &baseline,
+            None,
+        ),
+        row(
+            "1. raw socket echo beside each Get, under attack (no gateway)",
+            &attacked.echo,
+            &baseline,
+            None,
         ),
         row(
             "1. Call to an ASIL service, alone",
@@ -1733,7 +1831,7 @@ fn main() {
             ),
         );
         figures.insert(
-            7,
+            9,
             row(
                 "2. ASIL publish → ASIL subscriber, alone, every CPU kept busy at SCHED_IDLE",
                 &loaded.asil,
@@ -1746,6 +1844,13 @@ fn main() {
         format!(
             "| 1. Get p99 under attack / alone ≤ 1.3 | {get_ratio:.2} | {} |",
             verdict(get_ratio <= 1.3)
+        ),
+        format!(
+            "| 1. raw echo p99 under attack / alone, beside the Gets (the floor of the target above: a round trip with no gateway in it; no target) | {echo_ratio:.2} | |"
+        ),
+        format!(
+            "| 1. Get p99 / raw echo p99 beside it, under attack (what the gateway adds under attack, no target) | {:.2} | |",
+            p99_ratio(&attacked.get, &attacked.echo)
         ),
         format!(
             "| 1. Call p99 under attack / alone ≤ 1.5 | {call_ratio:.2} | {} |",
@@ -1827,7 +1932,7 @@ fn main() {
             ),
         );
         targets.insert(
-            5,
+            7,
             format!(
                 "| 2. ASIL publish → subscriber p99 under attack / alone with every CPU busy at SCHED_IDLE ≤ 1.1 | {asil:.2} | {} |",
                 verdict(asil <= 1.1)

@@ -36,7 +36,7 @@ use crate::outbox::{Outbox, PublishedValue, TopicName};
 use crate::peer::Peer;
 use crate::policy::{Action, Decision, Policy};
 use crate::rate::TokenBucket;
-use crate::services::proxy::{Caller, ServiceStream, StreamReply};
+use crate::services::proxy::{Caller, Relayed, ServiceStream, StreamReply};
 use crate::services::ServiceProxy;
 use crate::standing::{ServingLoop, StandingWatch};
 
@@ -211,7 +211,7 @@ enum Answer {
     /// A topic's current sample, written from its encoded form.
     Sample(Arc<TopicName>, Arc<PublishedValue>),
     /// A service's whole reply frame, relayed as it is.
-    Relayed(Vec<u8>),
+    Relayed(Relayed),
 }
 
 /// A frame read as a call, owning what the answer needs (the frame's
@@ -872,9 +872,9 @@ impl Session<'_> {
             Ok(Some(Answer::Json(parameters))) if !oneway => self
                 .outbox
                 .push_reply(|out| encode_reply(out, &parameters, self.mode == Mode::Streaming)),
-            Ok(Some(Answer::Relayed(frame))) if !oneway => self
+            Ok(Some(Answer::Relayed(reply))) if !oneway => self
                 .outbox
-                .push_reply(|out| qm_ipc_proto::framing::encode_frame(out, &frame)),
+                .push_reply(|out| qm_ipc_proto::framing::encode_frame(out, &reply.frame)),
             Ok(Some(Answer::Sample(topic, value))) if !oneway => self.outbox.push_reply(|out| {
                 EncodedSample {
                     topic_json: &topic.json,
@@ -963,7 +963,7 @@ impl Session<'_> {
             .await;
         let error = match &outcome {
             Err(e) => Some(e.name()),
-            Ok(Some(Answer::Relayed(frame))) => relayed_error(frame),
+            Ok(Some(Answer::Relayed(reply))) => reply.error.clone(),
             Ok(_) => None,
         };
         hub.observe_proxied_call(
@@ -1457,15 +1457,6 @@ fn peer_closed(fd: &impl std::os::fd::AsRawFd) -> bool {
     // SAFETY: one pollfd of a descriptor we own, no wait (timeout 0).
     let n = unsafe { libc::poll(&mut poll, 1, 0) };
     n > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// The error name of a relayed reply, if it is an error.
-fn relayed_error(frame: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct ErrorName {
-        error: Option<String>,
-    }
-    serde_json::from_slice::<ErrorName>(frame).ok()?.error
 }
 
 /// Resolves when the connection's standing may have changed; never

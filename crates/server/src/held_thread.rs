@@ -28,6 +28,10 @@ use crate::standing::ServingLoop;
 /// The held thread's nice value unless `--qm-held-nice` says otherwise.
 pub const DEFAULT_NICE: i32 = 19;
 
+/// The held thread's scheduler slice: the longest the kernel takes, so
+/// that every thread with a shorter one preempts it on waking.
+pub const HELD_SLICE: Duration = Duration::from_millis(100);
+
 /// The held thread, running.
 pub(crate) struct HeldThread {
     pub handle: Handle,
@@ -59,10 +63,17 @@ pub(crate) fn spawn(
         .name("qm-ipc-held".into())
         .spawn(move || {
             ServingLoop::Held.enter();
-            // The kernel's slice, not the QM thread's short one (taken
-            // over when this thread was spawned): the serving threads
-            // preempt this one as soon as they wake.
-            let _ = crate::provider_thread::set_slice(Duration::ZERO);
+            // The longest slice the kernel takes, not the QM thread's
+            // short one (taken over when this thread was spawned). Under
+            // EEVDF a thread that wakes with a shorter slice than the
+            // running one may preempt it at once (PREEMPT_SHORT); with an
+            // equal slice it waits until the running one has had its
+            // share (RUN_TO_PARITY), up to the whole slice. So with the
+            // longest slice, every other thread of the machine preempts
+            // this one as soon as it wakes: the serving threads, and QM's
+            // and ASIL's well-behaved peers too, which keep the kernel's
+            // default slice.
+            let _ = crate::provider_thread::set_slice(HELD_SLICE);
             // SAFETY: gettid has no preconditions; setpriority on a thread
             // id changes that thread only (Linux). Raising one's own nice
             // value needs no privilege.

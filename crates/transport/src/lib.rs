@@ -108,6 +108,36 @@ impl UnixConn {
         self.fd.get_ref().read(buf)
     }
 
+    /// Whether the connection is open with nothing to read, asked of the
+    /// socket now (a close the event loop has not seen yet counts): for a
+    /// pooled connection about to be used again. `Ok(false)` when it is
+    /// closed or holds unasked bytes (one byte is then consumed: the
+    /// connection is not to be used again).
+    ///
+    /// The readiness the last `read` left behind is stale (a read that
+    /// got its bytes does not clear it), so the next `read` would try the
+    /// socket once for nothing before waiting. The answer here clears it:
+    /// one system call for both.
+    pub fn is_quiet(&self) -> io::Result<bool> {
+        let mut probe = [0u8; 1];
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.fd.poll_read_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(mut ready)) => {
+                match ready.try_io(|fd| fd.get_ref().read(&mut probe)) {
+                    Ok(Ok(_)) => Ok(false),
+                    Ok(Err(e)) => Err(e),
+                    Err(_would_block) => Ok(true),
+                }
+            }
+            std::task::Poll::Ready(Err(e)) => Err(e),
+            std::task::Poll::Pending => match self.fd.get_ref().read(&mut probe) {
+                Ok(_) => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     /// Writes all of `buf`. Not cancel-safe: a cancelled write may have
     /// sent part of `buf`, so a caller that gives up drops the connection.
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
@@ -197,6 +227,29 @@ mod tests {
             conn.try_read(&mut more).map_err(|e| e.kind()),
             Err(io::ErrorKind::WouldBlock)
         );
+    }
+
+    /// A pooled connection asked whether it is quiet: yes while the peer
+    /// is silent, also right after a read that got its bytes (whose
+    /// readiness the answer clears), and the next reply still wakes the
+    /// read; no once the peer sent something unasked, or closed.
+    #[tokio::test]
+    async fn a_quiet_connection_is_told_from_a_closed_or_talking_one() {
+        let (_dir, conn, mut peer) = pair().await;
+        assert!(conn.is_quiet().expect("fresh"));
+        let mut buf = [0u8; 64];
+        for round in 0..3u8 {
+            peer.write_all(&[round; 2]).await.expect("write");
+            let n = within("a reply", conn.read(&mut buf)).await.expect("read");
+            assert_eq!(&buf[..n], &[round; 2]);
+            assert!(conn.is_quiet().expect("after a reply"), "round {round}");
+        }
+        peer.write_all(b"unasked").await.expect("write");
+        // Seen by the socket at once, before the event loop has turned.
+        assert!(!conn.is_quiet().expect("unasked bytes"));
+        let (_dir, conn, peer) = pair().await;
+        drop(peer);
+        assert!(!conn.is_quiet().expect("closed"));
     }
 
     /// Bytes that come after a read must wake the next one.

@@ -1,6 +1,9 @@
 //! qm-ipc against the physical baseline (a raw Unix socket) and against
 //! D-Bus, in one run on one machine, each scenario pinned twice: everything
-//! on one CPU, and "split" (clients on CPU 0, servers on CPU 1).
+//! on one CPU, and "split" (clients on CPU 0, servers on CPU 1). A proxied
+//! call is also measured against the same call through a relay that
+//! checks nothing (`relay.rs`): the floor of any proxy on the machine.
+//! `QM_IPC_BENCH_GATEWAY_ARGS` adds gateway options, to compare settings.
 //!
 //!     cargo bench -p qm-ipc --bench compare                    # full run, writes docs/benchmarks.md
 //!     cargo bench -p qm-ipc --bench compare -- --quick         # smoke run (CI), judges nothing
@@ -9,6 +12,7 @@
 //!                                                              # and the section from docs/benchmarks.md
 
 mod dbus;
+mod relay;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -19,6 +23,7 @@ use std::thread;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
+use relay::RELAY_ENV;
 use serde_json::{json, Value};
 use support::*;
 
@@ -299,6 +304,9 @@ fn replot() {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(RELAY_ENV) {
+        return relay::serve(&spec);
+    }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--replot") {
         return replot();
@@ -318,7 +326,7 @@ fn main() {
     if let Err(why) = &dbus {
         eprintln!("D-Bus comparison skipped: {why}");
     }
-    let per_placement = 3 + 1 + 3 + 3 + 3 + 3 + 1 + 3 + if dbus.is_ok() { 4 } else { 0 };
+    let per_placement = 3 + 1 + 3 + 3 + 3 + 3 + 3 + 1 + 3 + if dbus.is_ok() { 4 } else { 0 };
     let mut progress = Progress {
         step: 0,
         total: per_placement * placements.len(),
@@ -366,23 +374,24 @@ fn main() {
             ),
         )
         .expect("services file");
-        let gw = GatewayProcess::start_on(
-            server,
-            &[
-                "--services",
-                services.to_str().expect("utf-8 path"),
-                "--rate",
-                "0",
-                "--connection-rate",
-                "0",
-                "--max-connections",
-                "256",
-                "--max-connections-per-peer",
-                "256",
-                "--subscription-queue",
-                "1024",
-            ],
-        );
+        // More gateway options, to compare settings in one build.
+        let extra = std::env::var("QM_IPC_BENCH_GATEWAY_ARGS").unwrap_or_default();
+        let mut args = vec![
+            "--services",
+            services.to_str().expect("utf-8 path"),
+            "--rate",
+            "0",
+            "--connection-rate",
+            "0",
+            "--max-connections",
+            "256",
+            "--max-connections-per-peer",
+            "256",
+            "--subscription-queue",
+            "1024",
+        ];
+        args.extend(extra.split_whitespace());
+        let gw = GatewayProcess::start_on(server, &args);
         pin_to(client);
         let mut client_conn = Blocking::connect(&gw.consumer);
         let mut publisher = Blocking::connect(&gw.provider);
@@ -418,6 +427,17 @@ fn main() {
         let echo = |payload: usize| json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}});
         let mut direct = Blocking::connect(&service_socket);
         calls("varlink call, direct to the service", &mut direct, &echo);
+        // The floor of any proxy: the same calls through a relay that
+        // checks nothing (its own process, on the gateway's CPU).
+        let relay = relay::RelayProcess::start_on(server, &service_socket);
+        let mut relayed = Blocking::connect(&relay.socket);
+        calls(
+            "raw relay to the service (checks nothing)",
+            &mut relayed,
+            &echo,
+        );
+        drop(relayed);
+        drop(relay);
         calls("qm-ipc proxied call", &mut client_conn, &echo);
         progress.next(&format!("qm-ipc publish to subscriber ({placement})"));
         let h = publish_to_subscriber(&gw, client, server, iterations);

@@ -60,7 +60,9 @@ pub struct ServeArgs {
     qm_accept: String,
     /// Nice value of the held thread, which serves the QM containers a
     /// bound held back (see --qm-held-ms), 0 to 19; below the current
-    /// value needs CAP_SYS_NICE.
+    /// value needs CAP_SYS_NICE. (Its scheduler slice is the longest the
+    /// kernel takes, so that any thread with a shorter one preempts it on
+    /// waking.)
     #[arg(long, value_name = "NICE", default_value_t = qm_ipc_server::held_thread::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     qm_held_nice: i32,
     /// Scheduler slice of the QM and ASIL threads, in microseconds (Linux

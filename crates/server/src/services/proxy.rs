@@ -59,8 +59,13 @@ pub struct ServiceProxy {
 }
 
 /// A forwarded call's reply: the service's frame (without its NUL),
-/// checked as strict JSON, relayed as it is.
-pub type Relayed = Vec<u8>;
+/// checked as strict JSON, relayed as it is; and the error it names, if
+/// it is one (for monitors), read in the same check.
+#[derive(Debug)]
+pub struct Relayed {
+    pub frame: Vec<u8>,
+    pub error: Option<String>,
+}
 
 impl ServiceProxy {
     pub fn new(interface: String, socket: PathBuf, connections: usize, max_frame: usize) -> Self {
@@ -134,7 +139,7 @@ impl ServiceProxy {
             .exchange(request.as_bytes(), false, deadline, timeout, serving)
             .await?
             .ok_or_else(|| self.unavailable())?;
-        let description = serde_json::from_slice::<Value>(&reply)
+        let description = serde_json::from_slice::<Value>(&reply.frame)
             .ok()
             .and_then(|v| v["parameters"]["description"].as_str().map(str::to_owned));
         let Some(description) = description else {
@@ -381,12 +386,18 @@ impl ServiceProxy {
             tracing::warn!(service = %self.interface, "sent more than one reply to a call");
             return Err(self.unavailable());
         }
-        if let Err(e) = check_relayable(&reply, false) {
-            tracing::warn!(service = %self.interface, "reply not relayed: {e}");
-            return Err(self.unavailable());
-        }
+        let error = match check_relayable(&reply, false) {
+            Ok(checked) => checked.error,
+            Err(e) => {
+                tracing::warn!(service = %self.interface, "reply not relayed: {e}");
+                return Err(self.unavailable());
+            }
+        };
         self.give_back(stream, decoder, serving);
-        Ok(Some(reply))
+        Ok(Some(Relayed {
+            frame: reply,
+            error,
+        }))
     }
 
     /// Counts a call of a QM account, unless it has its share in flight.
@@ -415,14 +426,10 @@ impl ServiceProxy {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         while let Some((stream, decoder)) = idle.pop() {
-            let mut probe = [0u8; 1];
-            match stream.try_read(&mut probe) {
-                // Nothing to read: alive and quiet, as an idle one should be.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Some((stream, decoder))
-                }
-                // Closed, failed, or sent something unasked: not reused.
-                _ => continue,
+            // Alive and quiet, as an idle one should be; closed, failed,
+            // or with something unasked to read, it is not reused.
+            if let Ok(true) = stream.is_quiet() {
+                return Some((stream, decoder));
             }
         }
         None
@@ -473,7 +480,7 @@ type Share<'a> = (AccountTurn<'a>, tokio::sync::SemaphorePermit<'a>);
 /// One reply of a service's stream, relayed as the service sent it.
 #[derive(Debug)]
 pub struct StreamReply {
-    pub frame: Relayed,
+    pub frame: Vec<u8>,
     /// The stream's last reply (no `continues`, or an error).
     pub last: bool,
 }
@@ -509,7 +516,7 @@ impl ServiceStream<'_> {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     let last = match check_relayable(frame, true) {
-                        Ok(continues) => !continues,
+                        Ok(checked) => !checked.continues,
                         Err(e) => {
                             tracing::warn!(service = %self.proxy.interface, "stream reply not relayed: {e}");
                             self.ended = true;
@@ -573,10 +580,19 @@ impl Drop for AccountTurn<'_> {
     }
 }
 
+/// What [`check_relayable`] read of a reply.
+#[derive(Debug, PartialEq)]
+struct Checked {
+    /// The reply says more follow.
+    continues: bool,
+    /// The error it names, if it is one.
+    error: Option<String>,
+}
+
 /// A service's reply may go to QM only if it is one strict JSON object of
 /// the varlink reply shape, and asks for nothing more unless the call was a
-/// stream (`stream`). Returns whether the reply says more follow.
-fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
+/// stream (`stream`).
+fn check_relayable(reply: &[u8], stream: bool) -> Result<Checked, String> {
     /// The reply's members, read without building a tree of its
     /// parameters (the strict check has been over every byte already).
     #[derive(serde::Deserialize)]
@@ -601,18 +617,25 @@ fn check_relayable(reply: &[u8], stream: bool) -> Result<bool, String> {
     if !starts(shape.error, b'"') {
         return Err("error is not a string".into());
     }
-    if shape.error.is_some_and(|e| e.get() != "null") {
+    if let Some(error) = shape.error.filter(|e| e.get() != "null") {
         // An error ends a stream: one that says more follow would tell
         // the QM client to wait on a stream the gateway has ended, and to
         // take the replies to its next calls for the stream's.
         if shape.continues == Some(true) {
             return Err("an error reply that says more follow".into());
         }
-        return Ok(false);
+        let name = serde_json::from_str::<String>(error.get()).map_err(|e| e.to_string())?;
+        return Ok(Checked {
+            continues: false,
+            error: Some(name),
+        });
     }
     match shape.continues {
         Some(true) if !stream => Err("a stream reply to a call that did not ask for one".into()),
-        continues => Ok(continues == Some(true)),
+        continues => Ok(Checked {
+            continues: continues == Some(true),
+            error: None,
+        }),
     }
 }
 
@@ -645,7 +668,7 @@ mod tests {
 
     #[test]
     fn only_replies_of_the_varlink_shape_are_relayed() {
-        let ok = |r: &str, stream| check_relayable(r.as_bytes(), stream);
+        let ok = |r: &str, stream| check_relayable(r.as_bytes(), stream).map(|c| c.continues);
         assert_eq!(ok(r#"{"parameters": {"a": 1}}"#, false), Ok(false));
         assert_eq!(ok(r#"{ "parameters" : null }"#, false), Ok(false));
         assert_eq!(ok(r#"{}"#, false), Ok(false));
@@ -658,8 +681,11 @@ mod tests {
             Ok(false)
         );
         assert_eq!(
-            ok(r#"{"error": "a.B.C", "parameters": {}}"#, true),
-            Ok(false)
+            check_relayable(br#"{"error": "a.B.C", "parameters": {}}"#, true),
+            Ok(super::Checked {
+                continues: false,
+                error: Some("a.B.C".into())
+            })
         );
         // An error that says more follow is not relayed: it would tell the
         // client to wait on a stream the error ended.
