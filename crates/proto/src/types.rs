@@ -136,17 +136,19 @@ pub struct EncodedSample<'a> {
 impl EncodedSample<'_> {
     /// Appends the streaming reply frame `{"parameters":{"sample":{...}},"continues":true}`.
     pub fn encode_reply(&self, out: &mut Vec<u8>, continues: bool) {
-        use std::io::Write;
+        // Numbers with itoa: `write!` goes through the formatting machinery,
+        // which was a twelfth of the instructions of a whole `Get`.
+        let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"{\"parameters\":{\"sample\":{\"topic\":");
         out.extend_from_slice(self.topic_json.as_bytes());
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, ",\"seq\":{},\"value\":", self.seq);
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(number.format(self.seq).as_bytes());
+        out.extend_from_slice(b",\"value\":");
         out.extend_from_slice(self.value_json.as_bytes());
-        let _ = write!(
-            out,
-            ",\"timestamp_us\":{},\"dropped\":{}",
-            self.timestamp_us, self.dropped
-        );
+        out.extend_from_slice(b",\"timestamp_us\":");
+        out.extend_from_slice(number.format(self.timestamp_us).as_bytes());
+        out.extend_from_slice(b",\"dropped\":");
+        out.extend_from_slice(number.format(self.dropped).as_bytes());
         if let Some(instance) = self.instance_json {
             out.extend_from_slice(b",\"instance\":");
             out.extend_from_slice(instance.as_bytes());
