@@ -3,9 +3,9 @@
 //!
 //! 1. A well-behaved QM client's Get round trips and calls to an ASIL
 //!    service through the gateway (paced, 400/s). Beside each Get, in
-//!    the same slot, a raw echo round trip with no gateway in it: what
-//!    the machine does to any round trip at that moment (the floor of the
-//!    Get's ratio).
+//!    the same slot, a raw echo round trip between two threads of the
+//!    client's own process, with no gateway in it: what the machine does
+//!    to a round trip at that moment (a reference for the Get's ratio).
 //! 2. An ASIL provider's publish to an ASIL subscriber (both on the
 //!    provider socket).
 //! 3. A provider's connect and GetInfo while QM holds every consumer slot.
@@ -643,8 +643,8 @@ fn cut(bytes: &[u8]) -> String {
 
 enum Measure {
     /// The well-behaved client: paced Gets (each beside a raw echo round
-    /// trip to `echo`), then paced Calls.
-    Client { iterations: usize, echo: PathBuf },
+    /// trip within its own process), then paced Calls.
+    Client { iterations: usize },
     /// Connect and GetInfo, paced, `count` times.
     Connects { count: usize },
 }
@@ -652,13 +652,11 @@ enum Measure {
 impl Measure {
     fn args(&self) -> Vec<String> {
         match self {
-            Self::Client { iterations, echo } => vec![
+            Self::Client { iterations } => vec![
                 "--measure".into(),
                 "client".into(),
                 "--count".into(),
                 iterations.to_string(),
-                "--echo".into(),
-                echo.display().to_string(),
             ],
             Self::Connects { count } => vec![
                 "--measure".into(),
@@ -672,12 +670,12 @@ impl Measure {
     /// Runs the measurement; the client uses `client` as its connection
     /// (connecting if there is none).
     fn run(&self, socket: &Path, client: &mut Option<Blocking>) -> Value {
-        match self {
-            Self::Client { iterations, echo } => {
+        match *self {
+            Self::Client { iterations } => {
                 let conn = client.get_or_insert_with(|| reconnect(socket));
-                well_behaved(conn, socket, echo, *iterations)
+                well_behaved(conn, socket, iterations)
             }
-            Self::Connects { count } => connects(socket, *count, PROBE_PACE),
+            Self::Connects { count } => connects(socket, count, PROBE_PACE),
         }
     }
 }
@@ -685,10 +683,7 @@ impl Measure {
 fn measure_main(args: &[String]) -> ! {
     let count: usize = arg(args, "--count").parse().expect("--count");
     let measure = match arg(args, "--measure") {
-        "client" => Measure::Client {
-            iterations: count,
-            echo: arg(args, "--echo").into(),
-        },
+        "client" => Measure::Client { iterations: count },
         "connects" => Measure::Connects { count },
         other => panic!("unknown measurement {other}"),
     };
@@ -746,19 +741,39 @@ fn paced(
 
 /// The well-behaved QM client: paced Gets, then Calls, on one connection.
 /// Beside each Get, in the same pace slot (which goes first alternates),
-/// a round trip of the same size to a raw echo server: what this
-/// machine's scheduling does to any round trip at that moment, with no
-/// gateway in it (the floor of figure 1).
-fn well_behaved(conn: &mut Blocking, socket: &Path, echo: &Path, iterations: usize) -> Value {
+/// the Get's bytes echoed by a thread of the client's own process, in its
+/// own container's cgroup: what the machine does at that moment to a
+/// round trip with no gateway in it (a reference for figure 1, not a
+/// floor: the gateway's threads are among what the echo competes with).
+fn well_behaved(conn: &mut Blocking, socket: &Path, iterations: usize) -> Value {
     let get =
         frame(&json!({"method": "io.qmipc.Gateway.Get", "parameters": {"topic": "bench.value"}}));
     let call = echo_call(r#"{"n":1}"#);
     let mut errors = Errors::default();
-    let mut raw = Blocking::connect(echo);
+    let (near, far) = UnixStream::pair().expect("a socket pair for the echo");
+    let echoing = thread::spawn(move || echo_until_closed(far));
+    let mut raw = Blocking::from_stream(near);
     let (get_ns, echo_ns) =
         paced_beside_echo(conn, socket, &mut raw, &get, iterations, &mut errors);
+    drop(raw);
+    let _ = echoing.join();
     let call_ns = paced(conn, socket, &call, iterations, &mut errors);
     json!({"get": get_ns, "echo": echo_ns, "call": call_ns, "errors": errors.count, "first_error": errors.first})
+}
+
+/// Sends back what it reads until the other end closes.
+fn echo_until_closed(mut stream: UnixStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// [`paced`], with a raw echo round trip of the same bytes in each slot.
@@ -1372,7 +1387,6 @@ fn run_phase(
     gw: &GatewayProcess,
     client: &Identity,
     probe: &Identity,
-    echo: &Path,
     phase: u64,
     iterations: usize,
     probes: usize,
@@ -1385,14 +1399,7 @@ fn run_phase(
         thread::spawn(move || asil_latency(&provider, phase, &stop))
     };
     let before = (published.load(Ordering::Relaxed), Instant::now());
-    let result = peers.measure(
-        client,
-        &Measure::Client {
-            iterations,
-            echo: echo.to_owned(),
-        },
-        &gw.consumer,
-    );
+    let result = peers.measure(client, &Measure::Client { iterations }, &gw.consumer);
     let after = (published.load(Ordering::Relaxed), Instant::now());
     stop.store(true, Ordering::Relaxed);
     let (asil, asil_lost, asil_dropped) = asil.join().expect("ASIL latency");
@@ -1603,16 +1610,6 @@ fn main() {
 
     let echo = RawEcho::start();
     let baseline = echo.measure(64, iterations * 4);
-    // The well-behaved client, of another uid, echoes beside its Gets.
-    for (path, mode) in [
-        (echo.path.parent(), 0o755),
-        (Some(echo.path.as_path()), 0o666),
-    ] {
-        if let Some(path) = path {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .expect("open the echo socket to the client's uid");
-        }
-    }
 
     let mut attacker_uids: Vec<u32> = attacker_ids.iter().map(|i| i.uid).collect();
     attacker_uids.push(storm_id.uid);
@@ -1658,7 +1655,7 @@ fn main() {
 
     println!("phase 1/3: alone");
     let alone = run_phase(
-        &mut peers, &gw, &client_id, &probe_id, &echo.path, 1, iterations, probes, &published,
+        &mut peers, &gw, &client_id, &probe_id, 1, iterations, probes, &published,
     );
     let provider_alone = connects(&gw.provider, provider_connects, PROVIDER_CONNECT_PACE);
 
@@ -1672,7 +1669,7 @@ fn main() {
         println!("phase 1b: alone, with {cpus} threads at SCHED_IDLE keeping every CPU busy");
         peers.start_attack(&storm_id, &[Kind::CpuLoad], cpus, &gw.consumer);
         let phase = run_phase(
-            &mut peers, &gw, &client_id, &probe_id, &echo.path, 4, iterations, probes, &published,
+            &mut peers, &gw, &client_id, &probe_id, 4, iterations, probes, &published,
         );
         peers.stop_attack();
         phase
@@ -1691,7 +1688,7 @@ fn main() {
     peers.start_attack(&storm_id, &[Kind::Storm], STORM_THREADS, &gw.consumer);
     let in_place = wait_for_slots(&mut stats, mix_connections * 4 / 5, Duration::from_secs(20));
     let attacked = run_phase(
-        &mut peers, &gw, &client_id, &probe_id, &echo.path, 2, iterations, probes, &published,
+        &mut peers, &gw, &client_id, &probe_id, 2, iterations, probes, &published,
     );
 
     println!(
@@ -1760,13 +1757,13 @@ fn main() {
             Some(attacked.errors),
         ),
         row(
-            "1. raw socket echo beside each Get, alone (no gateway)",
+            "1. raw echo beside each Get, in the client's process, alone (no gateway)",
             &alone.echo,
             &baseline,
             None,
         ),
         row(
-            "1. raw socket echo beside each Get, under attack (no gateway)",
+            "1. raw echo beside each Get, in the client's process, under attack (no gateway)",
             &attacked.echo,
             &baseline,
             None,
@@ -1846,10 +1843,10 @@ fn main() {
             verdict(get_ratio <= 1.3)
         ),
         format!(
-            "| 1. raw echo p99 under attack / alone, beside the Gets (the floor of the target above: a round trip with no gateway in it; no target) | {echo_ratio:.2} | |"
+            "| 1. raw echo p99 under attack / alone, beside the Gets (a reference for the Get's ratio: a round trip with no gateway in it, at the same moments; no target) | {echo_ratio:.2} | |"
         ),
         format!(
-            "| 1. Get p99 / raw echo p99 beside it, under attack (what the gateway adds under attack, no target) | {:.2} | |",
+            "| 1. Get p99 / raw echo p99 beside it, under attack (the Get against a round trip without the gateway at the same moments, no target) | {:.2} | |",
             p99_ratio(&attacked.get, &attacked.echo)
         ),
         format!(

@@ -334,10 +334,10 @@ fn sched_field(sched: &str, name: &str) -> Option<i64> {
 }
 
 /// The threads as the gateway sets them: the held thread at nice 19 with
-/// the longest slice, so that every thread with a shorter one (the
-/// kernel's default included) preempts it as soon as it wakes; the QM and
+/// a slice longer than the kernel's default, so that a thread with the
+/// default or a shorter one preempts it as soon as it wakes; the QM and
 /// ASIL threads with the short slice (`--serving-slice-us`, on kernels
-/// that show `se.slice`: 6.12 and later).
+/// that show `se.slice`: 6.12 and later), which must stay below it.
 #[test]
 fn the_serving_threads_preempt_the_held_thread() {
     let gw = Gateway::start(&["--serving-slice-us", "200"]);
@@ -357,9 +357,15 @@ fn the_serving_threads_preempt_the_held_thread() {
         assert_eq!(slice, 200_000, "{qm}");
         assert_eq!(sched_field(asil, "se.slice"), Some(200_000), "{asil}");
         let held_slice = sched_field(held, "se.slice").expect("se.slice");
-        assert_eq!(held_slice, 100_000_000, "the longest slice: {held}");
+        assert_eq!(held_slice, 4_000_000, "HELD_SLICE: {held}");
     }
-    let (status, _, stderr) = common::run_cli(&["serve", "--serving-slice-us", "50"]);
-    assert!(!status.success());
-    assert!(stderr.contains("100 to 100000"), "{stderr}");
+    for below_the_least_or_not_below_the_held in ["50", "4000"] {
+        let (status, _, stderr) = common::run_cli(&[
+            "serve",
+            "--serving-slice-us",
+            below_the_least_or_not_below_the_held,
+        ]);
+        assert!(!status.success());
+        assert!(stderr.contains("100 to 3999"), "{stderr}");
+    }
 }

@@ -4,8 +4,8 @@
 //! thread's nice value) works on its CPU in bursts of 300 µs. Measured:
 //! the time from the wake-up's write to the woken thread running, with the
 //! busy thread's slice the kernel's default (the baseline), the held
-//! thread's (`HELD_SLICE`, the longest), and the serving threads' short
-//! one, in turns within one run.
+//! thread's (`HELD_SLICE`), the longest the kernel takes (100 ms), and the
+//! serving threads' short one, in turns within one run.
 //!
 //!     cargo bench -p qm-ipc-server --bench held_slice [-- --quick]
 //!
@@ -28,24 +28,36 @@ const PAUSE: Duration = Duration::from_micros(100);
 fn pin(cpu: usize) {
     // SAFETY: cpu_set_t is plain data set with the libc macros; pid 0 is
     // the calling thread.
-    unsafe {
+    let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pin to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Wake-up latencies (ns) of a nice-0 thread on CPU 0 beside a nice-19
 /// thread with `slice` (zero: the kernel's) busy there.
 fn measure(slice: Duration, wakeups: usize) -> Vec<u64> {
     let stop = Arc::new(AtomicBool::new(false));
+    // The busy thread says it is set before anything is measured: a round
+    // without it would measure nothing.
+    let (set, is_set) = std::sync::mpsc::channel();
     let busy = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             pin(0);
             // SAFETY: setpriority on this thread's id changes it alone.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+            let rc =
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+            assert_eq!(rc, 0, "nice 19: {}", std::io::Error::last_os_error());
             set_slice(slice).expect("sched_setattr");
+            let _ = set.send(());
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 while t.elapsed() < BURST {
@@ -55,6 +67,9 @@ fn measure(slice: Duration, wakeups: usize) -> Vec<u64> {
             }
         })
     };
+    is_set
+        .recv()
+        .expect("the busy thread could not set its nice value or slice");
     let (mut waker, mut woken) = UnixStream::pair().expect("socket pair");
     let start = Instant::now();
     let wakes = std::thread::spawn(move || {
@@ -73,9 +88,9 @@ fn measure(slice: Duration, wakeups: usize) -> Vec<u64> {
         let now = start.elapsed().as_nanos() as u64;
         latencies.push(now.saturating_sub(u64::from_le_bytes(buf)));
     }
-    let _ = wakes.join();
+    wakes.join().expect("the waking thread");
     stop.store(true, Ordering::Relaxed);
-    let _ = busy.join();
+    busy.join().expect("the busy thread");
     latencies
 }
 
@@ -92,7 +107,11 @@ fn main() {
     let (rounds, wakeups) = if quick { (1, 500) } else { (3, 5000) };
     let settings = [
         ("the kernel's default (baseline)", Duration::ZERO),
-        ("the held thread's (HELD_SLICE)", HELD_SLICE),
+        ("the held thread's (HELD_SLICE, 4 ms)", HELD_SLICE),
+        (
+            "the longest the kernel takes (100 ms)",
+            Duration::from_millis(100),
+        ),
         ("the serving threads' (100 µs)", Duration::from_micros(100)),
     ];
     println!("| busy nice-19 thread's slice | round | p50 µs | p90 µs | p99 µs | p99.9 µs | p99 / baseline |");

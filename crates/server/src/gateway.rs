@@ -472,7 +472,7 @@ impl Gateway {
         let limits = self.hub.limits().clone();
         // Set here, before the other threads start: the ASIL thread takes
         // it over with the rest of this thread's scheduling, the held
-        // thread puts the kernel's default back.
+        // thread sets its own (longer: `held_thread::HELD_SLICE`).
         if let Some(slice) = self.serving_slice {
             match crate::provider_thread::set_slice(slice) {
                 Ok(()) => tracing::debug!(?slice, "QM and ASIL threads' scheduler slice"),

@@ -28,9 +28,14 @@ use crate::standing::ServingLoop;
 /// The held thread's nice value unless `--qm-held-nice` says otherwise.
 pub const DEFAULT_NICE: i32 = 19;
 
-/// The held thread's scheduler slice: the longest the kernel takes, so
-/// that every thread with a shorter one preempts it on waking.
-pub const HELD_SLICE: Duration = Duration::from_millis(100);
+/// The held thread's scheduler slice: longer than the kernel's default
+/// (0.7 ms times 1 + log2 of the CPUs, at most 2.8 ms), so that a thread
+/// that wakes with the default, or with the serving threads' shorter one,
+/// preempts it at once (EEVDF's `PREEMPT_SHORT`). Not much longer: until
+/// Linux 6.17 the kernel lets a running thread finish its slice before
+/// threads that were already waiting, not waking (`RUN_TO_PARITY`), so a
+/// long slice would keep them waiting as long.
+pub const HELD_SLICE: Duration = Duration::from_millis(4);
 
 /// The held thread, running.
 pub(crate) struct HeldThread {
@@ -63,16 +68,15 @@ pub(crate) fn spawn(
         .name("qm-ipc-held".into())
         .spawn(move || {
             ServingLoop::Held.enter();
-            // The longest slice the kernel takes, not the QM thread's
-            // short one (taken over when this thread was spawned). Under
-            // EEVDF a thread that wakes with a shorter slice than the
-            // running one may preempt it at once (PREEMPT_SHORT); with an
-            // equal slice it waits until the running one has had its
-            // share (RUN_TO_PARITY), up to the whole slice. So with the
-            // longest slice, every other thread of the machine preempts
-            // this one as soon as it wakes: the serving threads, and QM's
-            // and ASIL's well-behaved peers too, which keep the kernel's
-            // default slice.
+            // A slice longer than the kernel's default, not the QM
+            // thread's short one (taken over when this thread was
+            // spawned). Under EEVDF a thread that wakes with a shorter
+            // slice than the running one may preempt it at once
+            // (PREEMPT_SHORT); with an equal slice it waits until the
+            // running one has had its share (RUN_TO_PARITY), up to the
+            // whole slice. So the serving threads, and QM's and ASIL's
+            // well-behaved peers, which keep the kernel's default slice,
+            // preempt this one as soon as they wake.
             let _ = crate::provider_thread::set_slice(HELD_SLICE);
             // SAFETY: gettid has no preconditions; setpriority on a thread
             // id changes that thread only (Linux). Raising one's own nice

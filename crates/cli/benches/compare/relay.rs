@@ -1,20 +1,23 @@
 //! The floor of any proxy: a relay that copies bytes between a client and
-//! the service and checks nothing (no framing, no policy, no parsing),
-//! with two blocking threads per connection, so that nothing but the
-//! kernel's hops stands between the two. It runs as a process of its own,
-//! as the gateway does (the benchmark binary run again with
+//! the service and checks nothing (no framing, no policy, no parsing). It
+//! has the gateway's shape without its work: one thread, tokio's event
+//! loop, each socket registered for reading only (`UnixConn`, as the
+//! gateway's service connections are), so that it is not woken when a
+//! peer reads what it sent. It runs as a process of its own, as the
+//! gateway does (the benchmark binary run again with
 //! `QM_IPC_BENCH_RELAY=LISTEN:TARGET`), pinned to the gateway's CPU.
 //!
-//! A proxied call can be no faster than a call through this relay: the
-//! ratio of the relay to a direct call is what the extra hops cost on
-//! this machine, and the gateway's own work is what it adds on top.
+//! The ratio of a call through it to a direct call is what the extra hops
+//! cost on this machine; the gateway's figure against it is what the
+//! gateway's own work adds.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use qm_ipc_client::UnixConn;
 
 /// The variable that makes the benchmark binary a relay.
 pub const RELAY_ENV: &str = "QM_IPC_BENCH_RELAY";
@@ -25,28 +28,48 @@ pub fn serve(spec: &str) {
     let (listen, target) = spec
         .split_once(':')
         .unwrap_or_else(|| panic!("{RELAY_ENV} is LISTEN:TARGET, not {spec:?}"));
-    let listener = UnixListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
-    for client in listener.incoming() {
-        let Ok(client) = client else { continue };
-        let Ok(service) = UnixStream::connect(target) else {
-            continue;
-        };
-        let (Ok(client_back), Ok(service_back)) = (client.try_clone(), service.try_clone()) else {
-            continue;
-        };
-        thread::spawn(move || copy(client, service));
-        thread::spawn(move || copy(service_back, client_back));
-    }
+    let listener = std::os::unix::net::UnixListener::bind(listen)
+        .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let target = PathBuf::from(target);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let target = target.clone();
+            tokio::spawn(async move {
+                let (Ok(client), Ok(service)) = (
+                    UnixConn::from_tokio(client),
+                    UnixConn::connect(&target).await,
+                ) else {
+                    return;
+                };
+                // Either side closing ends both.
+                tokio::select! {
+                    _ = copy(&client, &service) => {}
+                    _ = copy(&service, &client) => {}
+                }
+            });
+        }
+    });
 }
 
-fn copy(mut from: UnixStream, mut to: UnixStream) {
+async fn copy(from: &UnixConn, to: &UnixConn) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if to.write_all(&buf[..n]).is_err() {
+        if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
@@ -81,19 +104,22 @@ impl RelayProcess {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the relay");
+        // Owned before the wait, so that a relay that never listens is
+        // stopped too.
+        let relay = Self {
+            socket,
+            child,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
+        while UnixStream::connect(&relay.socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the relay did not listen within 10 s"
             );
             thread::sleep(Duration::from_millis(5));
         }
-        Self {
-            socket,
-            child,
-            _dir: dir,
-        }
+        relay
     }
 }
 

@@ -60,13 +60,14 @@ pub struct ServeArgs {
     qm_accept: String,
     /// Nice value of the held thread, which serves the QM containers a
     /// bound held back (see --qm-held-ms), 0 to 19; below the current
-    /// value needs CAP_SYS_NICE. (Its scheduler slice is the longest the
-    /// kernel takes, so that any thread with a shorter one preempts it on
-    /// waking.)
+    /// value needs CAP_SYS_NICE. (Its scheduler slice, 4 ms, is longer
+    /// than the kernel's default, so that a thread with the default or a
+    /// shorter one preempts it on waking.)
     #[arg(long, value_name = "NICE", default_value_t = qm_ipc_server::held_thread::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     qm_held_nice: i32,
     /// Scheduler slice of the QM and ASIL threads, in microseconds (Linux
-    /// 6.12's custom slice, 100 to 100000; earlier kernels ignore it). A
+    /// 6.12's custom slice, 100 to 3999, below the held thread's; earlier
+    /// kernels ignore it). A
     /// short one lets them preempt the held thread, and any process with
     /// the kernel's default slice, as soon as they wake. 0: the kernel's
     /// default.
@@ -250,11 +251,17 @@ pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), Command
     Ok(())
 }
 
-/// `--serving-slice-us`: 0, or within what the kernel takes (0.1-100 ms).
+/// `--serving-slice-us`: 0, or from the least the kernel takes (0.1 ms)
+/// to below the held thread's slice (which the serving threads must
+/// preempt).
 fn serving_slice(text: &str) -> Result<u64, String> {
+    let below = qm_ipc_server::held_thread::HELD_SLICE.as_micros() as u64;
     match text.parse::<u64>() {
         Ok(0) => Ok(0),
-        Ok(us) if (100..=100_000).contains(&us) => Ok(us),
-        _ => Err("use 0 (the kernel's default) or 100 to 100000 microseconds".into()),
+        Ok(us) if (100..below).contains(&us) => Ok(us),
+        _ => Err(format!(
+            "use 0 (the kernel's default) or 100 to {} microseconds (below the held thread's slice)",
+            below - 1
+        )),
     }
 }
