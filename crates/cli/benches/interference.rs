@@ -761,21 +761,6 @@ fn well_behaved(conn: &mut Blocking, socket: &Path, iterations: usize) -> Value 
     json!({"get": get_ns, "echo": echo_ns, "call": call_ns, "errors": errors.count, "first_error": errors.first})
 }
 
-/// Sends back what it reads until the other end closes.
-fn echo_until_closed(mut stream: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// [`paced`], with a raw echo round trip of the same bytes in each slot.
 fn paced_beside_echo(
     conn: &mut Blocking,

@@ -307,20 +307,10 @@ impl RawEcho {
         let listener = UnixListener::bind(&path).expect("bind echo");
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
+                let Ok(stream) = stream else { return };
                 std::thread::spawn(move || {
                     pin_to(cpu);
-                    let mut buf = vec![0u8; 65536];
-                    loop {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if stream.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
+                    echo_until_closed(stream);
                 });
             }
         });
@@ -377,6 +367,21 @@ pub fn percentiles_us(hist: &Histogram<u64>) -> (f64, f64, f64) {
 }
 
 /// Pins the calling thread to `cpu` (no-op for `None`).
+/// Sends back what it reads until the other end closes.
+pub fn echo_until_closed(mut stream: UnixStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 pub fn pin_to(cpu: Option<usize>) {
     let Some(cpu) = cpu else { return };
     // SAFETY: cpu_set_t is plain data, manipulated with the libc macros;
