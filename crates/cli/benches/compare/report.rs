@@ -159,8 +159,8 @@ pub fn markdown(figures: &[Figure], quick: bool, dbus_skipped: Option<&str>, run
         );
         figure_row(
             &mut rows,
-            "relayed call p50 / direct call p50 (the floor of any proxy)",
-            "p50 of the same call through a relay that copies bytes and checks nothing (its own process, two blocking threads, on the gateway's CPU) / p50 of the direct call: what the two extra hops cost here",
+            "relayed call p50 / direct call p50 (the hops alone)",
+            "p50 of the same call through a relay that copies bytes and checks nothing (its own process on the gateway's CPU, one thread on tokio's event loop, sockets registered for reading only) / p50 of the direct call: what the two extra hops cost here",
             ratio_of(relayed, direct),
         );
         figure_row(
