@@ -756,7 +756,7 @@ fn well_behaved(conn: &mut Blocking, socket: &Path, iterations: usize) -> Value 
     let (get_ns, echo_ns) =
         paced_beside_echo(conn, socket, &mut raw, &get, iterations, &mut errors);
     drop(raw);
-    let _ = echoing.join();
+    echoing.join().expect("the client's echo thread");
     let call_ns = paced(conn, socket, &call, iterations, &mut errors);
     json!({"get": get_ns, "echo": echo_ns, "call": call_ns, "errors": errors.count, "first_error": errors.first})
 }
@@ -782,7 +782,7 @@ fn paced_beside_echo(
             Some(_) if is_echo => {}
             Some(reply) if is_error(&reply) => errors.note(|| cut(&reply)),
             Some(_) => {}
-            None if is_echo => panic!("the raw echo server closed"),
+            None if is_echo => panic!("the client's echo thread closed its end"),
             None => {
                 errors.note(|| "connection closed".into());
                 *conn = reconnect(socket);

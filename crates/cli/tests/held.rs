@@ -357,15 +357,17 @@ fn the_serving_threads_preempt_the_held_thread() {
         assert_eq!(slice, 200_000, "{qm}");
         assert_eq!(sched_field(asil, "se.slice"), Some(200_000), "{asil}");
         let held_slice = sched_field(held, "se.slice").expect("se.slice");
-        assert_eq!(held_slice, 4_000_000, "HELD_SLICE: {held}");
+        let expected = qm_ipc_server::held_thread::HELD_SLICE.as_nanos() as i64;
+        assert_eq!(held_slice, expected, "HELD_SLICE: {held}");
     }
-    for below_the_least_or_not_below_the_held in ["50", "4000"] {
-        let (status, _, stderr) = common::run_cli(&[
-            "serve",
-            "--serving-slice-us",
-            below_the_least_or_not_below_the_held,
-        ]);
-        assert!(!status.success());
-        assert!(stderr.contains("100 to 3999"), "{stderr}");
+    // Below what the kernel takes, and not below the held thread's slice.
+    let held_us = qm_ipc_server::held_thread::HELD_SLICE.as_micros();
+    for refused in ["50".to_owned(), held_us.to_string()] {
+        let (status, _, stderr) = common::run_cli(&["serve", "--serving-slice-us", &refused]);
+        assert!(!status.success(), "{refused} taken");
+        assert!(
+            stderr.contains(&format!("100 to {}", held_us - 1)),
+            "{stderr}"
+        );
     }
 }

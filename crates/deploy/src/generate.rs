@@ -754,8 +754,9 @@ const HARDENING: &[(&str, &str)] = &[
     ("SystemCallFilter", "@system-service"),
     ("SystemCallFilter", "~@privileged @resources"),
     // Back from @resources: the QM accept thread lowers its own priority to
-    // SCHED_IDLE, the held thread its own to nice 19, and the QM and ASIL
-    // threads shorten their scheduler slice. Raising a priority stays
+    // SCHED_IDLE, the held thread its own to nice 19, the QM and ASIL
+    // threads shorten their scheduler slice and the held thread lengthens
+    // its own (sched_setattr). Raising a priority stays
     // impossible (no CAP_SYS_NICE, RestrictRealtime=yes).
     (
         "SystemCallFilter",

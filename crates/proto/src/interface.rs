@@ -184,6 +184,13 @@ impl Request {
                 interface: call.method.to_string(),
             });
         };
+        // Another interface's parameters are the service's to read (the
+        // gateway checks them against its description), not the gateway's.
+        if interface != SERVICE_INTERFACE && interface != GATEWAY_INTERFACE {
+            return Err(ErrorReply::InterfaceNotFound {
+                interface: interface.to_owned(),
+            });
+        }
         let mut p = Params::new(call.parameters);
         let request = match (interface, member) {
             (SERVICE_INTERFACE, "GetInfo") => Self::GetInfo,

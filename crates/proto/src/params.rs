@@ -25,7 +25,17 @@ impl<'a> Params<'a> {
         Self(RawParams::parse(raw))
     }
 
+    /// Parameters that could not be read are refused as `parameters` by
+    /// the first accessor, before any says one is missing.
+    fn readable(&self) -> Result<(), ErrorReply> {
+        match self.0.refused() {
+            true => Err(type_error("parameters")),
+            false => Ok(()),
+        }
+    }
+
     fn typed<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, ErrorReply> {
+        self.readable()?;
         match self.0.take(name) {
             None => Ok(None),
             Some(raw) => serde_json::from_str(raw.get())
@@ -53,6 +63,7 @@ impl<'a> Params<'a> {
 
     /// Any JSON value (varlink `object`, which the gateway passes through).
     pub fn value(&mut self, name: &str) -> Result<RawJson, ErrorReply> {
+        self.readable()?;
         self.0.take_raw(name).ok_or_else(|| type_error(name))
     }
 
@@ -93,6 +104,22 @@ mod tests {
         with(r#"{"topic": "a", "extra": 1}"#, |mut p| {
             assert!(p.string("topic").is_ok());
             assert_eq!(p.finish(), Err(type_error("extra")));
+        });
+    }
+
+    /// More parameters than any method takes: refused as `parameters`,
+    /// by the first accessor and by `finish` alike, never taken for none.
+    #[test]
+    fn too_many_parameters_are_named_as_parameters() {
+        let many: Vec<String> = (0..=crate::raw::MAX_PARAMETERS)
+            .map(|i| format!("\"p{i}\": 1"))
+            .collect();
+        let json = format!("{{{}}}", many.join(", "));
+        with(&json, |mut p| {
+            assert_eq!(p.string("topic"), Err(type_error("parameters")))
+        });
+        with(&json, |p| {
+            assert_eq!(p.finish(), Err(type_error("parameters")))
         });
     }
 

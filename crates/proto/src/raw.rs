@@ -82,27 +82,48 @@ impl<'a> RawCall<'a> {
 }
 
 /// A call's parameters by name, each still JSON text, in the order they
-/// came. Kept in a list, not a map: a call has a handful, and looking one
-/// up among them costs less than hashing each name once (a `Get` spent
-/// about a tenth of its instructions in the gateway building and dropping
-/// the map). A name given twice means its last value, as in a map.
-pub(crate) struct RawParams<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// came. Kept in a list, not a map: a call of the gateway's own interface
+/// has a handful, and looking one up among them costs less than hashing
+/// each name once (building and dropping the map was about 900 of the
+/// 12 700 instructions of a `Get`). A name given twice means its last
+/// value, as in a map.
+pub(crate) struct RawParams<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// More than [`MAX_PARAMETERS`] members, or a name that is not
+    /// valid text: nothing is taken, and `leftover` names `parameters`.
+    refused: bool,
+}
+
+/// The most parameters a call of the gateway's own interface may give
+/// (its methods take at most five): a frame of repeated names cannot make
+/// a long list.
+pub(crate) const MAX_PARAMETERS: usize = 32;
 
 impl<'a> RawParams<'a> {
     pub(crate) fn parse(raw: Option<&'a RawValue>) -> Self {
-        let members = raw
-            .filter(|r| r.get().trim() != "null")
-            .and_then(|r| serde_json::from_str::<Members<'a>>(r.get()).ok())
-            .map(|m| m.0)
-            .unwrap_or_default();
-        Self(members)
+        match raw.filter(|r| r.get().trim() != "null") {
+            None => Self {
+                members: Vec::new(),
+                refused: false,
+            },
+            Some(r) => match serde_json::from_str::<Members<'a>>(r.get()) {
+                Ok(Members(members)) => Self {
+                    members,
+                    refused: false,
+                },
+                Err(_) => Self {
+                    members: Vec::new(),
+                    refused: true,
+                },
+            },
+        }
     }
 
     /// Removes a parameter (every time it was given; the last counts);
     /// `null` counts as absent.
     pub(crate) fn take(&mut self, name: &str) -> Option<&'a RawValue> {
         let mut taken = None;
-        self.0.retain(|(key, value)| {
+        self.members.retain(|(key, value)| {
             let this = key == name;
             if this {
                 taken = Some(*value);
@@ -116,9 +137,18 @@ impl<'a> RawParams<'a> {
         self.take(name).map(RawJson::from_raw)
     }
 
-    /// The first parameter not taken, in the order they came.
+    /// Whether the parameters could not be read (see `refused`).
+    pub(crate) fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// The first parameter not taken, in the order they came; `parameters`
+    /// when they could not be read.
     pub(crate) fn leftover(&self) -> Option<&str> {
-        self.0.first().map(|(k, _)| k.as_ref())
+        match self.refused {
+            true => Some("parameters"),
+            false => self.members.first().map(|(k, _)| k.as_ref()),
+        }
     }
 }
 
@@ -163,8 +193,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
                 self,
                 mut map: M,
             ) -> Result<Members<'a>, M::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(8));
+                let mut members = Vec::with_capacity(4);
                 while let Some((Key(name), value)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
+                    if members.len() == MAX_PARAMETERS {
+                        return Err(serde::de::Error::custom("too many parameters"));
+                    }
                     members.push((name, value));
                 }
                 Ok(Members(members))
@@ -208,6 +241,36 @@ mod tests {
         assert_eq!(p.take("topic").map(RawValue::get), Some(r#""c""#));
         assert!(p.take("n").is_none(), "null counts as absent");
         assert_eq!(p.leftover(), None);
+    }
+
+    /// Parameters that cannot be read are named as `parameters`, never
+    /// taken for none: more than `MAX_PARAMETERS`, or a name that is not
+    /// valid text. As many as `MAX_PARAMETERS` are read.
+    #[test]
+    fn too_many_or_unreadable_parameters_are_refused() {
+        let parsed = |members: &[String]| {
+            let frame = format!(
+                r#"{{"method":"a.B.C","parameters":{{{}}}}}"#,
+                members.join(",")
+            );
+            let call =
+                RawCall::parse(frame.as_bytes()).map(|c| c.parameters.map(|p| p.get().to_owned()));
+            call.unwrap()
+        };
+        let many: Vec<String> = (0..=MAX_PARAMETERS)
+            .map(|i| format!("\"p{i}\":1"))
+            .collect();
+        for (members, first, left) in [
+            (&many[..], false, Some("parameters")),
+            (&many[..MAX_PARAMETERS], true, Some("p1")),
+            (&[r#""\ud800":1"#.to_owned()][..], false, Some("parameters")),
+        ] {
+            let text = parsed(members).expect("parameters");
+            let raw: &RawValue = serde_json::from_str(&text).unwrap();
+            let mut p = RawParams::parse(Some(raw));
+            assert_eq!(p.take("p0").is_some(), first, "{text:.40}");
+            assert_eq!(p.leftover(), left, "{text:.40}");
+        }
     }
 
     #[test]

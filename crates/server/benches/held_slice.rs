@@ -10,7 +10,7 @@
 //!     cargo bench -p qm-ipc-server --bench held_slice [-- --quick]
 //!
 //! Needs two CPUs and a kernel with EEVDF's custom slices (Linux 6.12 and
-//! later; on earlier ones the three settings measure the same).
+//! later; on earlier ones every setting measures the same).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -107,7 +107,7 @@ fn main() {
     let (rounds, wakeups) = if quick { (1, 500) } else { (3, 5000) };
     let settings = [
         ("the kernel's default (baseline)", Duration::ZERO),
-        ("the held thread's (HELD_SLICE, 4 ms)", HELD_SLICE),
+        ("the held thread's (HELD_SLICE)", HELD_SLICE),
         (
             "the longest the kernel takes (100 ms)",
             Duration::from_millis(100),

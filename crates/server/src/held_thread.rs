@@ -29,7 +29,8 @@ use crate::standing::ServingLoop;
 pub const DEFAULT_NICE: i32 = 19;
 
 /// The held thread's scheduler slice: longer than the kernel's default
-/// (0.7 ms times 1 + log2 of the CPUs, at most 2.8 ms), so that a thread
+/// (0.7 ms, or 0.75 ms before Linux 6.15, times 1 + log2 of the CPUs up to
+/// 8: at most 3 ms), so that a thread
 /// that wakes with the default, or with the serving threads' shorter one,
 /// preempts it at once (EEVDF's `PREEMPT_SHORT`). Not much longer: until
 /// Linux 6.17 the kernel lets a running thread finish its slice before
@@ -77,7 +78,9 @@ pub(crate) fn spawn(
             // whole slice. So the serving threads, and QM's and ASIL's
             // well-behaved peers, which keep the kernel's default slice,
             // preempt this one as soon as they wake.
-            let _ = crate::provider_thread::set_slice(HELD_SLICE);
+            if let Err(e) = crate::provider_thread::set_slice(HELD_SLICE) {
+                tracing::warn!(slice = ?HELD_SLICE, "cannot set the held thread's scheduler slice: {e}");
+            }
             // SAFETY: gettid has no preconditions; setpriority on a thread
             // id changes that thread only (Linux). Raising one's own nice
             // value needs no privilege.

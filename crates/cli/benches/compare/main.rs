@@ -2,7 +2,7 @@
 //! D-Bus, in one run on one machine, each scenario pinned twice: everything
 //! on one CPU, and "split" (clients on CPU 0, servers on CPU 1). A proxied
 //! call is also measured against the same call through a relay that
-//! checks nothing (`relay.rs`): the floor of any proxy on the machine.
+//! checks nothing (`relay.rs`): what the extra hops alone cost here.
 //! `QM_IPC_BENCH_GATEWAY_ARGS` adds gateway options, to compare settings.
 //!
 //!     cargo bench -p qm-ipc --bench compare                    # full run, writes docs/benchmarks.md
@@ -427,7 +427,7 @@ fn main() {
         let echo = |payload: usize| json!({"method": "io.qmipc.Bench.Echo", "parameters": {"p": "c".repeat(payload)}});
         let mut direct = Blocking::connect(&service_socket);
         calls("varlink call, direct to the service", &mut direct, &echo);
-        // The floor of any proxy: the same calls through a relay that
+        // The hops alone: the same calls through a relay that
         // checks nothing (its own process, on the gateway's CPU).
         let relay = relay::RelayProcess::start_on(server, &service_socket);
         let mut relayed = Blocking::connect(&relay.socket);

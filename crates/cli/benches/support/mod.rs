@@ -366,7 +366,6 @@ pub fn percentiles_us(hist: &Histogram<u64>) -> (f64, f64, f64) {
     (us(0.5), us(0.99), us(0.999))
 }
 
-/// Pins the calling thread to `cpu` (no-op for `None`).
 /// Sends back what it reads until the other end closes.
 pub fn echo_until_closed(mut stream: UnixStream) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -382,6 +381,7 @@ pub fn echo_until_closed(mut stream: UnixStream) {
     }
 }
 
+/// Pins the calling thread to `cpu` (no-op for `None`).
 pub fn pin_to(cpu: Option<usize>) {
     let Some(cpu) = cpu else { return };
     // SAFETY: cpu_set_t is plain data, manipulated with the libc macros;

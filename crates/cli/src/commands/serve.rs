@@ -67,10 +67,9 @@ pub struct ServeArgs {
     qm_held_nice: i32,
     /// Scheduler slice of the QM and ASIL threads, in microseconds (Linux
     /// 6.12's custom slice, 100 to 3999, below the held thread's; earlier
-    /// kernels ignore it). A
-    /// short one lets them preempt the held thread, and any process with
-    /// the kernel's default slice, as soon as they wake. 0: the kernel's
-    /// default.
+    /// kernels ignore it). A short one lets them preempt the held thread,
+    /// and any process with the kernel's default slice, as soon as they
+    /// wake. 0: the kernel's default.
     #[arg(long, value_name = "US", default_value_t = 100, value_parser = serving_slice)]
     serving_slice_us: u64,
     #[command(flatten)]
