@@ -137,7 +137,7 @@ impl EncodedSample<'_> {
     /// Appends the streaming reply frame `{"parameters":{"sample":{...}},"continues":true}`.
     pub fn encode_reply(&self, out: &mut Vec<u8>, continues: bool) {
         // Numbers with itoa: `write!` goes through the formatting machinery,
-        // which was a twelfth of the instructions of a whole `Get`.
+        // about 700 of a `Get`'s 11 800 instructions in the gateway.
         let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"{\"parameters\":{\"sample\":{\"topic\":");
         out.extend_from_slice(self.topic_json.as_bytes());
