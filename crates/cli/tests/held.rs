@@ -229,9 +229,12 @@ fn moving_back_and_forth_does_not_keep_an_idle_connection_open() {
             stats(&gw)
         );
         misbehave(&mut bad);
-        // The pace of the behaviour under test: each hold ends before the
-        // next begins, so the idle connection moves both ways each time.
-        std::thread::sleep(Duration::from_millis(300));
+        // Each hold ends before the next begins, so the idle connection
+        // moves both ways each time: to the held thread, and back.
+        wait_stats(&gw, "the held container's connections moved", |s| {
+            s["held_connections"].as_u64() >= Some(1)
+        });
+        wait_stats(&gw, "the hold to end", |s| s["held_connections"] == 0);
     }
     idle.expect_closed();
     assert!(stats(&gw)["holds"].as_u64().unwrap() >= 2);
