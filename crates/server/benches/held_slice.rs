@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qm_ipc_server::held_thread::HELD_SLICE;
-use qm_ipc_server::provider_thread::set_slice;
+use qm_ipc_server::scheduler_slice::set_slice;
 
 const WAKE_EVERY: Duration = Duration::from_micros(700);
 const BURST: Duration = Duration::from_micros(300);

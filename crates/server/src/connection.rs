@@ -110,7 +110,14 @@ fn holds_back(error: &ErrorReply) -> bool {
         // A bound all of QM shares says another container may have filled
         // it: not this one's doing.
         ErrorReply::LimitExceeded { limit, .. } => !SHARED_LIMITS.contains(&limit.as_str()),
-        other => holds_back_always(other),
+        ErrorReply::InvalidValue { .. }
+        | ErrorReply::AccessDenied { .. }
+        | ErrorReply::InterfaceNotFound { .. }
+        | ErrorReply::MethodNotFound { .. }
+        | ErrorReply::MethodNotImplemented { .. }
+        | ErrorReply::VarlinkInvalidParameter { .. }
+        | ErrorReply::ExpectedMore => true,
+        _ => false,
     }
 }
 
@@ -122,19 +129,6 @@ const SHARED_LIMITS: [&str; 4] = [
     "max_retained_bytes",
     "qm_retained_bytes",
 ];
-
-fn holds_back_always(error: &ErrorReply) -> bool {
-    matches!(
-        error,
-        ErrorReply::InvalidValue { .. }
-            | ErrorReply::AccessDenied { .. }
-            | ErrorReply::InterfaceNotFound { .. }
-            | ErrorReply::MethodNotFound { .. }
-            | ErrorReply::MethodNotImplemented { .. }
-            | ErrorReply::VarlinkInvalidParameter { .. }
-            | ErrorReply::ExpectedMore
-    )
-}
 
 /// How a connection's task ended: for good, or to go on elsewhere.
 pub enum Served {

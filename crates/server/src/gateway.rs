@@ -474,7 +474,7 @@ impl Gateway {
         // it over with the rest of this thread's scheduling, the held
         // thread sets its own (longer: `held_thread::HELD_SLICE`).
         if let Some(slice) = self.serving_slice {
-            match crate::provider_thread::set_slice(slice) {
+            match crate::scheduler_slice::set_slice(slice) {
                 Ok(()) => tracing::debug!(?slice, "QM and ASIL threads' scheduler slice"),
                 Err(e) => tracing::warn!(
                     ?slice,

@@ -78,7 +78,7 @@ pub(crate) fn spawn(
             // whole slice. So the serving threads, and QM's and ASIL's
             // well-behaved peers, which keep the kernel's default slice,
             // preempt this one as soon as they wake.
-            if let Err(e) = crate::provider_thread::set_slice(HELD_SLICE) {
+            if let Err(e) = crate::scheduler_slice::set_slice(HELD_SLICE) {
                 tracing::warn!(slice = ?HELD_SLICE, "cannot set the held thread's scheduler slice: {e}");
             }
             // SAFETY: gettid has no preconditions; setpriority on a thread

@@ -17,6 +17,8 @@
 //! - [`standing`]: which QM containers a bound held back, and which
 //!   thread's loop serves each connection.
 //! - [`held_thread`]: the thread that serves held containers, at nice 19.
+//! - [`scheduler_slice`]: the scheduler slice the serving and held threads
+//!   set for themselves.
 //! - [`peer`]: who is on the other end of a connection.
 //! - [`policy`]: who may publish, subscribe and call what.
 //! - [`rate`]: the token bucket for an account's requests and connections.
@@ -39,6 +41,7 @@ pub mod policy;
 pub mod provider_thread;
 pub mod qm_accept;
 pub mod rate;
+pub mod scheduler_slice;
 pub mod services;
 pub mod standing;
 pub mod topic_types;
