@@ -896,24 +896,7 @@ fn a_monitor_sees_calls_to_services_behind_the_gateway() {
             policy.to_str().unwrap(),
         ],
     );
-    let mut monitor = common::Raw::connect(&gw.provider);
-    monitor.call(json!({"method": "io.qmipc.Gateway.Monitor", "parameters": {"patterns": ["com.example.*"]}, "more": true}));
-    // The monitor is in place once it sees one of the markers published
-    // until then.
-    let placed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let marking = {
-        let (placed, provider) = (placed.clone(), gw.provider.clone());
-        std::thread::spawn(move || {
-            let mut marker = common::Raw::connect(&provider);
-            while !placed.load(std::sync::atomic::Ordering::SeqCst) {
-                marker.call(json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "com.example.marker", "value": {}}}));
-                marker.recv().expect("publish reply");
-            }
-        })
-    };
-    monitor.recv().expect("a marker's event");
-    placed.store(true, std::sync::atomic::Ordering::SeqCst);
-    marking.join().unwrap();
+    let mut monitor = common::monitor_in_place(&gw.provider, &["com.example.*"]);
     within(WATCHDOG, async {
         #[derive(Deserialize)]
         struct SetTemperature {
@@ -951,7 +934,7 @@ fn a_monitor_sees_calls_to_services_behind_the_gateway() {
     while events.len() < 4 {
         let frame = monitor.recv().expect("a monitor event");
         let event = frame["parameters"]["event"].clone();
-        if event["name"] != "com.example.marker" {
+        if event["name"] != common::MONITOR_MARKER {
             events.push(event);
         }
     }

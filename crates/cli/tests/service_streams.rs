@@ -16,7 +16,7 @@ use std::thread;
 use common::{Gateway, Raw, DEADLINE};
 use serde_json::{json, Value};
 
-const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count.\nmethod Follow(count: int, die: ?bool) -> (n: int)\n\n# One reply, then quiet until the caller goes.\nmethod Watch() -> (n: int)\n\n# An error that claims more follow.\nmethod Fail() -> ()\n\nerror Broken ()\n";
+const FEED_IDL: &str = "interface com.example.Feed\n\n# Streams n = 1..count; the last reply is n = count (or, with fail, the error Broken after it).\nmethod Follow(count: int, die: ?bool, fail: ?bool) -> (n: int)\n\n# One reply, then quiet until the caller goes.\nmethod Watch() -> (n: int)\n\n# An error that claims more follow.\nmethod Fail() -> ()\n\nerror Broken ()\n";
 
 /// A varlink service written by hand on a plain socket, so the test sees
 /// exactly what it sends: it answers GetInterfaceDescription, and streams
@@ -78,9 +78,10 @@ fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc:
                 calls.fetch_add(1, Ordering::SeqCst);
                 let count = call["parameters"]["count"].as_u64().unwrap_or(0);
                 let die = call["parameters"]["die"].as_bool() == Some(true);
+                let fail = call["parameters"]["fail"].as_bool() == Some(true);
                 let mut written = 0;
                 for n in 1..=count {
-                    let last = n == count && !die;
+                    let last = n == count && !die && !fail;
                     let v = match last {
                         true => json!({"parameters": {"n": n}}),
                         false => {
@@ -90,6 +91,15 @@ fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc:
                     if reply(&mut writer, v).is_err() {
                         break;
                     }
+                    written += 1;
+                }
+                if fail
+                    && reply(
+                        &mut writer,
+                        json!({"error": "com.example.Feed.Broken", "parameters": {}}),
+                    )
+                    .is_ok()
+                {
                     written += 1;
                 }
                 let _ = done.send(written);
@@ -127,6 +137,11 @@ fn serve(stream: std::os::unix::net::UnixStream, calls: &AtomicU64, done: &mpsc:
 }
 
 fn gateway_with_feed() -> (Gateway, FeedService) {
+    gateway_with_feed_and(&[])
+}
+
+/// The feed behind a gateway started with `more` options too.
+fn gateway_with_feed_and(more: &[&str]) -> (Gateway, FeedService) {
     let dir = tempfile::tempdir().unwrap();
     let feed = FeedService::start(dir.path());
     let services = dir.path().join("services.toml");
@@ -138,7 +153,9 @@ fn gateway_with_feed() -> (Gateway, FeedService) {
         ),
     )
     .unwrap();
-    let gw = Gateway::start_in(dir, &["--services", services.to_str().unwrap()]);
+    let mut args = vec!["--services", services.to_str().unwrap()];
+    args.extend_from_slice(more);
+    let gw = Gateway::start_in(dir, &args);
     (gw, feed)
 }
 
@@ -364,4 +381,38 @@ fn an_error_that_claims_to_continue_ends_the_stream_for_the_client_too() {
     );
     client.call(json!({"method": "org.varlink.service.GetInfo"}));
     assert_eq!(client.recv().unwrap()["parameters"]["vendor"], "qm-ipc");
+}
+
+/// A stream the service ends with an error is shown to monitors as that
+/// error. (Regression: the stream's end was shown as a reply, however it
+/// ended.)
+#[test]
+fn a_stream_ended_by_a_service_error_is_shown_to_monitors_as_that_error() {
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"all\"\nallow = { publish = [\"*\"], subscribe = [\"*\"], call = [\"*\"], monitor = true }\n",
+    )
+    .unwrap();
+    let (gw, _feed) = gateway_with_feed_and(&["--policy", policy.to_str().unwrap()]);
+    let mut monitor = common::monitor_in_place(&gw.provider, &["com.example.*"]);
+
+    let mut client = Raw::connect(&gw.consumer);
+    client.call(json!({"method": "com.example.Feed.Follow", "parameters": {"count": 3, "fail": true}, "more": true}));
+    // (Replies the client had no time for are conflated; the last, the
+    // error, is always delivered.)
+    let (_, last) = read_to_end(&mut client);
+    assert_eq!(last["error"], "com.example.Feed.Broken", "{last}");
+
+    let mut ended = None;
+    while ended.is_none() {
+        let event = monitor.recv().expect("a monitor event")["parameters"]["event"].clone();
+        if event["name"] == "com.example.Feed" && event["kind"] != "call" {
+            ended = Some(event);
+        }
+    }
+    let ended = ended.unwrap();
+    assert_eq!(ended["kind"], "error", "{ended}");
+    assert_eq!(ended["error"], "com.example.Feed.Broken", "{ended}");
 }

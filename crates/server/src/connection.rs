@@ -206,6 +206,11 @@ enum Answer {
     Sample(Arc<TopicName>, Arc<PublishedValue>),
     /// A service's whole reply frame, relayed as it is.
     Relayed(Relayed),
+    /// A service's stream, relayed to its end (its replies are written
+    /// already), and the error that ended it, if one did.
+    Streamed {
+        error: Option<String>,
+    },
 }
 
 /// A frame read as a call, owning what the answer needs (the frame's
@@ -895,6 +900,8 @@ impl Session<'_> {
                 tracing::debug!(conn = self.conn, method = %truncate_for_log(&method), error = %truncate_for_log(&error.to_string()), "oneway call failed");
                 Ok(())
             }
+            // A stream's replies went out as they came.
+            Ok(Some(Answer::Streamed { .. })) => Ok(()),
             _ => Ok(()),
         };
         if result.is_err() || self.outbox.overflowed() {
@@ -958,6 +965,7 @@ impl Session<'_> {
         let error = match &outcome {
             Err(e) => Some(e.name()),
             Ok(Some(Answer::Relayed(reply))) => reply.error.clone(),
+            Ok(Some(Answer::Streamed { error })) => error.clone(),
             Ok(_) => None,
         };
         hub.observe_proxied_call(
@@ -984,16 +992,20 @@ impl Session<'_> {
         let unavailable = || ErrorReply::ServiceUnavailable {
             service: service.interface().to_owned(),
         };
+        // The call first: a stop or a hang-up only matters while it waits
+        // (and a fixed order spares a random draw per poll).
         if streaming {
             let stream = tokio::select! {
+                biased;
                 r = service.open_stream(method, parameters.as_deref(), timeout, &caller) => r?,
                 _ = shutdown.wait_for(|stop| *stop) => return Err(self.cut_by_stop(method, unavailable())),
                 _ = hangup(self.write.as_ref()) => return Err(unavailable()),
             };
-            self.relay(stream, method, timeout, shutdown).await?;
-            return Ok(None);
+            let error = self.relay(stream, method, timeout, shutdown).await?;
+            return Ok(Some(Answer::Streamed { error }));
         }
         let relayed = tokio::select! {
+            biased;
             r = service.call(method, parameters.as_deref(), oneway, timeout, &caller) => r?,
             _ = shutdown.wait_for(|stop| *stop) => {
                 return Err(self.cut_by_stop(method, unavailable()));
@@ -1015,16 +1027,18 @@ impl Session<'_> {
     /// outbox, so a slow QM reader holds no more of the gateway than that,
     /// and never slows the service. The first reply must come within the
     /// call's deadline; after it the stream runs as long as both ends do.
+    /// Returns the error the service ended the stream with, if it did.
     async fn relay(
         &mut self,
         mut stream: ServiceStream<'_>,
         method: &str,
         timeout: Duration,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<Option<String>, ErrorReply> {
         let mut first_deadline = Some(Instant::now() + timeout);
         let mut pending: Option<StreamReply> = None;
         let mut service_done = false;
+        let mut ended_with = None;
         // One watch for the reader's leaving for the whole stream, not a
         // new one per reply.
         let write = self.write;
@@ -1032,13 +1046,14 @@ impl Session<'_> {
         tokio::pin!(gone);
         loop {
             if service_done && pending.is_none() {
-                return Ok(());
+                return Ok(ended_with);
             }
             tokio::select! {
                 next = stream.next(), if !service_done => match next {
                     Ok(Some(reply)) => {
                         first_deadline = None;
                         service_done = reply.last;
+                        ended_with = reply.error.clone();
                         // Counted at once, so Stats is exact whenever it asks.
                         if pending.replace(reply).is_some() {
                             self.outbox.count_conflated(1);

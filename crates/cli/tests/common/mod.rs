@@ -412,6 +412,33 @@ impl Raw {
     }
 }
 
+/// A monitor of `patterns` on the provider socket `provider`, once it is
+/// in place: it has seen one of the markers (`com.example.marker`, so the
+/// patterns must match it) published until then. Skip the marker's events
+/// that may still follow.
+pub fn monitor_in_place(provider: &Path, patterns: &[&str]) -> Raw {
+    let mut monitor = Raw::connect(provider);
+    monitor.call(serde_json::json!({"method": "io.qmipc.Gateway.Monitor", "parameters": {"patterns": patterns}, "more": true}));
+    let placed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marking = {
+        let (placed, provider) = (placed.clone(), provider.to_owned());
+        std::thread::spawn(move || {
+            let mut marker = Raw::connect(&provider);
+            while !placed.load(std::sync::atomic::Ordering::SeqCst) {
+                marker.call(serde_json::json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": MONITOR_MARKER, "value": {}}}));
+                marker.recv().expect("publish reply");
+            }
+        })
+    };
+    monitor.recv().expect("a marker's event");
+    placed.store(true, std::sync::atomic::Ordering::SeqCst);
+    marking.join().expect("the marker");
+    monitor
+}
+
+/// The topic [`monitor_in_place`] publishes to until the monitor sees it.
+pub const MONITOR_MARKER: &str = "com.example.marker";
+
 /// Runs the CLI to completion with a deadline; returns (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     run_cli_env(args, &[])

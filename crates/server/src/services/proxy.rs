@@ -44,8 +44,13 @@ pub struct ServiceProxy {
     slots: Semaphore,
     /// The part of `slots` QM's calls may hold together.
     qm_slots: Semaphore,
-    /// Calls in flight by QM account, each at most `per_account`.
-    qm_calls: Mutex<std::collections::HashMap<AccountKey, usize>>,
+    /// Calls in flight (or waiting for a permit) by QM account, each at
+    /// most `per_account`; an account leaves when its count is back to
+    /// zero. A list, not a hash map: it holds one entry per QM container
+    /// with a call to this service right now (a few; at most one per QM
+    /// connection), and a call looks its account up twice, where hashing
+    /// the key cost more than comparing it with each entry.
+    qm_calls: Mutex<Vec<(AccountKey, usize)>>,
     per_account: usize,
     connections: usize,
     /// Connections with no call on them, ready for the next, each with
@@ -75,7 +80,7 @@ impl ServiceProxy {
             max_frame,
             slots: Semaphore::new(connections),
             qm_slots: Semaphore::new(qm_share_of_pool(connections)),
-            qm_calls: Mutex::new(std::collections::HashMap::new()),
+            qm_calls: Mutex::new(Vec::new()),
             per_account: qm_share_of_pool(connections).div_ceil(2),
             connections,
             idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
@@ -302,9 +307,23 @@ impl ServiceProxy {
                 });
             }
         }
+        // Written from the two names, not from what the caller sent: the
+        // interface's name was checked at load (letters, digits, '.' and
+        // '-') and the member is one the description declares, which
+        // varlink's grammar makes letters and digits; JSON quotes both as
+        // they are. (Checked here too, since a description comes from the
+        // service.)
+        if !member.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ErrorReply::MethodNotFound {
+                method: method.to_owned(),
+            });
+        }
         let mut request = Vec::with_capacity(64 + method.len() + parameters.map_or(0, str::len));
-        request.extend_from_slice(b"{\"method\":");
-        request.extend_from_slice(Value::from(method).to_string().as_bytes());
+        request.extend_from_slice(b"{\"method\":\"");
+        request.extend_from_slice(self.interface.as_bytes());
+        request.push(b'.');
+        request.extend_from_slice(member.as_bytes());
+        request.push(b'"');
         if let Some(text) = parameters {
             request.extend_from_slice(b",\"parameters\":");
             request.extend_from_slice(text.as_bytes());
@@ -328,33 +347,42 @@ impl ServiceProxy {
         timeout: Duration,
         serving: ServingLoop,
     ) -> Result<Option<Relayed>, ErrorReply> {
-        let _slot = match timeout_at(deadline, self.slots.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => return Err(self.unavailable()),
-            Err(_) => return Err(self.timed_out(timeout)),
+        // One timer for the whole exchange (a timer per step cost a
+        // registration in tokio's timer wheel each). A connection that
+        // times out mid-call is dropped with the future, never reused.
+        match timeout_at(deadline, self.exchange_untimed(request, oneway, serving)).await {
+            Ok(relayed) => relayed,
+            Err(_) => Err(self.timed_out(timeout)),
+        }
+    }
+
+    /// [`Self::exchange`] without its deadline.
+    async fn exchange_untimed(
+        &self,
+        request: &[u8],
+        oneway: bool,
+        serving: ServingLoop,
+    ) -> Result<Option<Relayed>, ErrorReply> {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Err(self.unavailable());
         };
         let (stream, mut decoder) = match self.pooled(serving) {
             Some(pooled) => pooled,
-            None => match timeout_at(deadline, ServiceConn::connect(&self.socket)).await {
-                Ok(Ok(stream)) => (stream, FrameDecoder::new(self.max_frame)),
-                Ok(Err(e)) => {
+            None => match ServiceConn::connect(&self.socket).await {
+                Ok(stream) => (stream, FrameDecoder::new(self.max_frame)),
+                Err(e) => {
                     tracing::debug!(service = %self.interface, socket = %self.socket.display(), "cannot connect: {e}");
                     self.forget();
                     return Err(self.unavailable());
                 }
-                Err(_) => return Err(self.timed_out(timeout)),
             },
         };
         let mut frame = Vec::with_capacity(request.len() + 1);
         frame.extend_from_slice(request);
         frame.push(0);
-        match timeout_at(deadline, stream.write_all(&frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                self.forget();
-                return Err(self.unavailable());
-            }
-            Err(_) => return Err(self.timed_out(timeout)),
+        if stream.write_all(&frame).await.is_err() {
+            self.forget();
+            return Err(self.unavailable());
         }
         if oneway {
             self.give_back(stream, decoder, serving);
@@ -369,16 +397,14 @@ impl ServiceProxy {
                     return Err(self.unavailable());
                 }
             }
-            match timeout_at(deadline, stream.read(decoder.spare())).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
+            match stream.read(decoder.spare()).await {
+                Ok(0) | Err(_) => {
                     // The service closed or failed mid-call: whether the
                     // call ran is unknown, so it is not retried.
                     self.forget();
                     return Err(self.unavailable());
                 }
-                Ok(Ok(n)) => decoder.commit(n),
-                // The connection is mid-call: it is dropped, not reused.
-                Err(_) => return Err(self.timed_out(timeout)),
+                Ok(n) => decoder.commit(n),
             }
         };
         if decoder.pending() > 0 {
@@ -403,17 +429,16 @@ impl ServiceProxy {
     /// Counts a call of a QM account, unless it has its share in flight.
     fn take_account_turn(&self, account: &AccountKey) -> Result<AccountTurn<'_>, ErrorReply> {
         let mut calls = self.qm_calls.lock().unwrap_or_else(|p| p.into_inner());
-        let held = calls.entry(account.clone()).or_default();
-        if *held >= self.per_account {
-            if *held == 0 {
-                calls.remove(account);
+        match calls.iter_mut().find(|(key, _)| key == account) {
+            Some((_, held)) if *held >= self.per_account => {
+                return Err(ErrorReply::LimitExceeded {
+                    limit: "service_calls_per_peer".into(),
+                    max: self.per_account as u64,
+                })
             }
-            return Err(ErrorReply::LimitExceeded {
-                limit: "service_calls_per_peer".into(),
-                max: self.per_account as u64,
-            });
+            Some((_, held)) => *held += 1,
+            None => calls.push((account.clone(), 1)),
         }
-        *held += 1;
         Ok(AccountTurn {
             proxy: self,
             account: account.clone(),
@@ -483,6 +508,8 @@ pub struct StreamReply {
     pub frame: Vec<u8>,
     /// The stream's last reply (no `continues`, or an error).
     pub last: bool,
+    /// The error it names, if it is one (for monitors).
+    pub error: Option<String>,
 }
 
 /// A streaming call in progress on its own connection to the service.
@@ -515,8 +542,8 @@ impl ServiceStream<'_> {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    let last = match check_relayable(frame, true) {
-                        Ok(checked) => !checked.continues,
+                    let (last, error) = match check_relayable(frame, true) {
+                        Ok(checked) => (!checked.continues, checked.error),
                         Err(e) => {
                             tracing::warn!(service = %self.proxy.interface, "stream reply not relayed: {e}");
                             self.ended = true;
@@ -527,6 +554,7 @@ impl ServiceStream<'_> {
                     return Ok(Some(StreamReply {
                         frame: frame.to_vec(),
                         last,
+                        error,
                     }));
                 }
                 Ok(None) => {}
@@ -571,10 +599,10 @@ impl Drop for AccountTurn<'_> {
             .qm_calls
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = calls.get_mut(&self.account) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                calls.remove(&self.account);
+        if let Some(at) = calls.iter().position(|(key, _)| *key == self.account) {
+            calls[at].1 = calls[at].1.saturating_sub(1);
+            if calls[at].1 == 0 {
+                calls.swap_remove(at);
             }
         }
     }
@@ -664,6 +692,37 @@ mod tests {
             assert!(proxy.pooled(side).is_some(), "{side:?} gets its own back");
             assert!(proxy.pooled(side).is_none(), "{side:?} gets no other");
         }
+    }
+
+    /// One QM container holds at most its share of a service's calls;
+    /// each account's count goes back down as its calls end, and an
+    /// account with none left is no longer listed.
+    #[test]
+    fn account_turns_are_bounded_per_container_and_released_on_drop() {
+        use crate::peer::{AccountKey, Container};
+        let proxy = ServiceProxy::new("com.example.S".into(), "/nonexistent".into(), 5, 4096);
+        // Five connections: QM's share is four, one container's two.
+        let key = |id| AccountKey {
+            listener: "consumer".into(),
+            container: Container::Cgroup(id),
+        };
+        let listed = || proxy.qm_calls.lock().expect("lock").len();
+        let a1 = proxy.take_account_turn(&key(1)).expect("a, first");
+        let a2 = proxy.take_account_turn(&key(1)).expect("a, second");
+        assert!(
+            proxy.take_account_turn(&key(1)).is_err(),
+            "a third call of one container is refused"
+        );
+        let b1 = proxy.take_account_turn(&key(2)).expect("another container");
+        assert_eq!(listed(), 2);
+        drop(a1);
+        let a3 = proxy
+            .take_account_turn(&key(1))
+            .expect("a, after one ended");
+        drop((a2, a3));
+        assert_eq!(listed(), 1, "a container with no call left is not listed");
+        drop(b1);
+        assert_eq!(listed(), 0);
     }
 
     #[test]
