@@ -15,7 +15,13 @@
 //! Figures 1 and 2 are also measured with every CPU kept busy by processes
 //! at SCHED_IDLE that do no IPC (phase 1b): on these virtual machines that
 //! alone changes the wake-up times of everything else, so the attack is
-//! shown against it too.
+//! shown against it too. And once more with every CPU kept busy at
+//! SCHED_IDLE inside system calls, copying through socket pairs of their
+//! own and talking to nobody (phase 1c): on a kernel that does not preempt
+//! its own code (`preempt=none`, which the report names), a woken thread
+//! waits for the copy under way, whatever its priority; the raw echo
+//! there is what any process, the gateway or none, gets from the kernel
+//! under such a load.
 //!
 //! Every attacker identity, the well-behaved client and the other container
 //! are processes of their own (this binary, run again with `--attacker` or
@@ -32,8 +38,8 @@
 //!
 //! `QM_IPC_BENCH_SKIP=storm,flood-call` leaves attacks out, to find which
 //! one costs what (kinds: flood-publish, flood-call, duplicate-subscribe,
-//! stalled-subscribe, poison, slow-loris, storm, hold, and cpu-load for
-//! phase 1b); the report says so.
+//! stalled-subscribe, poison, slow-loris, storm, hold, cpu-load for phase
+//! 1b and kernel-load for phase 1c); the report says so.
 //!
 //! The gateway runs with `--qm-accept idle`, as the generated ASIL-to-QM
 //! deployment runs it. `QM_IPC_BENCH_GATEWAY_ARGS="--qm-accept normal"`
@@ -155,9 +161,13 @@ enum Kind {
     /// No IPC at all: a thread per CPU spinning at SCHED_IDLE, taking the
     /// idle CPU the attackers take (phase 1b).
     CpuLoad,
+    /// No IPC with anyone either: a thread per CPU at SCHED_IDLE copying
+    /// through a socket pair of its own, so the CPU it takes is spent
+    /// inside system calls, as the attackers' is (phase 1c).
+    KernelLoad,
 }
 
-const KINDS: [(Kind, &str); 9] = [
+const KINDS: [(Kind, &str); 10] = [
     (Kind::FloodPublish, "flood-publish"),
     (Kind::FloodCall, "flood-call"),
     (Kind::DuplicateSubscribe, "duplicate-subscribe"),
@@ -167,6 +177,7 @@ const KINDS: [(Kind, &str); 9] = [
     (Kind::Storm, "storm"),
     (Kind::Hold, "hold"),
     (Kind::CpuLoad, "cpu-load"),
+    (Kind::KernelLoad, "kernel-load"),
 ];
 
 /// What every attacker identity runs, one connection of each.
@@ -309,6 +320,30 @@ fn attack(kind: Kind, target: &Target) {
         Kind::Storm => storm(target),
         Kind::Hold => hold_slot(target),
         Kind::CpuLoad => cpu_load(),
+        Kind::KernelLoad => kernel_load(),
+    }
+}
+
+/// Bytes the kernel-load threads copy per system call: the largest frame
+/// a QM peer may send the gateway (`--max-frame`), so the longest copy
+/// one write of an attacker asks of the kernel.
+const KERNEL_COPY: usize = 64 * 1024;
+
+/// Keeps a CPU busy inside system calls, and nothing else: writes
+/// [`KERNEL_COPY`] bytes into a socket pair of its own and reads them
+/// back. Nobody waits on it. On a kernel that does not preempt its own
+/// code (`preempt=none`), a thread woken on this CPU waits for the copy
+/// under way to end, SCHED_IDLE or not.
+fn kernel_load() {
+    let Ok((into, out_of)) = UnixStream::pair() else {
+        return;
+    };
+    let chunk = vec![1u8; KERNEL_COPY];
+    let mut back = vec![0u8; KERNEL_COPY];
+    while !stopped() {
+        if (&into).write_all(&chunk).is_err() || (&out_of).read_exact(&mut back).is_err() {
+            return;
+        }
     }
 }
 
@@ -563,7 +598,10 @@ fn hold_slot(target: &Target) {
 /// the storm and the slot holders.
 fn spawn_attack(kinds: &[Kind], target: &Target, threads: usize) {
     for &kind in kinds {
-        let n = if matches!(kind, Kind::Storm | Kind::Hold | Kind::CpuLoad) {
+        let n = if matches!(
+            kind,
+            Kind::Storm | Kind::Hold | Kind::CpuLoad | Kind::KernelLoad
+        ) {
             threads
         } else {
             1
@@ -1659,6 +1697,20 @@ fn main() {
         peers.stop_attack();
         phase
     });
+    // The same, with the CPU spent inside system calls (copies nobody
+    // waits for), as the attackers spend much of theirs.
+    let in_kernel = (separate && !skipped_kinds().contains(&Kind::KernelLoad)).then(|| {
+        println!(
+            "phase 1c: alone, with {cpus} threads at SCHED_IDLE copying {} KiB through socket pairs of their own",
+            KERNEL_COPY / 1024
+        );
+        peers.start_attack(&storm_id, &[Kind::KernelLoad], cpus, &gw.consumer);
+        let phase = run_phase(
+            &mut peers, &gw, &client_id, &probe_id, 5, iterations, probes, &published,
+        );
+        peers.stop_attack();
+        phase
+    });
 
     let mix_connections = attacker_ids.len() * MIX.len();
     println!(
@@ -1802,25 +1854,51 @@ fn main() {
             Some(attacked.other_failures),
         ),
     ];
-    if let Some(loaded) = &loaded {
-        figures.insert(
-            2,
-            row(
-                "1. Get, alone, every CPU kept busy at SCHED_IDLE",
-                &loaded.get,
-                &baseline,
-                Some(loaded.errors),
+    // The loaded phases' rows, each just before the row under attack it
+    // is compared with (so: alone, 1b, 1c, under attack).
+    for (phase, load) in [
+        (&loaded, "every CPU kept busy at SCHED_IDLE"),
+        (
+            &in_kernel,
+            "every CPU kept busy at SCHED_IDLE in system calls",
+        ),
+    ] {
+        let Some(phase) = phase else { continue };
+        for (before, new_row) in [
+            (
+                "1. Get, under attack",
+                row(
+                    &format!("1. Get, alone, {load}"),
+                    &phase.get,
+                    &baseline,
+                    Some(phase.errors),
+                ),
             ),
-        );
-        figures.insert(
-            9,
-            row(
-                "2. ASIL publish → ASIL subscriber, alone, every CPU kept busy at SCHED_IDLE",
-                &loaded.asil,
-                &baseline,
-                Some(loaded.asil_lost + loaded.asil_dropped),
+            (
+                "1. raw echo beside each Get, in the client's process, under attack (no gateway)",
+                row(
+                    &format!("1. raw echo beside each Get, in the client's process, alone, {load} (no gateway)"),
+                    &phase.echo,
+                    &baseline,
+                    None,
+                ),
             ),
-        );
+            (
+                "2. ASIL publish → ASIL subscriber, under attack",
+                row(
+                    &format!("2. ASIL publish → ASIL subscriber, alone, {load}"),
+                    &phase.asil,
+                    &baseline,
+                    Some(phase.asil_lost + phase.asil_dropped),
+                ),
+            ),
+        ] {
+            let at = figures
+                .iter()
+                .position(|r| r.starts_with(&format!("| {before} |")))
+                .unwrap_or(figures.len());
+            figures.insert(at, new_row);
+        }
     }
     let mut targets = vec![
         format!(
@@ -1925,6 +2003,16 @@ fn main() {
             p99_ratio(&loaded.get, &alone.get)
         ));
     }
+    if let Some(in_kernel) = &in_kernel {
+        targets.push(format!(
+            "| 1c. raw echo p99 alone with every CPU busy at SCHED_IDLE in system calls / alone (what the kernel does to any round trip under such a load, with no gateway in it; no target) | {:.2} | |",
+            p99_ratio(&in_kernel.echo, &alone.echo)
+        ));
+        targets.push(format!(
+            "| 1c. Get p99 alone with every CPU busy at SCHED_IDLE in system calls / alone (no target) | {:.2} | |",
+            p99_ratio(&in_kernel.get, &alone.get)
+        ));
+    }
     let mut notes = Vec::new();
     let skipped: Vec<&str> = skipped_kinds().iter().map(|k| k.name()).collect();
     if !skipped.is_empty() {
@@ -1938,14 +2026,15 @@ fn main() {
     }
     // Phase 1b is a baseline: errors or lost samples there make it one no
     // figure should be judged against.
-    if let Some(loaded) = loaded.as_ref() {
-        let lost = loaded.asil_lost + loaded.asil_dropped;
-        if loaded.errors > 0 || lost > 0 {
+    for (name, phase) in [("1b", &loaded), ("1c", &in_kernel)] {
+        let Some(phase) = phase else { continue };
+        let lost = phase.asil_lost + phase.asil_dropped;
+        if phase.errors > 0 || lost > 0 {
             notes.push(format!(
-                "**Phase 1b is no clean baseline:** with every CPU busy and no attacker doing IPC, the \
+                "**Phase {name} is no clean baseline:** with every CPU busy and no attacker doing IPC, the \
                  well-behaved client had {} errors{}, and the ASIL subscriber lost or dropped {lost} samples.",
-                loaded.errors,
-                loaded
+                phase.errors,
+                phase
                     .first_error
                     .as_ref()
                     .map(|e| format!(" (first: `{e}`)"))
@@ -1971,13 +2060,14 @@ fn main() {
         .collect();
     let body = format!(
         "## Interference\n\n\
-         Command: `cargo bench -p qm-ipc --bench interference{}` — commit {}, {} ({mode} mode).\n\n\
+         Command: `cargo bench -p qm-ipc --bench interference{}` — commit {}, {} ({mode} mode); the kernel's \
+         preemption of its own code: {}.\n\n\
          Identities: {isolation}. Gateway bounds (the defaults, given explicitly): `{}`; policy: the provider socket may do \
          everything, each attacker identity may publish its own topics `q<uid>.*`, every QM peer may get and subscribe to \
          every topic and call the ASIL echo service behind the gateway (`io.qmipc.BenchEcho`, a plain varlink server), so the \
          attackers are held back by the bounds, not by the policy. A provider \
          publishes `bench.stream` at {}/s throughout. Unpinned.\n\n\
-         Phases: 1. alone; {}2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
+         Phases: 1. alone; {}{}2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
          a flooding publisher to its own topic and a flooding caller of the echo service ({FLOOD_PIPELINE} pipelined requests \
          at a time), a duplicate subscriber (Subscribe `*`, then Subscribe again on the stream; reconnects when the gateway \
          ends it), a stalled subscriber to `*` that never reads (reconnects when closed), a poison publisher (values with \
@@ -1998,6 +2088,7 @@ fn main() {
         if quick { " -- --quick" } else { "" },
         commit(),
         machine(),
+        kernel_preemption(),
         bound_args.join(" "),
         1_000_000 / STREAM_PACE.as_micros(),
         match (&loaded, separate) {
@@ -2006,6 +2097,17 @@ fn main() {
                  wake-up times, so the attack is also shown against it); ",
             (None, true) => "(1b, every CPU kept busy, left out of this run); ",
             (None, false) => "(1b, every CPU kept busy, needs root: not run); ",
+        },
+        match (&in_kernel, separate) {
+            (Some(_), _) => format!(
+                "1c. alone again, with an attacker process at SCHED_IDLE running one thread per CPU that writes \
+                 {} KiB (the largest frame) into a socket pair of its own and reads it back, talking to nobody (the \
+                 CPU the attackers spend in system calls; on a kernel that does not preempt its own code, a woken \
+                 thread waits for the copy under way); ",
+                KERNEL_COPY / 1024
+            ),
+            (None, true) => "(1c, every CPU busy in system calls, left out of this run); ".to_owned(),
+            (None, false) => "(1c, every CPU busy in system calls, needs root: not run); ".to_owned(),
         },
         attacker_ids.len(),
         if storm {

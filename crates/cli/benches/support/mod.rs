@@ -435,6 +435,60 @@ pub fn machine() -> String {
     describe_cpus(&cpuinfo)
 }
 
+/// How the running kernel preempts its own code, and where that was read:
+/// "none (kernel configuration; no preempt= on the command line)". With
+/// `none` (and `voluntary`, between its few preemption points) a thread
+/// woken while another, even at SCHED_IDLE, is inside a system call waits
+/// for that call to end; `full` and `rt` preempt kernel code too.
+pub fn kernel_preemption() -> String {
+    // The live setting where debugfs can be read (PREEMPT_DYNAMIC kernels
+    // list every model and bracket the one in force).
+    if let Ok(live) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt") {
+        if let Some(model) = live.split_whitespace().find(|w| w.starts_with('(')) {
+            return format!("{} (debugfs)", model.trim_matches(['(', ')']));
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(model) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("preempt="))
+    {
+        return format!("{model} (preempt= on the kernel command line)");
+    }
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    if version.contains("PREEMPT_RT") {
+        return "rt (the kernel's version string)".to_owned();
+    }
+    // The kernel's configuration, from /proc/config.gz or /boot.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config = Command::new("zcat")
+        .arg("/proc/config.gz")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .or_else(|| std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok())
+        .unwrap_or_default();
+    let set = |option: &str| config.lines().any(|l| l == format!("{option}=y"));
+    let model = [
+        ("CONFIG_PREEMPT_RT", "rt"),
+        ("CONFIG_PREEMPT", "full"),
+        ("CONFIG_PREEMPT_LAZY", "lazy"),
+        ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"),
+        ("CONFIG_PREEMPT_NONE", "none"),
+    ]
+    .into_iter()
+    .find(|(option, _)| set(option));
+    match model {
+        Some((_, model)) => {
+            format!("{model} (kernel configuration; no preempt= on the command line)")
+        }
+        None => "unknown (no debugfs, no preempt= on the command line, no kernel configuration)"
+            .to_owned(),
+    }
+}
+
 /// "2 CPUs (AMD EPYC)": the processors /proc/cpuinfo lists and their model.
 pub fn describe_cpus(cpuinfo: &str) -> String {
     let field = |line: &str, name: &str| {
