@@ -163,7 +163,7 @@ enum Kind {
     CpuLoad,
     /// No IPC with anyone either: a thread per CPU at SCHED_IDLE copying
     /// through a socket pair of its own, so the CPU it takes is spent
-    /// inside system calls, as the attackers' is (phase 1c).
+    /// inside system calls, at a worst-case size per call (phase 1c).
     KernelLoad,
 }
 
@@ -325,24 +325,38 @@ fn attack(kind: Kind, target: &Target) {
 }
 
 /// Bytes the kernel-load threads copy per system call: the largest frame
-/// a QM peer may send the gateway (`--max-frame`), so the longest copy
-/// one write of an attacker asks of the kernel.
+/// the benchmark's gateway takes (`--max-frame`). The attackers' own
+/// writes are smaller (requests of 100 B to a few KiB): this is a worst
+/// case of what one system call of theirs asks of the kernel.
 const KERNEL_COPY: usize = 64 * 1024;
 
-/// Keeps a CPU busy inside system calls, and nothing else: writes
-/// [`KERNEL_COPY`] bytes into a socket pair of its own and reads them
-/// back. Nobody waits on it. On a kernel that does not preempt its own
+/// Keeps a CPU busy inside system calls, and nothing else: copies up to
+/// [`KERNEL_COPY`] bytes into a socket pair of its own and back out, on
+/// one thread and without blocking (however small the socket's buffer),
+/// so nobody wakes anybody. On a kernel that does not preempt its own
 /// code (`preempt=none`), a thread woken on this CPU waits for the copy
 /// under way to end, SCHED_IDLE or not.
 fn kernel_load() {
     let Ok((into, out_of)) = UnixStream::pair() else {
         return;
     };
+    if into.set_nonblocking(true).is_err() || out_of.set_nonblocking(true).is_err() {
+        return;
+    }
     let chunk = vec![1u8; KERNEL_COPY];
     let mut back = vec![0u8; KERNEL_COPY];
+    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
     while !stopped() {
-        if (&into).write_all(&chunk).is_err() || (&out_of).read_exact(&mut back).is_err() {
-            return;
+        match (&into).write(&chunk) {
+            Ok(_) => {}
+            Err(e) if would_block(&e) => {}
+            Err(_) => return,
+        }
+        match (&out_of).read(&mut back) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if would_block(&e) => {}
+            Err(_) => return,
         }
     }
 }
@@ -1698,7 +1712,7 @@ fn main() {
         phase
     });
     // The same, with the CPU spent inside system calls (copies nobody
-    // waits for), as the attackers spend much of theirs.
+    // waits for), each as long as one system call of a QM peer can ask.
     let in_kernel = (separate && !skipped_kinds().contains(&Kind::KernelLoad)).then(|| {
         println!(
             "phase 1c: alone, with {cpus} threads at SCHED_IDLE copying {} KiB through socket pairs of their own",
@@ -1896,7 +1910,7 @@ fn main() {
             let at = figures
                 .iter()
                 .position(|r| r.starts_with(&format!("| {before} |")))
-                .unwrap_or(figures.len());
+                .unwrap_or_else(|| panic!("no row {before:?} to put the loaded phase's before"));
             figures.insert(at, new_row);
         }
     }
@@ -2031,7 +2045,7 @@ fn main() {
         let lost = phase.asil_lost + phase.asil_dropped;
         if phase.errors > 0 || lost > 0 {
             notes.push(format!(
-                "**Phase {name} is no clean baseline:** with every CPU busy and no attacker doing IPC, the \
+                "**Phase {name} is no clean baseline:** with every CPU busy and no IPC with anyone, the \
                  well-behaved client had {} errors{}, and the ASIL subscriber lost or dropped {lost} samples.",
                 phase.errors,
                 phase
@@ -2101,9 +2115,9 @@ fn main() {
         match (&in_kernel, separate) {
             (Some(_), _) => format!(
                 "1c. alone again, with an attacker process at SCHED_IDLE running one thread per CPU that writes \
-                 {} KiB (the largest frame) into a socket pair of its own and reads it back, talking to nobody (the \
-                 CPU the attackers spend in system calls; on a kernel that does not preempt its own code, a woken \
-                 thread waits for the copy under way); ",
+                 up to {} KiB (the largest frame) into a socket pair of its own and reads it back, without blocking, \
+                 talking to nobody (CPU spent in system calls, each as long as one of a QM peer can be; on a kernel \
+                 that does not preempt its own code, a woken thread waits for the copy under way); ",
                 KERNEL_COPY / 1024
             ),
             (None, true) => "(1c, every CPU busy in system calls, left out of this run); ".to_owned(),

@@ -448,16 +448,18 @@ pub fn kernel_preemption() -> String {
             return format!("{} (debugfs)", model.trim_matches(['(', ')']));
         }
     }
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    if version.contains("PREEMPT_RT") {
+        return "rt (the kernel's version string)".to_owned();
+    }
+    // preempt= is heeded only by a kernel built with PREEMPT_DYNAMIC.
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(model) = cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("preempt="))
+        .filter(|_| version.contains("PREEMPT_DYNAMIC"))
     {
         return format!("{model} (preempt= on the kernel command line)");
-    }
-    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    if version.contains("PREEMPT_RT") {
-        return "rt (the kernel's version string)".to_owned();
     }
     // The kernel's configuration, from /proc/config.gz or /boot.
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
