@@ -28,6 +28,17 @@ cargo bench --locked -p qm-ipc --bench compare -- --quick
 cargo bench --locked -p qm-ipc --bench interference -- --quick
 cargo bench --locked -p qm-ipc --bench library -- --quick
 cargo bench --locked -p qm-ipc-server --bench held_slice -- --quick
+# The README's first command, exactly as written there: the demo runs its
+# ten round trips and stops, and both directions must show.
+readme_demo=$(awk '/^Run the demo/ { found = 1 } found && /^    cargo run/ { sub(/^    /, ""); print; exit }' README.md)
+if [ -z "$readme_demo" ]; then echo "README.md: no demo command after 'Run the demo'" >&2; exit 1; fi
+if ! timeout 600 bash -c "$readme_demo" > target/readme-demo.log 2>&1 \
+    || ! grep -q "vehicle.speed = " target/readme-demo.log \
+    || ! grep -q "Current time received from client" target/readme-demo.log; then
+    cat target/readme-demo.log >&2
+    echo "the README's demo command ($readme_demo) did not show both directions" >&2
+    exit 1
+fi
 QM_IPC_TEST_TIERS=all cargo test --locked --workspace
 # Every fuzz target (frame decoder, request parser, value validator) for a
 # bounded time; a crash fails the run and leaves its input in fuzz/artifacts.

@@ -199,3 +199,50 @@ fn subscribe_follows_restarts_unless_once() {
     ]);
     assert!(!status.success() && err.contains("200 ms"), "{err}");
 }
+
+/// `subscribe --timeout-ms`: without a count, the time limit is how a
+/// subscription ends, with success once a sample came; with none, or
+/// fewer than --count, it fails (75) saying which. (Before, every one
+/// ended in "no answer from the gateway", samples or not.)
+#[test]
+fn subscribe_time_limit_ends_with_success_once_samples_came() {
+    let gw = Gateway::start(&[]);
+    let mut asil = common::Raw::connect(&gw.provider);
+    asil.call(serde_json::json!({"method": "io.qmipc.Gateway.Publish", "parameters": {"topic": "cabin.temp", "value": {"celsius": 21}}}));
+    assert!(asil.recv().expect("publish reply")["error"].is_null());
+    let socket = gw.consumer.to_str().unwrap();
+    let (status, out, err) = run_cli(&[
+        "subscribe",
+        "--socket",
+        socket,
+        "cabin.temp",
+        "--timeout-ms",
+        "300",
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("celsius"), "the current value came: {out}");
+
+    let (status, _, err) = run_cli(&[
+        "subscribe",
+        "--socket",
+        socket,
+        "cabin.temp",
+        "--count",
+        "3",
+        "--timeout-ms",
+        "300",
+    ]);
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(err.contains("after 1 of 3 samples"), "{err}");
+
+    let (status, _, err) = run_cli(&[
+        "subscribe",
+        "--socket",
+        socket,
+        "never.published",
+        "--timeout-ms",
+        "300",
+    ]);
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(err.contains("within 300 ms"), "{err}");
+}

@@ -306,3 +306,16 @@ fn policy_explain_tells_denied_from_a_bad_or_missing_file() {
     let (code, _, err) = run(&["policy", "explain", "-", "fly", "x"]);
     assert_eq!(code, 64, "{err}");
 }
+
+/// A method without its interface is a command-line mistake, said as such
+/// before anything connects (it used to reach the gateway and come back
+/// as "interface not found: Echo").
+#[test]
+fn a_method_without_its_interface_is_a_usage_error() {
+    let (code, _, err) = run(&["call", "--socket", "/nonexistent/ipc.socket", "Echo", "{}"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("INTERFACE.METHOD") && err.contains("\"Echo\""),
+        "{err}"
+    );
+}

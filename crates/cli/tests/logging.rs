@@ -132,3 +132,34 @@ fn a_peer_s_text_is_bounded_and_escaped_in_the_log() {
         .iter()
         .any(|l| l.starts_with("2026-01-01T00:00:00Z")));
 }
+
+/// A service that is down is logged once at warning level, not once per
+/// call (a QM client calling it cannot fill the log), and its return is
+/// logged once too.
+#[test]
+fn a_service_that_is_down_is_logged_once_until_it_answers_again() {
+    let (mut gw, mut service) = common::gateway_with_service(&[], "");
+    let echo = json!({"method": "com.example.Test.Echo", "parameters": {"text": "hi"}});
+    let mut qm = Raw::connect(&gw.consumer);
+    qm.call(echo.clone());
+    assert!(qm.recv().expect("a reply")["error"].is_null());
+    service.stop();
+    for _ in 0..5 {
+        qm.call(echo.clone());
+        assert_eq!(
+            qm.recv().expect("a reply")["error"],
+            "io.qmipc.Gateway.ServiceUnavailable"
+        );
+    }
+    let _service = common::TestService::start(&service.socket);
+    qm.call(echo);
+    assert!(qm.recv().expect("a reply")["error"].is_null());
+    gw.proc.wait_line("the service answers again");
+    let warned = gw
+        .proc
+        .output
+        .iter()
+        .filter(|l| l.contains("cannot connect to the service"))
+        .count();
+    assert_eq!(warned, 1, "{:#?}", gw.proc.output);
+}

@@ -30,7 +30,7 @@ pub enum ClientError {
     #[error("unexpected reply: {0}")]
     UnexpectedReply(String),
     /// The gateway (or a provider behind it) answered with an error.
-    #[error("{name}: {error}", name = .0.name(), error = .0)]
+    #[error("{}", remote_text(.0))]
     Remote(ErrorReply),
     /// No answer within the call's timeout. The connection the call went
     /// out on is dropped (a late answer must not be taken for the next
@@ -310,5 +310,42 @@ impl Connection {
         let mut call = Call::new(method, parameters);
         call.more = true;
         self.send(&call).await
+    }
+}
+
+/// A varlink error as one line: its name, then what it says. An error this
+/// library does not know already shows its name first (with its
+/// parameters), so the name is not repeated.
+fn remote_text(error: &ErrorReply) -> String {
+    match error {
+        ErrorReply::Other { .. } => error.to_string(),
+        known => format!("{}: {known}", known.name()),
+    }
+}
+
+#[cfg(test)]
+mod remote_text_tests {
+    use super::ClientError;
+    use qm_ipc_proto::ErrorReply;
+
+    /// A service's own error shows its name once; a known error its name,
+    /// then what it says.
+    #[test]
+    fn an_error_names_itself_once() {
+        let own = ClientError::Remote(ErrorReply::Other {
+            name: "com.example.Hello.NotToday".into(),
+            parameters: serde_json::json!({"reason": "closed"}),
+        });
+        assert_eq!(
+            own.to_string(),
+            r#"com.example.Hello.NotToday {"reason":"closed"}"#
+        );
+        let known = ClientError::Remote(ErrorReply::MethodNotFound {
+            method: "com.example.Hello.Nope".into(),
+        });
+        assert_eq!(
+            known.to_string(),
+            "org.varlink.service.MethodNotFound: method not found: com.example.Hello.Nope"
+        );
     }
 }

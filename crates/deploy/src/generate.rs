@@ -71,7 +71,7 @@ pub const DEMO_POLICY: &str = r#"# The access policy of `qm-ipc generate --demo`
 [[rule]]
 name = "asil-side"
 socket = "provider"
-allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true }
+allow = { publish = ["*"], subscribe = ["*"], call = ["*"], stats = true, list = true }
 
 [[rule]]
 name = "qm-side"
@@ -1351,6 +1351,29 @@ pub fn render_listing(files: &[GeneratedFile]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo's policy says it is the built-in one plus QM's grant to
+    /// call the demo service: rule for rule, it must be. (Regression: its
+    /// ASIL side had lost the built-in `list` grant.)
+    #[test]
+    fn the_demo_policy_is_the_built_in_one_and_a_call_grant() {
+        let rules = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let expected: Vec<String> = rules(DEFAULT_POLICY)
+            .into_iter()
+            .map(
+                |line| match line.starts_with("allow") && line.contains("demo.time") {
+                    true => line.replace(" }", r#", call = ["io.qmipc.Demo.*"] }"#),
+                    false => line,
+                },
+            )
+            .collect();
+        assert_eq!(rules(DEMO_POLICY), expected);
+    }
 
     #[test]
     fn asil_to_qm_uses_the_seed_paths() {

@@ -49,7 +49,9 @@ pub struct SubscribeArgs {
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Give up after this many milliseconds in all (default: no limit).
+    /// Stop after this many milliseconds in all (default: no limit). Without
+    /// --count, a subscription that got a sample ends there with success;
+    /// one that got none, or fewer than --count, fails (exit 75).
     #[arg(long, value_name = "MS", value_parser = crate::commands::range::<u64>(1, 86_400_000))]
     timeout_ms: Option<u64>,
 }
@@ -164,13 +166,13 @@ pub async fn subscribe(socket: Option<PathBuf>, args: SubscribeArgs) -> Result<(
     let session = Session::new(socket_or_default(socket));
     let mut samples = session.subscribe::<Value>(args.topics.iter().cloned())?;
     let json = args.json;
+    let seen = std::cell::Cell::new(0u64);
     let follow = async {
-        let mut seen = 0u64;
-        while args.count.is_none_or(|count| seen < count) {
+        while args.count.is_none_or(|count| seen.get() < count) {
             match samples.next().await {
                 Some(Ok(sample)) => {
                     print_sample(&sample, json, args.timestamps);
-                    seen += 1;
+                    seen.set(seen.get() + 1);
                 }
                 // Events go to stderr, so stdout stays one sample a line.
                 Some(Err(e)) if e.is_disconnect() => {
@@ -186,16 +188,23 @@ pub async fn subscribe(socket: Option<PathBuf>, args: SubscribeArgs) -> Result<(
         }
         Ok(())
     };
-    match args.timeout_ms {
-        None => follow.await,
-        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), follow)
-            .await
-            .map_err(|_| CommandError::Timeout(ms))?,
+    let Some(ms) = args.timeout_ms else {
+        return follow.await;
+    };
+    match tokio::time::timeout(Duration::from_millis(ms), follow).await {
+        Ok(done) => done,
+        // The time limit is how a subscription without a count ends, once
+        // something came.
+        Err(_) => match (args.count, seen.get()) {
+            (_, 0) => Err(CommandError::Timeout(ms)),
+            (None, _) => Ok(()),
+            (Some(count), seen) => Err(CommandError::TimeLimit { ms, seen, count }),
+        },
     }
 }
 
 pub async fn publish(socket: Option<PathBuf>, args: PublishArgs) -> Result<(), CommandError> {
-    let value = parse_json("the value", &args.value)?;
+    let value = parse_json("VALUE", &args.value)?;
     let seq = session(socket, &args.common)
         .publish(&args.topic, &value)
         .await?;
@@ -208,7 +217,14 @@ pub async fn publish(socket: Option<PathBuf>, args: PublishArgs) -> Result<(), C
 }
 
 pub async fn call(socket: Option<PathBuf>, args: CallArgs) -> Result<(), CommandError> {
-    let parameters = parse_json("the parameters", args.parameters.as_deref().unwrap_or("{}"))?;
+    if !args.method.contains('.') {
+        return Err(CommandError::CommandLine(format!(
+            "METHOD is INTERFACE.METHOD, as varlinkctl takes it (e.g. io.qmipc.Demo.Echo), not {:?}; \
+             `qm-ipc info` lists the interfaces you may call",
+            args.method
+        )));
+    }
+    let parameters = parse_json("PARAMETERS", args.parameters.as_deref().unwrap_or("{}"))?;
     if !parameters.is_object() {
         return Err(CommandError::Usage(
             "the parameters must be a JSON object, e.g. '{\"text\": \"hi\"}'".into(),

@@ -108,9 +108,18 @@ impl Policy {
         };
         let file: PolicyFile =
             toml::from_str(text).map_err(|e| error(e.span(), e.message().to_owned()))?;
+        // Each name once: the listeners passed in name consumer and
+        // provider too.
         let mut known: Vec<String> = vec![CONSUMER.into(), PROVIDER.into()];
-        known.extend(sockets.iter().map(|s| s.to_string()));
-        known.extend(file.sockets.iter().map(|s| s.get_ref().clone()));
+        let more = sockets
+            .iter()
+            .map(|s| s.to_string())
+            .chain(file.sockets.iter().map(|s| s.get_ref().clone()));
+        for name in more {
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
         for declared in &file.sockets {
             if crate::listen::is_default_fd_name(declared.get_ref()) {
                 return Err(error(
@@ -150,9 +159,18 @@ impl Policy {
                 list.into_iter()
                     .map(|p| {
                         TopicPattern::parse(p.get_ref()).map_err(|e| {
+                            // The reason alone: the parser speaks of a
+                            // request's parameter, which a policy has not.
+                            let why = match e {
+                                qm_ipc_proto::ErrorReply::InvalidValue { reason, .. } => reason,
+                                other => other.to_string(),
+                            };
                             error(
                                 Some(p.span()),
-                                format!("bad {what} pattern {:?}: {e}", p.get_ref()),
+                                format!(
+                                    "bad {what} pattern {:?}: {why} (a pattern is a name, a name.* prefix, or * alone)",
+                                    p.get_ref()
+                                ),
                             )
                         })
                     })
@@ -291,6 +309,12 @@ mod tests {
             e.message.contains("bad subscribe pattern \"bad topic\""),
             "{e}"
         );
+        // The reason, and how a pattern is written; nothing of a request's
+        // parameters, which a policy has not.
+        let e = err("[[rule]]\nname = \"a\"\nallow = { call = [\"io.qmipc.Demo*\"] }\n");
+        assert!(e.message.contains("contains '*'"), "{e}");
+        assert!(e.message.contains("a name.* prefix"), "{e}");
+        assert!(!e.message.contains("parameter"), "{e}");
         let e = err("[[rule]]\nname = \"a\"\nsocket = \"diag\"\n");
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("unknown socket \"diag\""), "{e}");
@@ -306,6 +330,19 @@ mod tests {
             &["diag"]
         )
         .is_ok());
+        // Every known name once, the listeners' names included.
+        // (Regression: `serve` listed consumer and provider twice.)
+        let e = Policy::parse(
+            "p.toml",
+            "sockets = [\"diag\", \"consumer\"]\n[[rule]]\nname = \"a\"\nsocket = \"consumr\"\n",
+            &["consumer", "provider", "diag"],
+        )
+        .expect_err("an unknown socket");
+        assert!(
+            e.message
+                .contains("known: consumer, provider, diag (declare"),
+            "{e}"
+        );
         let e = err("[[rule]]\nname = \"a\"\n[[rule]]\nname = \"a\"\n");
         assert!(e.message.contains("second rule"), "{e}");
         let e = err("[[rule]]\nname = \"a\"\nuid = -1\n");

@@ -61,6 +61,9 @@ pub struct ServiceProxy {
     /// from the QM thread for the held thread's.
     idle: [Mutex<Vec<(ServiceConn, FrameDecoder)>>; SERVING_LOOPS],
     description: Mutex<Option<Arc<Interface>>>,
+    /// A failed connect was logged at warning level, and the service has
+    /// not answered since.
+    down_reported: std::sync::atomic::AtomicBool,
 }
 
 /// A forwarded call's reply: the service's frame (without its NUL),
@@ -85,6 +88,7 @@ impl ServiceProxy {
             connections,
             idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
             description: Mutex::new(None),
+            down_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -114,6 +118,26 @@ impl ServiceProxy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The service's socket refused a connection: said once at warning
+    /// level until the service answers again (so a QM client calling a
+    /// service that is down cannot fill the log), then at debug level.
+    fn cannot_connect(&self, e: &std::io::Error) {
+        match self
+            .down_reported
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            false => tracing::warn!(
+                service = %self.interface,
+                socket = %self.socket.display(),
+                "cannot connect to the service: {e}; its callers get ServiceUnavailable until it listens again"
+            ),
+            true => {
+                tracing::debug!(service = %self.interface, socket = %self.socket.display(), "cannot connect: {e}")
+            }
+        }
+        self.forget();
     }
 
     /// The service went away: its next caller describes it anew.
@@ -148,7 +172,17 @@ impl ServiceProxy {
             .ok()
             .and_then(|v| v["parameters"]["description"].as_str().map(str::to_owned));
         let Some(description) = description else {
-            tracing::warn!(service = %self.interface, "GetInterfaceDescription gave no description");
+            // Most often the socket serves another interface (a typo in
+            // the services file, or the wrong socket): say what it said.
+            let answered = reply.error.as_deref().map_or_else(
+                || "no description".to_owned(),
+                |e| crate::connection::truncate_for_log(e).into_owned(),
+            );
+            tracing::warn!(
+                service = %self.interface,
+                socket = %self.socket.display(),
+                "the service answered GetInterfaceDescription with {answered}: does the socket the services file names serve this interface?"
+            );
             return Err(self.unavailable());
         };
         let parsed = match Interface::parse(&description) {
@@ -163,6 +197,12 @@ impl ServiceProxy {
             }
         };
         *self.description.lock().unwrap_or_else(|p| p.into_inner()) = Some(parsed.clone());
+        if self
+            .down_reported
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(service = %self.interface, "the service answers again");
+        }
         Ok(parsed)
     }
 
@@ -220,8 +260,8 @@ impl ServiceProxy {
         };
         let stream = match timeout_at(deadline, ServiceConn::connect(&self.socket)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(_)) => {
-                self.forget();
+            Ok(Err(e)) => {
+                self.cannot_connect(&e);
                 return Err(self.unavailable());
             }
             Err(_) => return Err(self.timed_out(timeout)),
@@ -371,8 +411,7 @@ impl ServiceProxy {
             None => match ServiceConn::connect(&self.socket).await {
                 Ok(stream) => (stream, FrameDecoder::new(self.max_frame)),
                 Err(e) => {
-                    tracing::debug!(service = %self.interface, socket = %self.socket.display(), "cannot connect: {e}");
-                    self.forget();
+                    self.cannot_connect(&e);
                     return Err(self.unavailable());
                 }
             },
