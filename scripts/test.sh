@@ -32,6 +32,7 @@ cargo bench --locked -p qm-ipc-server --bench held_slice -- --quick
 # ten round trips and stops, and both directions must show.
 readme_demo=$(awk '/^Run the demo/ { found = 1 } found && /^    cargo run/ { sub(/^    /, ""); print; exit }' README.md)
 if [ -z "$readme_demo" ]; then echo "README.md: no demo command after 'Run the demo'" >&2; exit 1; fi
+mkdir -p target
 if ! timeout 600 bash -c "$readme_demo" > target/readme-demo.log 2>&1 \
     || ! grep -q "vehicle.speed = " target/readme-demo.log \
     || ! grep -q "Current time received from client" target/readme-demo.log; then

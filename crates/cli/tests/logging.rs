@@ -155,11 +155,46 @@ fn a_service_that_is_down_is_logged_once_until_it_answers_again() {
     qm.call(echo);
     assert!(qm.recv().expect("a reply")["error"].is_null());
     gw.proc.wait_line("the service answers again");
+    // Every line the gateway wrote, to its end.
+    gw.stop();
     let warned = gw
         .proc
         .output
         .iter()
         .filter(|l| l.contains("cannot connect to the service"))
+        .count();
+    assert_eq!(warned, 1, "{:#?}", gw.proc.output);
+}
+
+/// A socket that serves another interface than the services file says is
+/// logged once with what it answered, not once per call.
+#[test]
+fn a_service_that_serves_another_interface_is_logged_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = common::TestService::start(&dir.path().join("asil/test.socket"));
+    let services = common::services_file(dir.path(), "com.example.Other", &service.socket, "");
+    let mut gw = Gateway::start_in(dir, &["--services", services.to_str().expect("utf-8")]);
+    let mut qm = Raw::connect(&gw.consumer);
+    for _ in 0..5 {
+        qm.call(json!({"method": "com.example.Other.Echo", "parameters": {"text": "hi"}}));
+        assert_eq!(
+            qm.recv().expect("a reply")["error"],
+            "io.qmipc.Gateway.ServiceUnavailable"
+        );
+    }
+    let line = gw.proc.wait_line("answered GetInterfaceDescription with");
+    assert!(
+        gw.proc.output[line].contains("InterfaceNotFound"),
+        "{}",
+        gw.proc.output[line]
+    );
+    // Every line the gateway wrote, to its end: still the one warning.
+    gw.stop();
+    let warned = gw
+        .proc
+        .output
+        .iter()
+        .filter(|l| l.contains("answered GetInterfaceDescription"))
         .count();
     assert_eq!(warned, 1, "{:#?}", gw.proc.output);
 }

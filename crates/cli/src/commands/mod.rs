@@ -32,6 +32,9 @@ pub enum CommandError {
     NoInput(String),
     #[error("no answer from the gateway within {0} ms")]
     Timeout(u64),
+    /// `subscribe --timeout-ms MS` got nothing in its time.
+    #[error("no sample within {0} ms")]
+    NoSample(u64),
     /// `subscribe --count N --timeout-ms MS` reached its time limit first.
     #[error("the time limit ({ms} ms) ran out after {seen} of {count} samples")]
     TimeLimit { ms: u64, seen: u64, count: u64 },
@@ -203,7 +206,7 @@ impl CommandError {
             Self::CommandLine(_) => exit::USAGE,
             Self::Usage(_) | Self::Generate(_) => exit::DATAERR,
             Self::NoInput(_) => exit::NOINPUT,
-            Self::Timeout(_) | Self::TimeLimit { .. } => exit::TEMPFAIL,
+            Self::Timeout(_) | Self::NoSample(_) | Self::TimeLimit { .. } => exit::TEMPFAIL,
             Self::Io(_) => exit::IOERR,
             Self::Client(e) => match e {
                 C::Connect { .. } => exit::UNAVAILABLE,

@@ -196,7 +196,7 @@ pub async fn subscribe(socket: Option<PathBuf>, args: SubscribeArgs) -> Result<(
         // The time limit is how a subscription without a count ends, once
         // something came.
         Err(_) => match (args.count, seen.get()) {
-            (_, 0) => Err(CommandError::Timeout(ms)),
+            (_, 0) => Err(CommandError::NoSample(ms)),
             (None, _) => Ok(()),
             (Some(count), seen) => Err(CommandError::TimeLimit { ms, seen, count }),
         },

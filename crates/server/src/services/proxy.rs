@@ -61,9 +61,23 @@ pub struct ServiceProxy {
     /// from the QM thread for the held thread's.
     idle: [Mutex<Vec<(ServiceConn, FrameDecoder)>>; SERVING_LOOPS],
     description: Mutex<Option<Arc<Interface>>>,
-    /// A failed connect was logged at warning level, and the service has
-    /// not answered since.
+    /// The service could not be used since it last answered (a warning
+    /// said why; its next description is logged as its return).
     down_reported: std::sync::atomic::AtomicBool,
+    /// Warnings about this service, at most one per [`WARN_EVERY`].
+    warnings: Mutex<WarningGate>,
+}
+
+/// How often a service's warnings are logged at most: each is what a QM
+/// call ran into, so QM must not be able to make one line per call. The
+/// lines held back are logged at debug level, and counted in the next
+/// warning.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct WarningGate {
+    last: Option<std::time::Instant>,
+    held_back: u64,
 }
 
 /// A forwarded call's reply: the service's frame (without its NUL),
@@ -89,6 +103,7 @@ impl ServiceProxy {
             idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
             description: Mutex::new(None),
             down_reported: std::sync::atomic::AtomicBool::new(false),
+            warnings: Mutex::new(WarningGate::default()),
         }
     }
 
@@ -120,24 +135,38 @@ impl ServiceProxy {
             .clone()
     }
 
-    /// The service's socket refused a connection: said once at warning
-    /// level until the service answers again (so a QM client calling a
-    /// service that is down cannot fill the log), then at debug level.
+    /// The service's socket refused a connection (see [`Self::unusable`]).
     fn cannot_connect(&self, e: &std::io::Error) {
-        match self
-            .down_reported
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            false => tracing::warn!(
-                service = %self.interface,
-                socket = %self.socket.display(),
-                "cannot connect to the service: {e}; its callers get ServiceUnavailable until it listens again"
-            ),
-            true => {
-                tracing::debug!(service = %self.interface, socket = %self.socket.display(), "cannot connect: {e}")
+        self.unusable(&format!(
+            "cannot connect to the service: {e}; its callers get ServiceUnavailable until it listens again"
+        ));
+        self.forget();
+    }
+
+    /// Why the service cannot be used now (see [`Self::warn`]); its next
+    /// description is logged as its return.
+    fn unusable(&self, why: &str) {
+        self.down_reported
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.warn(why);
+    }
+
+    /// A warning about this service, at most one per [`WARN_EVERY`] (with
+    /// how many were held back since the last); the rest at debug level.
+    fn warn(&self, why: &str) {
+        let now = std::time::Instant::now();
+        let mut gate = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        match gate.last {
+            Some(last) if now.duration_since(last) < WARN_EVERY => {
+                gate.held_back += 1;
+                tracing::debug!(service = %self.interface, socket = %self.socket.display(), "{why}");
+            }
+            _ => {
+                let held_back = std::mem::take(&mut gate.held_back);
+                gate.last = Some(now);
+                tracing::warn!(service = %self.interface, socket = %self.socket.display(), held_back, "{why}");
             }
         }
-        self.forget();
     }
 
     /// The service went away: its next caller describes it anew.
@@ -178,21 +207,25 @@ impl ServiceProxy {
                 || "no description".to_owned(),
                 |e| crate::connection::truncate_for_log(e).into_owned(),
             );
-            tracing::warn!(
-                service = %self.interface,
-                socket = %self.socket.display(),
+            self.unusable(&format!(
                 "the service answered GetInterfaceDescription with {answered}: does the socket the services file names serve this interface?"
-            );
+            ));
             return Err(self.unavailable());
         };
         let parsed = match Interface::parse(&description) {
             Ok(i) if i.name == self.interface => Arc::new(i),
             Ok(i) => {
-                tracing::warn!(service = %self.interface, described = %i.name, "the service describes another interface");
+                self.unusable(&format!(
+                    "the service describes another interface, {}",
+                    crate::connection::truncate_for_log(&i.name)
+                ));
                 return Err(self.unavailable());
             }
             Err(e) => {
-                tracing::warn!(service = %self.interface, "the service's interface description is unusable: {e}");
+                self.unusable(&format!(
+                    "the service's interface description is unusable: {}",
+                    crate::connection::truncate_for_log(&e.to_string())
+                ));
                 return Err(self.unavailable());
             }
         };
@@ -432,7 +465,7 @@ impl ServiceProxy {
                 Ok(Some(frame)) => break frame.to_vec(),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(service = %self.interface, "unusable reply: {e}");
+                    self.warn(&format!("unusable reply: {e}"));
                     return Err(self.unavailable());
                 }
             }
@@ -448,13 +481,13 @@ impl ServiceProxy {
         };
         if decoder.pending() > 0 {
             // Bytes beyond one reply: a stream we did not ask for.
-            tracing::warn!(service = %self.interface, "sent more than one reply to a call");
+            self.warn("sent more than one reply to a call");
             return Err(self.unavailable());
         }
         let error = match check_relayable(&reply, false) {
             Ok(checked) => checked.error,
             Err(e) => {
-                tracing::warn!(service = %self.interface, "reply not relayed: {e}");
+                self.warn(&format!("reply not relayed: {e}"));
                 return Err(self.unavailable());
             }
         };
@@ -584,7 +617,7 @@ impl ServiceStream<'_> {
                     let (last, error) = match check_relayable(frame, true) {
                         Ok(checked) => (!checked.continues, checked.error),
                         Err(e) => {
-                            tracing::warn!(service = %self.proxy.interface, "stream reply not relayed: {e}");
+                            self.proxy.warn(&format!("stream reply not relayed: {e}"));
                             self.ended = true;
                             return Err(self.proxy.unavailable());
                         }
@@ -598,7 +631,7 @@ impl ServiceStream<'_> {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(service = %self.proxy.interface, "unusable stream reply: {e}");
+                    self.proxy.warn(&format!("unusable stream reply: {e}"));
                     self.ended = true;
                     return Err(self.proxy.unavailable());
                 }
