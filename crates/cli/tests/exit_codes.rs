@@ -319,3 +319,31 @@ fn a_method_without_its_interface_is_a_usage_error() {
         "{err}"
     );
 }
+
+/// `serve` with a policy, services or topics file that cannot be read
+/// exits 66 (a file named on the command line is missing), naming the
+/// option, before it binds anything; it used to exit 78 ("the file is
+/// wrong") with `file:0:`.
+#[test]
+fn serve_with_a_file_it_cannot_read_exits_66() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let consumer = dir.path().join("ipc.socket");
+    let provider = dir.path().join("provider.socket");
+    for option in ["--policy", "--services", "--topics"] {
+        let (code, _, err) = run(&[
+            "serve",
+            "--socket",
+            consumer.to_str().expect("utf-8"),
+            "--provider-socket",
+            provider.to_str().expect("utf-8"),
+            option,
+            "/nonexistent/file.toml",
+        ]);
+        assert_eq!(code, 66, "{option}: {err}");
+        assert!(
+            err.contains(&format!("{option} /nonexistent/file.toml: cannot read it")),
+            "{option}: {err}"
+        );
+        assert!(!consumer.exists(), "{option}: nothing was bound");
+    }
+}

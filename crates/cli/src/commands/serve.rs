@@ -196,6 +196,19 @@ impl LimitArgs {
 }
 
 pub async fn run(socket: Option<PathBuf>, args: ServeArgs) -> Result<(), CommandError> {
+    // A file named on the command line that cannot be read is that (66),
+    // not a wrong file (78): said before anything binds or reads.
+    for (what, path) in [
+        ("--policy", &args.policy),
+        ("--services", &args.services),
+        ("--topics", &args.topics),
+    ] {
+        if let Some(path) = path {
+            std::fs::File::open(path).map_err(|e| {
+                CommandError::NoInput(format!("{what} {}: cannot read it: {e}", path.display()))
+            })?;
+        }
+    }
     let activated = std::env::var_os("LISTEN_FDS").is_some();
     let provider_path = match (&args.provider_socket, args.no_provider_socket) {
         (_, true) => None,
