@@ -617,6 +617,7 @@ fn start_publisher(a: Session) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
             {
                 published.store(n, Ordering::SeqCst);
             }
+            // The publisher's pace (100/s), not a wait for anything.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });

@@ -155,15 +155,8 @@ fn a_service_that_is_down_is_logged_once_until_it_answers_again() {
     qm.call(echo);
     assert!(qm.recv().expect("a reply")["error"].is_null());
     gw.proc.wait_line("the service answers again");
-    // Every line the gateway wrote, to its end.
-    gw.stop();
-    let warned = gw
-        .proc
-        .output
-        .iter()
-        .filter(|l| l.contains("cannot connect to the service"))
-        .count();
-    assert_eq!(warned, 1, "{:#?}", gw.proc.output);
+    let lines = lines_once_stopped(&mut gw, "cannot connect to the service");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
 }
 
 /// A socket that serves another interface than the services file says is
@@ -188,13 +181,18 @@ fn a_service_that_serves_another_interface_is_logged_once() {
         "{}",
         gw.proc.output[line]
     );
-    // Every line the gateway wrote, to its end: still the one warning.
+    let lines = lines_once_stopped(&mut gw, "answered GetInterfaceDescription");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+}
+
+/// Stops the gateway and returns the lines it wrote, to its end, that
+/// contain `needle`.
+fn lines_once_stopped(gw: &mut Gateway, needle: &str) -> Vec<String> {
     gw.stop();
-    let warned = gw
-        .proc
+    gw.proc
         .output
         .iter()
-        .filter(|l| l.contains("answered GetInterfaceDescription"))
-        .count();
-    assert_eq!(warned, 1, "{:#?}", gw.proc.output);
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
 }

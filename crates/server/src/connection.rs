@@ -900,8 +900,8 @@ impl Session<'_> {
                 tracing::debug!(conn = self.conn, method = %truncate_for_log(&method), error = %truncate_for_log(&error.to_string()), "oneway call failed");
                 Ok(())
             }
-            // A stream's replies went out as they came.
-            Ok(Some(Answer::Streamed { .. })) => Ok(()),
+            // A oneway call answers nothing; a stream's replies
+            // (Answer::Streamed) went out as they came.
             _ => Ok(()),
         };
         if result.is_err() || self.outbox.overflowed() {

@@ -30,9 +30,9 @@ pub const DEFAULT_NICE: i32 = 19;
 
 /// The held thread's scheduler slice: longer than the kernel's default
 /// (0.7 ms, or 0.75 ms before Linux 6.15, times 1 + log2 of the CPUs up to
-/// 8: at most 3 ms), so that a thread
-/// that wakes with the default, or with the serving threads' shorter one,
-/// preempts it at once (EEVDF's `PREEMPT_SHORT`). Not much longer: until
+/// 8: at most 3 ms), so that a thread that wakes with the default, or with
+/// the serving threads' shorter one, preempts it at once (EEVDF's
+/// `PREEMPT_SHORT`). Not much longer: until
 /// Linux 6.17 the kernel lets a running thread finish its slice before
 /// threads that were already waiting, not waking (`RUN_TO_PARITY`), so a
 /// long slice would keep them waiting as long.

@@ -170,6 +170,8 @@ fn run_load(socket: &Path, load: &Arc<Load>) -> Vec<std::thread::JoinHandle<()>>
                     }
                     _ => load.publish_errors.lock().unwrap().push(reply.to_string()),
                 }
+                // The load's pace across the restart, not a wait for
+                // anything.
                 std::thread::sleep(Duration::from_millis(2));
             }
         }));
