@@ -21,7 +21,12 @@
 //! its own code (`preempt=none`, which the report names), a woken thread
 //! waits for the copy under way, whatever its priority; the raw echo
 //! there is what any process, the gateway or none, gets from the kernel
-//! under such a load.
+//! under such a load. And once more with every CPU creating and closing
+//! socket pairs at SCHED_IDLE, talking to nobody (phase 1d): the sockets a
+//! connect storm leaves the kernel to free, without the gateway. The
+//! kernel frees a socket after an RCU grace period, in batches of
+//! callbacks run in softirq context, which take the CPU from whatever
+//! runs there, whatever its priority.
 //!
 //! Every attacker identity, the well-behaved client and the other container
 //! are processes of their own (this binary, run again with `--attacker` or
@@ -39,7 +44,17 @@
 //! `QM_IPC_BENCH_SKIP=storm,flood-call` leaves attacks out, to find which
 //! one costs what (kinds: flood-publish, flood-call, duplicate-subscribe,
 //! stalled-subscribe, poison, slow-loris, storm, hold, cpu-load for phase
-//! 1b and kernel-load for phase 1c); the report says so.
+//! 1b, kernel-load for phase 1c and socket-churn for phase 1d); the
+//! report says so.
+//!
+//! The ASIL side (the gateway's ASIL thread and the benchmark's ASIL
+//! publisher and subscriber) runs at `SCHED_FIFO` priority 10, as a safety
+//! partition runs its tasks (as root; without root nothing is changed);
+//! `QM_IPC_BENCH_ASIL=nice:-10` runs it at a nice value instead, to
+//! compare (the report names it). At a nice value it still waits behind
+//! `ksoftirqd`, which runs, at the normal priority, the kernel's work
+//! deferred from interrupts: under a connect storm, the RCU callbacks that
+//! free the sockets QM opened and closed.
 //!
 //! The gateway runs with `--qm-accept idle`, as the generated ASIL-to-QM
 //! deployment runs it. `QM_IPC_BENCH_GATEWAY_ARGS="--qm-accept normal"`
@@ -165,9 +180,15 @@ enum Kind {
     /// through a socket pair of its own, so the CPU it takes is spent
     /// inside system calls, at a worst-case size per call (phase 1c).
     KernelLoad,
+    /// No IPC with anyone either: a thread per CPU at SCHED_IDLE creating
+    /// socket pairs and closing them at once, as fast as it can (phase
+    /// 1d). What a connect storm leaves the kernel to free, with no
+    /// gateway in it: each socket is freed after an RCU grace period, by
+    /// callbacks that run in softirq context, at any thread's expense.
+    SocketChurn,
 }
 
-const KINDS: [(Kind, &str); 10] = [
+const KINDS: [(Kind, &str); 11] = [
     (Kind::FloodPublish, "flood-publish"),
     (Kind::FloodCall, "flood-call"),
     (Kind::DuplicateSubscribe, "duplicate-subscribe"),
@@ -178,6 +199,7 @@ const KINDS: [(Kind, &str); 10] = [
     (Kind::Hold, "hold"),
     (Kind::CpuLoad, "cpu-load"),
     (Kind::KernelLoad, "kernel-load"),
+    (Kind::SocketChurn, "socket-churn"),
 ];
 
 /// What every attacker identity runs, one connection of each.
@@ -224,9 +246,10 @@ enum Count {
     HeldMax,
     RefusedAtConnect,
     ConnectFailed,
+    ChurnedPairs,
 }
 
-const COUNT_NAMES: [&str; 17] = [
+const COUNT_NAMES: [&str; 18] = [
     "flood_replies",
     "flood_errors",
     "duplicate_rounds",
@@ -244,6 +267,7 @@ const COUNT_NAMES: [&str; 17] = [
     "held_max",
     "refused_at_connect",
     "connect_failed",
+    "churned_pairs",
 ];
 
 static COUNTS: [AtomicU64; COUNT_NAMES.len()] = [const { AtomicU64::new(0) }; COUNT_NAMES.len()];
@@ -321,6 +345,7 @@ fn attack(kind: Kind, target: &Target) {
         Kind::Hold => hold_slot(target),
         Kind::CpuLoad => cpu_load(),
         Kind::KernelLoad => kernel_load(),
+        Kind::SocketChurn => socket_churn(),
     }
 }
 
@@ -357,6 +382,23 @@ fn kernel_load() {
             Ok(_) => {}
             Err(e) if would_block(&e) => {}
             Err(_) => return,
+        }
+    }
+}
+
+/// Creates socket pairs and closes them, and nothing else: the sockets a
+/// connect storm makes and the gateway refuses (two per connection), with
+/// no gateway and no connect. The kernel frees each socket after an RCU
+/// grace period, in batches of callbacks run in softirq context: run as
+/// the kernel returns from an interrupt, no thread preempts them.
+fn socket_churn() {
+    while !stopped() {
+        match UnixStream::pair() {
+            Ok(pair) => {
+                drop(pair);
+                bump(Count::ChurnedPairs);
+            }
+            Err(_) => thread::yield_now(),
         }
     }
 }
@@ -614,7 +656,7 @@ fn spawn_attack(kinds: &[Kind], target: &Target, threads: usize) {
     for &kind in kinds {
         let n = if matches!(
             kind,
-            Kind::Storm | Kind::Hold | Kind::CpuLoad | Kind::KernelLoad
+            Kind::Storm | Kind::Hold | Kind::CpuLoad | Kind::KernelLoad | Kind::SocketChurn
         ) {
             threads
         } else {
@@ -1300,6 +1342,10 @@ fn policy(attacker_uids: &[u32]) -> String {
     text
 }
 
+/// How the ASIL side runs (as root only; `None` leaves it as it is), read
+/// once in `main`.
+static ASIL_SCHEDULING: OnceLock<Option<AsilScheduling>> = OnceLock::new();
+
 /// Nanoseconds on a monotonic clock shared by this process's threads.
 fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -1337,7 +1383,9 @@ fn spawn_stream_publisher(
 /// never received) and the samples the gateway reported dropped.
 fn asil_latency(provider: &Path, phase: u64, stop: &AtomicBool) -> (Histogram<u64>, u64, u64) {
     const SKIP: i64 = 100;
-    set_asil_priority();
+    if let Some(scheduling) = ASIL_SCHEDULING.get().copied().flatten() {
+        scheduling.apply();
+    }
     let topic = "asil.tick";
     let mut publisher = Blocking::connect(provider);
     let mut publish = |i: i64, t_ns: u64| {
@@ -1589,6 +1637,10 @@ fn main() {
     let attacker_ids: Vec<Identity> = ATTACKER_UIDS.iter().map(|&u| peers.identity(u)).collect();
     let storm_id = peers.identity(STORM_UID);
     let with_cgroups = separate && peers.cgroup_note.is_none();
+    let asil_scheduling = separate.then(AsilScheduling::from_env);
+    ASIL_SCHEDULING
+        .set(asil_scheduling)
+        .expect("the ASIL scheduling is read once");
     let storm = separate && !skipped_kinds().contains(&Kind::Storm);
     let during = if storm {
         "during the storm"
@@ -1654,8 +1706,8 @@ fn main() {
     let mut bound_args = bounds.args();
     // The ASIL thread ahead of QM work, as a deployment sets it (needs
     // CAP_SYS_NICE, so root only).
-    if separate {
-        bound_args.extend(["--provider-nice".to_owned(), ASIL_NICE.to_string()]);
+    if let Some(scheduling) = asil_scheduling {
+        bound_args.extend(scheduling.gateway_args());
     }
     // More gateway options, to compare settings (the report lists them).
     let extra = std::env::var("QM_IPC_BENCH_GATEWAY_ARGS").unwrap_or_default();
@@ -1726,6 +1778,24 @@ fn main() {
         phase
     });
 
+    // The sockets a storm leaves the kernel to free, without the gateway.
+    let churn = (separate && !skipped_kinds().contains(&Kind::SocketChurn)).then(|| {
+        println!(
+            "phase 1d: alone, with {cpus} threads at SCHED_IDLE creating and closing socket pairs"
+        );
+        peers.start_attack(&storm_id, &[Kind::SocketChurn], cpus, &gw.consumer);
+        let started = Instant::now();
+        let phase = run_phase(
+            &mut peers, &gw, &client_id, &probe_id, 6, iterations, probes, &published,
+        );
+        let pairs = peers.stop_attack()["churned_pairs"].as_u64().unwrap_or(0);
+        (phase, pairs as f64 / started.elapsed().as_secs_f64())
+    });
+    let (churn, churn_rate) = match churn {
+        Some((phase, rate)) => (Some(phase), Some(rate)),
+        None => (None, None),
+    };
+
     let mix_connections = attacker_ids.len() * MIX.len();
     println!(
         "phase 2/3: under attack by {} identities x {} connections{}",
@@ -1737,6 +1807,7 @@ fn main() {
         peers.start_attack(id, &MIX, 1, &gw.consumer);
     }
     peers.start_attack(&storm_id, &[Kind::Storm], STORM_THREADS, &gw.consumer);
+    let storm_started = Instant::now();
     let in_place = wait_for_slots(&mut stats, mix_connections * 4 / 5, Duration::from_secs(20));
     let attacked = run_phase(
         &mut peers, &gw, &client_id, &probe_id, 2, iterations, probes, &published,
@@ -1768,6 +1839,7 @@ fn main() {
         })
         .count();
     let counts = peers.stop_attack();
+    let storm_seconds = storm_started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     drop(gw);
     let _ = stream.join();
@@ -1869,12 +1941,16 @@ fn main() {
         ),
     ];
     // The loaded phases' rows, each just before the row under attack it
-    // is compared with (so: alone, 1b, 1c, under attack).
+    // is compared with (so: alone, 1b, 1c, 1d, under attack).
     for (phase, load) in [
         (&loaded, "every CPU kept busy at SCHED_IDLE"),
         (
             &in_kernel,
             "every CPU kept busy at SCHED_IDLE in system calls",
+        ),
+        (
+            &churn,
+            "every CPU creating and closing socket pairs at SCHED_IDLE",
         ),
     ] {
         let Some(phase) = phase else { continue };
@@ -2027,6 +2103,29 @@ fn main() {
             p99_ratio(&in_kernel.get, &alone.get)
         ));
     }
+    if let (Some(churn), Some(rate)) = (&churn, churn_rate) {
+        targets.push(format!(
+            "| 1d. ASIL publish → subscriber p99 alone with every CPU creating and closing socket pairs at SCHED_IDLE / alone (what the sockets a storm leaves the kernel to free do to the ASIL side, with no gateway in it; no target) | {:.2} | |",
+            p99_ratio(&churn.asil, &alone.asil)
+        ));
+        targets.push(format!(
+            "| 1d. Get p99 alone with every CPU creating and closing socket pairs at SCHED_IDLE / alone (no target) | {:.2} | |",
+            p99_ratio(&churn.get, &alone.get)
+        ));
+        targets.push(format!(
+            "| 1d. raw echo p99 alone with every CPU creating and closing socket pairs at SCHED_IDLE / alone (no gateway; no target) | {:.2} | |",
+            p99_ratio(&churn.echo, &alone.echo)
+        ));
+        targets.push(format!(
+            "| 1d. sockets made and closed per second in phase 1d; by the storm in phases 2 and 3 (two per connect) | {:.0}; {} | |",
+            2.0 * rate,
+            if storm {
+                format!("{:.0}", 2.0 * count("storm_connects") as f64 / storm_seconds)
+            } else {
+                "no storm".to_owned()
+            }
+        ));
+    }
     let mut notes = Vec::new();
     let skipped: Vec<&str> = skipped_kinds().iter().map(|k| k.name()).collect();
     if !skipped.is_empty() {
@@ -2040,7 +2139,7 @@ fn main() {
     }
     // Phase 1b is a baseline: errors or lost samples there make it one no
     // figure should be judged against.
-    for (name, phase) in [("1b", &loaded), ("1c", &in_kernel)] {
+    for (name, phase) in [("1b", &loaded), ("1c", &in_kernel), ("1d", &churn)] {
         let Some(phase) = phase else { continue };
         let lost = phase.asil_lost + phase.asil_dropped;
         if phase.errors > 0 || lost > 0 {
@@ -2080,8 +2179,9 @@ fn main() {
          everything, each attacker identity may publish its own topics `q<uid>.*`, every QM peer may get and subscribe to \
          every topic and call the ASIL echo service behind the gateway (`io.qmipc.BenchEcho`, a plain varlink server), so the \
          attackers are held back by the bounds, not by the policy. A provider \
-         publishes `bench.stream` at {}/s throughout. Unpinned.\n\n\
-         Phases: 1. alone; {}{}2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
+         publishes `bench.stream` at {}/s throughout. Unpinned. The ASIL side (the gateway's ASIL thread, the ASIL \
+         publisher and subscriber): {}.\n\n\
+         Phases: 1. alone; {}{}{}2. under attack: {} attacker identities at SCHED_IDLE, each with one connection of every kind: \
          a flooding publisher to its own topic and a flooding caller of the echo service ({FLOOD_PIPELINE} pipelined requests \
          at a time), a duplicate subscriber (Subscribe `*`, then Subscribe again on the stream; reconnects when the gateway \
          ends it), a stalled subscriber to `*` that never reads (reconnects when closed), a poison publisher (values with \
@@ -2105,6 +2205,10 @@ fn main() {
         kernel_preemption(),
         bound_args.join(" "),
         1_000_000 / STREAM_PACE.as_micros(),
+        match asil_scheduling {
+            Some(scheduling) => format!("{scheduling} (`QM_IPC_BENCH_ASIL`)"),
+            None => "as the benchmark runs (setting a priority needs root)".to_owned(),
+        },
         match (&loaded, separate) {
             (Some(_), _) => "1b. alone again, with an attacker process at SCHED_IDLE spinning one thread per CPU and \
                  doing no IPC at all (the idle CPU the attackers take; on these virtual machines that alone changes \
@@ -2122,6 +2226,14 @@ fn main() {
             ),
             (None, true) => "(1c, every CPU busy in system calls, left out of this run); ".to_owned(),
             (None, false) => "(1c, every CPU busy in system calls, needs root: not run); ".to_owned(),
+        },
+        match (&churn, separate) {
+            (Some(_), _) => "1d. alone again, with an attacker process at SCHED_IDLE running one thread per CPU that \
+                 creates socket pairs and closes them at once, talking to nobody (the sockets a connect storm leaves \
+                 the kernel to free, two per connect, without the gateway: the kernel frees each after an RCU grace \
+                 period, in callbacks run in softirq context, at the expense of whatever runs on that CPU); ",
+            (None, true) => "(1d, socket pairs made and closed on every CPU, left out of this run); ",
+            (None, false) => "(1d, socket pairs made and closed on every CPU, needs root: not run); ",
         },
         attacker_ids.len(),
         if storm {

@@ -144,6 +144,13 @@ impl Peer {
         }
     }
 
+    /// The pidfd the identity was read through, shared: holding it keeps
+    /// the process's pidfs inode and dentry alive, for its next pidfds (see
+    /// [`crate::admission::PIDFDS_KEPT`]).
+    pub fn pidfd(&self) -> Option<Arc<OwnedFd>> {
+        self.pidfd.clone()
+    }
+
     /// Is this a connection of the trusted provider listener?
     pub fn is_provider(&self) -> bool {
         &*self.listener == crate::config::PROVIDER

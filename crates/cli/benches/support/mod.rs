@@ -402,17 +402,77 @@ pub fn set_sched_idle() {
     }
 }
 
-/// Nice value of the ASIL side in the interference benchmark: the gateway's
-/// ASIL thread (`--provider-nice`) and the benchmark's ASIL peers, as a
-/// deployment gives the safety partition precedence over QM.
-pub const ASIL_NICE: i32 = -10;
+/// How the interference benchmark schedules its ASIL side: the gateway's
+/// ASIL thread and the benchmark's ASIL peers (as root; otherwise they run
+/// as they are). `QM_IPC_BENCH_ASIL=fifo:PRIORITY` (the default, `fifo:10`)
+/// or `nice:NICE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsilScheduling {
+    /// `SCHED_FIFO` (`--provider-rt-priority`): ahead of every thread of
+    /// the normal class, `ksoftirqd` included, which runs the kernel's
+    /// deferred work (the RCU callbacks that free QM's closed sockets) at
+    /// the normal priority.
+    Fifo(i32),
+    /// A nice value (`--provider-nice`).
+    Nice(i32),
+}
 
-/// Runs the calling thread at [`ASIL_NICE`] (as root; otherwise as it is).
-pub fn set_asil_priority() {
-    // SAFETY: setpriority on our own thread id; failure leaves it as it is.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, ASIL_NICE);
+impl AsilScheduling {
+    pub fn from_env() -> Self {
+        let Ok(text) = std::env::var("QM_IPC_BENCH_ASIL") else {
+            return Self::Fifo(10);
+        };
+        let parsed = match text.split_once(':') {
+            Some(("fifo", p)) => p
+                .parse()
+                .ok()
+                .filter(|p| (1..=99).contains(p))
+                .map(Self::Fifo),
+            Some(("nice", n)) => n
+                .parse()
+                .ok()
+                .filter(|n| (-20..=19).contains(n))
+                .map(Self::Nice),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| {
+            panic!("QM_IPC_BENCH_ASIL={text}: use fifo:PRIORITY (1 to 99) or nice:NICE (-20 to 19)")
+        })
+    }
+
+    /// The gateway's options for its ASIL thread.
+    pub fn gateway_args(self) -> [String; 2] {
+        match self {
+            Self::Fifo(p) => ["--provider-rt-priority".into(), p.to_string()],
+            Self::Nice(n) => ["--provider-nice".into(), n.to_string()],
+        }
+    }
+
+    /// Runs the calling thread (and the threads it starts) so.
+    pub fn apply(self) {
+        // SAFETY: sched_setscheduler and setpriority on the calling thread
+        // with a valid sched_param; a failure leaves it as it is.
+        unsafe {
+            match self {
+                Self::Fifo(p) => {
+                    let param = libc::sched_param { sched_priority: p };
+                    libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
+                }
+                Self::Nice(n) => {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, n);
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AsilScheduling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fifo(p) => write!(f, "SCHED_FIFO priority {p}"),
+            Self::Nice(n) => write!(f, "nice {n}"),
+        }
     }
 }
 
