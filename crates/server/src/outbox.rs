@@ -16,7 +16,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use priority_inheriting_lock::{PriorityInheritingLock, PriorityInheritingLockGuard};
 
 use qm_ipc_proto::types::EncodedSample;
 use tokio::sync::Notify;
@@ -117,7 +119,10 @@ pub struct QueueDepth {
 
 #[derive(Debug)]
 pub struct Outbox {
-    inner: Mutex<Inner>,
+    /// Priority-inheriting, as the hub's lock (see [`crate::hub`]): a
+    /// publish on the ASIL thread queues into QM subscribers' outboxes,
+    /// whose writers run on the QM and held threads.
+    inner: PriorityInheritingLock<Inner>,
     wake: Notify,
     /// Notified when the writer took the queued replies.
     drained: Notify,
@@ -131,7 +136,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(sample_capacity: usize, max_queued_bytes: usize, stats: Arc<DeliveryStats>) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
+            inner: PriorityInheritingLock::new(Inner::default()),
             wake: Notify::new(),
             drained: Notify::new(),
             sample_capacity: sample_capacity.max(1),
@@ -148,10 +153,10 @@ impl Outbox {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the queue in a state
-        // worse than "some frames missing", so a poisoned lock is still used.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> PriorityInheritingLockGuard<'_, Inner> {
+        // Not poisoned by a panic: one while holding this lock cannot leave
+        // the queue in a state worse than "some frames missing".
+        self.inner.lock()
     }
 
     /// Queues an encoded reply. Past `max_queued_bytes` the outbox is

@@ -418,9 +418,16 @@ pub enum AsilScheduling {
 }
 
 impl AsilScheduling {
+    /// From `QM_IPC_BENCH_ASIL`; by default `SCHED_FIFO` 10 where the
+    /// kernel grants it to this process (else nice -10, which the report
+    /// then names).
     pub fn from_env() -> Self {
         let Ok(text) = std::env::var("QM_IPC_BENCH_ASIL") else {
-            return Self::Fifo(10);
+            return if Self::fifo_granted(10) {
+                Self::Fifo(10)
+            } else {
+                Self::Nice(-10)
+            };
         };
         let parsed = match text.split_once(':') {
             Some(("fifo", p)) => p
@@ -438,6 +445,21 @@ impl AsilScheduling {
         parsed.unwrap_or_else(|| {
             panic!("QM_IPC_BENCH_ASIL={text}: use fifo:PRIORITY (1 to 99) or nice:NICE (-20 to 19)")
         })
+    }
+
+    /// Does the kernel let a thread of this process run at `SCHED_FIFO`
+    /// `priority` (a thread of its own tries, and ends)?
+    fn fifo_granted(priority: i32) -> bool {
+        std::thread::spawn(move || {
+            let param = libc::sched_param {
+                sched_priority: priority,
+            };
+            // SAFETY: on the calling (throwaway) thread, with a valid
+            // sched_param.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+        })
+        .join()
+        .unwrap_or(false)
     }
 
     /// The gateway's options for its ASIL thread.
