@@ -6,18 +6,14 @@
 //! one topic and appends to each subscriber's bounded outbox; nothing in
 //! the broker ever waits for a peer. Lock order: hub, then an outbox.
 //!
-//! The lock inherits priority (a PI futex): the ASIL thread, real-time
-//! where the deployment makes it so, and the QM and held threads (nice 19)
-//! all take it, and a QM-side holder preempted by anything of the normal
-//! class kept the ASIL thread waiting up to 2 ms under attack (measured
-//! with the lock's waits counted by thread: 30 waits over 50 µs in one
-//! run's attack phase). Its holder now runs at the waiter's priority
-//! until it lets go.
+//! The lock inherits priority ([`crate::pi_lock`]): the ASIL thread,
+//! real-time where the deployment makes it so, and the QM and held threads
+//! (nice 19) all take it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use priority_inheriting_lock::{PriorityInheritingLock, PriorityInheritingLockGuard};
+use crate::pi_lock::{PiLock, PiLockGuard};
 
 use qm_ipc_proto::interface::TopicPattern;
 use qm_ipc_proto::raw::RawJson;
@@ -52,7 +48,7 @@ fn new_instance_id() -> String {
 }
 
 pub struct Hub {
-    broker: PriorityInheritingLock<Broker>,
+    broker: PiLock<Broker>,
     /// The ASIL services behind the gateway (set at start).
     services: std::sync::RwLock<Arc<Services>>,
     /// The topics declared with a type (set at start, replaced on reload).
@@ -114,11 +110,7 @@ impl Drop for ReaderGuard<'_> {
 impl Hub {
     pub fn new(limits: Limits, policy: Policy) -> Self {
         Self {
-            broker: PriorityInheritingLock::new(Broker::new(
-                limits.clone(),
-                policy,
-                &new_instance_id(),
-            )),
+            broker: PiLock::new(Broker::new(limits.clone(), policy, &new_instance_id())),
             services: Default::default(),
             topic_types: Default::default(),
             policy_generation: AtomicU64::new(0),
@@ -201,7 +193,7 @@ impl Hub {
         )
     }
 
-    fn lock(&self) -> PriorityInheritingLockGuard<'_, Broker> {
+    fn lock(&self) -> PiLockGuard<'_, Broker> {
         // Not poisoned by a panic: every broker method leaves its
         // registries consistent between statements.
         self.broker.lock()

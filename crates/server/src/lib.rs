@@ -37,6 +37,7 @@ pub mod listen;
 pub mod notify;
 pub mod outbox;
 pub mod peer;
+pub mod pi_lock;
 pub mod policy;
 pub mod provider_thread;
 pub mod qm_accept;

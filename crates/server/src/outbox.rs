@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use priority_inheriting_lock::{PriorityInheritingLock, PriorityInheritingLockGuard};
+use crate::pi_lock::{PiLock, PiLockGuard};
 
 use qm_ipc_proto::types::EncodedSample;
 use tokio::sync::Notify;
@@ -122,7 +122,7 @@ pub struct Outbox {
     /// Priority-inheriting, as the hub's lock (see [`crate::hub`]): a
     /// publish on the ASIL thread queues into QM subscribers' outboxes,
     /// whose writers run on the QM and held threads.
-    inner: PriorityInheritingLock<Inner>,
+    inner: PiLock<Inner>,
     wake: Notify,
     /// Notified when the writer took the queued replies.
     drained: Notify,
@@ -136,7 +136,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(sample_capacity: usize, max_queued_bytes: usize, stats: Arc<DeliveryStats>) -> Self {
         Self {
-            inner: PriorityInheritingLock::new(Inner::default()),
+            inner: PiLock::new(Inner::default()),
             wake: Notify::new(),
             drained: Notify::new(),
             sample_capacity: sample_capacity.max(1),
@@ -153,7 +153,7 @@ impl Outbox {
         self
     }
 
-    fn lock(&self) -> PriorityInheritingLockGuard<'_, Inner> {
+    fn lock(&self) -> PiLockGuard<'_, Inner> {
         // Not poisoned by a panic: one while holding this lock cannot leave
         // the queue in a state worse than "some frames missing".
         self.inner.lock()
