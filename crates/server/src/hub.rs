@@ -422,20 +422,12 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
-    /// Pins the calling thread to `cpu` and gives it `SCHED_FIFO`
-    /// `priority` (0: stays in the normal class).
+    /// Gives the calling thread `SCHED_FIFO` `priority` (0: it stays in
+    /// the normal class), then pins it to `cpu`.
     fn place(cpu: usize, priority: i32) {
-        // SAFETY: both on the calling thread, with a valid cpu set and
-        // sched_param.
+        // SAFETY: both on the calling thread, with a valid sched_param and
+        // cpu set.
         unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-                0,
-                "sched_setaffinity: {}",
-                std::io::Error::last_os_error()
-            );
             if priority > 0 {
                 let param = libc::sched_param {
                     sched_priority: priority,
@@ -447,7 +439,27 @@ mod tests {
                     std::io::Error::last_os_error()
                 );
             }
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
         }
+    }
+
+    /// Does the kernel let a thread of this process run at `SCHED_FIFO`?
+    fn fifo_granted() -> bool {
+        std::thread::spawn(|| {
+            let param = libc::sched_param { sched_priority: 1 };
+            // SAFETY: on the calling (throwaway) thread, with a valid
+            // sched_param.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+        })
+        .join()
+        .unwrap_or(false)
     }
 
     fn spin_for(d: Duration) {
@@ -474,41 +486,58 @@ mod tests {
             );
             return;
         }
+        if !fifo_granted() {
+            eprintln!("skipped: the kernel refuses SCHED_FIFO to this process");
+            return;
+        }
         // SAFETY: sched_getcpu has no preconditions.
         let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
         let hub = Arc::new(Hub::new(Limits::default(), Policy::builtin()));
         let order = Arc::new(AtomicUsize::new(0));
         let held = Arc::new(AtomicBool::new(false));
+        let hogging = Arc::new(AtomicBool::new(false));
+        let wait_for = |flag: &AtomicBool, what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !flag.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::yield_now();
+            }
+        };
         let holder = {
-            let (hub, held) = (hub.clone(), held.clone());
+            let (hub, held, hogging) = (hub.clone(), held.clone(), hogging.clone());
             std::thread::spawn(move || {
                 place(cpu, 0);
                 let guard = hub.lock();
                 held.store(true, Ordering::SeqCst);
-                // The holder's work under the lock.
+                // Its work under the lock starts once the hog runs: with
+                // priority inheritance it gets the CPU back at once, without
+                // only once the hog is done.
+                while !hogging.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
                 spin_for(Duration::from_millis(30));
                 drop(guard);
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !held.load(Ordering::SeqCst) {
-            assert!(Instant::now() < deadline, "the holder never took the lock");
-            std::thread::yield_now();
-        }
+        wait_for(&held, "the holder never took the lock");
+        let placed = Arc::new(AtomicBool::new(false));
         let (ask, asked) = std::sync::mpsc::channel::<()>();
         let waiter = {
-            let (hub, order) = (hub.clone(), order.clone());
+            let (hub, order, placed) = (hub.clone(), order.clone(), placed.clone());
             std::thread::spawn(move || {
                 place(cpu, 10);
+                placed.store(true, Ordering::SeqCst);
                 asked.recv().expect("the hog's signal");
                 let _guard = hub.lock();
                 order.fetch_add(1, Ordering::SeqCst)
             })
         };
+        wait_for(&placed, "the waiter never became real-time");
         let hog = {
-            let order = order.clone();
+            let (order, hogging) = (order.clone(), hogging.clone());
             std::thread::spawn(move || {
                 place(cpu, 5);
+                hogging.store(true, Ordering::SeqCst);
                 ask.send(()).expect("the waiter waits");
                 spin_for(Duration::from_millis(300));
                 order.fetch_add(1, Ordering::SeqCst)

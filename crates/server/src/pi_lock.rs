@@ -13,24 +13,37 @@
 //! the kernel (`FUTEX_LOCK_PI`) at the first contention, and a handoff
 //! through the kernel costs a wake-up on these machines. With it the
 //! longest wait fell to 138 µs, but 95 waits took over 50 µs where the
-//! holder was about to let go. So a contended lock is first watched for a
-//! few hundred nanoseconds, as std's `Mutex` does; the critical sections
-//! under it are map updates and queue appends that never wait for a peer.
+//! holder was about to let go. So a contended lock is first watched for
+//! 100 reads (a few microseconds at most), as std's `Mutex` does; the
+//! critical sections under it are map updates and queue appends that never
+//! wait for a peer.
+//!
+//! Not reentrant: a thread that takes it twice panics (the kernel answers
+//! `EDEADLK`, on which `linux-futex` panics), where std's `Mutex` would
+//! hang. So does a kernel without PI futexes (`ENOSYS`, at the first
+//! contended lock).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 use linux_futex::{PiFutex, Private};
 
-/// Reads of the lock word before asking the kernel: about as long as std's
+/// Reads of the lock word before asking the kernel: as many as std's
 /// `Mutex` spins.
 const SPINS: u32 = 100;
 
+/// The thread-id bits of the futex word (`FUTEX_TID_MASK`).
+const TID_MASK: u32 = 0x3fff_ffff;
+
 thread_local! {
-    /// The futex word holds its owner's thread id.
+    /// The futex word holds its owner's thread id. Never 0 (free): a
+    /// failed gettid would let every thread in at once, so it panics.
     static TID: u32 = {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-        u32::try_from(tid).unwrap_or(0)
+        u32::try_from(tid)
+            .ok()
+            .filter(|t| (1..=TID_MASK).contains(t))
+            .unwrap_or_else(|| panic!("gettid gave {tid}: no thread id for a PI futex"))
     };
 }
 
@@ -76,10 +89,27 @@ unsafe impl lock_api::RawMutex for RawPiLock {
         // The kernel queues us by priority and lends ours to the owner.
         // It answers EAGAIN while the owner is exiting: ask again.
         while self.0.lock_pi().is_err() {}
+        fence(Ordering::Acquire);
     }
 
     fn try_lock(&self) -> bool {
-        self.try_fast(tid()) || self.0.trylock_pi().is_ok()
+        let tid = tid();
+        if self.try_fast(tid) {
+            return true;
+        }
+        // Already ours: not reentrant (the kernel would answer EDEADLK).
+        if self.0.value.load(Ordering::Relaxed) & TID_MASK == tid {
+            return false;
+        }
+        let taken = self.0.trylock_pi().is_ok();
+        if taken {
+            fence(Ordering::Acquire);
+        }
+        taken
+    }
+
+    fn is_locked(&self) -> bool {
+        self.0.value.load(Ordering::Relaxed) != 0
     }
 
     unsafe fn unlock(&self) {
@@ -89,6 +119,7 @@ unsafe impl lock_api::RawMutex for RawPiLock {
                 .compare_exchange(tid(), 0, Ordering::Release, Ordering::Relaxed);
         if released.is_err() {
             // Waiters in the kernel: it hands the lock to the highest.
+            fence(Ordering::Release);
             self.0.unlock_pi();
         }
     }
