@@ -45,8 +45,8 @@ pub const BUCKETS_BEFORE_PRUNING: usize = 256;
 pub const PIDFDS_KEPT: usize = 64;
 
 /// How often admission gives back the kept pidfds of containers it no
-/// longer refuses (whose rate bucket has filled up again): at the first
-/// connect of anyone after this long.
+/// longer refuses (whose rate bucket has filled up again): at the first QM
+/// connect after this long (the provider socket's are not rate-checked).
 pub const KEPT_PIDFDS_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Refusals at admission, as `Stats` counts them.

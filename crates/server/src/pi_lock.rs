@@ -6,7 +6,7 @@
 //! thread at nice 19) holding the lock when a real-time ASIL thread asks
 //! for it runs at the ASIL thread's priority until it lets go, instead of
 //! waiting off the CPU behind whatever outranks it. With std's `Mutex`,
-//! one attack phase of the interference benchmark kept the ASIL thread
+//! phases 1 to 3 of one interference benchmark run kept the ASIL thread
 //! waiting for the broker's lock over 50 µs 30 times, up to 2 ms.
 //!
 //! The spin: `priority-inheriting-lock`'s lock, on the same futex, asks
