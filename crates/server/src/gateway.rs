@@ -46,6 +46,12 @@ pub enum StartError {
     TopicTypes(#[from] crate::topic_types::TopicTypesError),
     #[error("{0}")]
     ProviderThread(#[from] crate::provider_thread::PlacementError),
+    #[error(
+        "the kernel refuses priority-inheriting futexes (FUTEX_TRYLOCK_PI: {0}), which the gateway's shared locks \
+         are: run it on a kernel built with CONFIG_FUTEX_PI (every distribution kernel is), and where a system call \
+         filter applies, allow futex"
+    )]
+    PiFutex(io::Error),
     #[error("cannot start accepting on the QM listeners: {0}")]
     AcceptThread(io::Error),
     #[error("{0}")]
@@ -247,6 +253,7 @@ impl Gateway {
     /// Takes socket-activated listeners if there are any; otherwise binds
     /// the configured paths. Reads `NOTIFY_SOCKET` and the watchdog.
     pub fn start(config: Config) -> Result<Self, StartError> {
+        crate::pi_lock::kernel_support().map_err(StartError::PiFutex)?;
         let (mut listeners, stored) = Listener::from_activation_with_store()?;
         if listeners.is_empty() {
             if let Some(path) = &config.consumer_path {

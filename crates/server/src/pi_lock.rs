@@ -20,8 +20,9 @@
 //!
 //! Not reentrant: a thread that takes it twice panics (the kernel answers
 //! `EDEADLK`, on which `linux-futex` panics), where std's `Mutex` would
-//! hang. So does a kernel without PI futexes (`ENOSYS`, at the first
-//! contended lock).
+//! hang. A kernel without PI futexes would panic the same way at the first
+//! contended lock, so the gateway asks the kernel at start
+//! ([`kernel_support`]) and stops there, saying why.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -125,7 +126,72 @@ unsafe impl lock_api::RawMutex for RawPiLock {
     }
 }
 
+/// Does the kernel take PI futexes from this process? Locks and unlocks one
+/// of its own through the kernel (`FUTEX_TRYLOCK_PI`, `FUTEX_UNLOCK_PI`):
+/// `ENOSYS` where the kernel was built without them, `EPERM` or `ENOSYS`
+/// where a system call filter refuses them.
+pub fn kernel_support() -> std::io::Result<()> {
+    let word = std::sync::atomic::AtomicU32::new(0);
+    for op in [libc::FUTEX_TRYLOCK_PI, libc::FUTEX_UNLOCK_PI] {
+        // SAFETY: a futex operation on a word of our own that lives until
+        // the end of this function; the kernel sets it to our thread id
+        // and back to 0.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                op | libc::FUTEX_PRIVATE_FLAG,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A priority-inheriting mutex (no poisoning: its users leave their state
 /// consistent between statements).
 pub type PiLock<T> = lock_api::Mutex<RawPiLock, T>;
 pub type PiLockGuard<'a, T> = lock_api::MutexGuard<'a, RawPiLock, T>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lock_api::RawMutex as _;
+
+    #[test]
+    fn the_kernel_takes_pi_futexes() {
+        kernel_support().expect("PI futexes (the gateway would not start without them)");
+    }
+
+    #[test]
+    fn the_owner_cannot_take_it_again_and_others_wait() {
+        let lock = RawPiLock::INIT;
+        lock.lock();
+        assert!(lock.is_locked());
+        assert!(!lock.try_lock(), "not reentrant, and no panic for asking");
+        let lock = std::sync::Arc::new(PiLock::new(0u32));
+        let guard = lock.lock();
+        let (tried, has_tried) = std::sync::mpsc::channel();
+        let other = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                let free = lock.try_lock().is_some();
+                tried.send(()).expect("the main thread waits");
+                assert!(!free, "held by the main thread");
+                *lock.lock() += 1;
+            })
+        };
+        has_tried
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the other thread tried");
+        drop(guard);
+        other.join().expect("the other thread");
+        assert_eq!(*lock.lock(), 1);
+    }
+}
