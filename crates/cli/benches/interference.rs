@@ -1752,49 +1752,46 @@ fn main() {
     // virtual machines that alone lengthens everyone's wake-ups, whatever
     // the gateway does; measured apart, so the attack's own cost is seen.
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    // Phase 1x alone again, with `kind` as the storm's identity on every
+    // CPU, talking to nobody; with the load's counts and how long it ran.
     // Only with separate processes: without root, stopping an attack stops
     // every attacker thread of this process for good.
-    let loaded = (separate && !skipped_kinds().contains(&Kind::CpuLoad)).then(|| {
-        println!("phase 1b: alone, with {cpus} threads at SCHED_IDLE keeping every CPU busy");
-        peers.start_attack(&storm_id, &[Kind::CpuLoad], cpus, &gw.consumer);
-        let phase = run_phase(
-            &mut peers, &gw, &client_id, &probe_id, 4, iterations, probes, &published,
-        );
-        peers.stop_attack();
-        phase
-    });
+    let mut alone_with_load = |kind: Kind, name: &str, phase: u64, what: String| {
+        (separate && !skipped_kinds().contains(&kind)).then(|| {
+            println!("phase {name}: alone, with {cpus} threads at SCHED_IDLE {what}");
+            peers.start_attack(&storm_id, &[kind], cpus, &gw.consumer);
+            let started = Instant::now();
+            let result = run_phase(
+                &mut peers, &gw, &client_id, &probe_id, phase, iterations, probes, &published,
+            );
+            (result, peers.stop_attack(), started.elapsed())
+        })
+    };
+    let loaded = alone_with_load(Kind::CpuLoad, "1b", 4, "keeping every CPU busy".into())
+        .map(|(phase, _, _)| phase);
     // The same, with the CPU spent inside system calls (copies nobody
     // waits for), each as long as one system call of a QM peer can ask.
-    let in_kernel = (separate && !skipped_kinds().contains(&Kind::KernelLoad)).then(|| {
-        println!(
-            "phase 1c: alone, with {cpus} threads at SCHED_IDLE copying {} KiB through socket pairs of their own",
+    let in_kernel = alone_with_load(
+        Kind::KernelLoad,
+        "1c",
+        5,
+        format!(
+            "copying {} KiB through socket pairs of their own",
             KERNEL_COPY / 1024
-        );
-        peers.start_attack(&storm_id, &[Kind::KernelLoad], cpus, &gw.consumer);
-        let phase = run_phase(
-            &mut peers, &gw, &client_id, &probe_id, 5, iterations, probes, &published,
-        );
-        peers.stop_attack();
-        phase
-    });
-
+        ),
+    )
+    .map(|(phase, _, _)| phase);
     // The sockets a storm leaves the kernel to free, without the gateway.
-    let churn = (separate && !skipped_kinds().contains(&Kind::SocketChurn)).then(|| {
-        println!(
-            "phase 1d: alone, with {cpus} threads at SCHED_IDLE creating and closing socket pairs"
-        );
-        peers.start_attack(&storm_id, &[Kind::SocketChurn], cpus, &gw.consumer);
-        let started = Instant::now();
-        let phase = run_phase(
-            &mut peers, &gw, &client_id, &probe_id, 6, iterations, probes, &published,
-        );
-        let pairs = peers.stop_attack()["churned_pairs"].as_u64().unwrap_or(0);
-        (phase, pairs as f64 / started.elapsed().as_secs_f64())
+    let churn = alone_with_load(
+        Kind::SocketChurn,
+        "1d",
+        6,
+        "creating and closing socket pairs".into(),
+    );
+    let churn_rate = churn.as_ref().map(|(_, counts, ran)| {
+        counts["churned_pairs"].as_u64().unwrap_or(0) as f64 / ran.as_secs_f64()
     });
-    let (churn, churn_rate) = match churn {
-        Some((phase, rate)) => (Some(phase), Some(rate)),
-        None => (None, None),
-    };
+    let churn = churn.map(|(phase, _, _)| phase);
 
     let mix_connections = attacker_ids.len() * MIX.len();
     println!(
